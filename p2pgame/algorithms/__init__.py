@@ -1,0 +1,35 @@
+"""Algorithm registry: name -> class.  Loaded lazily so exp-family peers never import torch."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from p2pgame.config import Scenario, ScenarioError
+
+
+def _expfam() -> type:
+    from p2pgame.algorithms.expfam import ExpFamPlayer
+
+    return ExpFamPlayer
+
+
+ALGORITHMS: dict[str, Callable[[], type]] = {
+    "expfam": _expfam,
+}
+
+
+def get_algorithm(name: str) -> type:
+    if name not in ALGORITHMS:
+        raise ScenarioError(
+            f"algorithm.name = {name!r} is not known; allowed: {', '.join(sorted(ALGORITHMS))}"
+        )
+    return ALGORITHMS[name]()
+
+
+def validate_algorithm(scenario: Scenario) -> None:
+    name = scenario.algorithm.get("name")
+    if not isinstance(name, str):
+        raise ScenarioError(
+            f"algorithm.name is required; allowed: {', '.join(sorted(ALGORITHMS))}"
+        )
+    get_algorithm(name).validate(scenario)

@@ -1,0 +1,169 @@
+"""Exponential-family players of the synthetic-data game, checked against the closed form.
+
+Each player owns a private synthetic data set and a model of one family:
+
+* ``bernoulli``: product-Bernoulli over binary vectors, sufficient statistic x;
+* ``gaussian``: diagonal Gaussian, sufficient statistics (x, x^2).
+
+A player learns by stochastic natural-gradient steps on its log-likelihood:
+for an exponential family the natural gradient of the expected log-likelihood
+w.r.t. the natural parameters is ``E_batch[phi] - mu``, so the step is a move
+of the mean parameters toward the batch moments, ``mu <- mu + lr (phi_bar - mu)``.
+The batch mixes own real data and neighbours' received samples in the
+proportions of the player's weight row.  The fixed point is the game's Nash
+equilibrium, which :func:`solve_equilibrium` gives in closed form.
+Pure numpy: these peers never import torch, so many of them fit on one machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from p2pgame.algorithms.base import Algorithm, Inbox, PeerContext, check_schema, config_error
+from p2pgame.algorithms.equilibrium import solve_equilibrium
+from p2pgame.config import Scenario
+from p2pgame.rng import generator
+from p2pgame.topology import Topology, build_schedule
+
+FAMILIES = ("bernoulli", "gaussian")
+
+
+@dataclass(frozen=True)
+class ExpFamConfig:
+    family: str = "bernoulli"
+    dim: int = 16
+    n_data: int = 2000  # size of each player's private data set
+    batch: int = 512  # examples per step (own share = a_ii * batch)
+    lr: float = 0.2
+    lr_end: float = 0.005  # learning rate reached at the last step
+    decay_from: float = 0.3  # fraction of the run after which lr decays geometrically
+    spread: float = 2.0  # how different the players' data distributions are
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise config_error("family", f"{self.family!r} is not known; allowed: bernoulli, gaussian")
+        for key in ("dim", "n_data", "batch"):
+            if getattr(self, key) < 1:
+                raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.lr <= 1 or not 0 < self.lr_end <= 1:
+            raise config_error("lr", "lr and lr_end must lie in (0, 1]")
+        if not 0 <= self.decay_from <= 1:
+            raise config_error("decay_from", "must lie in [0, 1]")
+
+
+def make_data(cfg: ExpFamConfig, seed: int, peer: int) -> np.ndarray:
+    """Peer ``peer``'s private data: its own distribution, drawn from its own stream."""
+    rng = generator(seed, "expfam-data", peer)
+    if cfg.family == "bernoulli":
+        p = 1.0 / (1.0 + np.exp(-rng.normal(0.0, cfg.spread, cfg.dim)))
+        return rng.random((cfg.n_data, cfg.dim)) < p
+    mean = rng.normal(0.0, cfg.spread, cfg.dim)
+    std = rng.uniform(0.5, 1.5, cfg.dim)
+    return (mean + std * rng.standard_normal((cfg.n_data, cfg.dim))).astype(np.float32)
+
+
+def moments(cfg: ExpFamConfig, x: np.ndarray) -> np.ndarray:
+    """Mean of the sufficient statistics over a batch."""
+    x = x.astype(np.float64)
+    if cfg.family == "bernoulli":
+        return x.mean(axis=0)
+    return np.concatenate([x.mean(axis=0), (x * x).mean(axis=0)])
+
+
+def equilibrium(scenario: Scenario, cfg: ExpFamConfig, topology: Topology) -> np.ndarray:
+    """The analytic equilibrium mean parameters of all players (n x d)."""
+    m = np.stack([moments(cfg, make_data(cfg, scenario.seed, i)) for i in range(scenario.n)])
+    return solve_equilibrium(topology.weights, m)
+
+
+class ExpFamPlayer(Algorithm):
+    Config = ExpFamConfig
+    kinds = ("samples",)
+
+    @classmethod
+    def validate(cls, scenario: Scenario) -> None:
+        cls.make_config(scenario)
+        for t in build_schedule(scenario).topologies:
+            try:
+                solve_equilibrium(t.weights, np.zeros((scenario.n, 1)))
+            except ValueError as e:
+                raise config_error("name", f"expfam: {e}") from None
+
+    def __init__(self, ctx: PeerContext, config: ExpFamConfig) -> None:
+        super().__init__(ctx, config)
+        cfg = config
+        self.space = "x"
+        self.data = make_data(cfg, ctx.scenario.seed, ctx.peer_id)
+        self.data_rng = np.random.default_rng(ctx.seed("data-order"))
+        self.sample_rng = np.random.default_rng(ctx.seed("sampling"))
+        d = cfg.dim
+        # Start from the uninformed model: p = 1/2, or N(0, 1).
+        self.mu = np.full(d, 0.5) if cfg.family == "bernoulli" else np.r_[np.zeros(d), np.ones(d)]
+        self.samples_per_message = ctx.scenario.comm.samples_per_message or cfg.batch
+        self.steps = ctx.scenario.steps
+        self.target = equilibrium(ctx.scenario, cfg, ctx.schedule.final())[ctx.peer_id]
+        dtype = "bool" if cfg.family == "bernoulli" else "float32"
+        self.schema = {"x": (dtype, (d,))}
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.config
+        start = int(cfg.decay_from * self.steps)
+        if step < start or self.steps - start <= 1:
+            return cfg.lr
+        frac = (step - start) / (self.steps - 1 - start)
+        return float(cfg.lr * (cfg.lr_end / cfg.lr) ** frac)
+
+    def sample(self, n: int) -> np.ndarray:
+        d = self.config.dim
+        if self.config.family == "bernoulli":
+            return self.sample_rng.random((n, d)) < self.mu
+        mean, second = self.mu[:d], self.mu[d:]
+        std = np.sqrt(np.maximum(second - mean * mean, 1e-6))
+        return (mean + std * self.sample_rng.standard_normal((n, d))).astype(np.float32)
+
+    def outgoing(self, step: int) -> dict[str, dict[str, Any]]:
+        return {self.space: {"x": self.sample(self.samples_per_message)}}
+
+    def check(self, env) -> str | None:
+        if env.space != self.space:
+            return "space"
+        return check_schema(env, self.schema)
+
+    def train_step(self, step: int, inbox: Inbox, topology: Topology) -> dict[str, float]:
+        cfg = self.config
+        me = self.ctx.peer_id
+        row = topology.row(me)
+        # Weighted moments over the sources we hold; missing ones renormalise the rest.
+        parts, weights = [], []
+        if row[me] > 0:
+            n_own = max(1, round(row[me] * cfg.batch))
+            idx = self.data_rng.integers(0, len(self.data), n_own)
+            parts.append(moments(cfg, self.data[idx]))
+            weights.append(row[me])
+        for j, w in row.items():
+            if j == me or w <= 0:
+                continue
+            env = inbox.use(j, self.space, step)
+            if env is None or len(env.tensors["x"]) == 0:
+                continue
+            parts.append(moments(cfg, env.tensors["x"]))
+            weights.append(w)
+        if not parts:
+            return {"lr": 0.0}
+        w = np.asarray(weights) / np.sum(weights)
+        phi = np.einsum("k,kd->d", w, np.stack(parts))
+        lr = self.lr_at(step)
+        self.mu = self.mu + lr * (phi - self.mu)
+        return {"lr": lr, "coverage": float(np.sum(weights))}
+
+    def probe(self, step: int) -> dict[str, Any]:
+        return {"ne_max_abs": float(np.max(np.abs(self.mu - self.target)))}
+
+    def finish(self) -> dict[str, Any]:
+        return {
+            "ne_max_abs": float(np.max(np.abs(self.mu - self.target))),
+            "mu": [round(float(v), 6) for v in self.mu],
+        }

