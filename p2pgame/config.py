@@ -257,6 +257,7 @@ class CommSpec:
     samples_per_message: int = 0  # 0 = the algorithm's default
     publish_every: int = 1
     max_message_bytes: int = 64 * 2**20
+    pack_bool: bool = True  # bit-pack bool tensors on the wire
     sync_timeout_s: float = 60.0  # how long a sync barrier waits before failing the peer
     delay_steps: int = 0
     latency_ms: float = 0.0

@@ -202,7 +202,7 @@ class Peer:
                 meta={"last": k == len(items) - 1},
             )
             t2 = time.perf_counter()
-            frames = encode(env, pack_bool=self.scenario.algorithm.get("pack_bool", True))
+            frames = encode(env, pack_bool=self.scenario.comm.pack_bool)
             t3 = time.perf_counter()
             await transport.send(frames)
             self.timers["encode"] += t3 - t2

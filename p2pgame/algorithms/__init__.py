@@ -13,8 +13,15 @@ def _expfam() -> type:
     return ExpFamPlayer
 
 
+def _game() -> type:
+    from p2pgame.algorithms.game import SyntheticGame
+
+    return SyntheticGame
+
+
 ALGORITHMS: dict[str, Callable[[], type]] = {
     "expfam": _expfam,
+    "game": _game,
 }
 
 

@@ -1,0 +1,91 @@
+"""The ``[data]`` section for image data sets: which set, which split, who owns what.
+
+Every peer computes the same partition from the scenario seed, then keeps its
+own part; the launcher uses the same function to predict the equilibrium.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from p2pgame.config import Scenario, ScenarioError, build
+from p2pgame.rng import generator
+
+
+@dataclass(frozen=True)
+class ImageDataSpec:
+    dataset: str = "mnist"
+    split: str = "train"  # train | test | all (the paper trains on all 70k)
+    partition: dict = field(default_factory=lambda: {"kind": "k_classes", "k": 2})
+    binarize: float = 0.4375  # pixel / 255 > threshold -> 1
+    noise: float = 0.0  # salt-and-pepper flip probability on real images
+    per_peer: int = 0  # cap on images per peer (0: all of its part)
+
+    def __post_init__(self) -> None:
+        from p2pgame.data import KNOWN_DATASETS
+
+        if self.dataset not in KNOWN_DATASETS:
+            raise ScenarioError(
+                f"dataset = {self.dataset!r} is not known; allowed: {', '.join(KNOWN_DATASETS)}"
+            )
+        if self.split not in ("train", "test", "all"):
+            raise ScenarioError(f"split = {self.split!r}; allowed: train, test, all")
+        if not 0 <= self.binarize < 1:
+            raise ScenarioError(f"binarize = {self.binarize} must lie in [0, 1)")
+        if not 0 <= self.noise < 0.5:
+            raise ScenarioError(f"noise = {self.noise} must lie in [0, 0.5)")
+        if self.per_peer < 0:
+            raise ScenarioError(f"per_peer = {self.per_peer} must be >= 0")
+
+
+def data_spec(scenario: Scenario) -> ImageDataSpec:
+    return build(ImageDataSpec, scenario.data, "data")
+
+
+def partition_indices(spec: ImageDataSpec, labels: np.ndarray, n: int, seed: int) -> list:
+    from p2pgame.data.partition import make_partition
+
+    pspec = dict(spec.partition)
+    if spec.per_peer:
+        pspec.setdefault("per_peer", spec.per_peer)
+    try:
+        return make_partition(pspec, labels, n, generator(seed, "partition"))
+    except ValueError as e:
+        raise ScenarioError(f"data.partition: {e}") from None
+
+
+def class_histograms(scenario: Scenario, labels: np.ndarray, n_classes: int = 10) -> np.ndarray:
+    """n x n_classes: each peer's share of each class in its own data."""
+    spec = data_spec(scenario)
+    parts = partition_indices(spec, labels, scenario.n, scenario.seed)
+    out = np.zeros((scenario.n, n_classes))
+    for i, idx in enumerate(parts):
+        if len(idx):
+            out[i] = np.bincount(labels[idx], minlength=n_classes)[:n_classes] / len(idx)
+    return out
+
+
+def load_split(spec: ImageDataSpec, root: Path, split: str | None = None):
+    from p2pgame.data import load_images
+
+    return load_images(spec.dataset, root, split or spec.split)
+
+
+def peer_images(scenario: Scenario, peer: int, root: Path):
+    """(bool images [n,1,28,28], int64 labels [n]) of one peer's private data."""
+    import torch
+
+    from p2pgame.data.partition import binarize, salt_and_pepper
+
+    spec = data_spec(scenario)
+    images, labels = load_split(spec, root)
+    parts = partition_indices(spec, labels.numpy(), scenario.n, scenario.seed)
+    idx = torch.as_tensor(np.asarray(parts[peer], dtype=np.int64))
+    x = binarize(images[idx], spec.binarize).unsqueeze(1)
+    if spec.noise > 0:
+        g = torch.Generator().manual_seed(generator(scenario.seed, "noise", peer).integers(2**62))
+        x = salt_and_pepper(x, spec.noise, g)
+    return x, labels[idx]
