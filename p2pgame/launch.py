@@ -256,6 +256,9 @@ def run(
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(scenario_path, run_dir / "scenario.toml")
+    # The scenario exactly as run (file + --set overrides), re-loadable by scenario_from_dict.
+    (run_dir / "resolved.json").write_text(json.dumps(
+        {"source": str(scenario_path), "overrides": list(overrides), "raw": raw}, indent=1))
     (run_dir / "scenario.json").write_text(json.dumps(to_plain(scenario), indent=1))
     launcher = Launcher(scenario, raw, run_dir, data_root, progress)
     write_topology(run_dir, launcher.schedule)
@@ -292,6 +295,7 @@ def run(
         "scenario": scenario.name,
         "seed": scenario.seed,
         "mode": comm.mode,
+        "overrides": list(overrides),
         "n_peers": scenario.n,
         "steps": scenario.steps,
         "wall_s": getattr(launcher, "wall", time.monotonic() - t0),

@@ -8,9 +8,10 @@ publish; the bus does the rest.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +97,14 @@ class Algorithm:
     @classmethod
     def after_run(cls, scenario: Scenario, run_dir: Path, summary: dict) -> None:
         """Work done once after all peers stop (e.g. figures); may add to ``summary``."""
+
+    @classmethod
+    def evaluate_run(cls, scenario: Scenario, run_dir: Path, data_root: Path,
+                     options: dict[str, Any], log: Callable[[str], None]) -> dict[str, dict]:
+        """``p2pgame eval``: metrics of every peer from the run folder's checkpoints."""
+        raise ScenarioError(
+            f"algorithm {scenario.algorithm.get('name')!r} has nothing to evaluate after a run "
+            "(its metrics are in summary.json)")
 
     # -- peer side -----------------------------------------------------------------------
     def outgoing(self, step: int) -> dict[str, dict[str, Any]]:

@@ -12,24 +12,23 @@ centralized one (see ``topologies/mnist-centralized.toml``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from p2pgame.algorithms.base import Algorithm, Inbox, PeerContext, check_schema, config_error
 from p2pgame.algorithms.equilibrium import solve_equilibrium
-from p2pgame.algorithms.imagedata import (
-    class_histograms,
-    data_spec,
-    load_split,
-    peer_images,
-)
+from p2pgame.algorithms.imagedata import class_histograms, data_spec, load_split, peer_images
+from p2pgame.algorithms.imageeval import ImageEvaluation, prepare_evaluator
 from p2pgame.config import Scenario, ScenarioError
 from p2pgame.topology import Topology, build_schedule
 
 SPACE = "hvae"
+EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
+             "unseen_mass", "ne_class_mass", "ne_own_mass", "tv_to_ne", "own_classes")
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,7 @@ class GameConfig:
     eval_samples_during: int = 2000
     evaluator_epochs: int = 2
     checkpoint: bool = True
+    inception_weights: str = ""  # pytorch-fid Inception weights file: also report standard FID
 
     def __post_init__(self) -> None:
         from p2pgame.models import MODELS
@@ -54,19 +54,6 @@ class GameConfig:
                 raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
         if self.lr < 0 or self.eval_every < 0:
             raise config_error("lr", "lr and eval_every must be >= 0")
-
-
-def evaluator_for(scenario: Scenario, data_root: Path, epochs: int, log: Callable, device="cpu"):
-    """The cached evaluator of the scenario's data set (trained on first use)."""
-    from p2pgame.eval import get_evaluator
-
-    spec = data_spec(scenario)
-    tr_x, tr_y = load_split(spec, data_root, "train")
-    te_x, te_y = load_split(spec, data_root, "test")
-    model, info = get_evaluator(spec.dataset, tr_x, tr_y, te_x, te_y,
-                                Path(data_root) / "evaluators", epochs=epochs, log=log,
-                                device=device)
-    return model, info, (te_x, te_y)
 
 
 def ne_class_mass(scenario: Scenario, labels: np.ndarray, topology: Topology) -> np.ndarray:
@@ -91,10 +78,8 @@ class SyntheticGame(Algorithm):
 
     @classmethod
     def prepare(cls, scenario: Scenario, data_root: Path, log: Callable) -> None:
-        cfg = cls.make_config(scenario)
         # Fails with one clear line when the data set is missing, before any process starts.
-        _, info, _ = evaluator_for(scenario, data_root, cfg.evaluator_epochs, log)
-        log(f"evaluator: test accuracy {info['test_accuracy']:.4f} ({info['path']})")
+        prepare_evaluator(scenario, data_root, cls.make_config(scenario).evaluator_epochs, log)
 
     def __init__(self, ctx: PeerContext, config: GameConfig) -> None:
         super().__init__(ctx, config)
@@ -118,8 +103,8 @@ class SyntheticGame(Algorithm):
         self.gen = torch.Generator(device=dev).manual_seed(ctx.seed("model-sampling"))
         self.data_gen = torch.Generator().manual_seed(ctx.seed("data-order"))
         self.stream = torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
-        self.fid_history: list[dict] = []
-        self._fid = None
+        self.evaluation = ImageEvaluation(ctx.scenario, ctx.data_root, config.evaluator_epochs,
+                                          self.own_classes, self.device)
 
     # -- exchange ----------------------------------------------------------------------
     def outgoing(self, step: int) -> dict[str, dict[str, Any]]:
@@ -172,18 +157,6 @@ class SyntheticGame(Algorithm):
         return {"p_loss": out["p_loss"], "q_loss": out["q_loss"], "n_synthetic": out["n_p"] - n_own}
 
     # -- evaluation --------------------------------------------------------------------
-    def _fid_tool(self):
-        if self._fid is None:
-            from p2pgame.eval import ClassifierFID
-
-            model, info, (te_x, te_y) = evaluator_for(
-                self.ctx.scenario, self.ctx.data_root, self.config.evaluator_epochs,
-                lambda m: None, device=self.device,
-            )
-            self._fid = ClassifierFID(model, te_x, te_y)
-            self._fid_info = info
-        return self._fid
-
     def generate(self, n: int):
         with self.torch.no_grad(), self._on_stream():
             g = self.torch.Generator(device=self.device).manual_seed(self.ctx.seed("eval"))
@@ -193,7 +166,7 @@ class SyntheticGame(Algorithm):
     def evaluate(self, n: int) -> dict[str, Any]:
         self.model.eval()
         images = self.generate(n)
-        metrics = self._fid_tool().evaluate(images, self.own_classes)
+        metrics = self.evaluation.metrics(images)
         self.model.train()
         return metrics, images
 
@@ -204,27 +177,51 @@ class SyntheticGame(Algorithm):
             return {"fid_all": m["fid_all"], "own_mass": m["own_mass"]}
         return {}
 
-    def finish(self) -> dict[str, Any]:
-        ctx = self.ctx
-        metrics, images = self.evaluate(self.config.eval_samples)
-        from p2pgame.eval import save_grid, total_variation
+    def final_metrics(self, n: int, inception: str | None = None) -> dict[str, Any]:
+        """Evaluation of the current model: classifier-FID, class mass against equilibrium."""
+        from p2pgame.eval import total_variation
 
-        save_grid(images[:100], ctx.run_dir / "samples" / f"peer-{ctx.peer_id}.png")
+        ctx = self.ctx
+        metrics, images = self.evaluate(n)
+        self.evaluation.save_grid(images, ctx.run_dir, ctx.peer_id)
         all_labels = load_split(data_spec(ctx.scenario), ctx.data_root)[1].numpy()
         ne = ne_class_mass(ctx.scenario, all_labels, ctx.schedule.final())[ctx.peer_id]
+        metrics["ne_class_mass"] = [float(v) for v in ne]
+        metrics["ne_own_mass"] = float(sum(ne[c] for c in self.own_classes))
+        metrics["tv_to_ne"] = total_variation(metrics["class_mass"], ne)
+        if inception:
+            metrics["fid_inception"] = self.evaluation.standard_fid(images, inception)
+        return metrics
+
+    def finish(self) -> dict[str, Any]:
+        ctx = self.ctx
+        out = self.final_metrics(self.config.eval_samples, self.config.inception_weights or None)
         if self.config.checkpoint:
             path = ctx.run_dir / "checkpoints" / f"peer-{ctx.peer_id}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
             self.torch.save(self.model.state_dict(), path)
-        unseen = [c for c in range(len(ne)) if c not in self.own_classes]
-        return {
-            **metrics,
-            "own_classes": self.own_classes,
-            "unseen_mass": float(sum(metrics["class_mass"][c] for c in unseen)),
-            "ne_class_mass": [float(v) for v in ne],
-            "tv_to_ne": total_variation(metrics["class_mass"], ne),
-            "evaluator_test_accuracy": self._fid_info["test_accuracy"],
-        }
+        return out
+
+    @classmethod
+    def evaluate_run(cls, scenario: Scenario, run_dir: Path, data_root: Path,
+                     options: dict[str, Any], log: Callable[[str], None]) -> dict[str, dict]:
+        import torch
+
+        config = cls.make_config(scenario)
+        schedule = build_schedule(scenario)
+        out = {}
+        for i in range(scenario.n):
+            path = Path(run_dir) / "checkpoints" / f"peer-{i}.pt"
+            if not path.is_file():
+                raise ScenarioError(f"{path}: no checkpoint (run with algorithm.checkpoint = true)")
+            ctx = PeerContext(i, scenario, schedule, Path(run_dir), Path(data_root))
+            peer = cls(ctx, config)
+            peer.model.load_state_dict(torch.load(path, map_location=peer.device,
+                                                  weights_only=True))
+            log(f"peer {i}: evaluating {options.get('samples') or config.eval_samples} samples")
+            out[str(i)] = peer.final_metrics(options.get("samples") or config.eval_samples,
+                                             options.get("inception"))
+        return out
 
     @classmethod
     def after_run(cls, scenario: Scenario, run_dir: Path, summary: dict) -> None:
@@ -232,6 +229,5 @@ class SyntheticGame(Algorithm):
             "fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne", "bytes_sent",
         ]
         (run_dir / "evaluation.json").write_text(json.dumps(
-            {p: {k: s.get(k) for k in ("fid_all", "fid_own", "fid_other", "class_mass",
-                                       "ne_class_mass", "tv_to_ne", "own_classes")}
-             for p, s in summary["peers"].items()}, indent=1))
+            {p: {k: s.get(k) for k in EVAL_KEYS} for p, s in summary["peers"].items()},
+            indent=1))

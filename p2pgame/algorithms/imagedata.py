@@ -86,6 +86,6 @@ def peer_images(scenario: Scenario, peer: int, root: Path):
     idx = torch.as_tensor(np.asarray(parts[peer], dtype=np.int64))
     x = binarize(images[idx], spec.binarize).unsqueeze(1)
     if spec.noise > 0:
-        g = torch.Generator().manual_seed(generator(scenario.seed, "noise", peer).integers(2**62))
+        g = torch.Generator().manual_seed(int(generator(scenario.seed, "noise", peer).integers(2**62)))
         x = salt_and_pepper(x, spec.noise, g)
     return x, labels[idx]

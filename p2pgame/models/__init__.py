@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from p2pgame.models.dcgan import GAN, GAN_CONV_CONFIG, GAN_MLP_CONFIG, DCGANConfig
 from p2pgame.models.hvae import CONV_CONFIG, HVAE, MLP_CONFIG, HVAEConfig, SymmetricLearner
 
 
@@ -26,9 +27,24 @@ def _hvae_factory(base: HVAEConfig) -> Callable[..., HVAE]:
     return factory
 
 
+def _gan_factory(base: DCGANConfig) -> Callable[..., GAN]:
+    def factory(*, seed: int | None = None, **overrides: Any) -> GAN:
+        known = {f.name for f in dataclasses.fields(DCGANConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown DCGANConfig field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        return GAN(dataclasses.replace(base, **overrides), seed=seed)
+
+    return factory
+
+
 MODELS: dict[str, Callable[..., Any]] = {
     "hvae-mlp": _hvae_factory(MLP_CONFIG),
     "hvae-conv": _hvae_factory(CONV_CONFIG),
+    "dcgan-mlp": _gan_factory(GAN_MLP_CONFIG),
+    "dcgan-conv": _gan_factory(GAN_CONV_CONFIG),
 }
 
 
@@ -45,4 +61,5 @@ def make_model(name: str, **overrides: Any) -> Any:
     return factory(**overrides)
 
 
-__all__ = ["MODELS", "make_model", "HVAE", "HVAEConfig", "SymmetricLearner"]
+__all__ = ["MODELS", "make_model", "HVAE", "HVAEConfig", "SymmetricLearner", "GAN",
+           "DCGANConfig"]

@@ -1,0 +1,87 @@
+"""Evaluation shared by the image algorithms (the game, Diffusion GAN, centralized).
+
+One evaluator CNN per data set is trained once by the launcher (``prepare``)
+and cached under ``<data>/evaluators``; peers load it and compute
+classifier-FID (all / own / other classes), the class histogram of their
+generated images and, where a prediction exists, its distance to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from p2pgame.algorithms.imagedata import data_spec, load_split
+from p2pgame.config import Scenario
+
+
+def evaluator_for(scenario: Scenario, data_root: Path, epochs: int, log: Callable,
+                  device: str = "cpu"):
+    """The cached evaluator of the scenario's data set (trained on first use)."""
+    from p2pgame.eval import get_evaluator
+
+    spec = data_spec(scenario)
+    tr_x, tr_y = load_split(spec, data_root, "train")
+    te_x, te_y = load_split(spec, data_root, "test")
+    model, info = get_evaluator(spec.dataset, tr_x, tr_y, te_x, te_y,
+                                Path(data_root) / "evaluators", epochs=epochs, log=log,
+                                device=device)
+    return model, info, (te_x, te_y)
+
+
+def prepare_evaluator(scenario: Scenario, data_root: Path, epochs: int, log: Callable) -> None:
+    """Launcher side: fail with one line if data is missing; train the evaluator once."""
+    _, info, _ = evaluator_for(scenario, data_root, epochs, log)
+    log(f"evaluator: test accuracy {info['test_accuracy']:.4f} ({info['path']})")
+
+
+class ImageEvaluation:
+    """Peer side: classifier-FID and class mass of generated images."""
+
+    def __init__(self, scenario: Scenario, data_root: Path, epochs: int, own_classes: list[int],
+                 device: Any = "cpu", binarize_test: bool = True) -> None:
+        self.scenario = scenario
+        self.data_root = Path(data_root)
+        self.epochs = epochs
+        self.own_classes = list(own_classes)
+        self.device = device
+        self.binarize_test = binarize_test  # False for grey-level generators (GANs)
+        self._fid = None
+        self._test_images = None
+        self.info: dict[str, Any] = {}
+
+    def tool(self):
+        if self._fid is None:
+            from p2pgame.eval import ClassifierFID
+
+            model, self.info, (te_x, te_y) = evaluator_for(
+                self.scenario, self.data_root, self.epochs, lambda m: None, device=self.device)
+            self._fid = ClassifierFID(model, te_x, te_y, binarize_test=self.binarize_test)
+            self._test_images = te_x
+        return self._fid
+
+    def metrics(self, images) -> dict[str, Any]:
+        """fid_all, fid_own, fid_other, class_mass, own_mass, unseen_mass, own_classes."""
+        m = self.tool().evaluate(images, self.own_classes)
+        unseen = [c for c in range(len(m["class_mass"])) if c not in self.own_classes]
+        m["unseen_mass"] = float(sum(m["class_mass"][c] for c in unseen))
+        m["own_classes"] = self.own_classes
+        m["evaluator_test_accuracy"] = self.info.get("test_accuracy")
+        return m
+
+    def standard_fid(self, images, weights_path: str | Path) -> float:
+        """Inception FID (pytorch-fid's network, weights from a local file) to the test set."""
+        from p2pgame.eval import standard_fid
+        from p2pgame.eval.evaluator import binarize
+
+        self.tool()
+        real = self._test_images
+        real = binarize(real) if self.binarize_test else real.float() / 255.0
+        return standard_fid(images, real, weights_path, device=self.device)
+
+    @staticmethod
+    def save_grid(images, run_dir: Path, peer_id: int) -> Path:
+        from p2pgame.eval import save_grid
+
+        return save_grid(images[:100], Path(run_dir) / "samples" / f"peer-{peer_id}.png")

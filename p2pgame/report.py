@@ -1,0 +1,201 @@
+"""``p2pgame report``: a Markdown report (tables + plots) of one run or a comparison of runs.
+
+Reads only what a run folder holds (summary.json, metrics/peer-*.jsonl,
+topology.json) and writes ``report.md`` and PNG figures into the report
+folder (``RUN_DIR/report`` for one run; ``--out`` for several).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from p2pgame.config import ScenarioError
+
+# Per-step series worth plotting when present in the metrics, with their axis label.
+SERIES = {
+    "loss": (["p_loss", "q_loss", "d_loss", "g_loss", "ne_max_abs"], "loss / distance"),
+    "fid": (["fid_all"], "classifier-FID"),
+    "bytes": (["bytes_sent"], "bytes sent"),
+    "disagreement": (["disagreement"], "disagreement"),
+}
+TABLE_KEYS = ("steps", "steps_per_s", "bytes_sent", "bytes_received", "messages_dropped",
+              "messages_rejected", "staleness_mean", "ne_max_abs", "fid_all", "fid_own",
+              "fid_other", "unseen_mass", "tv_to_ne")
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise ScenarioError(f"{run_dir}: not a finished run folder (no summary.json)")
+    summary = json.loads(path.read_text())
+    metrics = {}
+    for f in sorted((run_dir / "metrics").glob("peer-*.jsonl")):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        metrics[f.stem.split("-", 1)[1]] = rows
+    topo = run_dir / "topology.json"
+    return {"dir": run_dir, "summary": summary, "metrics": metrics,
+            "topology": json.loads(topo.read_text()) if topo.is_file() else {}}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-" if v is None else str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _mean(vals: list[Any]) -> float | None:
+    nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(nums) / len(nums) if nums else None
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series_plot(runs: list[dict], keys: list[str], ylabel: str, path: Path) -> bool:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = False
+    for r_i, run in enumerate(runs):
+        for peer, rows in run["metrics"].items():
+            for k_i, key in enumerate(keys):
+                pts = [(row["step"], row[key]) for row in rows
+                       if isinstance(row.get(key), (int, float))]
+                if not pts:
+                    continue
+                label = f"{run['label']} peer {peer} {key}" if len(runs) > 1 else \
+                    f"peer {peer} {key}"
+                ax.plot(*zip(*pts, strict=True), color=f"C{(r_i * 3 + k_i) % 10}",
+                        alpha=0.35 + 0.65 / (1 + int(peer)), lw=1, label=label)
+                drawn = True
+    if drawn:
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        if len(labels) <= 12:
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def _class_mass_plot(run: dict, path: Path) -> bool:
+    peers = {p: s for p, s in run["summary"]["peers"].items() if s.get("class_mass")}
+    if not peers:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(peers), figsize=(3.2 * len(peers), 3), squeeze=False)
+    for ax, (p, s) in zip(axes[0], peers.items(), strict=True):
+        mass = s["class_mass"]
+        xs = range(len(mass))
+        ax.bar(xs, mass, color="C0", label="generated")
+        if s.get("ne_class_mass"):
+            ax.plot(xs, s["ne_class_mass"], "k_", ms=14, mew=2, label="equilibrium")
+        ax.set_title(f"peer {p} (own {s.get('own_classes')})", fontsize=8)
+        ax.set_xticks(list(xs))
+        ax.set_ylim(0, max(max(mass), max(s.get("ne_class_mass") or [0])) * 1.15 + 1e-9)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _staleness_plot(runs: list[dict], path: Path) -> bool:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    drawn = False
+    for r_i, run in enumerate(runs):
+        total: dict[int, int] = {}
+        for s in run["summary"]["peers"].values():
+            for k, v in (s.get("staleness_hist") or {}).items():
+                total[int(k)] = total.get(int(k), 0) + v
+        if total:
+            xs = sorted(total)
+            n = sum(total.values())
+            ax.step(xs, [total[x] / n for x in xs], where="mid", color=f"C{r_i}",
+                    label=run["label"])
+            drawn = True
+    if drawn:
+        ax.set_xlabel("staleness of used messages (steps; < 0: sender ahead)")
+        ax.set_ylabel("fraction")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
+    if not run_dirs:
+        raise ScenarioError("report: give at least one run folder")
+    runs = [load_run(d) for d in run_dirs]
+    if out is None:
+        if len(runs) > 1:
+            raise ScenarioError("report: several runs need --out DIR for the report folder")
+        out = Path(run_dirs[0]) / "report"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, run in enumerate(runs):
+        run["label"] = f"{k}:{run['summary'].get('scenario', run['dir'].name)}"
+    lines = ["# p2pgame report", ""]
+    lines += ["| run | folder | mode | peers | steps | wall s | failed |",
+              "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        s = run["summary"]
+        lines.append(f"| {run['label']} | `{run['dir']}` | {s.get('mode')} | {s.get('n_peers')} | "
+                     f"{s.get('steps')} | {_fmt(s.get('wall_s'))} | {s.get('failed_peers')} |")
+    lines.append("")
+    present = [k for k in TABLE_KEYS
+               if any(k in p for r in runs for p in r["summary"]["peers"].values())]
+    if len(runs) > 1:
+        lines += ["## Comparison (mean over peers)", "",
+                  "| run | " + " | ".join(present) + " |",
+                  "|---" * (len(present) + 1) + "|"]
+        for run in runs:
+            peers = run["summary"]["peers"].values()
+            lines.append(f"| {run['label']} | " + " | ".join(
+                _fmt(_mean([p.get(k) for p in peers])) for k in present) + " |")
+        lines.append("")
+    for run in runs:
+        lines += [f"## {run['label']}: per peer", "",
+                  "| peer | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
+        for pid, p in run["summary"]["peers"].items():
+            lines.append(f"| {pid} | " + " | ".join(_fmt(p.get(k)) for k in present) + " |")
+        epochs = run["topology"].get("epochs", [])
+        if epochs:
+            lam = ", ".join(_fmt(e.get("second_eigenvalue_modulus")) for e in epochs)
+            lines += ["", f"Second-largest eigenvalue modulus of the weights: {lam}."]
+        lines.append("")
+    figures = []
+    for name, (keys, ylabel) in SERIES.items():
+        path = out / f"{name}.png"
+        if _series_plot(runs, keys, ylabel, path):
+            figures.append((f"{ylabel} over steps", path.name))
+    if _staleness_plot(runs, out / "staleness.png"):
+        figures.append(("staleness histogram", "staleness.png"))
+    for k, run in enumerate(runs):
+        path = out / f"class-mass-{k}.png"
+        if _class_mass_plot(run, path):
+            figures.append((f"{run['label']}: class mass against the equilibrium", path.name))
+    if figures:
+        lines += ["## Figures", ""]
+        for title, name in figures:
+            lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

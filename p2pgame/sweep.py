@@ -1,0 +1,269 @@
+"""``p2pgame sweep``: run a scenario over a grid of overrides and tabulate the results.
+
+A sweep file (TOML) names a base scenario, common overrides, the grid and,
+optionally, baselines and a plot::
+
+    name = "mnist-alpha-sweep"
+    scenario = "mnist-2peers.toml"          # relative to the sweep file
+    set = ["steps=1500"]                    # applied to every point
+    metrics = ["fid_all", "fid_own", "fid_other", "own_mass", "ne_own_mass"]
+
+    [grid]                                   # the cartesian product is swept
+    "topology.self_weight" = [0.1, 0.5, 1.0]
+
+    [[baseline]]                             # drawn as dashed horizontal lines
+    label = "centralized"
+    scenario = "mnist-centralized.toml"
+    set = ["steps=1500"]
+
+    [plot]
+    x = "topology.self_weight"
+    panels = [["fid_all", "fid_own", "fid_other"], ["own_mass", "ne_own_mass"]]
+
+Every point becomes one run folder under ``<out>/<name>-<time>/``; its
+per-peer metrics are averaged into one row of ``sweep.csv`` (plus the
+per-peer values in ``sweep.json``).  A point that fails is recorded with its
+error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import sys
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from p2pgame.config import ScenarioError, apply_overrides, load_raw, scenario_from_dict
+
+SWEEP_KEYS = ("name", "scenario", "set", "grid", "baseline", "plot", "metrics")
+BASELINE_KEYS = ("label", "scenario", "set")
+PLOT_KEYS = ("x", "panels", "log_x")
+DEFAULT_METRICS = ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne", "ne_max_abs",
+                   "bytes_sent", "steps_per_s", "staleness_mean", "messages_dropped")
+
+
+@dataclass
+class Point:
+    label: str
+    scenario: Path
+    overrides: list[str]
+    values: dict[str, Any] = field(default_factory=dict)  # grid key -> value
+    baseline: bool = False
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    source: Path
+    points: list[Point]
+    metrics: list[str]
+    plot: dict[str, Any]
+
+
+def _toml_literal(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_literal(x) for x in v) + "]"
+    return repr(v)
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ScenarioError(f"{where}: expected a list of strings, got {value!r}")
+    return list(value)
+
+
+def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
+    """Parse and check a sweep file; every point's scenario is validated before any run."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{path}: sweep file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    where = str(path)
+    unknown = sorted(set(raw) - set(SWEEP_KEYS))
+    if unknown:
+        raise ScenarioError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(SWEEP_KEYS)}")
+    if "scenario" not in raw or not isinstance(raw["scenario"], str):
+        raise ScenarioError(f"{where}: 'scenario' (path of the base scenario file) is required")
+    base = (path.parent / raw["scenario"]).resolve()
+    common = _strings(raw.get("set", []), f"{where}: set") + list(extra)
+    grid = raw.get("grid", {})
+    if not isinstance(grid, dict) or not grid:
+        raise ScenarioError(f"{where}: [grid] must map at least one key to a list of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ScenarioError(f"{where}: grid.{key!r} is an empty range; give a list of values")
+    keys = list(grid)
+    points = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(zip(keys, combo, strict=True))
+        label = ",".join(f"{k}={_toml_literal(v)}" for k, v in values.items())
+        over = common + [f"{k}={_toml_literal(v)}" for k, v in values.items()]
+        points.append(Point(label, base, over, values))
+    baselines = raw.get("baseline", [])
+    if not isinstance(baselines, list):
+        raise ScenarioError(f"{where}: baseline must be an array of tables ([[baseline]])")
+    for i, b in enumerate(baselines):
+        bw = f"{where}: baseline[{i}]"
+        if not isinstance(b, dict):
+            raise ScenarioError(f"{bw}: expected a table")
+        unknown = sorted(set(b) - set(BASELINE_KEYS))
+        if unknown:
+            raise ScenarioError(f"{bw}: unknown key {unknown[0]!r}; allowed: "
+                                f"{', '.join(BASELINE_KEYS)}")
+        if not isinstance(b.get("label"), str) or not isinstance(b.get("scenario"), str):
+            raise ScenarioError(f"{bw}: 'label' and 'scenario' are required strings")
+        over = _strings(b.get("set", []), f"{bw}.set") + list(extra)
+        points.append(Point(b["label"], (path.parent / b["scenario"]).resolve(), over,
+                            baseline=True))
+    plot = raw.get("plot", {})
+    if not isinstance(plot, dict):
+        raise ScenarioError(f"{where}: plot must be a table")
+    unknown = sorted(set(plot) - set(PLOT_KEYS))
+    if unknown:
+        raise ScenarioError(f"{where}: plot: unknown key {unknown[0]!r}; allowed: "
+                            f"{', '.join(PLOT_KEYS)}")
+    if plot and plot.get("x") not in grid:
+        raise ScenarioError(f"{where}: plot.x must be one of the grid keys: {', '.join(keys)}")
+    metrics = _strings(raw.get("metrics", list(DEFAULT_METRICS)), f"{where}: metrics")
+    for p in points:  # refuse bad points before anything runs
+        scenario_from_dict(apply_overrides(load_raw(p.scenario), p.overrides), str(p.scenario))
+    return SweepSpec(raw.get("name", path.stem), path, points, metrics, plot)
+
+
+def _mean(values: list[Any]) -> float | None:
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    nums = [v for v in nums if math.isfinite(v)]
+    return sum(nums) / len(nums) if nums else None
+
+
+def point_row(point: Point, summary: dict | None, metrics: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"label": point.label, "baseline": point.baseline, **point.values}
+    peers = (summary or {}).get("peers", {})
+    for m in metrics:
+        row[m] = _mean([s.get(m) for s in peers.values()])
+    return row
+
+
+def run_sweep(spec: SweepSpec, out: Path, data_root: Path, progress: bool = True,
+              log=print) -> Path:
+    """Run every point; return the sweep folder (sweep.csv, sweep.json, sweep.png)."""
+    from p2pgame.launch import run
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    sweep_dir = Path(out) / f"{spec.name}-{stamp}"
+    sweep_dir.mkdir(parents=True, exist_ok=False)
+    records = []
+    for k, point in enumerate(spec.points):
+        log(f"[{k + 1}/{len(spec.points)}] {point.label}")
+        record: dict[str, Any] = {"label": point.label, "baseline": point.baseline,
+                                  "values": point.values, "overrides": point.overrides,
+                                  "scenario": str(point.scenario)}
+        summary = None
+        try:
+            res = run(point.scenario, point.overrides, data_root=data_root, progress=progress,
+                      run_dir=sweep_dir / f"point-{k:03d}")
+            summary = res.summary
+            record["run_dir"] = str(res.run_dir)
+            record["status"] = "ok" if res.exit_code == 0 else "failed"
+            if res.exit_code:
+                record["error"] = "; ".join(f"peer {p}: {w}" for p, w in res.failures.items())
+        except Exception as e:  # a failing point is recorded; the sweep goes on
+            record["status"] = "failed"
+            record["error"] = f"{type(e).__name__}: {e}"
+            (sweep_dir / f"point-{k:03d}.error.txt").write_text(traceback.format_exc())
+        record["row"] = point_row(point, summary, spec.metrics)
+        record["peers"] = (summary or {}).get("peers", {})
+        records.append(record)
+        _write(sweep_dir, spec, records)  # after every point: nothing is lost on Ctrl-C
+        if record["status"] != "ok":
+            log(f"  failed: {record.get('error')}")
+    if spec.plot:
+        plot_sweep(sweep_dir, spec, records)
+    return sweep_dir
+
+
+def _write(sweep_dir: Path, spec: SweepSpec, records: list[dict]) -> None:
+    slim = [{k: v for k, v in r.items() if k != "peers"} | {
+        "peers": {p: {m: s.get(m) for m in spec.metrics + ["own_classes", "class_mass"]}
+                  for p, s in r["peers"].items()}} for r in records]
+    (sweep_dir / "sweep.json").write_text(json.dumps(
+        {"name": spec.name, "source": str(spec.source), "points": slim}, indent=1))
+    cols = ["label", "baseline", *[k for k in records[0]["values"]], "status", *spec.metrics,
+            "error", "run_dir"]
+    seen = []
+    for c in cols:
+        if c not in seen:
+            seen.append(c)
+    with (sweep_dir / "sweep.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=seen, extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow({**r["row"], **r["values"], "status": r["status"],
+                        "error": r.get("error", ""), "run_dir": r.get("run_dir", "")})
+
+
+def plot_sweep(sweep_dir: Path, spec: SweepSpec, records: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = spec.plot["x"]
+    panels = spec.plot.get("panels") or [[m for m in spec.metrics if m.startswith("fid")]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    grid = [r for r in records if not r["baseline"] and r["status"] == "ok"]
+    grid.sort(key=lambda r: r["values"][x])
+    for ax, metrics in zip(axes[0], panels, strict=True):
+        for k, m in enumerate(metrics):
+            xs = [r["values"][x] for r in grid if r["row"].get(m) is not None]
+            ys = [r["row"][m] for r in grid if r["row"].get(m) is not None]
+            color = f"C{k}"
+            ax.plot(xs, ys, "o-", color=color, label=m)
+            for b, style in zip([r for r in records if r["baseline"] and r["status"] == "ok"],
+                                ["--", ":", "-."] * 3, strict=False):
+                if b["row"].get(m) is not None:
+                    ax.axhline(b["row"][m], color=color, ls=style, lw=1,
+                               label=f"{m} ({b['label']})")
+        ax.set_xlabel(x)
+        if spec.plot.get("log_x"):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(spec.name)
+    fig.tight_layout()
+    path = sweep_dir / "sweep.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main_sweep(args) -> int:
+    spec = load_sweep(args.sweep, args.set)
+    print(f"{spec.name}: {len(spec.points)} points", file=sys.stderr)
+    out = run_sweep(spec, Path(args.out), Path(args.data), progress=not args.quiet,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    records = json.loads((out / "sweep.json").read_text())["points"]
+    cols = ["label", "status", *spec.metrics]
+    widths = [max(len(c), 10) for c in cols]
+    print("  ".join(c[:w].rjust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in records:
+        vals = [r["label"], r["status"], *[r["row"].get(m) for m in spec.metrics]]
+        cells = [f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+                 for v in vals]
+        print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+    print(f"results: {out}")
+    return 0 if all(r["status"] == "ok" for r in records) else 1

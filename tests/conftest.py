@@ -1,0 +1,164 @@
+"""Shared fixtures: tiny scenarios, a TOML writer, and the leftover-process guard.
+
+Every process this test session starts (peer processes spawned in-process by the
+launcher, CLI subprocesses and *their* peers) inherits ``P2PGAME_TEST_SESSION``.
+The ``no_leftover_processes`` guard (automatic for ``@pytest.mark.integration``
+tests) scans ``/proc`` for processes that carry this session's tag, so it also
+catches peers orphaned by a CLI subprocess, which are no longer our descendants.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+SESSION_VAR = "P2PGAME_TEST_SESSION"
+SESSION_TAG = uuid.uuid4().hex
+os.environ[SESSION_VAR] = SESSION_TAG  # set before any process is started
+
+# The spawn start method runs one resource tracker per launching process; it is
+# not a peer and it lives as long as its launcher.
+_IGNORED_CMDLINES = ("multiprocessing.resource_tracker",)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def session_processes() -> dict[int, str]:
+    """Live processes (not zombies) started by this test session: {pid: cmdline}."""
+    needle = f"{SESSION_VAR}={SESSION_TAG}".encode()
+    me = os.getpid()
+    out: dict[int, str] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if _proc_state(pid) in (None, "Z", "X"):
+            continue
+        if any(s in cmd for s in _IGNORED_CMDLINES):
+            continue
+        out[pid] = cmd
+    return out
+
+
+@pytest.fixture
+def no_leftover_processes():
+    """Fail the test if a process it started is still alive afterwards."""
+    before = set(session_processes())
+    yield
+    # The launcher joins its peers before returning, so nothing should be left;
+    # allow a short grace period for processes that are in the middle of exiting.
+    deadline = time.monotonic() + 5.0
+    left = {p: c for p, c in session_processes().items() if p not in before}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = {p: c for p, c in session_processes().items() if p not in before}
+    for pid in left:  # do not poison the next tests; these are ours
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not left, f"processes left alive after the test: {left}"
+
+
+@pytest.fixture(autouse=True)
+def _guard_integration(request):
+    if request.node.get_closest_marker("integration") is not None:
+        request.getfixturevalue("no_leftover_processes")
+    yield
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError("no inf/nan in test scenarios")
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def dump_toml(raw: dict) -> str:
+    """A small TOML writer: scalars first, then one [section] per nested table.
+
+    Lists of tables are written inline, which is enough for the scenario format.
+    """
+    lines: list[str] = []
+    tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
+    for k, v in raw.items():
+        if k not in tables:
+            lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in tables.items():
+        lines.append("")
+        lines.append(f"[{k}]")
+        for kk, vv in v.items():
+            lines.append(f"{kk} = {_toml_value(vv)}")
+    return "\n".join(lines) + "\n"
+
+
+TINY_EXPFAM: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 3,
+    "steps": 50,
+    "topology": {"n": 4, "graph": "ring", "weights": "self_weight", "self_weight": 0.5},
+    "comm": {"mode": "sync", "transport": "ipc", "samples_per_message": 32},
+    "runtime": {"threads_per_peer": 1},
+    "algorithm": {"name": "expfam", "family": "bernoulli", "dim": 4, "n_data": 100,
+                  "batch": 32},
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict[str, Any]:
+    """A small, valid expfam scenario as a raw dict (a fresh copy per test)."""
+    return copy.deepcopy(TINY_EXPFAM)
+
+
+@pytest.fixture
+def write_scenario(tmp_path):
+    """``write_scenario(raw_or_text, name="scenario.toml") -> Path`` in ``tmp_path``."""
+
+    def _write(raw: dict | str, name: str = "scenario.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(raw if isinstance(raw, str) else dump_toml(raw))
+        return path
+
+    return _write
