@@ -162,6 +162,10 @@ class Launcher:
         hellos = await self._gather(server, procs, "hello", rt.start_timeout_s, everyone)
         if not self.failures and not self.interrupted:
             endpoints = {i: m["endpoint"] for i, m in hellos.items()}
+            # Where each peer publishes, for outside subscribers (README, "Wire format").
+            (self.run_dir / "endpoints.json").write_text(json.dumps(
+                {str(i): {"endpoint": endpoints[i], "pid": hellos[i].get("pid")}
+                 for i in sorted(endpoints)}, indent=1))
             for i in procs:
                 peers = {str(j): endpoints[j] for j in self.schedule.union_in(i)}
                 await server.send(i, {"type": "connect", "endpoints": peers})

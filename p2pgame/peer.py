@@ -253,6 +253,7 @@ class Peer:
                     line["bytes_received"] = self.received.totals()["bytes"]
                     line["staleness_mean"] = self.inbox.staleness_summary()[0]
                     mf.write(json.dumps(line) + "\n")
+                    mf.flush()  # readable while the run goes on
                 now = time.monotonic()
                 if now - last_progress > PROGRESS_EVERY_S:
                     last_progress = now
@@ -327,7 +328,8 @@ class Peer:
                 self.measuring = True
                 ctl_task = tg.create_task(self.control_loop(control))
                 await self.train_loop(transport, control)
-                await control.send({"type": "done", "summary": self.summary()})
+                summary = await self._call(self.summary)  # heavy: final evaluation
+                await control.send({"type": "done", "summary": summary})
                 await ctl_task  # wait for shutdown: neighbours may still need our messages
                 recv_task.cancel()
             return 0
@@ -344,8 +346,10 @@ class Peer:
                     pass
             raise
         finally:
-            transport.close()
+            # The control socket shares the transport's context: close it first, or the
+            # context's term() would wait for it forever.
             control.close()
+            transport.close()
 
 
 def peer_main(

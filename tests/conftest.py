@@ -88,6 +88,12 @@ def no_leftover_processes():
     assert not left, f"processes left alive after the test: {left}"
 
 
+@pytest.fixture(scope="session")
+def list_session_processes():
+    """The scanner itself, for module-scoped fixtures that start processes."""
+    return session_processes
+
+
 @pytest.fixture(autouse=True)
 def _guard_integration(request):
     if request.node.get_closest_marker("integration") is not None:

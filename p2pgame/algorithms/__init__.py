@@ -19,9 +19,16 @@ def _game() -> type:
     return SyntheticGame
 
 
+def _diffgan() -> type:
+    from p2pgame.algorithms.diffgan import DiffusionGAN
+
+    return DiffusionGAN
+
+
 ALGORITHMS: dict[str, Callable[[], type]] = {
     "expfam": _expfam,
     "game": _game,
+    "diffgan": _diffgan,
 }
 
 

@@ -41,7 +41,6 @@ class Inbox:
 
     def __init__(self) -> None:
         self.latest: dict[tuple[int, str], Envelope] = {}
-        self.fresh: list[Envelope] = []  # released since the last training step
         self.staleness: Counter[int] = Counter()
 
     def put(self, env: Envelope) -> None:
@@ -49,7 +48,6 @@ class Inbox:
         old = self.latest.get(key)
         if old is None or env.step >= old.step:
             self.latest[key] = env
-        self.fresh.append(env)
 
     def use(self, sender: int, space: str, step: int) -> Envelope | None:
         """The latest message of ``sender`` on ``space``; records its age in steps."""
@@ -57,10 +55,6 @@ class Inbox:
         if env is not None:
             self.staleness[step - env.step] += 1  # negative: the sender is ahead of us
         return env
-
-    def take_fresh(self) -> list[Envelope]:
-        out, self.fresh = self.fresh, []
-        return out
 
     def staleness_summary(self) -> tuple[float, dict[str, int]]:
         total = sum(self.staleness.values())

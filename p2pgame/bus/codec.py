@@ -89,7 +89,8 @@ def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
             raise CodecError("dtype", f"{name}: dtype {arr.dtype} is not on the wire")
         dname = _NAMES[dt]
         if dname == "bool" and pack_bool:
-            buffers.append(np.packbits(arr.reshape(-1)).data)
+            # packbits of the 0/1 bytes (a view) is the same bits, faster than of bools
+            buffers.append(np.packbits(arr.reshape(-1).view(np.uint8)).data)
             schema.append([name, dname, list(arr.shape), True])
         else:
             buffers.append(arr.astype(dt, copy=False).reshape(-1).view(np.uint8).data)
@@ -157,7 +158,8 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
                 raise CodecError("malformed", f"{name}: only bool tensors are bit-packed")
             if len(buf) != (count + 7) // 8:
                 raise CodecError("truncated", f"{name}: {len(buf)} bytes for {count} bits")
-            arr = np.unpackbits(np.frombuffer(buf, np.uint8), count=count).view(bool)
+            # unpack every bit and keep the first ``count`` (a view): faster than count=
+            arr = np.unpackbits(np.frombuffer(buf, np.uint8))[:count].view(bool)
         else:
             dt = DTYPES[dname]
             if len(buf) != count * dt.itemsize:

@@ -49,6 +49,10 @@ class Transport:
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
         self.endpoint = ""
+        # Synchronous views of the same sockets, for the calls that never block (below):
+        # they skip zmq.asyncio's per-call future.
+        self._pub_now = zmq.Socket.shadow(self.pub.underlying)
+        self._sub_now = zmq.Socket.shadow(self.sub.underlying)
 
     def bind(self, transport: str, host: str, ipc_dir: Path) -> str:
         self.endpoint = bind_endpoint(self.pub, transport, host, ipc_dir, f"peer-{self.peer_id}")
@@ -62,7 +66,12 @@ class Transport:
                 self.sub.setsockopt(zmq.SUBSCRIBE, f"{kind}/{j}/".encode())
 
     async def send(self, frames: list[Any]) -> None:
-        await self.pub.send_multipart(frames, copy=False)
+        # A PUB socket never blocks (at its HWM it would drop, and the HWM is unlimited),
+        # so send at once; the awaitable path stays for the case that it ever reports EAGAIN.
+        try:
+            self._pub_now.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            await self.pub.send_multipart(frames, copy=False)
 
     async def recv(self) -> list[zmq.Frame]:
         return await self.sub.recv_multipart(copy=False)
@@ -70,9 +79,11 @@ class Transport:
     async def recv_ready(self) -> list[list[zmq.Frame]]:
         """Wait for one message, then take every other one already queued."""
         out = [await self.sub.recv_multipart(copy=False)]
-        while self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            out.append(await self.sub.recv_multipart(copy=False))
-        return out
+        while True:  # whole messages only: ZeroMQ delivers multipart messages atomically
+            try:
+                out.append(self._sub_now.recv_multipart(flags=zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                return out
 
     def control(self, endpoint: str) -> ControlClient:
         return ControlClient(self.peer_id, endpoint, self.ctx)

@@ -1,0 +1,197 @@
+"""Runtime overhead of a game peer: steps/s in a real 2-peer run against a bare loop.
+
+1. A real run of ``topologies/mnist-2peers.toml`` through ``p2pgame.launch.run``
+   (``steps``, a small ``algorithm.eval_samples``, ``algorithm.checkpoint=false``,
+   plus any ``--set``): each peer's ``steps_per_s`` and its own wall-time split
+   (``time_split_s``: train, sample, encode, send, receive_decode, wait).
+2. The same model (``make_model(cfg.model)``, ``SymmetricLearner``) trained in a bare
+   loop without any bus, with the threads a peer gets (``threads_per_peer`` of the
+   run) and the same batch composition: ``round(alpha * batch)`` real images of the
+   peer's own partition + the rest synthetic tuples drawn locally from the model
+   itself (``model.sample(samples_per_message)`` once per step, converted to numpy
+   as the peer does before publishing; then the same random pick). Run as
+   ``n`` concurrent processes (like the peers: the baseline) and as 1 process.
+
+ratio = mean peer steps/s / mean bare steps/s (n processes).
+
+Usage: ``.venv/bin/python bench/overhead.py [--steps 300] [--data data] [--set k=v ...]
+[--smoke]``. The last stdout line is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SPLIT_KEYS = ("train", "sample", "encode", "send", "receive_decode", "wait")
+
+
+def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int, steps: int,
+                barrier, queue) -> None:
+    """One bare training loop (its own process), the peer's batch composition, no bus."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from p2pgame.algorithms.game import SyntheticGame
+    from p2pgame.algorithms.imagedata import peer_images
+    from p2pgame.config import scenario_from_dict
+    from p2pgame.models import SymmetricLearner, make_model
+    from p2pgame.rng import derive_seed
+    from p2pgame.topology import build_schedule
+
+    scenario = scenario_from_dict(raw, source)
+    cfg = SyntheticGame.make_config(scenario)
+    overrides = {"seed": derive_seed(scenario.seed, "peer", peer, "model-init")}
+    if cfg.lr:
+        overrides.update(lr_p=cfg.lr, lr_q=cfg.lr)
+    model = make_model(cfg.model, **overrides)
+    learner = SymmetricLearner(model)
+    images, _ = peer_images(scenario, peer, Path(data_root))
+    row = build_schedule(scenario).at(0).row(peer)
+    n_own = round(row[peer] * cfg.batch)
+    n_syn = sum(round(w * cfg.batch) for j, w in row.items() if j != peer and w > 0)
+    spm = scenario.comm.samples_per_message or cfg.batch
+    gen = torch.Generator().manual_seed(derive_seed(scenario.seed, "peer", peer, "sampling"))
+    data_gen = torch.Generator().manual_seed(derive_seed(scenario.seed, "peer", peer, "order"))
+    t_sample = t_train = 0.0
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        a = time.perf_counter()
+        tuples = {k: v.cpu().numpy() for k, v in model.sample(spm, gen).items()}  # publish
+        b = time.perf_counter()
+        syn = None
+        if n_syn:
+            pick = torch.randint(0, spm, (n_syn,), generator=data_gen).numpy()
+            syn = {f: torch.from_numpy(np.ascontiguousarray(t[pick])) for f, t in tuples.items()}
+        idx = torch.randint(0, len(images), (n_own,), generator=data_gen)
+        learner.step(images[idx], syn, gen, q_batch=n_own if n_own else None)
+        t_sample += b - a
+        t_train += time.perf_counter() - b
+    wall = time.perf_counter() - t0
+    queue.put({"peer": peer, "steps_per_s": steps / wall, "wall_s": wall,
+               "time_split_s": {"train": round(t_train, 4), "sample": round(t_sample, 4)}})
+
+
+def run_bare(n_procs: int, raw: dict, source: str, data_root: str, threads: int,
+             steps: int) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(n_procs)
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=bare_worker, name=f"bench-bare-{i}",
+                         args=(i, raw, source, data_root, threads, steps, barrier, queue))
+             for i in range(n_procs)]
+    for p in procs:
+        p.start()
+    out = []
+    try:
+        for _ in procs:
+            out.append(queue.get(timeout=600))
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    if any(p.exitcode != 0 for p in procs):
+        raise RuntimeError(f"bare worker failed: {[p.exitcode for p in procs]}")
+    return sorted(out, key=lambda r: r["peer"])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", default=str(ROOT / "topologies" / "mnist-2peers.toml"))
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--eval-samples", type=int, default=500)
+    ap.add_argument("--data", default=str(ROOT / "data"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="extra scenario override (both the run and the bare loop)")
+    ap.add_argument("--out", default="", help="run folder parent (default: a temp dir)")
+    ap.add_argument("--smoke", action="store_true", help="tiny: 6 steps, 64 eval samples")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.steps, args.eval_samples = 6, 64
+    from p2pgame.config import apply_overrides, load_raw, scenario_from_dict
+    from p2pgame.launch import run, threads_per_peer
+
+    overrides = [f"steps={args.steps}", f"algorithm.eval_samples={args.eval_samples}",
+                 "algorithm.checkpoint=false", 'runtime.device="cpu"', *args.overrides]
+    raw = apply_overrides(load_raw(args.scenario), overrides)
+    scenario = scenario_from_dict(raw, args.scenario)
+    n = scenario.n
+    threads = threads_per_peer(scenario)
+    load = {}
+
+    load["bare_n"] = os.getloadavg()[0]
+    bare_n = run_bare(n, raw, args.scenario, args.data, threads, args.steps)
+
+    tmp = tempfile.TemporaryDirectory(prefix="p2pg-overhead-")
+    out_dir = args.out or tmp.name
+    load["peer_run"] = os.getloadavg()[0]
+    res = run(args.scenario, overrides, out=out_dir, data_root=args.data, progress=False)
+    if res.exit_code != 0:
+        raise SystemExit(f"peer run failed: {res.failures}")
+    summary = res.summary
+    peers = summary["peers"]
+    assert summary["threads_per_peer"] == threads
+
+    load["bare_1"] = os.getloadavg()[0]
+    bare_1 = run_bare(1, raw, args.scenario, args.data, threads, args.steps)
+    tmp.cleanup()
+
+    peer_sps = statistics.mean(p["steps_per_s"] for p in peers.values())
+    bare_sps = statistics.mean(r["steps_per_s"] for r in bare_n)
+    bare1_sps = bare_1[0]["steps_per_s"]
+    ratio = peer_sps / bare_sps
+    split = {k: statistics.mean(p["time_split_s"].get(k, 0.0) for p in peers.values())
+             for k in SPLIT_KEYS}
+    peer_wall = statistics.mean(p["steps"] / p["steps_per_s"] for p in peers.values())
+
+    print(f"overhead: {scenario.name}, {n} peers, {args.steps} steps, batch "
+          f"{raw['algorithm'].get('batch')}, {threads} thread(s) per process, "
+          f"cpus {os.cpu_count()}")
+    print(f"{'what':<28}{'steps/s':>9}{'wall s':>9}{'load avg':>10}")
+    for i, p in sorted(peers.items()):
+        print(f"{'peer ' + i + ' (2-peer run)':<28}{p['steps_per_s']:>9.2f}"
+              f"{p['steps'] / p['steps_per_s']:>9.1f}{load['peer_run']:>10.2f}")
+    for r in bare_n:
+        label = f"bare {n}-proc, proc {r['peer']}"
+        print(f"{label:<28}{r['steps_per_s']:>9.2f}{r['wall_s']:>9.1f}{load['bare_n']:>10.2f}")
+    print(f"{'bare 1-proc':<28}{bare1_sps:>9.2f}{bare_1[0]['wall_s']:>9.1f}"
+          f"{load['bare_1']:>10.2f}")
+    print(f"ratio peer / bare {n}-proc = {ratio:.3f}   (peer / bare 1-proc = "
+          f"{peer_sps / bare1_sps:.3f})")
+    print(f"peer wall-time split, mean over peers (s of {peer_wall:.1f} s):")
+    for k in SPLIT_KEYS:
+        print(f"  {k:<16}{split[k]:>8.2f}  {100 * split[k] / peer_wall:5.1f} %")
+    bare_split = {k: statistics.mean(r["time_split_s"][k] for r in bare_n)
+                  for k in ("train", "sample")}
+    print(f"bare {n}-proc split: train {bare_split['train']:.2f} s, "
+          f"sample {bare_split['sample']:.2f} s")
+    out = {"ratio": round(ratio, 4), "peer_steps_per_s": round(peer_sps, 3),
+           "bare_steps_per_s": round(bare_sps, 3), "bare_1proc_steps_per_s": round(bare1_sps, 3),
+           "ratio_vs_1proc": round(peer_sps / bare1_sps, 4),
+           "time_split_s": {k: round(v, 4) for k, v in split.items()},
+           "bare_time_split_s": {k: round(v, 4) for k, v in bare_split.items()},
+           "threads_per_peer": threads, "steps": args.steps, "n_peers": n,
+           "loadavg": {k: round(v, 2) for k, v in load.items()}}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

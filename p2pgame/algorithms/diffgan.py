@@ -1,0 +1,454 @@
+"""Diffusion GAN (Wang, Pavan & Sayed): adapt-then-combine over a network of GANs.
+
+Every peer owns a GAN (discriminator D, generator G) and private images.  Rounds
+alternate by part: round r is a D round if ``r % (n_d + n_g) < n_d``, else a G
+round.  Algorithm 1 (adapt a part, then average it with the neighbours' freshly
+adapted copies under the combination matrix A) is mapped onto the peer loop:
+
+* ``outgoing(r)`` publishes psi_{r-1}, the part adapted at step r - 1, on
+  ``params/<peer>/D`` or ``params/<peer>/G`` (step 0: both initial parts);
+* ``train_step(r)`` first combines that part,
+  ``w = sum_j a_ij psi_j`` over itself and the in-neighbours whose round-r
+  message arrived (renormalising the weights when one is missing or late), then
+  takes the local stochastic-gradient step on the part of round r, giving psi_r.
+
+So each part sees adapt, combine, adapt, combine, ... exactly as in Algorithm 1;
+parameters travel, never samples.  ``combine = false`` is the non-cooperative
+baseline (nothing is published); a one-peer scenario on pooled data is the
+centralized one.
+
+The GAN trains on grey-level images in [-1, 1] (``data.binarize`` and
+``data.noise`` are not used); for the shared evaluation, whose evaluator CNN
+works on binary images, generated images are thresholded like the real ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2pgame.algorithms.base import Algorithm, Inbox, PeerContext, config_error
+from p2pgame.algorithms.imagedata import data_spec, load_split, partition_indices
+from p2pgame.algorithms.imageeval import ImageEvaluation, prepare_evaluator
+from p2pgame.config import Scenario, ScenarioError
+from p2pgame.topology import Topology, build_schedule
+
+PARTS = ("D", "G")
+WIRE_DTYPES = ("float32", "float16")
+OPTIMIZERS = ("sgd", "adam")
+G_LOSSES = ("nonsaturating", "minimax")
+SNAPSHOT_DIR = "params"
+
+
+def _gan_models() -> list[str]:
+    from p2pgame.models import MODELS
+
+    return sorted(k for k in MODELS if k.startswith("dcgan"))
+
+
+@dataclass(frozen=True)
+class DiffGANConfig:
+    model: str = "dcgan-mlp"
+    batch: int = 64
+    lr: float = 0.05  # mu of the paper (both parts)
+    optimizer: str = "sgd"  # sgd | adam (moments stay local; only parameters are combined)
+    betas: tuple[float, float] = (0.5, 0.999)
+    n_d: int = 5  # D rounds per iteration
+    n_g: int = 1  # G rounds per iteration
+    combine: bool = True  # false: non-cooperative baseline
+    wire_dtype: str = "float32"  # float32 | float16 on the wire
+    g_loss: str = "nonsaturating"  # -log D(G(z)); "minimax": log(1 - D(G(z))) as in eq. (3)
+    eval_samples: int = 10000
+    evaluator_epochs: int = 2
+    snapshots: int = 20  # parameter snapshots for the disagreement curve (0: none)
+    checkpoint: bool = True
+    peer_models: dict = field(default_factory=dict)  # {"<peer id>": model name}
+
+    def __post_init__(self) -> None:
+        known = _gan_models()
+        for where, name in [("model", self.model)] + [
+            (f"peer_models.{k}", v) for k, v in self.peer_models.items()
+        ]:
+            if name not in known:
+                raise config_error(where, f"{name!r} is not known; allowed: {', '.join(known)}")
+        for key, allowed in (("optimizer", OPTIMIZERS), ("wire_dtype", WIRE_DTYPES),
+                             ("g_loss", G_LOSSES)):
+            if getattr(self, key) not in allowed:
+                raise config_error(
+                    key, f"{getattr(self, key)!r} is not known; allowed: {', '.join(allowed)}")
+        for key in ("batch", "eval_samples", "evaluator_epochs", "n_d", "n_g"):
+            if getattr(self, key) < 1:
+                raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.eval_samples < 2:
+            raise config_error("eval_samples", "must be >= 2")
+        if self.snapshots < 0:
+            raise config_error("snapshots", f"must be >= 0, got {self.snapshots}")
+        if not self.lr > 0:
+            raise config_error("lr", f"must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise config_error("betas", f"must be two numbers in [0, 1), got {list(self.betas)}")
+
+    def model_of(self, peer: int) -> str:
+        return self.peer_models.get(str(peer), self.model)
+
+    def part_at(self, step: int) -> str:
+        return "D" if step % (self.n_d + self.n_g) < self.n_d else "G"
+
+
+def snapshot_steps(steps: int, count: int) -> list[int]:
+    """``count`` evenly spaced steps in [0, steps - 1], the same on every peer."""
+    if count <= 0 or steps <= 0:
+        return []
+    if count == 1 or steps == 1:
+        return [steps - 1]
+    return sorted({round(k * (steps - 1) / (count - 1)) for k in range(count)})
+
+
+def weighted_average(terms: list[tuple[float, dict[str, Any]]]) -> dict[str, np.ndarray]:
+    """``sum_j w_j x_j / sum_j w_j`` field by field, in float32 (float64 accumulation)."""
+    total = sum(w for w, _ in terms)
+    if not terms or total <= 0:
+        raise ValueError("weighted_average needs at least one term with positive weight")
+    out: dict[str, np.ndarray] = {}
+    for name in terms[0][1]:
+        acc = np.zeros(np.shape(terms[0][1][name]), dtype=np.float64)
+        for w, x in terms:
+            acc += w * np.asarray(x[name], dtype=np.float64)
+        out[name] = (acc / total).astype(np.float32)
+    return out
+
+
+def disagreement(vectors: np.ndarray) -> float:
+    """Theorem 1: mean over peers of the squared distance to the centroid of all peers."""
+    x = np.asarray(vectors, dtype=np.float64)
+    c = x.mean(axis=0, keepdims=True)
+    return float(((x - c) ** 2).sum(axis=1).mean())
+
+
+class DiffusionGAN(Algorithm):
+    Config = DiffGANConfig
+    kinds = ("params",)
+    heavy = True
+
+    # -- launcher side -------------------------------------------------------------------
+    @classmethod
+    def validate(cls, scenario: Scenario) -> None:
+        cfg = cls.make_config(scenario)
+        data_spec(scenario)
+        n = scenario.n
+        for key in cfg.peer_models:
+            if not (isinstance(key, str) and key.isdigit() and int(key) < n):
+                raise config_error(f"peer_models.{key}", f"is not a peer id in 0..{n - 1}")
+        models = {p: cfg.model_of(p) for p in range(n)}
+        if cfg.combine and len(set(models.values())) > 1:
+            groups: dict[str, list[int]] = {}
+            for p, m in models.items():
+                groups.setdefault(m, []).append(p)
+            desc = "; ".join(f"peer{'s' if len(ps) > 1 else ''} {', '.join(map(str, ps))}: {m}"
+                             for m, ps in sorted(groups.items()))
+            raise config_error(
+                "peer_models",
+                f"combine = true averages parameters, so every peer needs the same "
+                f"architecture; got {desc}. Use one model or set combine = false")
+        comm = scenario.comm
+        has_edges = any(t.edges for t in build_schedule(scenario).topologies)
+        if cfg.combine and comm.publish_every != 1:
+            raise ScenarioError(
+                f"comm.publish_every = {comm.publish_every}: diffusion publishes the adapted "
+                f"part every step; set it to 1")
+        if not cfg.combine and comm.mode == "sync" and has_edges:
+            raise ScenarioError(
+                "algorithm.combine = false publishes nothing, so a sync barrier would wait "
+                "forever for the neighbours; set comm.mode = 'async'")
+
+    @classmethod
+    def prepare(cls, scenario: Scenario, data_root: Path, log: Callable) -> None:
+        prepare_evaluator(scenario, data_root, cls.make_config(scenario).evaluator_epochs, log)
+
+    # -- peer side -----------------------------------------------------------------------
+    def __init__(self, ctx: PeerContext, config: DiffGANConfig) -> None:
+        super().__init__(ctx, config)
+        import torch
+
+        from p2pgame.models import make_model
+
+        self.torch = torch
+        self.device = torch.device(ctx.device)
+        self.model_name = config.model_of(ctx.peer_id)
+        self.model = make_model(self.model_name, seed=ctx.seed("model-init")).to(self.device)
+        self.model.train()
+        self.opt = {p: self._optimizer(self.model.parts[p]) for p in PARTS}
+        images, labels = self._own_images()
+        self.images = images.to(self.device)
+        self.own_classes = sorted(int(c) for c in labels.unique())
+        self.wire = np.dtype(config.wire_dtype)
+        self.schema = {p: self.model.part_schema(p) for p in PARTS}
+        self.gen = torch.Generator(device=self.device).manual_seed(ctx.seed("model-sampling"))
+        self.data_gen = torch.Generator().manual_seed(ctx.seed("data-order"))
+        self.snap_steps = set(snapshot_steps(ctx.scenario.steps, config.snapshots))
+        self.combine_rounds = 0
+        self.combine_renormalised = 0
+        self.combine_missing: Counter[int] = Counter()
+        self.last_loss = {"D": float("nan"), "G": float("nan")}
+        self.evaluation = ImageEvaluation(ctx.scenario, ctx.data_root, config.evaluator_epochs,
+                                          self.own_classes, self.device)
+
+    def _optimizer(self, module):
+        torch, cfg = self.torch, self.config
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.SGD(module.parameters(), lr=cfg.lr)
+
+    def _own_images(self):
+        """Grey-level images in [-1, 1] ``[n, 1, 28, 28]`` and labels of this peer's part."""
+        torch = self.torch
+        scenario = self.ctx.scenario
+        spec = data_spec(scenario)
+        images, labels = load_split(spec, self.ctx.data_root)
+        parts = partition_indices(spec, labels.numpy(), scenario.n, scenario.seed)
+        idx = torch.as_tensor(np.asarray(parts[self.ctx.peer_id], dtype=np.int64))
+        if len(idx) == 0:
+            raise ValueError(f"peer {self.ctx.peer_id} got no images from the partition")
+        x = images[idx].float().div(127.5).sub(1.0).unsqueeze(1)
+        return x, labels[idx]
+
+    # -- exchange ------------------------------------------------------------------------
+    def part_tensors(self, part: str) -> dict[str, np.ndarray]:
+        """A part's tensors as the wire carries them (copies: the live ones keep training)."""
+        return {k: np.array(v.detach().cpu().numpy(), dtype=self.wire, copy=True)
+                for k, v in self.model.part_state(part).items()}
+
+    def outgoing(self, step: int) -> dict[str, dict[str, Any]]:
+        if not self.config.combine:
+            return {}
+        parts = PARTS if step == 0 else (self.config.part_at(step - 1),)
+        return {f"params/{p}": self.part_tensors(p) for p in parts}
+
+    def check(self, env) -> str | None:
+        if env.space not in self.schema:
+            return "space"
+        expected = self.schema[env.space]
+        if set(env.tensors) != set(expected):
+            return "architecture"
+        for name, shape in expected.items():
+            t = env.tensors[name]
+            if tuple(t.shape) != tuple(shape):
+                return "architecture"
+            if np.dtype(t.dtype).name not in WIRE_DTYPES:
+                return "dtype"
+        return None
+
+    def combine(self, part: str, step: int, inbox: Inbox, topology: Topology) -> list[int]:
+        """ATC combine of ``part`` with the round-``step`` messages; returns missing peers."""
+        torch = self.torch
+        me = self.ctx.peer_id
+        row = topology.row(me)
+        live = self.model.part_state(part)
+        own = {k: v.detach().cpu().numpy() for k, v in live.items()}
+        terms: list[tuple[float, dict[str, Any]]] = [(row[me], own)]
+        missing = []
+        for j, w in row.items():
+            if j == me or w <= 0:
+                continue
+            env = inbox.use(j, part, step)
+            if env is None or env.step != step or env.space != part:
+                missing.append(j)
+                continue
+            terms.append((w, env.tensors))
+        if len(terms) == 1 and not missing:
+            return []  # no neighbours: nothing to combine
+        if terms[0][0] <= 0 and len(terms) == 1:
+            return missing  # own weight 0 and nobody heard: keep the adapted part
+        avg = weighted_average(terms)
+        with torch.no_grad():
+            for k, v in live.items():
+                v.copy_(torch.from_numpy(avg[k]).to(v.device, v.dtype))
+        self.combine_rounds += 1
+        if missing:
+            self.combine_renormalised += 1
+            self.combine_missing.update(missing)
+        return missing
+
+    def adapt(self, part: str) -> float:
+        """One local stochastic-gradient step on ``part`` (eq. 10a)."""
+        torch, cfg, model = self.torch, self.config, self.model
+        z = model.noise(cfg.batch, self.gen)
+        if part == "D":
+            idx = torch.randint(0, len(self.images), (cfg.batch,), generator=self.data_gen)
+            loss = model.d_loss(self.images[idx.to(self.images.device)], z)
+        else:
+            loss = model.g_loss(z, saturating=cfg.g_loss == "minimax")
+        opt = self.opt[part]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        self.last_loss[part] = value
+        return value
+
+    def train_step(self, step: int, inbox: Inbox, topology: Topology) -> dict[str, float]:
+        cfg = self.config
+        missing: list[int] = []
+        if cfg.combine:
+            for p in (PARTS if step == 0 else (cfg.part_at(step - 1),)):
+                missing += self.combine(p, step, inbox, topology)
+        if step in self.snap_steps:
+            self._snapshot(step)
+        part = cfg.part_at(step)
+        self.adapt(part)
+        out = {f"{p.lower()}_loss": v for p, v in self.last_loss.items() if v == v}  # no NaN
+        out.update(g_round=float(part == "G"), missing=float(len(missing)))
+        return out
+
+    def _snapshot(self, step: int) -> None:
+        folder = self.ctx.run_dir / SNAPSHOT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"peer-{self.ctx.peer_id}-step-{step:09d}.npy",
+                self.model.flat().numpy().astype(np.float32))
+        meta = folder / f"peer-{self.ctx.peer_id}.json"
+        if not meta.exists():
+            sizes = {p: int(sum(v.numel() for v in self.model.part_state(p).values()))
+                     for p in PARTS}
+            meta.write_text(json.dumps({"model": self.model_name, "sizes": sizes}))
+
+    # -- evaluation ----------------------------------------------------------------------
+    def generate(self, n: int, batch: int = 1000):
+        """``n`` generated images in [0, 1] (eval mode, a fixed seed)."""
+        from p2pgame.models.dcgan import to_unit
+
+        torch = self.torch
+        g = torch.Generator(device=self.device).manual_seed(self.ctx.seed("eval"))
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, n, batch):
+                out.append(to_unit(self.model.sample(min(batch, n - i), g)).cpu())
+        self.model.train()
+        return torch.cat(out)
+
+    def wire_bytes(self) -> dict[str, int]:
+        """Header + payload bytes of one message per part, as the codec frames it."""
+        from p2pgame.bus.codec import Envelope, encode, frame_sizes
+
+        out = {}
+        for p in PARTS:
+            env = Envelope(self.ctx.peer_id, f"params/{self.ctx.peer_id}/{p}",
+                           self.ctx.scenario.steps, self.part_tensors(p), meta={"last": True})
+            h, pay = frame_sizes(encode(env))
+            out[p] = h + pay
+        return out
+
+    def finish(self) -> dict[str, Any]:
+        from p2pgame.eval import binarize
+
+        ctx, cfg = self.ctx, self.config
+        images = self.generate(cfg.eval_samples)
+        metrics = self.evaluation.metrics(binarize(images))
+        self.evaluation.save_grid(images, ctx.run_dir, ctx.peer_id)
+        if cfg.checkpoint:
+            path = ctx.run_dir / "checkpoints" / f"peer-{ctx.peer_id}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.torch.save(self.model.state_dict(), path)
+        wb = self.wire_bytes()
+        return {
+            **metrics,
+            "classes_generated": sum(1 for m in metrics["class_mass"] if m >= 0.03),
+            "model": self.model_name,
+            "param_count": self.model.param_count(),
+            "param_count_D": self.model.param_count("D"),
+            "param_count_G": self.model.param_count("G"),
+            "wire_dtype": cfg.wire_dtype,
+            "wire_bytes_D": wb["D"],
+            "wire_bytes_G": wb["G"],
+            "combine_rounds": self.combine_rounds,
+            "combine_renormalised": self.combine_renormalised,
+            "combine_missing": {str(k): v for k, v in sorted(self.combine_missing.items())},
+            "d_loss": self.last_loss["D"],
+            "g_loss": self.last_loss["G"],
+        }
+
+    @classmethod
+    def after_run(cls, scenario: Scenario, run_dir: Path, summary: dict) -> None:
+        cfg = cls.make_config(scenario)
+        summary["table_columns"] = [
+            "fid_all", "fid_own", "fid_other", "unseen_mass", "classes_generated", "bytes_sent",
+        ]
+        peers = summary.get("peers", {})
+        for s in peers.values():
+            steps = s.get("steps") or 0
+            s["bytes_sent_per_step"] = s.get("bytes_sent", 0) / steps if steps else 0.0
+        topo_path = run_dir / "topology.json"
+        if "second_eigenvalue_modulus" not in summary and topo_path.exists():
+            epochs = json.loads(topo_path.read_text())["epochs"]
+            summary["second_eigenvalue_modulus"] = epochs[-1]["second_eigenvalue_modulus"]
+        lam = summary.get("second_eigenvalue_modulus")
+        if lam is not None and lam < 1:
+            # Theorem 1's scale mu^2 lambda^2 / (1 - lambda)^2 (without the gradient bounds).
+            summary["disagreement_theory_scale"] = cfg.lr**2 * lam**2 / (1 - lam) ** 2
+        (run_dir / "evaluation.json").write_text(json.dumps(
+            {p: {k: s.get(k) for k in ("fid_all", "fid_own", "fid_other", "class_mass",
+                                       "unseen_mass", "classes_generated", "own_classes")}
+             for p, s in peers.items()}, indent=1))
+        rows = disagreement_curve(run_dir / SNAPSHOT_DIR, scenario.n)
+        if rows:
+            summary["disagreement"] = [[r["step"], r["all"]] for r in rows]
+            summary["disagreement_final"] = rows[-1]["all"]
+            summary["disagreement_D"] = [[r["step"], r["D"]] for r in rows]
+            summary["disagreement_G"] = [[r["step"], r["G"]] for r in rows]
+            write_disagreement(run_dir, rows, scenario.name)
+        shutil.rmtree(run_dir / SNAPSHOT_DIR, ignore_errors=True)
+
+
+def disagreement_curve(folder: Path, n: int) -> list[dict[str, float]]:
+    """Per snapshot step (present on all n peers): disagreement of D+G, D and G."""
+    if not folder.is_dir():
+        return []
+    metas = [folder / f"peer-{i}.json" for i in range(n)]
+    if not all(m.exists() for m in metas):
+        return []
+    sizes = [json.loads(m.read_text())["sizes"] for m in metas]
+    if any(s != sizes[0] for s in sizes):
+        return []  # different architectures: no common centroid
+    n_d = sizes[0]["D"]
+    steps: dict[int, int] = Counter()
+    for f in folder.glob("peer-*-step-*.npy"):
+        steps[int(f.stem.rsplit("-", 1)[1])] += 1
+    rows = []
+    for step in sorted(s for s, c in steps.items() if c == n):
+        x = np.stack([np.load(folder / f"peer-{i}-step-{step:09d}.npy") for i in range(n)])
+        rows.append({"step": step, "all": disagreement(x), "D": disagreement(x[:, :n_d]),
+                     "G": disagreement(x[:, n_d:])})
+    return rows
+
+
+def write_disagreement(run_dir: Path, rows: list[dict[str, float]], title: str) -> None:
+    with (run_dir / "disagreement.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "all", "D", "G"])
+        w.writeheader()
+        w.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in rows]
+    for key, style in (("all", "-o"), ("D", "--"), ("G", ":")):
+        ys = [max(r[key], 1e-30) for r in rows]
+        ax.plot(steps, ys, style, label=key, markersize=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean squared distance to centroid")
+    ax.set_title(f"{title}: network disagreement")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "disagreement.png", dpi=120)
+    plt.close(fig)

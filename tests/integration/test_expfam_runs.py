@@ -1,0 +1,345 @@
+"""Real runs: one OS process per peer over ZeroMQ, launched in-process or by the CLI.
+
+Small on purpose (2-4 peers, <= 200 steps): the whole file must stay well under a minute
+and a half on two cores.  Every run's leftover processes are checked by conftest.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pgame import launch
+from p2pgame.bus.transport import ControlServer
+
+pytestmark = pytest.mark.integration
+
+SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "expfam-ring4.toml"
+ROOT = Path(__file__).resolve().parents[2]
+
+PEER_KEYS = ("steps", "steps_per_s", "bytes_sent", "bytes_received", "messages_sent",
+             "messages_received", "messages_dropped", "messages_rejected", "staleness_mean",
+             "ne_max_abs")
+SUMMARY_KEYS = ("scenario", "seed", "mode", "wall_s", "failed_peers", "peers")
+TIMING_KEYS = {"wall_s", "steps_per_s", "time_split_s", "t"}
+
+
+def _run(out: Path, overrides=(), scenario=SCENARIO) -> launch.RunResult:
+    return launch.run(scenario, list(overrides), out=out / "runs", data_root=out / "data",
+                      progress=False)
+
+
+def _lines(run_dir: Path, peer: int) -> list[dict]:
+    with (run_dir / "metrics" / f"peer-{peer}.jsonl").open() as f:
+        return [json.loads(line) for line in f]
+
+
+def _strip(obj, drop=TIMING_KEYS):
+    if isinstance(obj, dict):
+        return {k: _strip(v, drop) for k, v in obj.items() if k not in drop}
+    if isinstance(obj, list):
+        return [_strip(v, drop) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def ring4_twice(tmp_path_factory, list_session_processes):
+    """The base sync scenario run twice with the same seed (shared by several tests)."""
+    before = set(list_session_processes())
+    results = [_run(tmp_path_factory.mktemp(f"ring4-{k}")) for k in range(2)]
+    left = set(list_session_processes()) - before
+    assert not left, f"processes left alive after the runs: {left}"
+    return results
+
+
+# --------------------------------------------------------------------------- (a) a sync run
+
+
+def test_sync_ring_summary_and_run_folder(ring4_twice):
+    result = ring4_twice[0]
+    assert result.exit_code == 0 and result.failures == {}
+    run_dir = result.run_dir
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary))
+    for key in SUMMARY_KEYS:
+        assert key in summary, key
+    assert (summary["scenario"], summary["seed"], summary["mode"]) == ("expfam-ring4", 7, "sync")
+    assert summary["failed_peers"] == [] and summary["wall_s"] > 0
+    assert sorted(summary["peers"]) == ["0", "1", "2", "3"]
+    for pid, peer in summary["peers"].items():
+        for key in PEER_KEYS:
+            assert key in peer, (pid, key)
+        assert peer["steps"] == 200 and peer["steps_per_s"] > 0
+        # 200 rounds to 2 ring neighbours, 200 rounds from each; nothing lost or refused.
+        assert peer["messages_sent"] == 400 and peer["messages_received"] == 400
+        assert peer["messages_dropped"] == 0 and peer["messages_rejected"] == 0
+        assert peer["bytes_sent"] == peer["bytes_received"] == peer["bytes_delivered"] > 0
+        assert peer["payload_bytes_sent"] == 400 * 64  # 64 samples x 8 bits, bit-packed
+        assert peer["staleness_mean"] == 0.0 and peer["staleness_hist"] == {"0": 400}
+        # The players reach the analytic equilibrium of the game.
+        assert math.isfinite(peer["ne_max_abs"]) and peer["ne_max_abs"] < 0.05
+        assert len(peer["mu"]) == 8
+
+    for name in ("scenario.toml", "scenario.json", "topology.json", "edges.csv",
+                 "weights.csv"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "scenario.toml").read_text() == SCENARIO.read_text()
+    topo = json.loads((run_dir / "topology.json").read_text())
+    (epoch,) = topo["epochs"]
+    assert epoch["start_step"] == 0 and len(epoch["edges"]) == 8
+    assert epoch["second_eigenvalue_modulus"] == pytest.approx(0.5)  # 1/2 + 1/2 cos(pi/2)
+    with (run_dir / "edges.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["src", "dst", "weight"] and len(rows) == 9
+    assert all(float(r[2]) == 0.25 for r in rows[1:])
+    with (run_dir / "weights.csv").open() as f:
+        w = np.array([[float(v) for v in r] for r in csv.reader(f)])
+    assert w.shape == (4, 4)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    np.testing.assert_allclose(np.diag(w), 0.5)
+
+    for i in range(4):
+        lines = _lines(run_dir, i)
+        assert [ln["step"] for ln in lines] == [*range(0, 200, 10), 199]
+        for ln in lines:
+            for key in ("t", "ne_max_abs", "bytes_sent", "bytes_received", "staleness_mean",
+                        "lr"):
+                assert key in ln, key
+        assert lines[-1]["ne_max_abs"] < lines[0]["ne_max_abs"]
+    assert not (run_dir / "sock").exists()  # sockets cleaned up
+
+
+# --------------------------------------------------------------------------- (b) determinism
+
+
+def test_sync_runs_are_reproducible(ring4_twice):
+    a, b = ring4_twice
+    assert a.run_dir != b.run_dir
+    sa, sb = a.summary, b.summary
+    assert _strip(sa) == _strip(sb)
+    for i in range(4):
+        # Per-step metrics: everything but timing, and bytes_received, which counts what
+        # has *arrived* by the time a line is written (see the xfail test below).
+        drop = TIMING_KEYS | {"bytes_received"}
+        assert _strip(_lines(a.run_dir, i), drop) == _strip(_lines(b.run_dir, i), drop)
+    assert [p["mu"] for p in sa["peers"].values()] == [p["mu"] for p in sb["peers"].values()]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: the per-line 'bytes_received' in metrics/peer-<i>.jsonl counts messages that "
+    "have arrived when the line is written (neighbours may already be a round ahead), so "
+    "identical sync runs write different lines; log released (delivered) bytes instead",
+)
+def test_sync_metric_lines_reproducible_except_time(ring4_twice):
+    a, b = ring4_twice
+    for i in range(4):
+        assert _strip(_lines(a.run_dir, i)) == _strip(_lines(b.run_dir, i))
+
+
+# --------------------------------------------------------------------------- (c) regimes
+
+
+def test_delay_steps_gives_that_staleness_over_tcp(tmp_path):
+    result = _run(tmp_path, ["topology.n=3", "steps=100", "comm.delay_steps=5",
+                             "comm.transport=\"tcp\""])
+    assert result.exit_code == 0
+    for pid, peer in result.summary["peers"].items():
+        assert peer["steps"] == 100
+        # Sync: at step s >= 5 each of the 2 neighbours' round s - 5 is the freshest held.
+        assert peer["staleness_mean"] == pytest.approx(5.0)
+        assert peer["staleness_hist"] == {"5": 2 * 95}, pid
+        assert math.isfinite(peer["ne_max_abs"])
+        assert peer["messages_received"] >= 2 * 95
+
+
+def test_drop_rate_via_cli(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--quiet",
+         "--run-dir", str(run_dir), "--data", str(tmp_path / "data"),
+         "--set", "topology.n=3", "--set", "comm.drop=0.3"],
+        capture_output=True, text=True, timeout=100, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"results: {run_dir}" in proc.stdout and "mode sync, 3 peers" in proc.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    dropped = total = 0
+    for pid, peer in summary["peers"].items():
+        # Sync: every round of every in-neighbour is resolved, delivered or dropped.
+        n = peer["messages_dropped"] + peer["messages_received"]
+        assert n == 2 * 200, pid
+        assert abs(peer["messages_dropped"] / n - 0.3) < 0.08, pid
+        assert peer["bytes_delivered"] < peer["bytes_received"]
+        assert math.isfinite(peer["ne_max_abs"])
+        dropped += peer["messages_dropped"]
+        total += n
+    assert abs(dropped / total - 0.3) < 0.04
+    assert json.loads((run_dir / "scenario.json").read_text())["comm"]["drop"] == 0.3
+
+
+def test_bandwidth_cap_limits_delivery_rate(tmp_path):
+    cap = 4000.0  # bytes/s on each link
+    result = _run(tmp_path, ["topology.n=2", "topology.graph=\"complete\"", "steps=40",
+                             f"comm.bandwidth={cap}"])
+    assert result.exit_code == 0
+    for pid, peer in result.summary["peers"].items():
+        assert peer["steps"] == 40 and peer["messages_dropped"] == 0
+        delivered = peer["bytes_delivered"]
+        assert delivered == peer["bytes_received"]
+        largest = max(r["header_bytes"] + r["payload_bytes"] for r in peer["traffic_in"])
+        assert delivered / cap > 1.0, "the cap must bind for the test to mean anything"
+        # One link in; after the first message (the bucket starts full) bytes leave at <= cap.
+        # Every release lies between the launcher's 'go' and its last 'done': exact bound.
+        assert (delivered - largest) / result.summary["wall_s"] <= cap * 1.001, pid
+        # The peer's own clock starts a little after 'go' (scheduling skew): loose bound.
+        wall = peer["steps"] / peer["steps_per_s"]
+        assert wall >= 0.9 * (delivered - largest) / cap, pid
+
+
+# --------------------------------------------------------------------------- (d) bad scenario
+
+
+def test_bad_scenario_exits_2_before_anything_starts(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SCENARIO.read_text().replace("[comm]\n", "[comm]\ndorp = 0.3\n"))
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(bad), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "'dorp'" in proc.stderr and str(bad) in proc.stderr and "allowed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_bad_override_exits_2_without_spawning(tmp_path, monkeypatch, capsys):
+    from p2pgame import cli
+
+    def no_processes(*a, **k):
+        raise AssertionError("a process was about to start")
+
+    monkeypatch.setattr(launch.mp, "get_context", no_processes)
+    out = tmp_path / "runs"
+    code = cli.main(["run", str(SCENARIO), "--out", str(out), "--quiet",
+                     "--set", "runtime.colour=\"red\""])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'colour'" in err and "runtime" in err and "allowed" in err
+    assert not out.exists()
+    code = cli.main(["run", str(tmp_path / "missing.toml"), "--out", str(out)])
+    assert code == 2 and "not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- (e) a dead peer
+
+
+def test_killed_peer_is_reported(tmp_path, monkeypatch):
+    victim = 1
+    pids: dict[int, int] = {}
+    killed: list[int] = []
+
+    class KillingServer(ControlServer):
+        """The launcher's control server; SIGKILLs the victim at its first progress report."""
+
+        async def recv(self, timeout_s=None):
+            got = await super().recv(timeout_s)
+            if got is not None:
+                peer, msg = got
+                if msg.get("type") == "hello":
+                    pids[peer] = msg["pid"]
+                elif msg.get("type") == "progress" and peer == victim and not killed:
+                    os.kill(pids[victim], signal.SIGKILL)
+                    killed.append(pids[victim])
+            return got
+
+    monkeypatch.setattr(launch, "ControlServer", KillingServer)
+    steps = 1_000_000  # far more than can run: the kill is certainly mid-run
+    result = _run(tmp_path, ["topology.n=3", f"steps={steps}"])
+    assert killed, "the victim never reported progress"
+    assert result.exit_code == 1
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["failed_peers"] == [victim] == sorted(result.failures)
+    assert "-9" in summary["failures"][str(victim)]
+    # The survivors were stopped and still reported.
+    assert sorted(summary["peers"]) == ["0", "2"]
+    for peer in summary["peers"].values():
+        assert 0 <= peer["steps"] < steps
+        assert peer["messages_received"] > 0  # they had been talking to the victim
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)
+
+
+# --------------------------------------------------------------------------- async
+
+
+def test_async_run_with_drop_and_delay(tmp_path):
+    result = _run(tmp_path, ["topology.n=3", "comm.mode=\"async\"", "comm.delay_steps=2",
+                             "comm.drop=0.2"])
+    assert result.exit_code == 0 and result.summary["mode"] == "async"
+    dropped = 0
+    for pid, peer in result.summary["peers"].items():
+        assert peer["steps"] == 200
+        assert math.isfinite(peer["ne_max_abs"]) and peer["ne_max_abs"] < 0.5, pid
+        hist = peer["staleness_hist"]
+        assert hist and all(isinstance(v, int) and v > 0 for v in hist.values())
+        ages = {int(k): v for k, v in hist.items()}
+        mean = sum(k * v for k, v in ages.items()) / sum(ages.values())
+        assert peer["staleness_mean"] == pytest.approx(mean)
+        dropped += peer["messages_dropped"]
+        lines = _lines(result.run_dir, int(pid))
+        assert lines[-1]["step"] == 199 and math.isfinite(lines[-1]["ne_max_abs"])
+    assert dropped > 0
+
+
+# --------------------------------------------------------------------------- time-varying
+
+
+def test_time_varying_topology_sync_run(tmp_path):
+    """The shipped time-varying scenario, shrunk: ring -> star (step 50) -> complete (100)."""
+    scenario = ROOT / "topologies" / "expfam-timevarying.toml"
+    result = _run(tmp_path, [
+        "topology.n=4", "steps=150",
+        'topology.schedule=[{at = 50, graph = "star"}, {at = 100, graph = "complete"}]',
+        "algorithm.n_data=200", "algorithm.batch=64", "comm.samples_per_message=32",
+        "runtime.threads_per_peer=1", "runtime.stop_timeout_s=5.0",
+    ], scenario=scenario)
+    assert result.exit_code == 0, result.failures
+    topo = json.loads((result.run_dir / "topology.json").read_text())
+    assert [e["start_step"] for e in topo["epochs"]] == [0, 50, 100]
+    assert [len(e["edges"]) for e in topo["epochs"]] == [8, 6, 12]
+    for pid, peer in result.summary["peers"].items():
+        assert peer["steps"] == 150
+        # Everyone publishes to every peer it is ever linked to, every step.
+        assert peer["messages_sent"] == 3 * 150 and peer["messages_received"] == 3 * 150
+        # Sync: the active neighbours' current rounds are used, and only theirs:
+        # 50 steps x 2 ring neighbours, 50 x (3 for the hub 0, else 1), 50 x 3.
+        uses = 100 + (150 if pid == "0" else 50) + 150
+        assert peer["staleness_hist"] == {"0": uses}, pid
+        assert math.isfinite(peer["ne_max_abs"]) and len(peer["mu"]) == 2 * 8
+
+
+# --------------------------------------------------------------------------- (f) the guard
+
+
+def test_leftover_guard_sees_orphaned_processes(list_session_processes):
+    """The conftest guard finds a process of ours even outside our process tree."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            start_new_session=True)
+    try:
+        assert proc.pid in list_session_processes()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.pid not in list_session_processes()

@@ -1,0 +1,142 @@
+"""The synthetic-data game as real peer processes on tiny IDX data (no real MNIST needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from p2pgame.data import write_idx
+from p2pgame.launch import run
+
+pytestmark = pytest.mark.integration
+
+SCENARIO = """
+name = "game-tiny"
+seed = 2
+steps = 12
+
+[topology]
+n = 2
+graph = "complete"
+weights = "self_weight"
+self_weight = 0.5
+
+[comm]
+mode = "sync"
+samples_per_message = 16
+
+[runtime]
+threads_per_peer = 1
+device = "cpu"
+
+[data]
+dataset = "mnist"
+split = "train"
+partition = { kind = "classes", classes = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] }
+
+[algorithm]
+name = "game"
+model = "hvae-mlp"
+batch = 32
+eval_samples = 100
+evaluator_epochs = 1
+"""
+
+
+def tiny_mnist(root, n_train: int = 300, n_test: int = 100, seed: int = 0) -> None:
+    """Ten noisy binary templates as 'digits', laid out like `p2pgame data fetch mnist`."""
+    rng = np.random.default_rng(seed)
+    templates = rng.random((10, 28, 28)) < 0.3
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        imgs = templates[labels] ^ (rng.random((n, 28, 28)) < 0.05)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", (imgs * 255).astype(np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+@pytest.fixture(scope="module")
+def game_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("game")
+    tiny_mnist(root / "data")
+    scenario = root / "game.toml"
+    scenario.write_text(SCENARIO)
+    res = run(scenario, [], out=root / "runs", data_root=root / "data", progress=False)
+    return root, res
+
+
+def test_game_run_completes_with_evaluation(game_run) -> None:
+    _, res = game_run
+    assert res.exit_code == 0, res.failures
+    s = json.loads((res.run_dir / "summary.json").read_text())
+    assert s["failed_peers"] == [] and set(s["peers"]) == {"0", "1"}
+    for pid, p in s["peers"].items():
+        assert p["steps"] == 12
+        assert p["own_classes"] == ([0, 1, 2, 3, 4] if pid == "0" else [5, 6, 7, 8, 9])
+        assert math.isclose(sum(p["class_mass"]), 1.0, abs_tol=1e-6)
+        for key in ("fid_all", "fid_own", "fid_other", "tv_to_ne", "unseen_mass"):
+            assert math.isfinite(p[key]), key
+        # Two peers, alpha 0.5, uniform classes: own digits carry 1/(2 - alpha) = 2/3.
+        ne = np.array(p["ne_class_mass"])
+        own = p["own_classes"]
+        assert ne[own].sum() == pytest.approx(2 / 3, abs=1e-9)
+        assert p["ne_own_mass"] == pytest.approx(2 / 3, abs=1e-9)
+        assert p["messages_rejected"] == 0
+        assert p["messages_received"] == 12
+    assert (res.run_dir / "samples" / "peer-0.png").is_file()
+    assert (res.run_dir / "checkpoints" / "peer-1.pt").is_file()
+    assert json.loads((res.run_dir / "evaluation.json").read_text())["0"]["fid_all"] > 0
+
+
+def test_samples_travel_bit_packed(game_run) -> None:
+    """Payload per message = 16 tuples of z0 (30 bits), z1 (100 bits), x (784 bits), packed."""
+    _, res = game_run
+    s = json.loads((res.run_dir / "summary.json").read_text())
+    per_message = math.ceil(16 * 30 / 8) + math.ceil(16 * 100 / 8) + 16 * 784 // 8
+    for p in s["peers"].values():
+        assert p["messages_sent"] == 12
+        assert p["payload_bytes_sent"] == 12 * per_message
+
+
+def test_eval_command_reevaluates_checkpoints(game_run) -> None:
+    root, res = game_run
+    out = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "eval", str(res.run_dir), "--data",
+         str(root / "data"), "--samples", "50"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    again = json.loads((res.run_dir / "evaluation-rerun.json").read_text())
+    assert set(again) == {"0", "1"} and all(math.isfinite(v["fid_all"]) for v in again.values())
+    assert "results:" in out.stdout
+
+
+def test_missing_data_is_one_clear_line(tmp_path) -> None:
+    scenario = tmp_path / "game.toml"
+    scenario.write_text(SCENARIO)
+    out = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(scenario), "--data",
+         str(tmp_path / "nowhere"), "--out", str(tmp_path / "runs"), "--quiet"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2
+    assert "p2pgame data fetch mnist" in out.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing written
+
+
+def test_unknown_model_lists_known(tmp_path) -> None:
+    scenario = tmp_path / "game.toml"
+    scenario.write_text(SCENARIO.replace('model = "hvae-mlp"', 'model = "hvae-huge"'))
+    out = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(scenario), "--quiet",
+         "--out", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2
+    assert "hvae-huge" in out.stderr and "hvae-mlp" in out.stderr and "hvae-conv" in out.stderr

@@ -1,0 +1,194 @@
+"""Unit tests for Diffusion GAN: combine, renormalisation, checks, validation, wire sizes.
+
+Tiny IDX files stand in for MNIST; nothing here needs the real data sets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from p2pgame.algorithms.base import Inbox, PeerContext
+from p2pgame.algorithms.diffgan import (
+    DiffusionGAN,
+    disagreement,
+    snapshot_steps,
+    weighted_average,
+)
+from p2pgame.bus.codec import Envelope, decode, encode, frame_sizes
+from p2pgame.config import ScenarioError, scenario_from_dict
+from p2pgame.data import write_idx
+from p2pgame.topology import build_schedule
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_mnist(root, n_train: int = 100, n_test: int = 50, seed: int = 0) -> None:
+    """Four IDX files under ``root/MNIST/raw``: one noisy random template per digit."""
+    rng = np.random.default_rng(seed)
+    templates = rng.random((10, 28, 28)) < 0.3
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        imgs = templates[labels] ^ (rng.random((n, 28, 28)) < 0.05)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", (imgs * 255).astype(np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+def raw_scenario(**algorithm) -> dict:
+    return {
+        "name": "diffgan-unit",
+        "seed": 3,
+        "steps": 12,
+        "topology": {"n": 3, "graph": "edges", "edges": [[0, 1], [0, 2]],
+                     "weights": "metropolis"},
+        "data": {"dataset": "mnist", "split": "train",
+                 "partition": {"kind": "classes", "classes": [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]}},
+        "algorithm": {"name": "diffgan", "snapshots": 0, "checkpoint": False, **algorithm},
+    }
+
+
+def make_peer(tmp_path, peer: int = 0, **algorithm) -> tuple[DiffusionGAN, object]:
+    tiny_mnist(tmp_path / "data")
+    scenario = scenario_from_dict(raw_scenario(**algorithm))
+    schedule = build_schedule(scenario)
+    ctx = PeerContext(peer_id=peer, scenario=scenario, schedule=schedule,
+                      run_dir=tmp_path / "run", data_root=tmp_path / "data", log=lambda m: None)
+    alg = DiffusionGAN(ctx, DiffusionGAN.make_config(scenario))
+    return alg, schedule.at(0)
+
+
+def message(sender: int, part: str, step: int, tensors: dict) -> Envelope:
+    env = Envelope(sender, f"params/{sender}/{part}", step, tensors, meta={"last": True})
+    return decode(encode(env))  # what a receiver really holds: read-only wire arrays
+
+
+def constant_part(alg: DiffusionGAN, part: str, value: float) -> dict[str, np.ndarray]:
+    return {k: np.full(s, value, dtype=np.float32) for k, s in alg.schema[part].items()}
+
+
+def live(alg: DiffusionGAN, part: str) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in alg.model.part_state(part).items()}
+
+
+def test_combine_is_the_weighted_average(tmp_path):
+    alg, top = make_peer(tmp_path)
+    a = top.weights  # star around 0: degrees 2, 1, 1 -> a01 = a02 = 1/3, a00 = 1/3
+    assert np.allclose(a[0], [1 / 3, 1 / 3, 1 / 3])
+    own = live(alg, "D")
+    inbox = Inbox()
+    inbox.put(message(1, "D", 7, constant_part(alg, "D", 0.5)))
+    inbox.put(message(2, "D", 7, constant_part(alg, "D", -0.25)))
+    missing = alg.combine("D", 7, inbox, top)
+    assert missing == []
+    got = live(alg, "D")
+    for k, v in own.items():
+        expect = a[0, 0] * v + a[0, 1] * 0.5 + a[0, 2] * -0.25
+        np.testing.assert_allclose(got[k], expect, rtol=1e-6, atol=1e-7)
+    assert alg.combine_rounds == 1 and alg.combine_renormalised == 0
+
+
+def test_lost_or_late_message_renormalises(tmp_path):
+    alg, top = make_peer(tmp_path)
+    own = live(alg, "G")
+    inbox = Inbox()
+    inbox.put(message(1, "G", 4, constant_part(alg, "G", 1.0)))
+    inbox.put(message(2, "G", 3, constant_part(alg, "G", 9.0)))  # late: round 3, not 4
+    inbox.put(message(2, "D", 4, constant_part(alg, "D", 9.0)))  # the other part
+    assert alg.combine("G", 4, inbox, top) == [2]
+    got = live(alg, "G")
+    w0, w1 = top.weights[0, 0], top.weights[0, 1]
+    for k, v in own.items():
+        np.testing.assert_allclose(got[k], (w0 * v + w1 * 1.0) / (w0 + w1), rtol=1e-6,
+                                   atol=1e-7)
+    assert alg.combine_renormalised == 1 and dict(alg.combine_missing) == {2: 1}
+
+
+def test_weighted_average_and_disagreement_by_hand():
+    out = weighted_average([(0.5, {"w": np.array([1.0, 2.0])}), (0.25, {"w": np.array([4.0, 0.0])})])
+    np.testing.assert_allclose(out["w"], [(0.5 + 1.0) / 0.75, 1.0 / 0.75])
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 3.0]])  # centroid (1, 1)
+    assert disagreement(x) == pytest.approx((2 + 2 + 4) / 3)
+    assert snapshot_steps(100, 5) == [0, 25, 50, 74, 99]
+    assert snapshot_steps(10, 0) == [] and snapshot_steps(10, 1) == [9]
+
+
+def test_check_rejects_other_architectures(tmp_path):
+    alg, _ = make_peer(tmp_path)
+    ok = message(1, "D", 0, constant_part(alg, "D", 0.0))
+    assert alg.check(ok) is None
+    from p2pgame.models import make_model
+
+    conv = make_model("dcgan-conv", seed=0)
+    other = {k: v.detach().numpy() for k, v in conv.part_state("D").items()}
+    assert alg.check(message(1, "D", 0, other)) == "architecture"
+    bad_shape = constant_part(alg, "G", 0.0)
+    first = next(iter(bad_shape))
+    bad_shape[first] = bad_shape[first][:-1]
+    assert alg.check(message(1, "G", 0, bad_shape)) == "architecture"
+    ints = {k: v.astype(np.int32) for k, v in constant_part(alg, "D", 0.0).items()}
+    assert alg.check(message(1, "D", 0, ints)) == "dtype"
+    assert alg.check(message(1, "X", 0, {})) == "space"
+
+
+def test_validate_refuses_mixed_architectures_naming_peers():
+    raw = raw_scenario(peer_models={"2": "dcgan-conv"})
+    with pytest.raises(ScenarioError, match=r"peer 2: dcgan-conv; peers 0, 1: dcgan-mlp"):
+        scenario_from_dict(raw)
+    raw["algorithm"]["combine"] = False
+    raw["comm"] = {"mode": "async"}
+    scenario_from_dict(raw)  # non-cooperative peers may differ
+    with pytest.raises(ScenarioError, match="allowed: dcgan-conv, dcgan-mlp"):
+        scenario_from_dict(raw_scenario(model="hvae-mlp"))
+    with pytest.raises(ScenarioError, match="comm.mode = 'async'"):
+        scenario_from_dict(raw_scenario(combine=False))
+    with pytest.raises(ScenarioError, match="unknown key"):
+        scenario_from_dict(raw_scenario(mu=0.1))
+
+
+@pytest.mark.parametrize("wire_dtype, size", [("float32", 4), ("float16", 2)])
+def test_bytes_per_message(tmp_path, wire_dtype, size):
+    alg, _ = make_peer(tmp_path, wire_dtype=wire_dtype)
+    first = alg.outgoing(0)
+    assert set(first) == {"params/D", "params/G"}  # step 0: the initial parameters
+    for step, part in ((1, "D"), (6, "G")):  # psi of step 0 (a D round), of step 5 (G)
+        out = alg.outgoing(step)
+        assert list(out) == [f"params/{part}"]
+        env = Envelope(0, f"params/0/{part}", step, out[f"params/{part}"], meta={"last": True})
+        header, payload = frame_sizes(encode(env))
+        assert payload == alg.model.param_count(part) * size
+        assert header < 4096  # names + shapes of a dozen tensors
+        assert alg.wire_bytes()[part] == header + payload
+        assert all(t.dtype == np.dtype(wire_dtype) for t in out[f"params/{part}"].values())
+
+
+def test_noncooperative_publishes_nothing_and_steps_are_deterministic(tmp_path):
+    alg, top = make_peer(tmp_path)
+    twin, _ = make_peer(tmp_path)
+    for step in range(7):
+        inbox = Inbox()
+        for j in (1, 2):  # neighbours that echo our own parameters
+            for p in (("D", "G") if step == 0 else (alg.config.part_at(step - 1),)):
+                inbox.put(message(j, p, step, alg.part_tensors(p)))
+        a = alg.train_step(step, inbox, top)
+        b = twin.train_step(step, inbox, top)
+        assert a == b
+    for p in ("D", "G"):
+        for k, v in live(alg, p).items():
+            np.testing.assert_array_equal(v, live(twin, p)[k])
+    raw = raw_scenario(combine=False)
+    raw["comm"] = {"mode": "async"}
+    scenario = scenario_from_dict(raw)
+    ctx = PeerContext(1, scenario, build_schedule(scenario), tmp_path / "run2",
+                      tmp_path / "data", log=lambda m: None)
+    solo = DiffusionGAN(ctx, DiffusionGAN.make_config(scenario))
+    assert solo.outgoing(0) == {} and solo.outgoing(3) == {}
+    assert solo.own_classes == [3, 4, 5]

@@ -1,0 +1,252 @@
+"""The game's equilibrium (REFERENCE.md s.1) and the exponential-family players."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p2pgame.algorithms import get_algorithm, validate_algorithm
+from p2pgame.algorithms.base import Inbox, PeerContext
+from p2pgame.algorithms.equilibrium import contraction_rate, solve_equilibrium
+from p2pgame.algorithms.expfam import (
+    ExpFamConfig,
+    ExpFamPlayer,
+    equilibrium,
+    make_data,
+    moments,
+)
+from p2pgame.bus.codec import Envelope, decode, encode
+from p2pgame.config import ScenarioError, scenario_from_dict
+from p2pgame.topology import build_schedule
+
+
+def _two_players(alpha: float) -> np.ndarray:
+    return np.array([[alpha, 1 - alpha], [1 - alpha, alpha]])
+
+
+# --------------------------------------------------------------------------- closed form
+
+
+@pytest.mark.parametrize("alpha, share", [(1.0, 1.0), (0.5, 2 / 3), (0.1, 1 / 1.9),
+                                          (0.9, 1 / 1.1)])
+def test_two_players_disjoint_classes(alpha, share):
+    # Class histograms of two players owning disjoint class sets (say 0-4 vs 5-9).
+    hist = np.zeros((2, 10))
+    hist[0, :5] = 0.2
+    hist[1, 5:] = 0.2
+    mu = solve_equilibrium(_two_players(alpha), hist)
+    # Each player's own-class mass is 1 / (2 - alpha) ...
+    assert mu[0, :5].sum() == pytest.approx(share)
+    assert mu[1, 5:].sum() == pytest.approx(share)
+    assert share == pytest.approx(1 / (2 - alpha))
+    # ... and its model is (pi_own + (1 - alpha) pi_other) / (2 - alpha).
+    np.testing.assert_allclose(mu[0], (hist[0] + (1 - alpha) * hist[1]) / (2 - alpha))
+    np.testing.assert_allclose(mu.sum(axis=1), 1.0)
+
+
+def test_solution_satisfies_the_fixed_point_equation():
+    rng = np.random.default_rng(0)
+    n, d = 6, 5
+    a = rng.random((n, n)) * (rng.random((n, n)) < 0.6)
+    np.fill_diagonal(a, rng.uniform(0.1, 0.9, n))
+    a /= a.sum(axis=1, keepdims=True)
+    m = rng.standard_normal((n, d))
+    mu = solve_equilibrium(a, m)
+    diag = np.diag(a)
+    off = a - np.diag(diag)
+    np.testing.assert_allclose(mu, diag[:, None] * m + off @ mu, atol=1e-12)
+    # A 1-d moment vector is treated as one column.
+    np.testing.assert_allclose(solve_equilibrium(a, m[:, 0]), mu[:, :1])
+
+
+def test_data_less_player_takes_its_neighbours_mixture():
+    # Player 2 owns no data (a_22 = 0) and listens to 0 and 1 equally.
+    a = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+    m = np.array([[1.0], [3.0], [1000.0]])  # player 2's row is ignored
+    np.testing.assert_allclose(solve_equilibrium(a, m), [[1.0], [3.0], [2.0]])
+
+
+def test_best_response_iteration_contracts_to_the_solution():
+    a = np.array([[0.5, 0.25, 0.25], [0.3, 0.4, 0.3], [0.1, 0.1, 0.8]])
+    m = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    mu_star = solve_equilibrium(a, m)
+    rate = contraction_rate(a)
+    assert rate == pytest.approx(0.6) and rate < 1
+    diag, off = np.diag(a), a - np.diag(np.diag(a))
+    mu = np.zeros_like(m)
+    err = np.abs(mu - mu_star).max()
+    for _ in range(30):
+        mu = diag[:, None] * m + off @ mu  # simultaneous best responses
+        new = np.abs(mu - mu_star).max()
+        assert new <= rate * err + 1e-12
+        err = new
+    assert err < 1e-6
+
+
+def test_contraction_rate_values():
+    assert contraction_rate(_two_players(0.5)) == pytest.approx(0.5)
+    assert contraction_rate(np.eye(3)) == 0.0
+    assert contraction_rate(np.array([[0.0, 1.0], [0.5, 0.5]])) == 1.0
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        np.array([[0.0, 1.0], [1.0, 0.0]]),  # nobody uses own data
+        np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),  # 1, 2 never see data
+    ],
+)
+def test_non_unique_equilibrium_raises(weights):
+    with pytest.raises(ValueError, match="not unique"):
+        solve_equilibrium(weights, np.ones((len(weights), 2)))
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="do not match"):
+        solve_equilibrium(np.eye(3), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="do not match"):
+        solve_equilibrium(np.ones((2, 3)) / 3, np.ones((2, 4)))
+
+
+# --------------------------------------------------------------------------- expfam players
+
+
+def _scenario(family="bernoulli", n=2, alpha=0.5, steps=300, graph="complete", **algo):
+    return scenario_from_dict({
+        "seed": 11,
+        "steps": steps,
+        "topology": {"n": n, "graph": graph, "weights": "self_weight", "self_weight": alpha},
+        "algorithm": {"name": "expfam", "family": family, "dim": 6, "n_data": 400,
+                      "batch": 256, "lr": 0.3, "lr_end": 0.01, **algo},
+    })
+
+
+def _players(scenario, tmp_path):
+    cls = get_algorithm("expfam")
+    assert cls is ExpFamPlayer
+    sched = build_schedule(scenario)
+    out = []
+    for i in range(scenario.n):
+        ctx = PeerContext(peer_id=i, scenario=scenario, schedule=sched, run_dir=tmp_path,
+                          data_root=tmp_path, log=lambda m: None)
+        out.append(cls(ctx, cls.make_config(scenario)))
+    return out, sched
+
+
+def _lockstep(players, sched, steps, through_codec=True):
+    """The sync protocol without sockets: publish round s, deliver round s, train step s."""
+    inboxes = [Inbox() for _ in players]
+    top = sched.final()
+    for step in range(steps):
+        for i, p in enumerate(players):
+            for space, tensors in p.outgoing(step).items():
+                env = Envelope(sender=i, topic=f"samples/{i}/{space}", step=step,
+                               tensors=tensors)
+                if through_codec:
+                    env = decode([bytes(f) for f in encode(env)])
+                for j in top.out_neighbours(i):
+                    assert players[j].check(env) is None
+                    inboxes[j].put(env)
+        for i, p in enumerate(players):
+            p.train_step(step, inboxes[i], top)
+    return inboxes
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "gaussian"])
+def test_expfam_players_reach_the_closed_form(family, tmp_path):
+    scenario = _scenario(family)
+    players, sched = _players(scenario, tmp_path)
+    def rel_err(p):  # Gaussian second moments are O(10): compare relative to scale
+        return float(np.max(np.abs(p.mu - p.target) / (1 + np.abs(p.target))))
+
+    before = max(rel_err(p) for p in players)
+    assert max(p.probe(0)["ne_max_abs"] for p in players) == pytest.approx(
+        max(float(np.max(np.abs(p.mu - p.target))) for p in players))
+    inboxes = _lockstep(players, sched, scenario.steps)
+    after = [rel_err(p) for p in players]
+    assert max(after) < 0.03 and max(after) < before / 5
+    for p in players:
+        assert p.finish()["ne_max_abs"] == pytest.approx(np.max(np.abs(p.mu - p.target)))
+        assert len(p.finish()["mu"]) == len(p.mu)
+    # The players' targets are the rows of the analytic equilibrium.
+    cfg = ExpFamConfig(family=family, dim=6, n_data=400, batch=256, lr=0.3, lr_end=0.01)
+    eq = equilibrium(scenario, cfg, sched.final())
+    for i, p in enumerate(players):
+        np.testing.assert_allclose(p.target, eq[i])
+        np.testing.assert_allclose(p.mu, eq[i], atol=0.03 * (1 + np.abs(eq[i]).max()))
+        # Sync lockstep: every neighbour's sample is used the step it was made.
+        assert inboxes[i].staleness_summary()[1] == {"0": scenario.steps}
+
+
+def test_two_bernoulli_players_own_share(tmp_path):
+    """With disjoint 'features' the closed form 1/(2 - alpha) shows up in the mean parameters."""
+    alpha = 0.5
+    scenario = _scenario(alpha=alpha)
+    cfg = ExpFamConfig(dim=6, n_data=400, batch=256, lr=0.3, lr_end=0.01)
+    m = np.stack([moments(cfg, make_data(cfg, scenario.seed, i)) for i in range(2)])
+    mu = solve_equilibrium(_two_players(alpha), m)
+    np.testing.assert_allclose(mu[0], (m[0] + (1 - alpha) * m[1]) / (2 - alpha))
+    np.testing.assert_allclose(mu[1], (m[1] + (1 - alpha) * m[0]) / (2 - alpha))
+
+
+def test_no_exchange_equilibrium_is_own_data(tmp_path):
+    scenario = _scenario(alpha=1.0, n=3, graph="ring")
+    cfg = ExpFamConfig(dim=6, n_data=400, batch=256, lr=0.3, lr_end=0.01)
+    eq = equilibrium(scenario, cfg, build_schedule(scenario).final())
+    for i in range(3):
+        np.testing.assert_allclose(eq[i], moments(cfg, make_data(cfg, scenario.seed, i)))
+
+
+def test_make_data_is_seeded_per_peer():
+    cfg = ExpFamConfig(dim=5, n_data=50)
+    a, b = make_data(cfg, 1, 0), make_data(cfg, 1, 0)
+    assert a.dtype == bool and a.shape == (50, 5)
+    np.testing.assert_array_equal(a, b)
+    assert (make_data(cfg, 1, 1) != a).any() and (make_data(cfg, 2, 0) != a).any()
+    g = make_data(ExpFamConfig(family="gaussian", dim=5, n_data=50), 1, 0)
+    assert g.dtype == np.float32 and g.shape == (50, 5)
+    assert moments(ExpFamConfig(family="gaussian", dim=5), g).shape == (10,)
+
+
+def test_player_messages_and_checks(tmp_path):
+    scenario = scenario_from_dict({
+        "topology": {"n": 2, "graph": "complete"},
+        "comm": {"samples_per_message": 17},
+        "algorithm": {"name": "expfam", "dim": 6, "n_data": 40, "batch": 8},
+    })
+    players, _ = _players(scenario, tmp_path)
+    p = players[0]
+    out = p.outgoing(0)
+    assert list(out) == ["x"] and out["x"]["x"].shape == (17, 6) and out["x"]["x"].dtype == bool
+    ok = Envelope(1, "samples/1/x", 0, {"x": np.zeros((3, 6), bool)})
+    assert p.check(ok) is None
+    assert p.check(Envelope(1, "samples/1/y", 0, {"x": np.zeros((3, 6), bool)})) == "space"
+    assert p.check(Envelope(1, "samples/1/x", 0, {"x": np.zeros((3, 6), np.float32)})) == "schema"
+    assert p.check(Envelope(1, "samples/1/x", 0, {"x": np.zeros((3, 5), bool)})) == "schema"
+    assert p.check(Envelope(1, "samples/1/x", 0, {"z": np.zeros((3, 6), bool)})) == "schema"
+    # An empty sample is acceptable on the wire and ignored by training.
+    inbox = Inbox()
+    inbox.put(Envelope(1, "samples/1/x", 0, {"x": np.zeros((0, 6), bool)}))
+    res = p.train_step(0, inbox, build_schedule(scenario).final())
+    assert res["coverage"] == pytest.approx(0.5)  # only own data: the row renormalised
+
+
+def test_lr_schedule(tmp_path):
+    players, _ = _players(_scenario(steps=101, lr=0.2, lr_end=0.002, decay_from=0.5), tmp_path)
+    p = players[0]
+    assert p.lr_at(0) == p.lr_at(49) == 0.2
+    assert p.lr_at(50) == pytest.approx(0.2)
+    assert p.lr_at(100) == pytest.approx(0.002)
+    assert 0.002 < p.lr_at(75) < 0.2
+
+
+def test_expfam_validation_errors():
+    with pytest.raises(ScenarioError, match="algorithm.family"):
+        _scenario(family="poisson")
+    with pytest.raises(ScenarioError, match="algorithm.dim"):
+        _scenario(dim=0)
+    with pytest.raises(ScenarioError, match="algorithm.decay_from"):
+        _scenario(decay_from=1.5)
+    with pytest.raises(ScenarioError, match="unknown key 'momentum'"):
+        _scenario(momentum=0.9)
+    validate_algorithm(_scenario())  # a good one passes
