@@ -87,8 +87,26 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
                "time_split_s": {"train": round(t_train, 4), "sample": round(t_sample, 4)}})
 
 
+class _Sequential:
+    """Stands in for the barrier and the queue when the bare loops run in this process."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    def wait(self) -> None:
+        pass
+
+    def put(self, item: dict) -> None:
+        self.items.append(item)
+
+
 def run_bare(n_procs: int, raw: dict, source: str, data_root: str, threads: int,
-             steps: int) -> list[dict]:
+             steps: int, inprocess: bool = False) -> list[dict]:
+    if inprocess:  # smoke tests: one after the other in this process, no torch start-up
+        seq = _Sequential()
+        for i in range(n_procs):
+            bare_worker(i, raw, source, data_root, threads, steps, seq, seq)
+        return seq.items
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(n_procs)
     queue = ctx.Queue()
@@ -115,16 +133,21 @@ def run_bare(n_procs: int, raw: dict, source: str, data_root: str, threads: int,
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenario", default=str(ROOT / "topologies" / "mnist-2peers.toml"))
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--eval-samples", type=int, default=500)
     ap.add_argument("--data", default=str(ROOT / "data"))
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="extra scenario override (both the run and the bare loop)")
     ap.add_argument("--out", default="", help="run folder parent (default: a temp dir)")
-    ap.add_argument("--smoke", action="store_true", help="tiny: 6 steps, 64 eval samples")
+    ap.add_argument("--no-bare1", action="store_true", help="skip the 1-process bare loop")
+    ap.add_argument("--bare-inprocess", action="store_true",
+                    help="run the bare loops one after the other in this process (smoke)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny: 6 steps, batch 64, 64 eval samples, no 1-process bare loop")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.steps, args.eval_samples = 6, 64
+        args.steps, args.eval_samples, args.no_bare1, args.bare_inprocess = 6, 64, True, True
+        args.overrides = ["algorithm.batch=64", "comm.samples_per_message=32", *args.overrides]
     from p2pgame.config import apply_overrides, load_raw, scenario_from_dict
     from p2pgame.launch import run, threads_per_peer
 
@@ -136,26 +159,36 @@ def main(argv=None) -> dict:
     threads = threads_per_peer(scenario)
     load = {}
 
+    phase: dict[str, float] = {}
+    t = time.monotonic()
     load["bare_n"] = os.getloadavg()[0]
-    bare_n = run_bare(n, raw, args.scenario, args.data, threads, args.steps)
+    bare_n = run_bare(n, raw, args.scenario, args.data, threads, args.steps,
+                      inprocess=args.bare_inprocess)
+    phase["bare_n"] = time.monotonic() - t
 
     tmp = tempfile.TemporaryDirectory(prefix="p2pg-overhead-")
     out_dir = args.out or tmp.name
     load["peer_run"] = os.getloadavg()[0]
+    t = time.monotonic()
     res = run(args.scenario, overrides, out=out_dir, data_root=args.data, progress=False)
+    phase["peer_run"] = time.monotonic() - t
     if res.exit_code != 0:
         raise SystemExit(f"peer run failed: {res.failures}")
     summary = res.summary
     peers = summary["peers"]
     assert summary["threads_per_peer"] == threads
 
-    load["bare_1"] = os.getloadavg()[0]
-    bare_1 = run_bare(1, raw, args.scenario, args.data, threads, args.steps)
+    bare_1 = None
+    if not args.no_bare1:
+        load["bare_1"] = os.getloadavg()[0]
+        t = time.monotonic()
+        bare_1 = run_bare(1, raw, args.scenario, args.data, threads, args.steps)
+        phase["bare_1"] = time.monotonic() - t
     tmp.cleanup()
 
     peer_sps = statistics.mean(p["steps_per_s"] for p in peers.values())
     bare_sps = statistics.mean(r["steps_per_s"] for r in bare_n)
-    bare1_sps = bare_1[0]["steps_per_s"]
+    bare1_sps = bare_1[0]["steps_per_s"] if bare_1 else float("nan")
     ratio = peer_sps / bare_sps
     split = {k: statistics.mean(p["time_split_s"].get(k, 0.0) for p in peers.values())
              for k in SPLIT_KEYS}
@@ -169,10 +202,12 @@ def main(argv=None) -> dict:
         print(f"{'peer ' + i + ' (2-peer run)':<28}{p['steps_per_s']:>9.2f}"
               f"{p['steps'] / p['steps_per_s']:>9.1f}{load['peer_run']:>10.2f}")
     for r in bare_n:
-        label = f"bare {n}-proc, proc {r['peer']}"
+        label = (f"bare in-process, loop {r['peer']}" if args.bare_inprocess
+                 else f"bare {n}-proc, proc {r['peer']}")
         print(f"{label:<28}{r['steps_per_s']:>9.2f}{r['wall_s']:>9.1f}{load['bare_n']:>10.2f}")
-    print(f"{'bare 1-proc':<28}{bare1_sps:>9.2f}{bare_1[0]['wall_s']:>9.1f}"
-          f"{load['bare_1']:>10.2f}")
+    if bare_1:
+        print(f"{'bare 1-proc':<28}{bare1_sps:>9.2f}{bare_1[0]['wall_s']:>9.1f}"
+              f"{load['bare_1']:>10.2f}")
     print(f"ratio peer / bare {n}-proc = {ratio:.3f}   (peer / bare 1-proc = "
           f"{peer_sps / bare1_sps:.3f})")
     print(f"peer wall-time split, mean over peers (s of {peer_wall:.1f} s):")
@@ -183,11 +218,15 @@ def main(argv=None) -> dict:
     print(f"bare {n}-proc split: train {bare_split['train']:.2f} s, "
           f"sample {bare_split['sample']:.2f} s")
     out = {"ratio": round(ratio, 4), "peer_steps_per_s": round(peer_sps, 3),
-           "bare_steps_per_s": round(bare_sps, 3), "bare_1proc_steps_per_s": round(bare1_sps, 3),
-           "ratio_vs_1proc": round(peer_sps / bare1_sps, 4),
+           "bare_steps_per_s": round(bare_sps, 3),
+           "bare_1proc_steps_per_s": round(bare1_sps, 3) if bare_1 else None,
+           "ratio_vs_1proc": round(peer_sps / bare1_sps, 4) if bare_1 else None,
            "time_split_s": {k: round(v, 4) for k, v in split.items()},
            "bare_time_split_s": {k: round(v, 4) for k, v in bare_split.items()},
+           "bare_mode": "in-process sequential" if args.bare_inprocess else f"{n} processes",
            "threads_per_peer": threads, "steps": args.steps, "n_peers": n,
+           "batch": raw["algorithm"].get("batch"), "phase_s": {k: round(v, 1) for k, v in
+                                                               phase.items()},
            "loadavg": {k: round(v, 2) for k, v in load.items()}}
     print(json.dumps(out))
     return out

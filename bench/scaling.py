@@ -202,8 +202,22 @@ def growth_sentence(rows: list[dict]) -> str:
             f"hvae game ring N {a['n']}->{b['n']}: wall/step "
             f"x{b['wall_per_step_ms'] / a['wall_per_step_ms']:.1f}, bytes/peer/step "
             f"x{b['bytes_sent_per_peer_step'] / a['bytes_sent_per_peer_step']:.2f}")
-    return ("Per-peer bytes follow the degree, not N; wall time per step grows with the "
-            "total work N * degree once N exceeds the cores. " + "; ".join(parts) + ".")
+    import numpy as np
+
+    head = []
+    ex = [r for r in rows if r["algorithm"] == "expfam"]
+    if ex:
+        per_nb = [r["bytes_sent_per_peer_step"] / r["degree"] for r in ex]
+        flat = max(per_nb) <= 1.05 * min(per_nb)
+        head.append(
+            f"bytes per peer per step = degree x {statistics.mean(per_nb):.0f} B "
+            f"({'constant in N: they follow the degree, not N' if flat else 'NOT constant'})")
+    for label, rs in (("ring", ring), ("complete", comp)):
+        if len(rs) >= 3:
+            slope = np.polyfit(np.log([r["n"] for r in rs]),
+                               np.log([r["wall_per_step_ms"] for r in rs]), 1)[0]
+            head.append(f"wall time per step ~ N^{slope:.2f} on the {label}")
+    return "; ".join(head + parts) + "."
 
 
 def main(argv=None) -> dict:

@@ -401,8 +401,13 @@ def scenario_from_dict(raw: dict, source: str = "<scenario>") -> Scenario:
         from p2pgame import topology as topo
         from p2pgame.algorithms import validate_algorithm
 
-        topo.build_schedule(scenario)
-        scenario.comm.edge_links(scenario.n)
+        schedule = topo.build_schedule(scenario)
+        all_edges = {tuple(e) for t in schedule.topologies for e in t.edges}
+        for k, (src, dst) in enumerate(scenario.comm.edge_links(scenario.n)):
+            if (src, dst) not in all_edges:
+                raise ScenarioError(
+                    f"comm.edges[{k}]: {src} -> {dst} is not an edge of the topology "
+                    "(an override applies to a link that exists)")
         validate_algorithm(scenario)
     except ScenarioError as e:
         raise ScenarioError(f"{source}: {e}") from None

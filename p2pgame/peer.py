@@ -106,6 +106,9 @@ class Peer:
         except CodecError as e:
             self.rejected[e.reason] += 1
             return
+        except (ValueError, TypeError):  # defence in depth: never let a message kill us
+            self.rejected["malformed"] += 1
+            return
         if env.topic.startswith(HANDSHAKE + "/"):
             self.heard.add(env.sender)
             if self.heard >= set(self.in_peers):
@@ -250,7 +253,8 @@ class Peer:
                     line = {"step": step, "t": round(time.monotonic() - t_start, 4), **out}
                     line.update(await self._call(self.algorithm.probe, step))
                     line["bytes_sent"] = self.sent.totals()["bytes"]
-                    line["bytes_received"] = self.received.totals()["bytes"]
+                    # Released bytes: deterministic in sync mode (arrivals are not).
+                    line["bytes_received"] = self.delivered_bytes
                     line["staleness_mean"] = self.inbox.staleness_summary()[0]
                     mf.write(json.dumps(line) + "\n")
                     mf.flush()  # readable while the run goes on

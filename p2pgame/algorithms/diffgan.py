@@ -113,16 +113,18 @@ def snapshot_steps(steps: int, count: int) -> list[int]:
 
 
 def weighted_average(terms: list[tuple[float, dict[str, Any]]]) -> dict[str, np.ndarray]:
-    """``sum_j w_j x_j / sum_j w_j`` field by field, in float32 (float64 accumulation)."""
+    """``sum_j w_j x_j / sum_j w_j`` field by field, in float32."""
     total = sum(w for w, _ in terms)
     if not terms or total <= 0:
         raise ValueError("weighted_average needs at least one term with positive weight")
     out: dict[str, np.ndarray] = {}
     for name in terms[0][1]:
-        acc = np.zeros(np.shape(terms[0][1][name]), dtype=np.float64)
-        for w, x in terms:
-            acc += w * np.asarray(x[name], dtype=np.float64)
-        out[name] = (acc / total).astype(np.float32)
+        acc = np.multiply(terms[0][1][name], np.float32(terms[0][0] / total), dtype=np.float32)
+        tmp = np.empty_like(acc)
+        for w, x in terms[1:]:
+            np.multiply(x[name], np.float32(w / total), out=tmp, dtype=np.float32)
+            acc += tmp
+        out[name] = acc
     return out
 
 

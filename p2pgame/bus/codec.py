@@ -75,7 +75,7 @@ class Envelope:
 def _as_numpy(t: Any) -> np.ndarray:
     if hasattr(t, "detach"):  # a torch tensor; the bus itself never imports torch
         t = t.detach().cpu().numpy()
-    return np.ascontiguousarray(t)
+    return np.asarray(t, order="C")  # keeps 0-d shapes (ascontiguousarray makes them 1-d)
 
 
 def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
@@ -141,11 +141,15 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
     sender, step = header["sender"], header["step"]
     if not isinstance(sender, int) or not isinstance(step, int):
         raise CodecError("malformed", "sender and step must be integers")
+    if isinstance(header["time"], bool) or not isinstance(header["time"], (int, float)):
+        raise CodecError("malformed", "time must be a number")
     tensors: dict[str, np.ndarray] = {}
     for entry, buf in zip(schema, bufs[2:], strict=True):
         if not (isinstance(entry, list) and len(entry) == 4):
             raise CodecError("malformed", "schema entry is not [name, dtype, shape, packed]")
         name, dname, shape, packed = entry
+        if not isinstance(name, str) or not isinstance(dname, str):
+            raise CodecError("malformed", "schema name and dtype must be strings")
         if dname not in DTYPES:
             raise CodecError("dtype", f"{name}: unknown dtype {dname!r}")
         if not isinstance(shape, list) or not all(

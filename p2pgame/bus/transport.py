@@ -62,7 +62,9 @@ class Transport:
         """Subscribe to ``<kind>/<j>/`` of every in-neighbour j, plus its handshake topic."""
         for j, ep in sorted(endpoints.items()):
             self.sub.connect(ep)
-            for kind in (HANDSHAKE, *kinds):
+            # Subscriptions reach the publisher in order: the handshake topic last, so that
+            # hearing a handshake proves the data topics are live too.
+            for kind in (*kinds, HANDSHAKE):
                 self.sub.setsockopt(zmq.SUBSCRIBE, f"{kind}/{j}/".encode())
 
     async def send(self, frames: list[Any]) -> None:

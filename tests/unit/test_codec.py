@@ -127,12 +127,6 @@ def test_torch_like_tensor_is_converted():
     np.testing.assert_array_equal(got.tensors["x"], arr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: encode() uses np.ascontiguousarray, which turns a 0-d tensor into "
-    "shape (1,); the schema records (1,) and a scalar comes back as a 1-vector",
-)
 @pytest.mark.parametrize("value", [np.array(2.5, np.float32), np.array(True)])
 def test_zero_dim_tensor_keeps_its_shape(value):
     got = decode(_as_bytes(encode(_env({"s": value}))))
@@ -305,13 +299,6 @@ def test_dtypes_table_is_little_endian():
         assert dt.kind in "biuf", name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, TypeError),
-    reason="BUG: decode() lets non-CodecError exceptions escape on some malformed headers "
-    "(float(time) -> ValueError, unhashable dtype -> TypeError); Peer.on_frames only "
-    "catches CodecError, so one such message kills the receiving peer",
-)
 @pytest.mark.parametrize(
     "changes",
     [{"time": "yesterday"}, {"time": None},

@@ -351,12 +351,6 @@ def test_edge_override_errors(tiny_raw, entry, needle):
     assert needle in str(info.value) and "x.toml" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG: comm.edges overrides are only range-checked; one naming a pair that is "
-    "not an edge of the graph (0 -> 2 on a 4-ring) is silently ignored",
-)
 def test_edge_override_naming_a_non_edge_is_rejected(tiny_raw):
     tiny_raw["comm"]["edges"] = [{"src": 0, "dst": 2, "drop": 0.5}]  # ring 0-1-2-3-0
     with pytest.raises(ScenarioError, match=r"comm\.edges\[0\]"):

@@ -1,0 +1,89 @@
+"""The benchmark scripts at tiny size, as subprocesses; asserts on their last-line JSON.
+
+No real MNIST: ``bench/overhead.py`` gets tiny IDX data written into ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pgame.data import write_idx
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(name: str, *args: str, timeout: float = 120) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert lines, proc.stderr[-3000:]
+    assert len(lines) > 1, "a human-readable table comes before the JSON line"
+    return json.loads(lines[-1])
+
+
+def tiny_mnist(root: Path, n_train: int = 300, n_test: int = 100) -> None:
+    rng = np.random.default_rng(0)
+    templates = rng.random((10, 28, 28)) < 0.3
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        imgs = templates[labels] ^ (rng.random((n, 28, 28)) < 0.05)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", (imgs * 255).astype(np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+@pytest.mark.timeout(120)
+def test_bus_smoke():
+    out = run_script("bus.py", "--smoke")
+    cases = {f"{t}/{p}" for t in ("ipc", "tcp") for p in ("binary200", "float200", "params1.5M")}
+    assert set(out["ratios"]) == cases
+    for case in cases:
+        assert out["ratios"][case] > 0
+        assert out["msgs_per_s"][case]["raw"] > 0 and out["msgs_per_s"][case]["p2pgame"] > 0
+        assert out["mb_per_s"][case]["p2pgame"] > 0
+        assert out["dropped"][case] == 0
+
+
+@pytest.mark.timeout(150)
+def test_overhead_smoke(tmp_path):
+    data = tmp_path / "data"
+    tiny_mnist(data)
+    out = run_script("overhead.py", "--smoke", "--data", str(data),
+                     "--set", "algorithm.evaluator_epochs=1", timeout=140)
+    assert out["ratio"] > 0 and math.isfinite(out["ratio"])
+    assert out["peer_steps_per_s"] > 0 and out["bare_steps_per_s"] > 0
+    assert set(out["time_split_s"]) == {"train", "sample", "encode", "send",
+                                        "receive_decode", "wait"}
+    assert out["time_split_s"]["train"] > 0
+    assert out["threads_per_peer"] >= 1
+
+
+@pytest.mark.timeout(120)
+def test_scaling_smoke(tmp_path):
+    out = run_script("scaling.py", "--smoke", "--out", str(tmp_path / "scaling"))
+    rows = out["rows"]
+    assert {(r["graph"], r["n"]) for r in rows} == {
+        (g, n) for g in ("ring", "complete") for n in (2, 4)}
+    for r in rows:
+        assert r["algorithm"] == "expfam"
+        assert r["wall_per_step_ms"] > 0 and r["bytes_sent_per_peer_step"] > 0
+        assert r["peak_rss_mb_mean"] > 0
+    by = {(r["graph"], r["n"]): r for r in rows}
+    # complete n=4 has degree 3, ring n=4 degree 2: more bytes per peer per step
+    assert by[("complete", 4)]["bytes_sent_per_peer_step"] > by[("ring", 4)][
+        "bytes_sent_per_peer_step"]
+    assert (tmp_path / "scaling" / "scaling.csv").is_file()
+    assert (tmp_path / "scaling" / "scaling.png").is_file()
