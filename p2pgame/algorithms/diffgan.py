@@ -373,8 +373,8 @@ class DiffusionGAN(Algorithm):
             "combine_rounds": self.combine_rounds,
             "combine_renormalised": self.combine_renormalised,
             "combine_missing": {str(k): v for k, v in sorted(self.combine_missing.items())},
-            "d_loss": self.last_loss["D"],
-            "g_loss": self.last_loss["G"],
+            "d_loss": self.last_loss["D"] if self.last_loss["D"] == self.last_loss["D"] else None,
+            "g_loss": self.last_loss["G"] if self.last_loss["G"] == self.last_loss["G"] else None,
         }
 
     @classmethod

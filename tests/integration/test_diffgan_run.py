@@ -28,6 +28,7 @@ mode = "sync"
 [runtime]
 threads_per_peer = 1
 device = "cpu"
+stop_timeout_s = 60  # a torch peer can be slow to exit on a loaded machine
 
 [data]
 dataset = "mnist"

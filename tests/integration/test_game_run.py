@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from p2pgame.data import write_idx
 from p2pgame.launch import run
 
 pytestmark = pytest.mark.integration
@@ -48,27 +47,13 @@ evaluator_epochs = 1
 """
 
 
-def tiny_mnist(root, n_train: int = 300, n_test: int = 100, seed: int = 0) -> None:
-    """Ten noisy binary templates as 'digits', laid out like `p2pgame data fetch mnist`."""
-    rng = np.random.default_rng(seed)
-    templates = rng.random((10, 28, 28)) < 0.3
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        imgs = templates[labels] ^ (rng.random((n, 28, 28)) < 0.05)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", (imgs * 255).astype(np.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-
-
 @pytest.fixture(scope="module")
-def game_run(tmp_path_factory):
+def game_run(tmp_path_factory, tiny_mnist_root):
     root = tmp_path_factory.mktemp("game")
-    tiny_mnist(root / "data")
     scenario = root / "game.toml"
     scenario.write_text(SCENARIO)
-    res = run(scenario, [], out=root / "runs", data_root=root / "data", progress=False)
-    return root, res
+    res = run(scenario, [], out=root / "runs", data_root=tiny_mnist_root, progress=False)
+    return tiny_mnist_root, res
 
 
 def test_game_run_completes_with_evaluation(game_run) -> None:
@@ -108,7 +93,7 @@ def test_eval_command_reevaluates_checkpoints(game_run) -> None:
     root, res = game_run
     out = subprocess.run(
         [sys.executable, "-m", "p2pgame.cli", "eval", str(res.run_dir), "--data",
-         str(root / "data"), "--samples", "50"],
+         str(root), "--samples", "50"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
