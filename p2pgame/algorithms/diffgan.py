@@ -162,10 +162,6 @@ class DiffusionGAN(Algorithm):
                 f"architecture; got {desc}. Use one model or set combine = false")
         comm = scenario.comm
         has_edges = any(t.edges for t in build_schedule(scenario).topologies)
-        if cfg.combine and comm.publish_every != 1:
-            raise ScenarioError(
-                f"comm.publish_every = {comm.publish_every}: diffusion publishes the adapted "
-                f"part every step; set it to 1")
         if not cfg.combine and comm.mode == "sync" and has_edges:
             raise ScenarioError(
                 "algorithm.combine = false publishes nothing, so a sync barrier would wait "
@@ -197,6 +193,7 @@ class DiffusionGAN(Algorithm):
         self.data_gen = torch.Generator().manual_seed(ctx.seed("data-order"))
         self.snap_steps = set(snapshot_steps(ctx.scenario.steps, config.snapshots))
         self.combine_rounds = 0
+        self.used: dict[tuple[int, str], int] = {}  # (neighbour, part) -> step last combined
         self.combine_renormalised = 0
         self.combine_missing: Counter[int] = Counter()
         self.last_loss = {"D": float("nan"), "G": float("nan")}
@@ -231,8 +228,20 @@ class DiffusionGAN(Algorithm):
     def outgoing(self, step: int) -> dict[str, dict[str, Any]]:
         if not self.config.combine:
             return {}
-        parts = PARTS if step == 0 else (self.config.part_at(step - 1),)
-        return {f"params/{p}": self.part_tensors(p) for p in parts}
+        return {f"params/{p}": self.part_tensors(p) for p in self.exchanged_parts(step)}
+
+    def exchanged_parts(self, step: int) -> tuple[str, ...]:
+        """Parts published at the start of ``step`` and combined in it.
+
+        Every step (``comm.publish_every = 1``, the paper): the part adapted in the
+        previous step (both at step 0).  Every K steps (the combine period): both parts.
+        """
+        every = self.ctx.scenario.comm.publish_every
+        if step % every:
+            return ()
+        if step == 0 or every > 1:
+            return PARTS
+        return (self.config.part_at(step - 1),)
 
     def check(self, env) -> str | None:
         if env.space not in self.schema:
@@ -261,9 +270,13 @@ class DiffusionGAN(Algorithm):
             if j == me or w <= 0:
                 continue
             env = inbox.use(j, part, step)
-            if env is None or env.step != step or env.space != part:
+            # Use each neighbour message once: the round's own (sync), or whatever newer one
+            # has arrived since the last combine (late under delays / async); else renormalise.
+            if (env is None or env.space != part or env.step > step
+                    or env.step <= self.used.get((j, part), -1)):
                 missing.append(j)
                 continue
+            self.used[(j, part)] = env.step
             terms.append((w, env.tensors))
         if len(terms) == 1 and not missing:
             return []  # no neighbours: nothing to combine
@@ -300,7 +313,7 @@ class DiffusionGAN(Algorithm):
         cfg = self.config
         missing: list[int] = []
         if cfg.combine:
-            for p in (PARTS if step == 0 else (cfg.part_at(step - 1),)):
+            for p in self.exchanged_parts(step):
                 missing += self.combine(p, step, inbox, topology)
         if step in self.snap_steps:
             self._snapshot(step)

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from p2pgame.data import write_idx
+from tests.helpers import write_tiny_mnist
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +32,6 @@ def run_script(name: str, *args: str, timeout: float = 120) -> dict:
     return json.loads(lines[-1])
 
 
-def tiny_mnist(root: Path, n_train: int = 300, n_test: int = 100) -> None:
-    rng = np.random.default_rng(0)
-    templates = rng.random((10, 28, 28)) < 0.3
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        imgs = templates[labels] ^ (rng.random((n, 28, 28)) < 0.05)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", (imgs * 255).astype(np.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
 
 
 @pytest.mark.timeout(120)
@@ -60,7 +49,7 @@ def test_bus_smoke():
 @pytest.mark.timeout(150)
 def test_overhead_smoke(tmp_path):
     data = tmp_path / "data"
-    tiny_mnist(data)
+    write_tiny_mnist(data)
     out = run_script("overhead.py", "--smoke", "--data", str(data),
                      "--set", "algorithm.evaluator_epochs=1", timeout=140)
     assert out["ratio"] > 0 and math.isfinite(out["ratio"])

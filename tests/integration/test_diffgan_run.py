@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from p2pgame.data import write_idx
 from p2pgame.launch import run
+from tests.helpers import write_tiny_mnist
 
 pytestmark = pytest.mark.integration
 
@@ -48,22 +48,12 @@ checkpoint = false
 """
 
 
-def tiny_mnist(root, n_train: int = 300, n_test: int = 100, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    templates = rng.random((10, 28, 28)) < 0.3
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        imgs = templates[labels] ^ (rng.random((n, 28, 28)) < 0.05)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", (imgs * 255).astype(np.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
 
 
 @pytest.mark.timeout(180)
 def test_three_peer_diffusion_run(tmp_path):
     data = tmp_path / "data"
-    tiny_mnist(data)
+    write_tiny_mnist(data)
     path = tmp_path / "diffgan-tiny.toml"
     path.write_text(SCENARIO)
     res = run(path, out=tmp_path / "runs", data_root=data, progress=False)
@@ -101,7 +91,7 @@ def test_three_peer_diffusion_run(tmp_path):
 @pytest.mark.timeout(180)
 def test_centralized_single_peer_run(tmp_path):
     data = tmp_path / "data"
-    tiny_mnist(data)
+    write_tiny_mnist(data)
     path = tmp_path / "diffgan-tiny.toml"
     path.write_text(SCENARIO)
     res = run(path, ["topology.n=1", 'topology.graph="complete"', 'data.partition={kind="iid"}',

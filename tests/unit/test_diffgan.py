@@ -18,8 +18,8 @@ from p2pgame.algorithms.diffgan import (
 )
 from p2pgame.bus.codec import Envelope, decode, encode, frame_sizes
 from p2pgame.config import ScenarioError, scenario_from_dict
-from p2pgame.data import write_idx
 from p2pgame.topology import build_schedule
+from tests.helpers import write_tiny_mnist
 
 
 @pytest.fixture(autouse=True)
@@ -30,17 +30,10 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_mnist(root, n_train: int = 100, n_test: int = 50, seed: int = 0) -> None:
-    """Four IDX files under ``root/MNIST/raw``: one noisy random template per digit."""
-    rng = np.random.default_rng(seed)
-    templates = rng.random((10, 28, 28)) < 0.3
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        imgs = templates[labels] ^ (rng.random((n, 28, 28)) < 0.05)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", (imgs * 255).astype(np.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+def tiny_mnist(root) -> None:
+    write_tiny_mnist(root, n_train=100, n_test=50)
 
 
 def raw_scenario(**algorithm) -> dict:
@@ -96,20 +89,31 @@ def test_combine_is_the_weighted_average(tmp_path):
     assert alg.combine_rounds == 1 and alg.combine_renormalised == 0
 
 
-def test_lost_or_late_message_renormalises(tmp_path):
+def test_lost_message_renormalises_and_late_one_is_used_once(tmp_path):
     alg, top = make_peer(tmp_path)
+    w0, w1, w2 = top.weights[0, 0], top.weights[0, 1], top.weights[0, 2]
     own = live(alg, "G")
     inbox = Inbox()
     inbox.put(message(1, "G", 4, constant_part(alg, "G", 1.0)))
-    inbox.put(message(2, "G", 3, constant_part(alg, "G", 9.0)))  # late: round 3, not 4
-    inbox.put(message(2, "D", 4, constant_part(alg, "D", 9.0)))  # the other part
+    inbox.put(message(2, "D", 4, constant_part(alg, "D", 9.0)))  # the other part: not used
+    # Peer 2's G message of this round is lost: renormalise over self and peer 1.
     assert alg.combine("G", 4, inbox, top) == [2]
     got = live(alg, "G")
-    w0, w1 = top.weights[0, 0], top.weights[0, 1]
     for k, v in own.items():
         np.testing.assert_allclose(got[k], (w0 * v + w1 * 1.0) / (w0 + w1), rtol=1e-6,
                                    atol=1e-7)
     assert alg.combine_renormalised == 1 and dict(alg.combine_missing) == {2: 1}
+    # Next combine: peer 1's message was used already (not again); peer 2's late round-3
+    # message arrives now and is used once, renormalised over self and peer 2.
+    before = live(alg, "G")
+    inbox.put(message(2, "G", 3, constant_part(alg, "G", 5.0)))
+    assert alg.combine("G", 5, inbox, top) == [1]
+    got = live(alg, "G")
+    for k, v in before.items():
+        np.testing.assert_allclose(got[k], (w0 * v + w2 * 5.0) / (w0 + w2), rtol=1e-6,
+                                   atol=1e-7)
+    assert alg.combine("G", 6, inbox, top) == [1, 2]  # nothing new: keep the adapted part
+    assert alg.combine_renormalised == 3 and dict(alg.combine_missing) == {2: 2, 1: 2}
 
 
 def test_weighted_average_and_disagreement_by_hand():
