@@ -13,7 +13,8 @@ unseen-class coverage, tv_to_ne) and ``frontier.png`` (fid_all against MB sent
 per peer, log x, each method's Pareto frontier), prints a table, and prints
 one JSON object as its last line.
 
-    .venv/bin/python bench/frontier.py                  # default preset (<= 10 min)
+    .venv/bin/python bench/frontier.py                  # default: 9 points (<= 10 min)
+    .venv/bin/python bench/frontier.py --preset wide    # all 13 points, longer (about 16 min)
     .venv/bin/python bench/frontier.py --preset full    # longer budgets (about an hour)
     .venv/bin/python bench/frontier.py --preset smoke --data DIR   # seconds, tiny data
 """
@@ -36,6 +37,9 @@ from p2pgame.sweep import Point, SweepSpec, run_sweep  # noqa: E402
 CLASSES = {5: "[[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]", 3: "[[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]"}
 SMOKE_POINTS = {"spm=250", "spm=10", "spm=250,every=5", "spm=250,no-pack", "float32", "float16",
                 "non-cooperative"}
+# The default preset runs a subset so that it stays within 10 minutes on 2 cores.
+DEFAULT_POINTS = SMOKE_POINTS | {"spm=250,drop=0.3", "spm=250,delay=5"}
+SUBSETS = {"smoke": SMOKE_POINTS, "default": DEFAULT_POINTS}
 
 
 def common(n: int) -> list[str]:
@@ -45,8 +49,10 @@ def common(n: int) -> list[str]:
 PRESETS = {
     #          game steps, gan steps, eval samples, per-peer images
     "smoke": dict(n=3, game_steps=4, gan_steps=6, eval=100, per_peer=0, evaluator_epochs=1),
-    "default": dict(n=5, game_steps=150, gan_steps=300, eval=1000, per_peer=2000,
+    "default": dict(n=5, game_steps=100, gan_steps=200, eval=500, per_peer=2000,
                     evaluator_epochs=2),
+    "wide": dict(n=5, game_steps=150, gan_steps=300, eval=1000, per_peer=2000,
+                 evaluator_epochs=2),
     "full": dict(n=5, game_steps=1500, gan_steps=3000, eval=5000, per_peer=12000,
                  evaluator_epochs=2),
 }
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only != method:
             continue
         for label, over in make(preset):
-            if args.preset == "smoke" and label not in SMOKE_POINTS:
+            if args.preset in SUBSETS and label not in SUBSETS[args.preset]:
                 continue
             pt = Point(f"{method}:{label}", ROOT / "topologies" / scen, common(preset["n"]) + over)
             pt.values = {"method": method, "point": label}
