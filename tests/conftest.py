@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import select
 import signal
 import time
 import uuid
@@ -68,6 +69,28 @@ def session_processes() -> dict[int, str]:
     return out
 
 
+def _wait_for_exit(pids, timeout: float) -> None:
+    """Block until every pid has exited (its pidfd turns readable) or ``timeout`` passes."""
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except OSError:  # already gone
+            pass
+    try:
+        deadline = time.monotonic() + timeout
+        pending = list(fds)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            ready, _, _ = select.select(pending, [], [], remaining)
+            pending = [fd for fd in pending if fd not in ready]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 @pytest.fixture
 def no_leftover_processes():
     """Fail the test if a process it started is still alive afterwards."""
@@ -75,10 +98,9 @@ def no_leftover_processes():
     yield
     # The launcher joins its peers before returning, so nothing should be left;
     # allow a short grace period for processes that are in the middle of exiting.
-    deadline = time.monotonic() + 5.0
     left = {p: c for p, c in session_processes().items() if p not in before}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if left:
+        _wait_for_exit(left, 5.0)
         left = {p: c for p, c in session_processes().items() if p not in before}
     for pid in left:  # do not poison the next tests; these are ours
         try:

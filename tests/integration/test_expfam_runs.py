@@ -331,8 +331,9 @@ def test_time_varying_topology_sync_run(tmp_path):
 
 def test_leftover_guard_sees_orphaned_processes(list_session_processes):
     """The conftest guard finds a process of ours even outside our process tree."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                            start_new_session=True)
+    # A process that lives until we close its stdin (or kill it).
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE, start_new_session=True)
     try:
         assert proc.pid in list_session_processes()
     finally:
