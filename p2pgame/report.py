@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pgame.config import ScenarioError
+from p2pgame.sweep import mean_finite
 
 # Per-step series worth plotting when present in the metrics, with their axis label.
 SERIES = {
@@ -47,11 +48,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
     return str(v)
-
-
-def _mean(vals: list[Any]) -> float | None:
-    nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return sum(nums) / len(nums) if nums else None
 
 
 def _plt():
@@ -169,7 +165,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         for run in runs:
             peers = run["summary"]["peers"].values()
             lines.append(f"| {run['label']} | " + " | ".join(
-                _fmt(_mean([p.get(k) for p in peers])) for k in present) + " |")
+                _fmt(mean_finite([p.get(k) for p in peers])) for k in present) + " |")
         lines.append("")
     for run in runs:
         lines += [f"## {run['label']}: per peer", "",

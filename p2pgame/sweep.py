@@ -144,7 +144,8 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
     return SweepSpec(raw.get("name", path.stem), path, points, metrics, plot)
 
 
-def _mean(values: list[Any]) -> float | None:
+def mean_finite(values: list[Any]) -> float | None:
+    """Mean of the finite numbers among ``values`` (None if there are none)."""
     nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     nums = [v for v in nums if math.isfinite(v)]
     return sum(nums) / len(nums) if nums else None
@@ -154,7 +155,7 @@ def point_row(point: Point, summary: dict | None, metrics: list[str]) -> dict[st
     row: dict[str, Any] = {"label": point.label, "baseline": point.baseline, **point.values}
     peers = (summary or {}).get("peers", {})
     for m in metrics:
-        row[m] = _mean([s.get(m) for s in peers.values()])
+        row[m] = mean_finite([s.get(m) for s in peers.values()])
     return row
 
 
