@@ -49,18 +49,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from p2pgame.algorithms import get_algorithm
-    from p2pgame.config import scenario_from_dict
+    from p2pgame.scenario import resolve
 
     run_dir = Path(args.run_dir)
     resolved = run_dir / "resolved.json"
     if not resolved.is_file():
         raise ScenarioError(f"{run_dir}: not a run folder (no resolved.json)")
     info = json.loads(resolved.read_text())
-    scenario = scenario_from_dict(info["raw"], info["source"])
-    cls = get_algorithm(scenario.algorithm["name"])
+    scenario = resolve(info["raw"], info["source"])
+    hooks = get_algorithm(scenario.algorithm_name).hooks()(scenario)
     options = {"samples": args.samples, "inception": args.inception}
-    peers = cls.evaluate_run(scenario, run_dir, Path(args.data), options,
-                             lambda m: print(m, file=sys.stderr, flush=True))
+    peers = hooks.evaluate_run(run_dir, Path(args.data), options,
+                               lambda m: print(m, file=sys.stderr, flush=True))
     out = run_dir / "evaluation.json"
     if out.exists():  # keep the end-of-run evaluation; write the re-evaluation beside it
         out = run_dir / "evaluation-rerun.json"

@@ -40,7 +40,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from p2pgame.config import ScenarioError, apply_overrides, load_raw, scenario_from_dict
+from p2pgame.config import ScenarioError
+from p2pgame.scenario import apply_overrides, load_raw, resolve
 
 SWEEP_KEYS = ("name", "scenario", "set", "grid", "baseline", "plot", "metrics")
 BASELINE_KEYS = ("label", "scenario", "set")
@@ -140,7 +141,7 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
         raise ScenarioError(f"{where}: plot.x must be one of the grid keys: {', '.join(keys)}")
     metrics = _strings(raw.get("metrics", list(DEFAULT_METRICS)), f"{where}: metrics")
     for p in points:  # refuse bad points before anything runs
-        scenario_from_dict(apply_overrides(load_raw(p.scenario), p.overrides), str(p.scenario))
+        resolve(apply_overrides(load_raw(p.scenario), p.overrides), str(p.scenario))
     return SweepSpec(raw.get("name", path.stem), path, points, metrics, plot)
 
 

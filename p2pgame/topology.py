@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from p2pgame.config import GraphSpec, Scenario, ScenarioError, TopologySpec
+from p2pgame.config import GraphSpec, ScenarioError, TopologySpec
 from p2pgame.rng import derive_seed
 
 TOL = 1e-6
@@ -210,17 +210,17 @@ class Schedule:
         return tuple(sorted({j for t in self.topologies for j in t.out_neighbours(i)}))
 
 
-def build_schedule(scenario: Scenario) -> Schedule:
-    spec = scenario.topology
+def build_schedule(spec: TopologySpec, steps: int, seed: int) -> Schedule:
+    """The topology in force at every step of a run of ``steps`` steps."""
     if spec.redraw_every:
-        graph = spec.base_graph()
+        graph = spec.base_graph
         starts, tops = [], []
-        for epoch, start in enumerate(range(0, scenario.steps, spec.redraw_every)):
+        for epoch, start in enumerate(range(0, steps, spec.redraw_every)):
             # A random draw may come out disconnected: redraw (seeded) until it is not.
             for attempt in range(100):
-                seed = derive_seed(scenario.seed, "topology", epoch, attempt)
+                draw_seed = derive_seed(seed, "topology", epoch, attempt)
                 try:
-                    top = make_topology(spec, graph, seed)
+                    top = make_topology(spec, graph, draw_seed)
                     break
                 except ScenarioError as e:
                     if "disconnected" not in str(e) and "reachable" not in str(e):
@@ -232,12 +232,31 @@ def build_schedule(scenario: Scenario) -> Schedule:
             starts.append(start)
             tops.append(top)
         return Schedule(tuple(starts), tuple(tops))
-    graphs = spec.graphs()
     tops = []
-    for k, g in enumerate(graphs):
+    for k, g in enumerate(spec.graphs):
         where = "topology" if k == 0 else f"topology.schedule[{k - 1}]"
         try:
-            tops.append(make_topology(spec, g, derive_seed(scenario.seed, "topology", k)))
+            tops.append(make_topology(spec, g, derive_seed(seed, "topology", k)))
         except ScenarioError as e:
             raise ScenarioError(f"{where}: {e}") from None
-    return Schedule(tuple(g.at for g in graphs), tuple(tops))
+    return Schedule(tuple(g.at for g in spec.graphs), tuple(tops))
+
+
+def schedule_to_plain(schedule: Schedule) -> dict:
+    """The schedule as plain data (peers receive it instead of rebuilding the graphs)."""
+    return {
+        "starts": list(schedule.starts),
+        "topologies": [
+            {"n": t.n, "edges": [list(e) for e in t.edges], "weights": t.weights.tolist()}
+            for t in schedule.topologies
+        ],
+    }
+
+
+def schedule_from_plain(data: dict) -> Schedule:
+    tops = tuple(
+        Topology(n=t["n"], edges=tuple((int(a), int(b)) for a, b in t["edges"]),
+                 weights=np.asarray(t["weights"], dtype=float))
+        for t in data["topologies"]
+    )
+    return Schedule(tuple(int(s) for s in data["starts"]), tops)

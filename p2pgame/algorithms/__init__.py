@@ -1,38 +1,62 @@
-"""Algorithm registry: name -> class.  Loaded lazily so exp-family peers never import torch."""
+"""Algorithm registry: name -> :class:`AlgorithmInfo`, loaded lazily.
+
+Each algorithm module declares one ``INFO``: its Config dataclass, its data
+spec (or none), the spaces it can publish (space -> topic kind) and its
+defaults, and how to load its peer-side class and its run hooks.  Loading is
+lazy so that exp-family peers never import torch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from p2pgame.config import Scenario, ScenarioError
-
-
-def _expfam() -> type:
-    from p2pgame.algorithms.expfam import ExpFamPlayer
-
-    return ExpFamPlayer
+from p2pgame.config import Scenario, ScenarioError, from_plain
 
 
-def _game() -> type:
-    from p2pgame.algorithms.game import SyntheticGame
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    name: str
+    config: type  # the algorithm's frozen Config dataclass ([algorithm] minus "name")
+    data: type | None  # the [data] spec dataclass, or None: the algorithm takes no [data]
+    spaces: dict[str, str]  # space -> topic kind ("samples" or "params")
+    # (publishes, learns) of a player with this Config when the scenario does not say.
+    default_spaces: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]]
+    peer: Callable[[], type]  # the peer-side Algorithm class
+    hooks: Callable[[], type]  # the RunHooks class
+    # True: a round may publish only some of the spaces (Diffusion GAN: D or G), so a
+    # subscriber must take all of them to know when a round is complete.
+    partial_rounds: bool = False
+    uses_torch: bool = False
 
-    return SyntheticGame
+
+def _expfam() -> AlgorithmInfo:
+    from p2pgame.algorithms.expfam import INFO
+
+    return INFO
 
 
-def _diffgan() -> type:
-    from p2pgame.algorithms.diffgan import DiffusionGAN
+def _game() -> AlgorithmInfo:
+    from p2pgame.algorithms.game import INFO
 
-    return DiffusionGAN
+    return INFO
 
 
-ALGORITHMS: dict[str, Callable[[], type]] = {
+def _diffgan() -> AlgorithmInfo:
+    from p2pgame.algorithms.diffgan import INFO
+
+    return INFO
+
+
+ALGORITHMS: dict[str, Callable[[], AlgorithmInfo]] = {
     "expfam": _expfam,
     "game": _game,
     "diffgan": _diffgan,
 }
 
 
-def get_algorithm(name: str) -> type:
+def get_algorithm(name: str) -> AlgorithmInfo:
     if name not in ALGORITHMS:
         raise ScenarioError(
             f"algorithm.name = {name!r} is not known; allowed: {', '.join(sorted(ALGORITHMS))}"
@@ -40,10 +64,18 @@ def get_algorithm(name: str) -> type:
     return ALGORITHMS[name]()
 
 
-def validate_algorithm(scenario: Scenario) -> None:
-    name = scenario.algorithm.get("name")
-    if not isinstance(name, str):
-        raise ScenarioError(
-            f"algorithm.name is required; allowed: {', '.join(sorted(ALGORITHMS))}"
-        )
-    get_algorithm(name).validate(scenario)
+def decode_scenario(plain: dict) -> Scenario:
+    """A Scenario from :func:`p2pgame.config.to_plain`'s output (what peers receive).
+
+    The plain form is checked as it is rebuilt (every dataclass checks itself);
+    the expensive cross-section checks were done by the launcher.
+    """
+    info = get_algorithm(plain["algorithm_name"])
+
+    def algorithm(value: Any, _partial: dict) -> Any:
+        return from_plain(info.config, value)
+
+    def data(value: Any, _partial: dict) -> Any:
+        return None if value is None or info.data is None else from_plain(info.data, value)
+
+    return from_plain(Scenario, plain, {"algorithm": algorithm, "data": data})

@@ -1,8 +1,15 @@
-"""What an algorithm is to a peer: what it publishes and how it learns from what arrives.
+"""What an algorithm is: a peer-side learner, and run hooks for the launcher's side.
 
-Algorithms never see sockets.  The peer runtime hands them an :class:`Inbox`
-of released messages (with their age) and asks them for the tensors to
-publish; the bus does the rest.
+An :class:`Algorithm` is what a peer runs.  It never sees a socket: the peer
+runtime asks it what to ``publish`` (tensors per space), hands it an
+:class:`Inbox` of released messages (with their age) in ``train_step``, and
+collects ``probe`` metrics and the ``finish`` summary.  The runtime owns the
+device, the CUDA stream and checkpoint writing.
+
+:class:`RunHooks` is what the launcher, ``p2pgame eval`` and ``p2pgame report``
+need of an algorithm: cross-section validation, one-off preparation (training
+an evaluator), and after-run analysis.  It is a separate object so that peer
+code and launcher code do not share class methods.
 """
 
 from __future__ import annotations
@@ -16,23 +23,32 @@ from typing import Any
 import numpy as np
 
 from p2pgame.bus.codec import Envelope
-from p2pgame.config import Scenario, ScenarioError, build
+from p2pgame.config import PlayerSpec, Scenario, ScenarioError
+from p2pgame.rng import derive_seed
 from p2pgame.topology import Schedule, Topology
 
 
 @dataclass
 class PeerContext:
+    """What a peer's algorithm may know about its world."""
+
     peer_id: int
     scenario: Scenario
+    player: PlayerSpec
     schedule: Schedule
-    run_dir: Path
     data_root: Path
     device: str = "cpu"
     log: Callable[[str], None] = print
+    # Small files for the run folder (sample grids, snapshots): the runtime sends them to
+    # the launcher, which writes them; ``name`` is a path relative to the run folder.
+    artifact: Callable[[str, bytes], None] = lambda name, data: None
+
+    @property
+    def config(self) -> Any:
+        """This peer's algorithm Config."""
+        return self.player.algorithm
 
     def seed(self, *keys: object) -> int:
-        from p2pgame.rng import derive_seed
-
         return derive_seed(self.scenario.seed, "peer", self.peer_id, *keys)
 
 
@@ -63,46 +79,16 @@ class Inbox:
 
 
 class Algorithm:
-    """Base class; subclasses set ``Config`` (a frozen dataclass) and ``kinds``."""
+    """Peer side.  Subclasses learn from what arrives and say what to publish."""
 
-    Config: type = object
-    kinds: tuple[str, ...] = ("samples",)
-    heavy: bool = False  # True: training steps run in a worker thread
+    heavy: bool = False  # True: steps run in a worker thread, off the event loop
 
-    def __init__(self, ctx: PeerContext, config: Any) -> None:
+    def __init__(self, ctx: PeerContext) -> None:
         self.ctx = ctx
-        self.config = config
+        self.config = ctx.config
 
-    # -- launcher side -------------------------------------------------------------------
-    @classmethod
-    def make_config(cls, scenario: Scenario) -> Any:
-        table = {k: v for k, v in scenario.algorithm.items() if k != "name"}
-        return build(cls.Config, table, "algorithm")
-
-    @classmethod
-    def validate(cls, scenario: Scenario) -> None:
-        """Checks across sections; raise ScenarioError naming the key."""
-        cls.make_config(scenario)
-
-    @classmethod
-    def prepare(cls, scenario: Scenario, data_root: Path, log: Callable[[str], None]) -> None:
-        """Work done once before peers start (e.g. training a shared evaluator)."""
-
-    @classmethod
-    def after_run(cls, scenario: Scenario, run_dir: Path, summary: dict) -> None:
-        """Work done once after all peers stop (e.g. figures); may add to ``summary``."""
-
-    @classmethod
-    def evaluate_run(cls, scenario: Scenario, run_dir: Path, data_root: Path,
-                     options: dict[str, Any], log: Callable[[str], None]) -> dict[str, dict]:
-        """``p2pgame eval``: metrics of every peer from the run folder's checkpoints."""
-        raise ScenarioError(
-            f"algorithm {scenario.algorithm.get('name')!r} has nothing to evaluate after a run "
-            "(its metrics are in summary.json)")
-
-    # -- peer side -----------------------------------------------------------------------
-    def outgoing(self, step: int) -> dict[str, dict[str, Any]]:
-        """Tensors to publish at ``step``: ``{space: {field: array}}``."""
+    def publish(self, step: int) -> dict[str, dict[str, Any]]:
+        """Tensors to publish at ``step``: ``{space: {field: array}}``, in publishing order."""
         raise NotImplementedError
 
     def check(self, env: Envelope) -> str | None:
@@ -119,6 +105,35 @@ class Algorithm:
     def finish(self) -> dict[str, Any]:
         """Final metrics for summary.json."""
         return {}
+
+    def checkpoint_state(self) -> Any | None:
+        """A state dict for the runtime to save as the peer's checkpoint (None: no checkpoint)."""
+        return None
+
+
+class RunHooks:
+    """Launcher side of an algorithm, for one resolved scenario."""
+
+    table_columns: tuple[str, ...] = ()  # extra columns of the table printed after a run
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+
+    def validate(self, schedule: Schedule) -> None:
+        """Checks across sections; raise ScenarioError naming the key."""
+
+    def prepare(self, data_root: Path, log: Callable[[str], None]) -> None:
+        """Work done once before peers start (e.g. training a shared evaluator)."""
+
+    def after_run(self, run_dir: Path, summary: dict) -> None:
+        """Work done once after all peers stop (e.g. figures); may add to ``summary``."""
+
+    def evaluate_run(self, run_dir: Path, data_root: Path, options: dict[str, Any],
+                     log: Callable[[str], None]) -> dict[str, dict]:
+        """``p2pgame eval``: metrics of every peer from the run folder's checkpoints."""
+        raise ScenarioError(
+            f"algorithm {self.scenario.algorithm_name!r} has nothing to evaluate after a run "
+            "(its metrics are in summary.json)")
 
 
 def check_schema(env: Envelope, expected: dict[str, tuple[str, tuple[int, ...]]]) -> str | None:

@@ -5,7 +5,7 @@ alternate by part: round r is a D round if ``r % (n_d + n_g) < n_d``, else a G
 round.  Algorithm 1 (adapt a part, then average it with the neighbours' freshly
 adapted copies under the combination matrix A) is mapped onto the peer loop:
 
-* ``outgoing(r)`` publishes psi_{r-1}, the part adapted at step r - 1, on
+* ``publish(r)`` publishes psi_{r-1}, the part adapted at step r - 1, on
   ``params/<peer>/D`` or ``params/<peer>/G`` (step 0: both initial parts);
 * ``train_step(r)`` first combines that part,
   ``w = sum_j a_ij psi_j`` over itself and the in-neighbours whose round-r
@@ -24,7 +24,7 @@ works on binary images, generated images are thresholded like the real ones.
 
 from __future__ import annotations
 
-import csv
+import io
 import json
 import shutil
 from collections import Counter
@@ -35,11 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from p2pgame.algorithms.base import Algorithm, Inbox, PeerContext, config_error
-from p2pgame.algorithms.imagedata import data_spec, load_split, partition_indices
-from p2pgame.algorithms.imageeval import ImageEvaluation, prepare_evaluator
-from p2pgame.config import Scenario, ScenarioError
-from p2pgame.topology import Topology, build_schedule
+from p2pgame.algorithms import AlgorithmInfo
+from p2pgame.algorithms.base import Algorithm, Inbox, PeerContext, RunHooks, config_error
+from p2pgame.config import ScenarioError
+from p2pgame.data.image import ImageDataSpec, peer_part
+from p2pgame.eval.disagreement import disagreement_curve, write_disagreement
+from p2pgame.eval.images import ImageEvaluation, prepare_evaluator
+from p2pgame.topology import Schedule, Topology
 
 PARTS = ("D", "G")
 WIRE_DTYPES = ("float32", "float16")
@@ -128,56 +130,16 @@ def weighted_average(terms: list[tuple[float, dict[str, Any]]]) -> dict[str, np.
     return out
 
 
-def disagreement(vectors: np.ndarray) -> float:
-    """Theorem 1: mean over peers of the squared distance to the centroid of all peers."""
-    x = np.asarray(vectors, dtype=np.float64)
-    c = x.mean(axis=0, keepdims=True)
-    return float(((x - c) ** 2).sum(axis=1).mean())
-
-
 class DiffusionGAN(Algorithm):
-    Config = DiffGANConfig
-    kinds = ("params",)
     heavy = True
 
-    # -- launcher side -------------------------------------------------------------------
-    @classmethod
-    def validate(cls, scenario: Scenario) -> None:
-        cfg = cls.make_config(scenario)
-        data_spec(scenario)
-        n = scenario.n
-        for key in cfg.peer_models:
-            if not (isinstance(key, str) and key.isdigit() and int(key) < n):
-                raise config_error(f"peer_models.{key}", f"is not a peer id in 0..{n - 1}")
-        models = {p: cfg.model_of(p) for p in range(n)}
-        if cfg.combine and len(set(models.values())) > 1:
-            groups: dict[str, list[int]] = {}
-            for p, m in models.items():
-                groups.setdefault(m, []).append(p)
-            desc = "; ".join(f"peer{'s' if len(ps) > 1 else ''} {', '.join(map(str, ps))}: {m}"
-                             for m, ps in sorted(groups.items()))
-            raise config_error(
-                "peer_models",
-                f"combine = true averages parameters, so every peer needs the same "
-                f"architecture; got {desc}. Use one model or set combine = false")
-        comm = scenario.comm
-        has_edges = any(t.edges for t in build_schedule(scenario).topologies)
-        if not cfg.combine and comm.mode == "sync" and has_edges:
-            raise ScenarioError(
-                "algorithm.combine = false publishes nothing, so a sync barrier would wait "
-                "forever for the neighbours; set comm.mode = 'async'")
-
-    @classmethod
-    def prepare(cls, scenario: Scenario, data_root: Path, log: Callable) -> None:
-        prepare_evaluator(scenario, data_root, cls.make_config(scenario).evaluator_epochs, log)
-
-    # -- peer side -----------------------------------------------------------------------
-    def __init__(self, ctx: PeerContext, config: DiffGANConfig) -> None:
-        super().__init__(ctx, config)
+    def __init__(self, ctx: PeerContext) -> None:
+        super().__init__(ctx)
         import torch
 
         from p2pgame.models import make_model
 
+        config = self.config
         self.torch = torch
         self.device = torch.device(ctx.device)
         self.model_name = config.model_of(ctx.peer_id)
@@ -197,8 +159,9 @@ class DiffusionGAN(Algorithm):
         self.combine_renormalised = 0
         self.combine_missing: Counter[int] = Counter()
         self.last_loss = {"D": float("nan"), "G": float("nan")}
-        self.evaluation = ImageEvaluation(ctx.scenario, ctx.data_root, config.evaluator_epochs,
-                                          self.own_classes, self.device)
+        self.snapshot_meta_sent = False
+        self.evaluation = ImageEvaluation(ctx.scenario.data, ctx.data_root,
+                                          config.evaluator_epochs, self.own_classes, self.device)
 
     def _optimizer(self, module):
         torch, cfg = self.torch, self.config
@@ -208,16 +171,11 @@ class DiffusionGAN(Algorithm):
 
     def _own_images(self):
         """Grey-level images in [-1, 1] ``[n, 1, 28, 28]`` and labels of this peer's part."""
-        torch = self.torch
-        scenario = self.ctx.scenario
-        spec = data_spec(scenario)
-        images, labels = load_split(spec, self.ctx.data_root)
-        parts = partition_indices(spec, labels.numpy(), scenario.n, scenario.seed)
-        idx = torch.as_tensor(np.asarray(parts[self.ctx.peer_id], dtype=np.int64))
-        if len(idx) == 0:
+        sc = self.ctx.scenario
+        images, labels = peer_part(sc.data, sc.n, sc.seed, self.ctx.peer_id, self.ctx.data_root)
+        if len(labels) == 0:
             raise ValueError(f"peer {self.ctx.peer_id} got no images from the partition")
-        x = images[idx].float().div(127.5).sub(1.0).unsqueeze(1)
-        return x, labels[idx]
+        return images.float().div(127.5).sub(1.0).unsqueeze(1), labels
 
     # -- exchange ------------------------------------------------------------------------
     def part_tensors(self, part: str) -> dict[str, np.ndarray]:
@@ -225,10 +183,10 @@ class DiffusionGAN(Algorithm):
         return {k: np.array(v.detach().cpu().numpy(), dtype=self.wire, copy=True)
                 for k, v in self.model.part_state(part).items()}
 
-    def outgoing(self, step: int) -> dict[str, dict[str, Any]]:
+    def publish(self, step: int) -> dict[str, dict[str, Any]]:
         if not self.config.combine:
             return {}
-        return {f"params/{p}": self.part_tensors(p) for p in self.exchanged_parts(step)}
+        return {p: self.part_tensors(p) for p in self.exchanged_parts(step)}
 
     def exchanged_parts(self, step: int) -> tuple[str, ...]:
         """Parts published at the start of ``step`` and combined in it.
@@ -324,15 +282,17 @@ class DiffusionGAN(Algorithm):
         return out
 
     def _snapshot(self, step: int) -> None:
-        folder = self.ctx.run_dir / SNAPSHOT_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"peer-{self.ctx.peer_id}-step-{step:09d}.npy",
-                self.model.flat().numpy().astype(np.float32))
-        meta = folder / f"peer-{self.ctx.peer_id}.json"
-        if not meta.exists():
+        """Report the parameter vector; the launcher writes it for the disagreement curve."""
+        me = self.ctx.peer_id
+        buf = io.BytesIO()
+        np.save(buf, self.model.flat().numpy().astype(np.float32))
+        self.ctx.artifact(f"{SNAPSHOT_DIR}/peer-{me}-step-{step:09d}.npy", buf.getvalue())
+        if not self.snapshot_meta_sent:
+            self.snapshot_meta_sent = True
             sizes = {p: int(sum(v.numel() for v in self.model.part_state(p).values()))
                      for p in PARTS}
-            meta.write_text(json.dumps({"model": self.model_name, "sizes": sizes}))
+            self.ctx.artifact(f"{SNAPSHOT_DIR}/peer-{me}.json",
+                              json.dumps({"model": self.model_name, "sizes": sizes}).encode())
 
     # -- evaluation ----------------------------------------------------------------------
     def generate(self, n: int, batch: int = 1000):
@@ -349,30 +309,13 @@ class DiffusionGAN(Algorithm):
         self.model.train()
         return torch.cat(out)
 
-    def wire_bytes(self) -> dict[str, int]:
-        """Header + payload bytes of one message per part, as the codec frames it."""
-        from p2pgame.bus.codec import Envelope, encode, frame_sizes
-
-        out = {}
-        for p in PARTS:
-            env = Envelope(self.ctx.peer_id, f"params/{self.ctx.peer_id}/{p}",
-                           self.ctx.scenario.steps, self.part_tensors(p), meta={"last": True})
-            h, pay = frame_sizes(encode(env))
-            out[p] = h + pay
-        return out
-
     def finish(self) -> dict[str, Any]:
-        from p2pgame.eval import binarize
+        from p2pgame.eval import binarize, grid_png
 
-        ctx, cfg = self.ctx, self.config
+        cfg = self.config
         images = self.generate(cfg.eval_samples)
         metrics = self.evaluation.metrics(binarize(images))
-        self.evaluation.save_grid(images, ctx.run_dir, ctx.peer_id)
-        if cfg.checkpoint:
-            path = ctx.run_dir / "checkpoints" / f"peer-{ctx.peer_id}.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.torch.save(self.model.state_dict(), path)
-        wb = self.wire_bytes()
+        self.ctx.artifact(f"samples/peer-{self.ctx.peer_id}.png", grid_png(images[:100]))
         return {
             **metrics,
             "classes_generated": sum(1 for m in metrics["class_mass"] if m >= 0.03),
@@ -381,8 +324,6 @@ class DiffusionGAN(Algorithm):
             "param_count_D": self.model.param_count("D"),
             "param_count_G": self.model.param_count("G"),
             "wire_dtype": cfg.wire_dtype,
-            "wire_bytes_D": wb["D"],
-            "wire_bytes_G": wb["G"],
             "combine_rounds": self.combine_rounds,
             "combine_renormalised": self.combine_renormalised,
             "combine_missing": {str(k): v for k, v in sorted(self.combine_missing.items())},
@@ -390,16 +331,59 @@ class DiffusionGAN(Algorithm):
             "g_loss": self.last_loss["G"] if self.last_loss["G"] == self.last_loss["G"] else None,
         }
 
-    @classmethod
-    def after_run(cls, scenario: Scenario, run_dir: Path, summary: dict) -> None:
-        cfg = cls.make_config(scenario)
-        summary["table_columns"] = [
-            "fid_all", "fid_own", "fid_other", "unseen_mass", "classes_generated", "bytes_sent",
-        ]
+    def checkpoint_state(self) -> Any | None:
+        return self.model.state_dict() if self.config.checkpoint else None
+
+
+class DiffusionGANHooks(RunHooks):
+    table_columns = ("fid_all", "fid_own", "fid_other", "unseen_mass", "classes_generated",
+                     "bytes_sent")
+
+    def validate(self, schedule: Schedule) -> None:
+        sc = self.scenario
+        cfg = sc.algorithm
+        n = sc.n
+        for key in cfg.peer_models:
+            if not (isinstance(key, str) and key.isdigit() and int(key) < n):
+                raise config_error(f"peer_models.{key}", f"is not a peer id in 0..{n - 1}")
+        models = {p.peer: p.algorithm.model_of(p.peer) for p in sc.players}
+        combine = {p.algorithm.combine for p in sc.players}
+        if len(combine) > 1:
+            raise config_error("combine", "must be the same for every peer")
+        if cfg.combine and len(set(models.values())) > 1:
+            groups: dict[str, list[int]] = {}
+            for p, m in models.items():
+                groups.setdefault(m, []).append(p)
+            desc = "; ".join(f"peer{'s' if len(ps) > 1 else ''} {', '.join(map(str, ps))}: {m}"
+                             for m, ps in sorted(groups.items()))
+            raise config_error(
+                "peer_models",
+                f"combine = true averages parameters, so every peer needs the same "
+                f"architecture; got {desc}. Use one model or set combine = false")
+        has_edges = any(t.edges for t in schedule.topologies)
+        if not cfg.combine and sc.comm.mode == "sync" and has_edges:
+            raise ScenarioError(
+                "algorithm.combine = false publishes nothing, so a sync barrier would wait "
+                "forever for the neighbours; set comm.mode = 'async'")
+
+    def prepare(self, data_root: Path, log: Callable) -> None:
+        epochs = max(p.algorithm.evaluator_epochs for p in self.scenario.players)
+        prepare_evaluator(self.scenario.data, data_root, epochs, log)
+
+    def after_run(self, run_dir: Path, summary: dict) -> None:
+        sc = self.scenario
+        cfg = sc.algorithm
         peers = summary.get("peers", {})
-        for s in peers.values():
+        for pid, s in peers.items():
             steps = s.get("steps") or 0
             s["bytes_sent_per_step"] = s.get("bytes_sent", 0) / steps if steps else 0.0
+            # Bytes of one message per part, as the bus counted them (header + payload).
+            for part in PARTS:
+                per = [r for r in s.get("traffic_out", []) if r["topic"] == f"params/{pid}/{part}"]
+                msgs = sum(r["messages"] for r in per)
+                if msgs:
+                    s[f"wire_bytes_{part}"] = round(
+                        sum(r["header_bytes"] + r["payload_bytes"] for r in per) / msgs)
         topo_path = run_dir / "topology.json"
         if "second_eigenvalue_modulus" not in summary and topo_path.exists():
             epochs = json.loads(topo_path.read_text())["epochs"]
@@ -412,58 +396,28 @@ class DiffusionGAN(Algorithm):
             {p: {k: s.get(k) for k in ("fid_all", "fid_own", "fid_other", "class_mass",
                                        "unseen_mass", "classes_generated", "own_classes")}
              for p, s in peers.items()}, indent=1))
-        rows = disagreement_curve(run_dir / SNAPSHOT_DIR, scenario.n)
+        rows = disagreement_curve(run_dir / SNAPSHOT_DIR, sc.n)
         if rows:
             summary["disagreement"] = [[r["step"], r["all"]] for r in rows]
             summary["disagreement_final"] = rows[-1]["all"]
             summary["disagreement_D"] = [[r["step"], r["D"]] for r in rows]
             summary["disagreement_G"] = [[r["step"], r["G"]] for r in rows]
-            write_disagreement(run_dir, rows, scenario.name)
+            write_disagreement(run_dir, rows, sc.name)
         shutil.rmtree(run_dir / SNAPSHOT_DIR, ignore_errors=True)
 
 
-def disagreement_curve(folder: Path, n: int) -> list[dict[str, float]]:
-    """Per snapshot step (present on all n peers): disagreement of D+G, D and G."""
-    if not folder.is_dir():
-        return []
-    metas = [folder / f"peer-{i}.json" for i in range(n)]
-    if not all(m.exists() for m in metas):
-        return []
-    sizes = [json.loads(m.read_text())["sizes"] for m in metas]
-    if any(s != sizes[0] for s in sizes):
-        return []  # different architectures: no common centroid
-    n_d = sizes[0]["D"]
-    steps: dict[int, int] = Counter()
-    for f in folder.glob("peer-*-step-*.npy"):
-        steps[int(f.stem.rsplit("-", 1)[1])] += 1
-    rows = []
-    for step in sorted(s for s, c in steps.items() if c == n):
-        x = np.stack([np.load(folder / f"peer-{i}-step-{step:09d}.npy") for i in range(n)])
-        rows.append({"step": step, "all": disagreement(x), "D": disagreement(x[:, :n_d]),
-                     "G": disagreement(x[:, n_d:])})
-    return rows
+def _default_spaces(cfg: DiffGANConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return (PARTS, PARTS) if cfg.combine else ((), ())
 
 
-def write_disagreement(run_dir: Path, rows: list[dict[str, float]], title: str) -> None:
-    with (run_dir / "disagreement.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["step", "all", "D", "G"])
-        w.writeheader()
-        w.writerows(rows)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [r["step"] for r in rows]
-    for key, style in (("all", "-o"), ("D", "--"), ("G", ":")):
-        ys = [max(r[key], 1e-30) for r in rows]
-        ax.plot(steps, ys, style, label=key, markersize=3)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean squared distance to centroid")
-    ax.set_title(f"{title}: network disagreement")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "disagreement.png", dpi=120)
-    plt.close(fig)
+INFO = AlgorithmInfo(
+    name="diffgan",
+    config=DiffGANConfig,
+    data=ImageDataSpec,
+    spaces={p: "params" for p in PARTS},
+    default_spaces=_default_spaces,
+    peer=lambda: DiffusionGAN,
+    hooks=lambda: DiffusionGANHooks,
+    partial_rounds=True,
+    uses_torch=True,
+)

@@ -12,6 +12,10 @@ of the mean parameters toward the batch moments, ``mu <- mu + lr (phi_bar - mu)`
 The batch mixes own real data and neighbours' received samples in the
 proportions of the player's weight row.  The fixed point is the game's Nash
 equilibrium, which :func:`solve_equilibrium` gives in closed form.
+Players exchange on two spaces: ``x`` (samples, the game proper) and ``mu``
+(the mean parameters themselves, as a ``params`` topic: the infinite-sample
+limit of the game, with the same equilibrium and no sampling noise).  By
+default a player publishes and learns ``x``; ``[[peers]]`` can change both.
 Pure numpy: these peers never import torch, so many of them fit on one machine.
 """
 
@@ -22,13 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from p2pgame.algorithms.base import Algorithm, Inbox, PeerContext, check_schema, config_error
+from p2pgame.algorithms import AlgorithmInfo
+from p2pgame.algorithms.base import (
+    Algorithm,
+    Inbox,
+    PeerContext,
+    RunHooks,
+    check_schema,
+    config_error,
+)
 from p2pgame.algorithms.equilibrium import solve_equilibrium
 from p2pgame.config import Scenario
 from p2pgame.rng import generator
-from p2pgame.topology import Topology, build_schedule
+from p2pgame.topology import Schedule, Topology
 
 FAMILIES = ("bernoulli", "gaussian")
+SPACES = {"x": "samples", "mu": "params"}
 
 
 @dataclass(frozen=True)
@@ -73,29 +86,17 @@ def moments(cfg: ExpFamConfig, x: np.ndarray) -> np.ndarray:
     return np.concatenate([x.mean(axis=0), (x * x).mean(axis=0)])
 
 
-def equilibrium(scenario: Scenario, cfg: ExpFamConfig, topology: Topology) -> np.ndarray:
+def equilibrium(scenario: Scenario, topology: Topology) -> np.ndarray:
     """The analytic equilibrium mean parameters of all players (n x d)."""
-    m = np.stack([moments(cfg, make_data(cfg, scenario.seed, i)) for i in range(scenario.n)])
+    m = np.stack([moments(p.algorithm, make_data(p.algorithm, scenario.seed, p.peer))
+                  for p in scenario.players])
     return solve_equilibrium(topology.weights, m)
 
 
 class ExpFamPlayer(Algorithm):
-    Config = ExpFamConfig
-    kinds = ("samples",)
-
-    @classmethod
-    def validate(cls, scenario: Scenario) -> None:
-        cls.make_config(scenario)
-        for t in build_schedule(scenario).topologies:
-            try:
-                solve_equilibrium(t.weights, np.zeros((scenario.n, 1)))
-            except ValueError as e:
-                raise config_error("name", f"expfam: {e}") from None
-
-    def __init__(self, ctx: PeerContext, config: ExpFamConfig) -> None:
-        super().__init__(ctx, config)
-        cfg = config
-        self.space = "x"
+    def __init__(self, ctx: PeerContext) -> None:
+        super().__init__(ctx)
+        cfg = self.config
         self.data = make_data(cfg, ctx.scenario.seed, ctx.peer_id)
         self.data_rng = np.random.default_rng(ctx.seed("data-order"))
         self.sample_rng = np.random.default_rng(ctx.seed("sampling"))
@@ -104,9 +105,10 @@ class ExpFamPlayer(Algorithm):
         self.mu = np.full(d, 0.5) if cfg.family == "bernoulli" else np.r_[np.zeros(d), np.ones(d)]
         self.samples_per_message = ctx.scenario.comm.samples_per_message or cfg.batch
         self.steps = ctx.scenario.steps
-        self.target = equilibrium(ctx.scenario, cfg, ctx.schedule.final())[ctx.peer_id]
+        self.target = equilibrium(ctx.scenario, ctx.schedule.final())[ctx.peer_id]
         dtype = "bool" if cfg.family == "bernoulli" else "float32"
-        self.schema = {"x": (dtype, (d,))}
+        self.schemas = {"x": {"x": (dtype, (d,))}, "mu": {"mu": ("float64", (len(self.mu),))}}
+        self.learns = ctx.player.learns
 
     def lr_at(self, step: int) -> float:
         cfg = self.config
@@ -124,13 +126,31 @@ class ExpFamPlayer(Algorithm):
         std = np.sqrt(np.maximum(second - mean * mean, 1e-6))
         return (mean + std * self.sample_rng.standard_normal((n, d))).astype(np.float32)
 
-    def outgoing(self, step: int) -> dict[str, dict[str, Any]]:
-        return {self.space: {"x": self.sample(self.samples_per_message)}}
+    def publish(self, step: int) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for space in self.ctx.player.publishes:
+            if space == "x":
+                out["x"] = {"x": self.sample(self.samples_per_message)}
+            else:
+                out["mu"] = {"mu": self.mu[None, :].copy()}
+        return out
 
     def check(self, env) -> str | None:
-        if env.space != self.space:
+        if env.space not in self.learns:
             return "space"
-        return check_schema(env, self.schema)
+        return check_schema(env, self.schemas[env.space])
+
+    def _neighbour_moments(self, inbox: Inbox, j: int, step: int) -> np.ndarray | None:
+        """What j's model says: its mean parameters if we learn them, else its samples' moments."""
+        if "mu" in self.learns:
+            env = inbox.use(j, "mu", step)
+            if env is not None:
+                return env.tensors["mu"][0]
+        if "x" in self.learns:
+            env = inbox.use(j, "x", step)
+            if env is not None and len(env.tensors["x"]):
+                return moments(self.config, env.tensors["x"])
+        return None
 
     def train_step(self, step: int, inbox: Inbox, topology: Topology) -> dict[str, float]:
         cfg = self.config
@@ -146,10 +166,10 @@ class ExpFamPlayer(Algorithm):
         for j, w in row.items():
             if j == me or w <= 0:
                 continue
-            env = inbox.use(j, self.space, step)
-            if env is None or len(env.tensors["x"]) == 0:
+            m = self._neighbour_moments(inbox, j, step)
+            if m is None:
                 continue
-            parts.append(moments(cfg, env.tensors["x"]))
+            parts.append(m)
             weights.append(w)
         if not parts:
             return {"lr": 0.0}
@@ -167,3 +187,33 @@ class ExpFamPlayer(Algorithm):
             "ne_max_abs": float(np.max(np.abs(self.mu - self.target))),
             "mu": [round(float(v), 6) for v in self.mu],
         }
+
+
+class ExpFamHooks(RunHooks):
+    table_columns = ("ne_max_abs",)
+
+    def validate(self, schedule: Schedule) -> None:
+        players = self.scenario.players
+        first = players[0].algorithm
+        for p in players[1:]:
+            c = p.algorithm
+            if (c.family, c.dim) != (first.family, first.dim):
+                raise config_error(
+                    "family", f"every player needs one family and dim for a common equilibrium; "
+                    f"peer 0 has {first.family}/{first.dim}, peer {p.peer} {c.family}/{c.dim}")
+        for t in schedule.topologies:
+            try:
+                solve_equilibrium(t.weights, np.zeros((self.scenario.n, 1)))
+            except ValueError as e:
+                raise config_error("name", f"expfam: {e}") from None
+
+
+INFO = AlgorithmInfo(
+    name="expfam",
+    config=ExpFamConfig,
+    data=None,
+    spaces=SPACES,
+    default_spaces=lambda cfg: (("x",), ("x",)),
+    peer=lambda: ExpFamPlayer,
+    hooks=lambda: ExpFamHooks,
+)

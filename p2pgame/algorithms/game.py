@@ -19,12 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from p2pgame.algorithms.base import Algorithm, Inbox, PeerContext, check_schema, config_error
+from p2pgame.algorithms import AlgorithmInfo
+from p2pgame.algorithms.base import (
+    Algorithm,
+    Inbox,
+    PeerContext,
+    RunHooks,
+    check_schema,
+    config_error,
+)
 from p2pgame.algorithms.equilibrium import solve_equilibrium
-from p2pgame.algorithms.imagedata import class_histograms, data_spec, load_split, peer_images
-from p2pgame.algorithms.imageeval import ImageEvaluation, prepare_evaluator
 from p2pgame.config import Scenario, ScenarioError
-from p2pgame.topology import Topology, build_schedule
+from p2pgame.data.image import ImageDataSpec, class_histograms, load_split, peer_images
+from p2pgame.eval.images import ImageEvaluation, prepare_evaluator
+from p2pgame.topology import Schedule, Topology
 
 SPACE = "hvae"
 EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
@@ -58,35 +66,20 @@ class GameConfig:
 
 def ne_class_mass(scenario: Scenario, labels: np.ndarray, topology: Topology) -> np.ndarray:
     """Equilibrium class histograms of all peers (the game's linear system)."""
-    return solve_equilibrium(topology.weights, class_histograms(scenario, labels))
+    hist = class_histograms(scenario.data, labels, scenario.n, scenario.seed)
+    return solve_equilibrium(topology.weights, hist)
 
 
 class SyntheticGame(Algorithm):
-    Config = GameConfig
-    kinds = ("samples",)
     heavy = True
 
-    @classmethod
-    def validate(cls, scenario: Scenario) -> None:
-        cls.make_config(scenario)
-        data_spec(scenario)
-        for t in build_schedule(scenario).topologies:
-            try:
-                solve_equilibrium(t.weights, np.zeros((scenario.n, 1)))
-            except ValueError as e:
-                raise ScenarioError(f"topology: {e}") from None
-
-    @classmethod
-    def prepare(cls, scenario: Scenario, data_root: Path, log: Callable) -> None:
-        # Fails with one clear line when the data set is missing, before any process starts.
-        prepare_evaluator(scenario, data_root, cls.make_config(scenario).evaluator_epochs, log)
-
-    def __init__(self, ctx: PeerContext, config: GameConfig) -> None:
-        super().__init__(ctx, config)
+    def __init__(self, ctx: PeerContext) -> None:
+        super().__init__(ctx)
         import torch
 
         from p2pgame.models import SymmetricLearner, make_model
 
+        config = self.config
         self.torch = torch
         self.device = torch.device(ctx.device)
         overrides: dict[str, Any] = {"seed": ctx.seed("model-init")}
@@ -94,33 +87,29 @@ class SyntheticGame(Algorithm):
             overrides.update(lr_p=config.lr, lr_q=config.lr)
         self.model = make_model(config.model, **overrides).to(self.device)
         self.learner = SymmetricLearner(self.model)
-        self.images, self.labels = peer_images(ctx.scenario, ctx.peer_id, ctx.data_root)
+        sc = ctx.scenario
+        self.images, self.labels = peer_images(sc.data, sc.n, sc.seed, ctx.peer_id, ctx.data_root)
         self.images = self.images.to(self.device)
         self.own_classes = sorted(int(c) for c in self.labels.unique())
         self.schema = {k: (dt, tuple(s)) for k, (dt, s) in self.model.schema().items()}
-        self.samples_per_message = ctx.scenario.comm.samples_per_message or config.batch
+        self.samples_per_message = sc.comm.samples_per_message or config.batch
         dev = self.device
         self.gen = torch.Generator(device=dev).manual_seed(ctx.seed("model-sampling"))
         self.data_gen = torch.Generator().manual_seed(ctx.seed("data-order"))
-        self.stream = torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
-        self.evaluation = ImageEvaluation(ctx.scenario, ctx.data_root, config.evaluator_epochs,
+        self.evaluation = ImageEvaluation(sc.data, ctx.data_root, config.evaluator_epochs,
                                           self.own_classes, self.device)
 
     # -- exchange ----------------------------------------------------------------------
-    def outgoing(self, step: int) -> dict[str, dict[str, Any]]:
-        with self._on_stream():
-            tuples = self.model.sample(self.samples_per_message, self.gen)
+    def publish(self, step: int) -> dict[str, dict[str, Any]]:
+        if SPACE not in self.ctx.player.publishes:
+            return {}
+        tuples = self.model.sample(self.samples_per_message, self.gen)
         return {SPACE: {k: v.cpu().numpy() for k, v in tuples.items()}}
 
     def check(self, env) -> str | None:
         if env.space != SPACE:
             return "space"
         return check_schema(env, self.schema)
-
-    def _on_stream(self):
-        import contextlib
-
-        return self.torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
 
     def train_step(self, step: int, inbox: Inbox, topology: Topology) -> dict[str, float]:
         torch = self.torch
@@ -152,18 +141,17 @@ class SyntheticGame(Algorithm):
         syn = None
         if synth["x"]:
             syn = {f: torch.cat(v).to(self.device) for f, v in synth.items()}
-        with self._on_stream():
-            out = self.learner.step(real, syn, self.gen, q_batch=n_own if n_own else None)
+        out = self.learner.step(real, syn, self.gen, q_batch=n_own if n_own else None)
         return {"p_loss": out["p_loss"], "q_loss": out["q_loss"], "n_synthetic": out["n_p"] - n_own}
 
     # -- evaluation --------------------------------------------------------------------
     def generate(self, n: int):
-        with self.torch.no_grad(), self._on_stream():
+        with self.torch.no_grad():
             g = self.torch.Generator(device=self.device).manual_seed(self.ctx.seed("eval"))
             means = self.model.sample_means(n, g)
         return (means > 0.5).float()
 
-    def evaluate(self, n: int) -> dict[str, Any]:
+    def evaluate(self, n: int) -> tuple[dict[str, Any], Any]:
         self.model.eval()
         images = self.generate(n)
         metrics = self.evaluation.metrics(images)
@@ -177,57 +165,84 @@ class SyntheticGame(Algorithm):
             return {"fid_all": m["fid_all"], "own_mass": m["own_mass"]}
         return {}
 
-    def final_metrics(self, n: int, inception: str | None = None) -> dict[str, Any]:
+    def final_metrics(self, n: int, inception: str | None = None) -> tuple[dict[str, Any], Any]:
         """Evaluation of the current model: classifier-FID, class mass against equilibrium."""
         from p2pgame.eval import total_variation
 
         ctx = self.ctx
         metrics, images = self.evaluate(n)
-        self.evaluation.save_grid(images, ctx.run_dir, ctx.peer_id)
-        all_labels = load_split(data_spec(ctx.scenario), ctx.data_root)[1].numpy()
+        all_labels = load_split(ctx.scenario.data, ctx.data_root)[1].numpy()
         ne = ne_class_mass(ctx.scenario, all_labels, ctx.schedule.final())[ctx.peer_id]
         metrics["ne_class_mass"] = [float(v) for v in ne]
         metrics["ne_own_mass"] = float(sum(ne[c] for c in self.own_classes))
         metrics["tv_to_ne"] = total_variation(metrics["class_mass"], ne)
         if inception:
             metrics["fid_inception"] = self.evaluation.standard_fid(images, inception)
-        return metrics
+        return metrics, images
 
     def finish(self) -> dict[str, Any]:
-        ctx = self.ctx
-        out = self.final_metrics(self.config.eval_samples, self.config.inception_weights or None)
-        if self.config.checkpoint:
-            path = ctx.run_dir / "checkpoints" / f"peer-{ctx.peer_id}.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.torch.save(self.model.state_dict(), path)
+        from p2pgame.eval import grid_png
+
+        out, images = self.final_metrics(self.config.eval_samples,
+                                         self.config.inception_weights or None)
+        self.ctx.artifact(f"samples/peer-{self.ctx.peer_id}.png", grid_png(images[:100]))
         return out
 
-    @classmethod
-    def evaluate_run(cls, scenario: Scenario, run_dir: Path, data_root: Path,
-                     options: dict[str, Any], log: Callable[[str], None]) -> dict[str, dict]:
+    def checkpoint_state(self) -> Any | None:
+        return self.model.state_dict() if self.config.checkpoint else None
+
+
+class GameHooks(RunHooks):
+    table_columns = ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne", "bytes_sent")
+
+    def validate(self, schedule: Schedule) -> None:
+        for t in schedule.topologies:
+            try:
+                solve_equilibrium(t.weights, np.zeros((self.scenario.n, 1)))
+            except ValueError as e:
+                raise ScenarioError(f"topology: {e}") from None
+
+    def prepare(self, data_root: Path, log: Callable) -> None:
+        # Fails with one clear line when the data set is missing, before any process starts.
+        epochs = max(p.algorithm.evaluator_epochs for p in self.scenario.players)
+        prepare_evaluator(self.scenario.data, data_root, epochs, log)
+
+    def evaluate_run(self, run_dir: Path, data_root: Path, options: dict[str, Any],
+                     log: Callable[[str], None]) -> dict[str, dict]:
         import torch
 
-        config = cls.make_config(scenario)
-        schedule = build_schedule(scenario)
+        from p2pgame.topology import build_schedule
+
+        sc = self.scenario
+        schedule = build_schedule(sc.topology, sc.steps, sc.seed)
         out = {}
-        for i in range(scenario.n):
+        for player in sc.players:
+            i = player.peer
             path = Path(run_dir) / "checkpoints" / f"peer-{i}.pt"
             if not path.is_file():
                 raise ScenarioError(f"{path}: no checkpoint (run with algorithm.checkpoint = true)")
-            ctx = PeerContext(i, scenario, schedule, Path(run_dir), Path(data_root))
-            peer = cls(ctx, config)
+            ctx = PeerContext(i, sc, player, schedule, Path(data_root))
+            peer = SyntheticGame(ctx)
             peer.model.load_state_dict(torch.load(path, map_location=peer.device,
                                                   weights_only=True))
-            log(f"peer {i}: evaluating {options.get('samples') or config.eval_samples} samples")
-            out[str(i)] = peer.final_metrics(options.get("samples") or config.eval_samples,
-                                             options.get("inception"))
+            n = options.get("samples") or player.algorithm.eval_samples
+            log(f"peer {i}: evaluating {n} samples")
+            out[str(i)], _ = peer.final_metrics(n, options.get("inception"))
         return out
 
-    @classmethod
-    def after_run(cls, scenario: Scenario, run_dir: Path, summary: dict) -> None:
-        summary["table_columns"] = [
-            "fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne", "bytes_sent",
-        ]
+    def after_run(self, run_dir: Path, summary: dict) -> None:
         (run_dir / "evaluation.json").write_text(json.dumps(
             {p: {k: s.get(k) for k in EVAL_KEYS} for p, s in summary["peers"].items()},
             indent=1))
+
+
+INFO = AlgorithmInfo(
+    name="game",
+    config=GameConfig,
+    data=ImageDataSpec,
+    spaces={SPACE: "samples"},
+    default_spaces=lambda cfg: ((SPACE,), (SPACE,)),
+    peer=lambda: SyntheticGame,
+    hooks=lambda: GameHooks,
+    uses_torch=True,
+)

@@ -2,11 +2,16 @@
 
 Frames of a message (a ZeroMQ multipart message):
 
-0. topic, UTF-8, e.g. ``samples/3/x`` (first, so SUB prefix filtering works)
+0. topic, UTF-8, ``<kind>/<peer>/<space>`` e.g. ``samples/3/x`` (first, so SUB
+   prefix filtering works; see :mod:`p2pgame.bus.topics`)
 1. header, a msgpack map::
 
-       {"v": 1, "sender": int, "topic": str, "step": int, "time": float (unix s),
-        "schema": [[name, dtype, shape, packed], ...], "meta": {...}}
+       {"v": 2, "sender": int, "topic": str, "step": int, "time": float (unix s),
+        "last": bool, "schema": [[name, dtype, shape, packed], ...], "meta": {...}}
+
+   ``last`` marks the sender's last message of its round ``step`` (a sync
+   receiver knows the round is complete).  Version 1 headers, which carried
+   the flag as ``meta["last"]``, are still read.
 
    ``dtype`` is one of :data:`DTYPES`; all multi-byte numbers are little-endian.
    ``packed`` is true for ``bool`` tensors: their buffer is the C-order
@@ -21,14 +26,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 
-WIRE_VERSION = 1
+from p2pgame.bus.topics import Topic, TopicError
+
+WIRE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DTYPES: dict[str, np.dtype] = {
     "bool": np.dtype(bool),
     "uint8": np.dtype("u1"),
@@ -41,7 +48,7 @@ DTYPES: dict[str, np.dtype] = {
     "float64": np.dtype("<f8"),
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
-HEADER_KEYS = ("v", "sender", "topic", "step", "time", "schema", "meta")
+HEADER_KEYS = ("v", "sender", "topic", "step", "time", "schema", "meta")  # and "last" from v2
 
 
 class CodecError(ValueError):
@@ -55,21 +62,26 @@ class CodecError(ValueError):
 @dataclass
 class Envelope:
     sender: int
-    topic: str
+    topic: Topic
     step: int
     tensors: dict[str, np.ndarray]
     time: float = field(default_factory=time.time)
+    last: bool = True  # the sender's last message of round ``step``
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.topic, str):
+            self.topic = Topic.parse(self.topic)
 
     @property
     def kind(self) -> str:
         """``samples`` or ``params``: the first topic level."""
-        return self.topic.split("/", 1)[0]
+        return self.topic.kind
 
     @property
     def space(self) -> str:
         """The last topic level: the sample space or parameter part."""
-        return self.topic.rsplit("/", 1)[-1]
+        return self.topic.space
 
 
 def _as_numpy(t: Any) -> np.ndarray:
@@ -95,16 +107,18 @@ def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
         else:
             buffers.append(arr.astype(dt, copy=False).reshape(-1).view(np.uint8).data)
             schema.append([name, dname, list(arr.shape), False])
+    topic = str(env.topic)
     header = {
         "v": WIRE_VERSION,
         "sender": int(env.sender),
-        "topic": env.topic,
+        "topic": topic,
         "step": int(env.step),
         "time": float(env.time),
+        "last": bool(env.last),
         "schema": schema,
         "meta": env.meta,
     }
-    return [env.topic.encode(), msgpack.packb(header), *buffers]
+    return [topic.encode(), msgpack.packb(header), *buffers]
 
 
 def frame_sizes(frames: list[Any]) -> tuple[int, int]:
@@ -127,14 +141,25 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
         raise CodecError("malformed", f"header is not msgpack ({type(e).__name__})") from None
     if not isinstance(header, dict) or any(k not in header for k in HEADER_KEYS):
         raise CodecError("malformed", "header lacks required keys")
-    if header["v"] != WIRE_VERSION:
-        raise CodecError("version", f"wire version {header['v']!r}")
+    version = header["v"]
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise CodecError("version", f"wire version {version!r}")
     try:
-        topic = bytes(bufs[0]).decode()
+        text = bytes(bufs[0]).decode()
     except UnicodeDecodeError:
         raise CodecError("malformed", "topic is not UTF-8") from None
-    if topic != header["topic"]:
+    if text != header["topic"]:
         raise CodecError("malformed", "topic frame and header disagree")
+    try:
+        topic = Topic.parse(text)
+    except TopicError as e:
+        raise CodecError("topic", str(e)) from None
+    meta = header["meta"] if isinstance(header["meta"], dict) else {}
+    if version >= 2 and "last" not in header:
+        raise CodecError("malformed", "header lacks required keys")
+    last = header["last"] if version >= 2 else meta.get("last", True)
+    if not isinstance(last, bool):
+        raise CodecError("malformed", "last must be true or false")
     schema = header["schema"]
     if not isinstance(schema, list) or len(schema) != len(bufs) - 2:
         raise CodecError("malformed", "schema does not match the number of frames")
@@ -170,40 +195,12 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
                 raise CodecError("truncated", f"{name}: {len(buf)} bytes for {count} x {dname}")
             arr = np.frombuffer(buf, dt)
         tensors[name] = arr.reshape(shape)
-    meta = header["meta"] if isinstance(header["meta"], dict) else {}
     return Envelope(
         sender=sender,
         topic=topic,
         step=step,
         tensors=tensors,
         time=float(header["time"]),
+        last=last,
         meta=meta,
     )
-
-
-@dataclass
-class TrafficCounter:
-    """Messages and bytes per (sender, receiver, topic), header and payload apart."""
-
-    table: dict[tuple[int, int, str], list[int]] = field(
-        default_factory=lambda: defaultdict(lambda: [0, 0, 0])
-    )
-
-    def add(self, sender: int, receiver: int, topic: str, header: int, payload: int) -> None:
-        row = self.table[(sender, receiver, topic)]
-        row[0] += 1
-        row[1] += header
-        row[2] += payload
-
-    def totals(self) -> dict[str, int]:
-        msgs = sum(r[0] for r in self.table.values())
-        hdr = sum(r[1] for r in self.table.values())
-        pay = sum(r[2] for r in self.table.values())
-        return {"messages": msgs, "header_bytes": hdr, "payload_bytes": pay, "bytes": hdr + pay}
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [
-            {"sender": s, "receiver": r, "topic": t, "messages": v[0], "header_bytes": v[1],
-             "payload_bytes": v[2]}
-            for (s, r, t), v in sorted(self.table.items())
-        ]

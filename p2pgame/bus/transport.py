@@ -3,24 +3,27 @@
 No broker.  A peer binds its PUB socket (ipc:// on one host by default, or
 tcp:// on 127.0.0.1 with an OS-chosen port), reports the endpoint to the
 launcher, and connects its SUB socket to the endpoints of its in-neighbours,
-subscribing by topic prefix to ``<kind>/<sender>/``.  High-water marks are
+subscribing to exactly the topics it learns from (:mod:`p2pgame.bus.topics`),
+so the publisher never sends it a byte it cannot use.  High-water marks are
 unlimited so that PUB never silently drops: losses come only from the link
 emulation, where they are counted.
 
 Control (launcher <-> peers) uses ROUTER/DEALER, which queues messages until a
-connection exists, so readiness reports and commands are never lost.
+connection exists, so readiness reports and commands are never lost.  The
+control channel carries opaque bytes here; the typed messages are
+:mod:`p2pgame.peer.control`'s.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 import zmq.asyncio
 
-HANDSHAKE = "hs"
+from p2pgame.bus.topics import Topic
 
 
 def bind_endpoint(sock: zmq.Socket, transport: str, host: str, ipc_dir: Path, name: str) -> str:
@@ -58,14 +61,14 @@ class Transport:
         self.endpoint = bind_endpoint(self.pub, transport, host, ipc_dir, f"peer-{self.peer_id}")
         return self.endpoint
 
-    def connect(self, endpoints: dict[int, str], kinds: tuple[str, ...]) -> None:
-        """Subscribe to ``<kind>/<j>/`` of every in-neighbour j, plus its handshake topic."""
+    def connect(self, endpoints: dict[int, str], topics: dict[int, list[Topic]]) -> None:
+        """Subscribe to ``topics[j]`` of every in-neighbour j, plus j's handshake topic."""
         for j, ep in sorted(endpoints.items()):
             self.sub.connect(ep)
             # Subscriptions reach the publisher in order: the handshake topic last, so that
             # hearing a handshake proves the data topics are live too.
-            for kind in (*kinds, HANDSHAKE):
-                self.sub.setsockopt(zmq.SUBSCRIBE, f"{kind}/{j}/".encode())
+            for topic in (*sorted(topics.get(j, ())), Topic.handshake(j)):
+                self.sub.setsockopt(zmq.SUBSCRIBE, topic.subscription())
 
     async def send(self, frames: list[Any]) -> None:
         # A PUB socket never blocks (at its HWM it would drop, and the HWM is unlimited),
@@ -97,14 +100,6 @@ class Transport:
             self.ctx.term()
 
 
-def pack(msg: dict) -> bytes:
-    return msgpack.packb(msg)
-
-
-def unpack(data: bytes) -> dict:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
 class ControlServer:
     """Launcher side of the control channel (ROUTER)."""
 
@@ -113,15 +108,28 @@ class ControlServer:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.endpoint = bind_endpoint(self.sock, transport, host, ipc_dir, "control")
+        self.junk = 0
 
-    async def recv(self, timeout_s: float | None = None) -> tuple[int, dict] | None:
-        if timeout_s is not None and not await self.sock.poll(int(timeout_s * 1000)):
-            return None
-        ident, data = await self.sock.recv_multipart()
-        return int(ident.decode().split("-")[1]), unpack(data)
+    async def recv(self, timeout_s: float | None = None) -> tuple[int, bytes] | None:
+        """(peer id, message bytes), or None when nothing came within ``timeout_s``.
 
-    async def send(self, peer: int, msg: dict) -> None:
-        await self.sock.send_multipart([f"peer-{peer}".encode(), pack(msg)])
+        A frame that does not come from a peer's DEALER (an identity that is not
+        ``peer-<id>``, or not two frames) is dropped and counted in ``junk``.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if wait is not None and not await self.sock.poll(int(wait * 1000)):
+                return None
+            frames = await self.sock.recv_multipart()
+            peer = _peer_of(frames[0]) if len(frames) == 2 else None
+            if peer is None:
+                self.junk += 1
+                continue
+            return peer, frames[1]
+
+    async def send(self, peer: int, data: bytes) -> None:
+        await self.sock.send_multipart([f"peer-{peer}".encode(), data])
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -137,11 +145,21 @@ class ControlClient:
         self.sock.setsockopt(zmq.LINGER, 2000)  # let the final report reach the launcher
         self.sock.connect(endpoint)
 
-    async def send(self, msg: dict) -> None:
-        await self.sock.send(pack(msg))
+    async def send(self, data: bytes) -> None:
+        await self.sock.send(data)
 
-    async def recv(self) -> dict:
-        return unpack(await self.sock.recv())
+    async def recv(self) -> bytes:
+        return await self.sock.recv()
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _peer_of(ident: bytes) -> int | None:
+    try:
+        prefix, _, num = ident.decode("ascii").partition("-")
+    except UnicodeDecodeError:
+        return None
+    if prefix != "peer" or not num.isdigit():
+        return None
+    return int(num)

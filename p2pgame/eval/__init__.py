@@ -7,6 +7,7 @@ from .metrics import (
     class_histogram,
     evaluate_images,
     frechet_distance,
+    grid_png,
     save_grid,
     total_variation,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "evaluate_images",
     "frechet_distance",
     "get_evaluator",
+    "grid_png",
     "load_evaluator",
     "load_fid_inception",
     "predict",

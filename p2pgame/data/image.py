@@ -1,4 +1,4 @@
-"""The ``[data]`` section for image data sets: which set, which split, who owns what.
+"""The ``[data]`` section of image scenarios: which set, which split, who owns what.
 
 Every peer computes the same partition from the scenario seed, then keeps its
 own part; the launcher uses the same function to predict the equilibrium.
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from p2pgame.config import Scenario, ScenarioError, build
+from p2pgame.config import ScenarioError
 from p2pgame.rng import generator
+
+from .datasets import KNOWN_DATASETS, load_images
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,6 @@ class ImageDataSpec:
     per_peer: int = 0  # cap on images per peer (0: all of its part)
 
     def __post_init__(self) -> None:
-        from p2pgame.data import KNOWN_DATASETS
-
         if self.dataset not in KNOWN_DATASETS:
             raise ScenarioError(
                 f"dataset = {self.dataset!r} is not known; allowed: {', '.join(KNOWN_DATASETS)}"
@@ -41,12 +41,8 @@ class ImageDataSpec:
             raise ScenarioError(f"per_peer = {self.per_peer} must be >= 0")
 
 
-def data_spec(scenario: Scenario) -> ImageDataSpec:
-    return build(ImageDataSpec, scenario.data, "data")
-
-
 def partition_indices(spec: ImageDataSpec, labels: np.ndarray, n: int, seed: int) -> list:
-    from p2pgame.data.partition import make_partition
+    from .partition import make_partition
 
     pspec = dict(spec.partition)
     if spec.per_peer:
@@ -57,11 +53,11 @@ def partition_indices(spec: ImageDataSpec, labels: np.ndarray, n: int, seed: int
         raise ScenarioError(f"data.partition: {e}") from None
 
 
-def class_histograms(scenario: Scenario, labels: np.ndarray, n_classes: int = 10) -> np.ndarray:
+def class_histograms(spec: ImageDataSpec, labels: np.ndarray, n: int, seed: int,
+                     n_classes: int = 10) -> np.ndarray:
     """n x n_classes: each peer's share of each class in its own data."""
-    spec = data_spec(scenario)
-    parts = partition_indices(spec, labels, scenario.n, scenario.seed)
-    out = np.zeros((scenario.n, n_classes))
+    parts = partition_indices(spec, labels, n, seed)
+    out = np.zeros((n, n_classes))
     for i, idx in enumerate(parts):
         if len(idx):
             out[i] = np.bincount(labels[idx], minlength=n_classes)[:n_classes] / len(idx)
@@ -69,23 +65,28 @@ def class_histograms(scenario: Scenario, labels: np.ndarray, n_classes: int = 10
 
 
 def load_split(spec: ImageDataSpec, root: Path, split: str | None = None):
-    from p2pgame.data import load_images
-
     return load_images(spec.dataset, root, split or spec.split)
 
 
-def peer_images(scenario: Scenario, peer: int, root: Path):
-    """(bool images [n,1,28,28], int64 labels [n]) of one peer's private data."""
+def peer_part(spec: ImageDataSpec, n: int, seed: int, peer: int, root: Path):
+    """(uint8 images [m,28,28], int64 labels [m]) of one peer's private data."""
     import torch
 
-    from p2pgame.data.partition import binarize, salt_and_pepper
-
-    spec = data_spec(scenario)
     images, labels = load_split(spec, root)
-    parts = partition_indices(spec, labels.numpy(), scenario.n, scenario.seed)
+    parts = partition_indices(spec, labels.numpy(), n, seed)
     idx = torch.as_tensor(np.asarray(parts[peer], dtype=np.int64))
-    x = binarize(images[idx], spec.binarize).unsqueeze(1)
+    return images[idx], labels[idx]
+
+
+def peer_images(spec: ImageDataSpec, n: int, seed: int, peer: int, root: Path):
+    """(bool images [m,1,28,28], int64 labels [m]): one peer's data, binarised (and noised)."""
+    import torch
+
+    from .partition import binarize, salt_and_pepper
+
+    images, labels = peer_part(spec, n, seed, peer, root)
+    x = binarize(images, spec.binarize).unsqueeze(1)
     if spec.noise > 0:
-        g = torch.Generator().manual_seed(int(generator(scenario.seed, "noise", peer).integers(2**62)))
+        g = torch.Generator().manual_seed(int(generator(seed, "noise", peer).integers(2**62)))
         x = salt_and_pepper(x, spec.noise, g)
-    return x, labels[idx]
+    return x, labels

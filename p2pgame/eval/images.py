@@ -12,16 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from p2pgame.algorithms.imagedata import data_spec, load_split
-from p2pgame.config import Scenario
+from p2pgame.data.image import ImageDataSpec, load_split
 
 
-def evaluator_for(scenario: Scenario, data_root: Path, epochs: int, log: Callable,
+def evaluator_for(spec: ImageDataSpec, data_root: Path, epochs: int, log: Callable,
                   device: str = "cpu"):
-    """The cached evaluator of the scenario's data set (trained on first use)."""
+    """The cached evaluator of the data set (trained on first use)."""
     from p2pgame.eval import get_evaluator
 
-    spec = data_spec(scenario)
     tr_x, tr_y = load_split(spec, data_root, "train")
     te_x, te_y = load_split(spec, data_root, "test")
     model, info = get_evaluator(spec.dataset, tr_x, tr_y, te_x, te_y,
@@ -30,18 +28,18 @@ def evaluator_for(scenario: Scenario, data_root: Path, epochs: int, log: Callabl
     return model, info, (te_x, te_y)
 
 
-def prepare_evaluator(scenario: Scenario, data_root: Path, epochs: int, log: Callable) -> None:
+def prepare_evaluator(spec: ImageDataSpec, data_root: Path, epochs: int, log: Callable) -> None:
     """Launcher side: fail with one line if data is missing; train the evaluator once."""
-    _, info, _ = evaluator_for(scenario, data_root, epochs, log)
+    _, info, _ = evaluator_for(spec, data_root, epochs, log)
     log(f"evaluator: test accuracy {info['test_accuracy']:.4f} ({info['path']})")
 
 
 class ImageEvaluation:
     """Peer side: classifier-FID and class mass of generated images."""
 
-    def __init__(self, scenario: Scenario, data_root: Path, epochs: int, own_classes: list[int],
+    def __init__(self, spec: ImageDataSpec, data_root: Path, epochs: int, own_classes: list[int],
                  device: Any = "cpu", binarize_test: bool = True) -> None:
-        self.scenario = scenario
+        self.spec = spec
         self.data_root = Path(data_root)
         self.epochs = epochs
         self.own_classes = list(own_classes)
@@ -56,7 +54,7 @@ class ImageEvaluation:
             from p2pgame.eval import ClassifierFID
 
             model, self.info, (te_x, te_y) = evaluator_for(
-                self.scenario, self.data_root, self.epochs, lambda m: None, device=self.device)
+                self.spec, self.data_root, self.epochs, lambda m: None, device=self.device)
             self._fid = ClassifierFID(model, te_x, te_y, binarize_test=self.binarize_test)
             self._test_images = te_x
         return self._fid
@@ -79,9 +77,3 @@ class ImageEvaluation:
         real = self._test_images
         real = binarize(real) if self.binarize_test else real.float() / 255.0
         return standard_fid(images, real, weights_path, device=self.device)
-
-    @staticmethod
-    def save_grid(images, run_dir: Path, peer_id: int) -> Path:
-        from p2pgame.eval import save_grid
-
-        return save_grid(images[:100], Path(run_dir) / "samples" / f"peer-{peer_id}.png")

@@ -1,0 +1,80 @@
+"""Topics: ``<kind>/<peer>/<space>``, built, parsed and subscribed to in one place.
+
+A topic names what a message carries and who sent it: ``samples/3/hvae`` are
+samples of peer 3 in the space ``hvae``; ``params/3/D`` is peer 3's
+discriminator.  The topic is the first frame of a message, so ZeroMQ's prefix
+filtering lets a subscriber take exactly the (peer, space) pairs it learns
+from: a peer that learns only from ``x`` never receives a byte of ``cx``.
+
+Prefix filtering matches prefixes: a subscription to ``samples/3/x`` would
+also match a space called ``xy``.  Space names are therefore checked when a
+scenario is resolved (:func:`check_space_names`): no space name may be a
+prefix of another.  Peer ids cannot collide, the ``/`` after them ends them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+KINDS = ("samples", "params")
+HANDSHAKE = "hs"
+_SPACE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class TopicError(ValueError):
+    """A topic string that is not ``<kind>/<peer>/<space>``."""
+
+
+@dataclass(frozen=True, order=True)
+class Topic:
+    kind: str  # samples | params | hs (handshake)
+    peer: int  # the sender
+    space: str  # the sample space or parameter part ("" for a handshake)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS and self.kind != HANDSHAKE:
+            raise TopicError(f"topic kind {self.kind!r}; allowed: {', '.join(KINDS)}")
+        if isinstance(self.peer, bool) or not isinstance(self.peer, int) or self.peer < 0:
+            raise TopicError(f"topic peer {self.peer!r} is not a peer id")
+        if self.kind == HANDSHAKE:
+            if self.space:
+                raise TopicError("a handshake topic has no space")
+        elif not _SPACE.match(self.space):
+            raise TopicError(f"space {self.space!r}: letters, digits, '_', '.' or '-' only")
+
+    @classmethod
+    def handshake(cls, peer: int) -> Topic:
+        return cls(HANDSHAKE, peer, "")
+
+    @property
+    def is_handshake(self) -> bool:
+        return self.kind == HANDSHAKE
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.peer}/{self.space}"
+
+    def subscription(self) -> bytes:
+        """The ZeroMQ subscription prefix that selects exactly this topic."""
+        return str(self).encode()
+
+    @classmethod
+    def parse(cls, text: str) -> Topic:
+        parts = text.split("/")
+        if len(parts) != 3 or not parts[1].isdigit() or parts[1] != str(int(parts[1])):
+            raise TopicError(f"topic {text!r} is not <kind>/<peer>/<space>")
+        return cls(parts[0], int(parts[1]), parts[2])
+
+
+def check_space_names(names: Iterable[str]) -> None:
+    """Refuse names that prefix-filtering could confuse (``x`` and ``xy``)."""
+    names = sorted(set(names))
+    for a in names:
+        if not _SPACE.match(a):
+            raise TopicError(f"space {a!r}: letters, digits, '_', '.' or '-' only")
+        for b in names:
+            if a != b and b.startswith(a):
+                raise TopicError(
+                    f"spaces {a!r} and {b!r}: one name is a prefix of the other, so a "
+                    f"subscription to {a!r} would also receive {b!r}")

@@ -1,0 +1,85 @@
+"""Byte counting, in one place: every bandwidth figure of a run comes from here.
+
+A peer's :class:`Traffic` counts what it published (one row per receiver that
+subscribed to the topic: PUB fans one copy out to each), what arrived
+(decodable data messages, counted before any check of the receiver's), and
+what it refused, by reason.  Header bytes (topic frame + msgpack header) and
+payload bytes (tensor frames) are kept apart.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pgame.bus.codec import CodecError, Envelope, decode, frame_sizes
+
+
+@dataclass
+class TrafficCounter:
+    """Messages and bytes per (sender, receiver, topic), header and payload apart."""
+
+    table: dict[tuple[int, int, str], list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0, 0])
+    )
+
+    def add(self, sender: int, receiver: int, topic: str, header: int, payload: int) -> None:
+        row = self.table[(sender, receiver, str(topic))]
+        row[0] += 1
+        row[1] += header
+        row[2] += payload
+
+    def totals(self) -> dict[str, int]:
+        msgs = sum(r[0] for r in self.table.values())
+        hdr = sum(r[1] for r in self.table.values())
+        pay = sum(r[2] for r in self.table.values())
+        return {"messages": msgs, "header_bytes": hdr, "payload_bytes": pay, "bytes": hdr + pay}
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {"sender": s, "receiver": r, "topic": t, "messages": v[0], "header_bytes": v[1],
+             "payload_bytes": v[2]}
+            for (s, r, t), v in sorted(self.table.items())
+        ]
+
+
+class Traffic:
+    """One peer's counters: sent, received, rejected."""
+
+    def __init__(self, me: int, max_message_bytes: int = 64 * 2**20) -> None:
+        self.me = me
+        self.max_message_bytes = max_message_bytes
+        self.sent = TrafficCounter()
+        self.received = TrafficCounter()
+        self.rejected: Counter[str] = Counter()
+
+    def count_sent(self, env: Envelope, frames: list[Any], receivers: Iterable[int]) -> None:
+        header, payload = frame_sizes(frames)
+        for r in receivers:
+            self.sent.add(self.me, r, str(env.topic), header, payload)
+
+    def decode(self, frames: list[Any]) -> tuple[Envelope, int] | None:
+        """The envelope and its size in bytes, or None (rejected and counted)."""
+        header, payload = frame_sizes(frames)
+        try:
+            env = decode(frames, self.max_message_bytes)
+        except CodecError as e:
+            self.rejected[e.reason] += 1
+            return None
+        except (ValueError, TypeError):  # defence in depth: never let a message kill us
+            self.rejected["malformed"] += 1
+            return None
+        if not env.topic.is_handshake:  # handshakes precede the measured phase
+            self.received.add(env.sender, self.me, str(env.topic), header, payload)
+        return env, header + payload
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+
+    def per_message_bytes(self, topic: str) -> int | None:
+        """Mean bytes of one message sent on ``topic`` (None if none was sent)."""
+        rows = [v for (_, _, t), v in self.sent.table.items() if t == topic]
+        msgs = sum(r[0] for r in rows)
+        return round(sum(r[1] + r[2] for r in rows) / msgs) if msgs else None

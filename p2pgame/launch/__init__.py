@@ -1,0 +1,148 @@
+"""Launching a scenario: resolve it, prepare, start the peers through a backend, collect.
+
+:func:`run` is the public entry point of ``p2pgame run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pgame.algorithms import AlgorithmInfo, get_algorithm
+from p2pgame.bus.transport import ControlServer
+from p2pgame.config import Scenario, to_plain
+from p2pgame.launch.backends import make_backend
+from p2pgame.launch.launcher import Launcher
+from p2pgame.launch.rundir import RunFolder, make_run_dir, write_topology
+from p2pgame.peer.runtime import PeerLaunch
+from p2pgame.scenario import apply_overrides, load_raw, resolve
+from p2pgame.topology import build_schedule, schedule_to_plain
+
+__all__ = ["RunResult", "run", "threads_per_peer", "resolve_devices", "cpu_count"]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_peer(scenario: Scenario) -> int:
+    if scenario.runtime.threads_per_peer:
+        return scenario.runtime.threads_per_peer
+    return max(1, cpu_count() // scenario.n)
+
+
+def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
+    """``auto``: CUDA when present, peers spread over the GPUs; else the CPU."""
+    want = scenario.runtime.device
+    if want == "cpu" or not info.uses_torch:
+        return ["cpu"] * scenario.n
+    try:
+        import torch
+
+        n_gpu = torch.cuda.device_count()
+    except Exception:  # torch missing or broken: CPU
+        n_gpu = 0
+    if want == "auto":
+        return [f"cuda:{i % n_gpu}" for i in range(scenario.n)] if n_gpu else ["cpu"] * scenario.n
+    return [want] * scenario.n
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    exit_code: int
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+def run(
+    scenario_path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path = "runs",
+    data_root: str | Path = "data",
+    progress: bool = True,
+    run_dir: str | Path | None = None,
+) -> RunResult:
+    """Run one scenario; the public entry point of ``p2pgame run``."""
+    raw = apply_overrides(load_raw(scenario_path), overrides)
+    scenario = resolve(raw, str(scenario_path))  # every check before any process
+    info = get_algorithm(scenario.algorithm_name)
+    hooks = info.hooks()(scenario)
+    data_root = Path(data_root)
+    hooks.prepare(data_root, lambda m: print(m, file=sys.stderr, flush=True))
+    if run_dir is None:
+        run_dir = make_run_dir(Path(out), scenario.name)
+    else:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(scenario_path, run_dir / "scenario.toml")
+    # The scenario exactly as run (file + --set overrides), re-loadable by scenario.resolve.
+    (run_dir / "resolved.json").write_text(json.dumps(
+        {"source": str(scenario_path), "overrides": list(overrides), "raw": raw}, indent=1))
+    (run_dir / "scenario.json").write_text(json.dumps(to_plain(scenario), indent=1))
+    schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
+    write_topology(run_dir, schedule)
+    threads = threads_per_peer(scenario)
+    devices = resolve_devices(scenario, info)
+    sock_dir = run_dir / "sock"
+    tmp_sock = None
+    if len(str(sock_dir.resolve())) > 80:  # unix socket paths are short; fall back to /tmp
+        tmp_sock = Path(tempfile.mkdtemp(prefix="p2pg-"))
+        sock_dir = tmp_sock
+    sock_dir.mkdir(exist_ok=True)
+    comm = scenario.comm
+    server = ControlServer(comm.transport, comm.host, sock_dir.resolve())
+    folder = RunFolder(run_dir)
+    backend = make_backend(scenario.runtime.backend)
+    launcher = Launcher(scenario, schedule, folder, backend, progress)
+    plain_scenario, plain_schedule = to_plain(scenario), schedule_to_plain(schedule)
+    t0 = time.monotonic()
+    try:
+        for i in range(scenario.n):
+            backend.start(i, asdict(PeerLaunch(
+                peer_id=i, scenario=plain_scenario, schedule=plain_schedule,
+                control_endpoint=server.endpoint, ipc_dir=str(sock_dir.resolve()),
+                data_root=str(data_root.resolve()), artifact_dir=str(run_dir.resolve()),
+                threads=threads, device=devices[i])))
+        asyncio.run(launcher.supervise(server))
+    finally:
+        launcher.stop_processes()
+        server.close()
+        folder.close()
+        shutil.rmtree(tmp_sock or sock_dir, ignore_errors=True)
+    summary = {
+        "scenario": scenario.name,
+        "seed": scenario.seed,
+        "mode": comm.mode,
+        "overrides": list(overrides),
+        "n_peers": scenario.n,
+        "steps": scenario.steps,
+        "wall_s": launcher.wall or time.monotonic() - t0,
+        "threads_per_peer": threads,
+        "failed_peers": sorted(launcher.failures),
+        "failures": {str(k): v for k, v in sorted(launcher.failures.items())},
+        "interrupted": bool(launcher.interrupted),
+        "table_columns": list(hooks.table_columns),
+        "peers": {str(i): launcher.summaries[i] for i in sorted(launcher.summaries)},
+        "peer_files": {str(i): f for i, f in sorted(launcher.files.items()) if f},
+    }
+    if not launcher.failures and not launcher.interrupted:
+        hooks.after_run(run_dir, summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    code = 0
+    if launcher.failures:
+        code = 1
+    elif launcher.interrupted:
+        code = 130
+    return RunResult(run_dir, summary, code, dict(launcher.failures))

@@ -1,0 +1,118 @@
+"""Delivery: what a receiving peer does with messages between the socket and its learner.
+
+Pure (no sockets, no event loop, no clock of its own: every call takes ``now``),
+so unit tests drive it with a fake clock.  It owns
+
+* the emulated links of the in-neighbours (:class:`~p2pgame.bus.links.Link`:
+  drop, delay in steps or time, bandwidth), one per in-neighbour;
+* the pending queue per link, released into the :class:`Inbox` when due;
+* round resolution: the newest round of each in-neighbour that is complete,
+  which a sync step waits for (:meth:`missing`).
+
+A round ``r`` of in-neighbour ``j`` is complete when a message of round ``r``
+marked ``last`` was released or lost, or when every space we take from ``j``
+has a round-``r`` message released or lost.  The first rule covers publishers
+that put out only some of their spaces in a round (Diffusion GAN: D or G), as
+long as we subscribe to all of them (the scenario resolver insists); the
+second covers subscribers that take only some spaces of a publisher, who never
+see the message carrying ``last``.  Each topic carries at most one message per
+round, so neither rule can fire early.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping
+
+from p2pgame.algorithms.base import Inbox
+from p2pgame.bus.codec import Envelope
+from p2pgame.bus.links import Link, Pending
+
+
+class Delivery:
+    def __init__(self, me: int, links: Mapping[int, Link], subscribed: Mapping[int, Iterable[str]],
+                 sync: bool, publish_every: int = 1) -> None:
+        self.me = me
+        self.links = dict(links)
+        self.subscribed = {j: frozenset(subscribed.get(j, ())) for j in self.links}
+        self.sync = sync
+        self.publish_every = publish_every
+        self.inbox = Inbox()
+        self.pending: dict[int, deque[Pending]] = {j: deque() for j in self.links}
+        # Highest round of each in-neighbour that is complete (released or lost).
+        self.resolved: dict[int, int] = {j: -1 for j in self.links}
+        self._seen: dict[int, dict[int, set[str]]] = {j: defaultdict(set) for j in self.links}
+        self.delivered_bytes = 0
+        self.dropped = 0
+
+    # -- arrival --------------------------------------------------------------------------
+    def accept(self, env: Envelope, nbytes: int, now: float, step: int,
+               check: Callable[[Envelope], str | None] = lambda env: None) -> str | None:
+        """Admit a decoded data message to its link; returns a rejection reason or None.
+
+        ``step`` is the receiver's current step (async delays count from it);
+        ``check`` is the learner's own test of the content (schema).
+        """
+        j = env.sender
+        if j not in self.links or env.topic.peer != j:
+            return "sender"
+        if env.space not in self.subscribed[j]:
+            return "space"
+        reason = check(env)
+        if reason:
+            return reason
+        pend = self.links[j].admit(env, nbytes, now, step, self.sync)
+        if pend is None:
+            self.dropped += 1
+            self._settle(j, env)
+        else:
+            self.pending[j].append(pend)
+        return None
+
+    def _settle(self, j: int, env: Envelope) -> None:
+        """``env`` of round ``env.step`` has been released or lost: is the round complete?"""
+        r = env.step
+        if r <= self.resolved[j]:
+            return
+        seen = self._seen[j][r]
+        seen.add(env.space)
+        if env.last or seen >= self.subscribed[j]:
+            self.resolved[j] = r
+            for old in [q for q in self._seen[j] if q <= r]:
+                del self._seen[j][old]
+
+    # -- release ---------------------------------------------------------------------------
+    def release(self, step: int, now: float) -> float | None:
+        """Move due messages to the inbox; return the next time-based release, if any."""
+        next_time = None
+        for j, queue in self.pending.items():
+            while queue and queue[0].release_step <= step:
+                if queue[0].release_time > now:
+                    t = queue[0].release_time
+                    next_time = t if next_time is None else min(next_time, t)
+                    break
+                pend = queue.popleft()
+                self.inbox.put(pend.env)
+                self.delivered_bytes += pend.nbytes
+                self._settle(j, pend.env)
+        return next_time
+
+    # -- the sync barrier's condition ----------------------------------------------------
+    def needed_round(self, j: int, step: int) -> int:
+        """The newest round of j that a sync step ``step`` must wait for (-1: none)."""
+        q = step - self.links[j].spec.delay_steps
+        if q < 0:
+            return -1
+        return q - q % self.publish_every
+
+    def missing(self, step: int, active: Iterable[int]) -> list[int]:
+        """The active in-neighbours whose needed round is not complete yet.
+
+        An in-neighbour we take no space from is never waited for.
+        """
+        return [j for j in active if j in self.links and self.subscribed[j]
+                and self.resolved[j] < self.needed_round(j, step)]
+
+    @property
+    def admitted(self) -> int:
+        return sum(link.admitted for link in self.links.values())

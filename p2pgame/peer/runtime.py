@@ -1,0 +1,384 @@
+"""The peer runtime: one peer's tasks (train, receive, control), its device and its stream.
+
+A peer is three parts: :mod:`delivery` (pure: links, queues, rounds), the
+typed :mod:`control` protocol, and this runtime, which wires them to the bus
+and to the algorithm.  The runtime, not the algorithm, owns the torch device,
+the peer's own CUDA stream (every algorithm call runs on it) and checkpoint
+writing.
+
+Lifecycle (see README, "Peer lifecycle"):
+
+1. build the algorithm (data, model), bind the PUB socket, report ``Hello``;
+2. on ``Connect``, subscribe to exactly the topics it learns from and publish
+   handshakes until every in-neighbour's has arrived (so the subscriptions are
+   live), then report ``Linked``;
+3. on ``Go``, run the measured phase: train, receive and control as tasks of
+   one TaskGroup; in sync mode each step waits for the in-neighbours' messages
+   of the round it needs (a barrier), in async mode it uses the freshest it holds;
+4. report ``Done`` with the summary and wait for ``Shutdown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2pgame.algorithms import AlgorithmInfo, decode_scenario, get_algorithm
+from p2pgame.algorithms.base import PeerContext
+from p2pgame.bus.codec import Envelope
+from p2pgame.bus.endpoint import PeerBus
+from p2pgame.bus.links import Link
+from p2pgame.bus.topics import Topic
+from p2pgame.bus.traffic import Traffic
+from p2pgame.bus.transport import ControlClient, Transport
+from p2pgame.config import Scenario
+from p2pgame.peer import control as ctl
+from p2pgame.peer.delivery import Delivery
+from p2pgame.topology import Schedule, schedule_from_plain
+
+PROGRESS_EVERY_S = 0.5
+HANDSHAKE_EVERY_S = 0.02
+
+
+class PeerFailure(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class PeerLaunch:
+    """Everything a peer process is started with: plain data only."""
+
+    peer_id: int
+    scenario: dict  # config.to_plain(Scenario)
+    schedule: dict  # topology.schedule_to_plain(Schedule)
+    control_endpoint: str
+    ipc_dir: str  # where ipc:// sockets live
+    data_root: str
+    artifact_dir: str  # where the peer writes large files itself (checkpoints)
+    threads: int = 1
+    device: str = "cpu"
+
+
+def subscriptions(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule,
+                  me: int) -> dict[int, list[Topic]]:
+    """The topics ``me`` takes from each in-neighbour: the spaces it learns that j publishes."""
+    learns = scenario.player(me).learns
+    out = {}
+    for j in schedule.union_in(me):
+        spaces = [s for s in scenario.player(j).publishes if s in learns]
+        out[j] = [Topic(info.spaces[s], j, s) for s in spaces]
+    return out
+
+
+def subscribers(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule,
+                me: int) -> dict[Topic, tuple[int, ...]]:
+    """Who takes each of ``me``'s topics: out-neighbours that learn the space."""
+    out = {}
+    for s in scenario.player(me).publishes:
+        takers = tuple(r for r in schedule.union_out(me) if s in scenario.player(r).learns)
+        out[Topic(info.spaces[s], me, s)] = takers
+    return out
+
+
+class PeerRuntime:
+    def __init__(self, launch: PeerLaunch, log=print) -> None:
+        self.launch = launch
+        self.id = me = launch.peer_id
+        self.scenario = scenario = decode_scenario(launch.scenario)
+        self.schedule = schedule_from_plain(launch.schedule)
+        self.info = get_algorithm(scenario.algorithm_name)
+        self.artifacts: list[ctl.Artifact] = []
+        self.device, self.stream = self._device(launch.device)
+        self.ctx = PeerContext(
+            peer_id=me,
+            scenario=scenario,
+            player=scenario.player(me),
+            schedule=self.schedule,
+            data_root=Path(launch.data_root),
+            device=str(self.device),
+            log=log,
+            artifact=lambda name, data: self.artifacts.append(ctl.Artifact(name, data)),
+        )
+        self.algorithm = self.info.peer()(self.ctx)
+        comm = scenario.comm
+        self.sync = comm.mode == "sync"
+        self.topics = subscriptions(scenario, self.info, self.schedule, me)
+        self.in_peers = self.schedule.union_in(me)
+        self.out_peers = self.schedule.union_out(me)
+        links = {j: Link(j, me, comm.link_of(j, me), scenario.seed) for j in self.in_peers}
+        self.delivery = Delivery(me, links, {j: [t.space for t in ts]
+                                             for j, ts in self.topics.items()},
+                                 self.sync, comm.publish_every)
+        self.traffic = Traffic(me, comm.max_message_bytes)
+        self.subscribers = subscribers(scenario, self.info, self.schedule, me)
+        self.step = 0
+        self.steps_done = 0
+        self.wall = 0.0
+        self.heard: set[int] = set()
+        self.stop_requested = False
+        self.wakeup = asyncio.Event()
+        self.heard_all = asyncio.Event()
+        self.timers: Counter[str] = Counter()
+        self.metrics_buffer: list[dict[str, Any]] = []
+
+    # -- device ------------------------------------------------------------------------
+    def _device(self, want: str):
+        """The torch device and, on CUDA, this peer's own stream (None: no torch, or CPU)."""
+        if not self.info.uses_torch:
+            return "cpu", None
+        import torch
+
+        device = torch.device(want)
+        stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
+        return device, stream
+
+    def _on_stream(self, fn, *args):
+        if self.stream is None:
+            return fn(*args)
+        import torch
+
+        with torch.cuda.stream(self.stream):
+            out = fn(*args)
+        self.stream.synchronize()  # results leave the stream (numpy, floats) complete
+        return out
+
+    async def _call(self, fn, *args):
+        if self.algorithm.heavy:
+            return await asyncio.to_thread(self._on_stream, fn, *args)
+        return fn(*args)
+
+    # -- receiving -----------------------------------------------------------------------
+    def on_envelope(self, env: Envelope, nbytes: int, now: float) -> None:
+        if env.topic.is_handshake:
+            self.heard.add(env.sender)
+            if self.heard >= set(self.in_peers):
+                self.heard_all.set()
+            return
+        reason = self.delivery.accept(env, nbytes, now, self.step, self.algorithm.check)
+        if reason:
+            self.traffic.reject(reason)
+        self.wakeup.set()
+
+    async def receive_loop(self, bus: PeerBus) -> None:
+        while True:
+            batch = await bus.receive()
+            t0 = time.perf_counter()
+            now = time.monotonic()
+            for env, nbytes in batch:
+                self.on_envelope(env, nbytes, now)
+            self.timers["receive_decode"] += time.perf_counter() - t0
+
+    async def barrier(self, step: int) -> None:
+        """Sync mode: wait until every active in-neighbour's needed round is complete."""
+        active = self.schedule.at(step).in_neighbours(self.id)
+        timeout_s = self.scenario.comm.sync_timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = time.monotonic()
+            next_time = self.delivery.release(step, now)
+            missing = self.delivery.missing(step, active)
+            if not missing or self.stop_requested:
+                return
+            if now > deadline:
+                j = missing[0]
+                raise PeerFailure(f"step {step}: no round {self.delivery.needed_round(j, step)} "
+                                  f"from peer {j} after {timeout_s:g} s")
+            self.wakeup.clear()
+            timeout = deadline - now if next_time is None else max(0.0, next_time - now)
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=min(timeout, 1.0))
+            except TimeoutError:
+                pass
+
+    # -- publishing ----------------------------------------------------------------------
+    async def publish(self, bus: PeerBus, step: int) -> None:
+        t0 = time.perf_counter()
+        messages = await self._call(self.algorithm.publish, step)
+        self.timers["sample"] += time.perf_counter() - t0
+        items = list(messages.items())
+        for k, (space, tensors) in enumerate(items):
+            topic = Topic(self.info.spaces[space], self.id, space)
+            await bus.publish(Envelope(sender=self.id, topic=topic, step=step, tensors=tensors,
+                                       last=k == len(items) - 1))
+
+    # -- the measured phase ----------------------------------------------------------------
+    async def train_loop(self, bus: PeerBus, control: ControlClient) -> None:
+        steps = self.scenario.steps
+        every = self.scenario.runtime.metrics_every or max(1, steps // 100)
+        period = self.scenario.comm.publish_every
+        t_start = time.monotonic()
+        last_progress = 0.0
+        for step in range(steps):
+            if self.stop_requested:
+                break
+            self.step = step
+            top = self.schedule.at(step)
+            if step % period == 0 and self.out_peers:
+                await self.publish(bus, step)
+            t0 = time.perf_counter()
+            if self.sync:
+                await self.barrier(step)
+            else:
+                await asyncio.sleep(0)  # let the receive task drain the socket
+                self.delivery.release(step, time.monotonic())
+            self.timers["wait"] += time.perf_counter() - t0
+            if self.stop_requested:
+                break
+            t0 = time.perf_counter()
+            out = await self._call(self.algorithm.train_step, step, self.delivery.inbox, top)
+            self.timers["train"] += time.perf_counter() - t0
+            self.steps_done = step + 1
+            if step % every == 0 or step == steps - 1:
+                line = {"step": step, "t": round(time.monotonic() - t_start, 4), **out}
+                line.update(await self._call(self.algorithm.probe, step))
+                line["bytes_sent"] = self.traffic.sent.totals()["bytes"]
+                # Released bytes: deterministic in sync mode (arrivals are not).
+                line["bytes_received"] = self.delivery.delivered_bytes
+                line["staleness_mean"] = self.delivery.inbox.staleness_summary()[0]
+                self.metrics_buffer.append(line)
+            now = time.monotonic()
+            if now - last_progress > PROGRESS_EVERY_S:
+                last_progress = now
+                await self.report(control, ctl.Progress(step + 1))
+        self.wall = time.monotonic() - t_start
+        self.timers["encode"] = bus.encode_s
+        self.timers["send"] = bus.send_s
+
+    async def report(self, control: ControlClient, *extra: Any) -> None:
+        """Send buffered metrics lines and artifacts, then ``extra`` messages."""
+        if self.metrics_buffer:
+            lines, self.metrics_buffer = self.metrics_buffer, []
+            await control.send(ctl.encode(ctl.Metrics(lines)))
+        while self.artifacts:
+            await control.send(ctl.encode(self.artifacts.pop(0)))
+        for msg in extra:
+            await control.send(ctl.encode(msg))
+
+    async def control_loop(self, control: ControlClient) -> None:
+        while True:
+            try:
+                msg = ctl.decode(await control.recv())
+            except ctl.ControlError:
+                continue
+            if isinstance(msg, (ctl.Stop, ctl.Shutdown)):
+                self.request_stop()
+                if isinstance(msg, ctl.Shutdown):
+                    return
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        self.wakeup.set()
+
+    def summary(self) -> dict[str, Any]:
+        sent, recv = self.traffic.sent.totals(), self.traffic.received.totals()
+        mean, hist = self.delivery.inbox.staleness_summary()
+        steps, wall = self.steps_done, self.wall
+        out = {
+            "steps": steps,
+            "steps_per_s": steps / wall if wall > 0 else 0.0,
+            "bytes_sent": sent["bytes"],
+            "bytes_received": recv["bytes"],
+            "header_bytes_sent": sent["header_bytes"],
+            "payload_bytes_sent": sent["payload_bytes"],
+            "bytes_delivered": self.delivery.delivered_bytes,
+            "messages_sent": sent["messages"],
+            "messages_received": self.delivery.admitted,
+            "messages_dropped": self.delivery.dropped,
+            "messages_rejected": sum(self.traffic.rejected.values()),
+            "rejected_reasons": dict(self.traffic.rejected),
+            "staleness_mean": mean,
+            "staleness_hist": hist,
+            "time_split_s": {k: round(v, 4) for k, v in self.timers.items()},
+            "traffic_out": self.traffic.sent.rows(),
+            "traffic_in": self.traffic.received.rows(),
+        }
+        out.update(self._on_stream(self.algorithm.finish))
+        return out
+
+    def save_checkpoint(self) -> list[str]:
+        """The runtime writes checkpoints (large: on the peer's own disk, named in Done)."""
+        state = self._on_stream(self.algorithm.checkpoint_state)
+        if state is None:
+            return []
+        import torch
+
+        name = f"checkpoints/peer-{self.id}.pt"
+        path = Path(self.launch.artifact_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        return [name]
+
+    def finish(self) -> tuple[dict[str, Any], list[str]]:
+        summary = self.summary()
+        return summary, self.save_checkpoint()
+
+    async def run(self) -> int:
+        transport = Transport(self.id)
+        control = transport.control(self.launch.control_endpoint)
+        comm = self.scenario.comm
+        try:
+            endpoint = transport.bind(comm.transport, comm.host, Path(self.launch.ipc_dir))
+            await control.send(ctl.encode(ctl.Hello(endpoint, os.getpid())))
+            msg = await self._next_control(control)
+            if not isinstance(msg, ctl.Connect):
+                return 0  # stopped before start
+            transport.connect({int(k): v for k, v in msg.endpoints.items()}, self.topics)
+            bus = PeerBus(transport, self.traffic, self.subscribers, comm.pack_bool)
+            if not self.in_peers:
+                self.heard_all.set()
+            async with asyncio.TaskGroup() as tg:
+                recv_task = tg.create_task(self.receive_loop(bus))
+                hs = Envelope(self.id, Topic.handshake(self.id), 0, {})
+                go_task = asyncio.ensure_future(self._next_control(control))
+                linked = False
+                while not go_task.done():
+                    if self.out_peers:
+                        await bus.publish(hs)
+                    if self.heard_all.is_set() and not linked:
+                        linked = True
+                        await control.send(ctl.encode(ctl.Linked()))
+                    await asyncio.wait([go_task], timeout=HANDSHAKE_EVERY_S)
+                if not isinstance(go_task.result(), ctl.Go):
+                    recv_task.cancel()
+                    return 0
+                ctl_task = tg.create_task(self.control_loop(control))
+                await self.train_loop(bus, control)
+                summary, files = await asyncio.to_thread(self.finish)  # heavy: evaluation
+                await self.report(control, ctl.Done(summary, files))
+                await ctl_task  # wait for shutdown: neighbours may still need our messages
+                recv_task.cancel()
+            return 0
+        except BaseException as e:
+            if not isinstance(e, asyncio.CancelledError):
+                with contextlib.suppress(Exception):
+                    await control.send(ctl.encode(error_message(e)))
+            raise
+        finally:
+            # The control socket shares the transport's context: close it first, or the
+            # context's term() would wait for it forever.
+            control.close()
+            transport.close()
+
+    async def _next_control(self, control: ControlClient) -> Any:
+        while True:
+            try:
+                return ctl.decode(await control.recv())
+            except ctl.ControlError:
+                continue
+
+
+def error_message(e: BaseException) -> ctl.Error:
+    """One line naming the failure (every sub-exception of a group), and the traceback."""
+    if isinstance(e, BaseExceptionGroup):
+        detail = "; ".join("".join(traceback.format_exception_only(x)).strip()
+                           for x in e.exceptions)
+    else:
+        detail = "".join(traceback.format_exception_only(e)).strip()
+    return ctl.Error(detail, "".join(traceback.format_exception(e)))

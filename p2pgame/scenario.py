@@ -1,0 +1,287 @@
+"""Scenario resolution: a raw TOML table (plus ``--set`` overrides) -> a typed :class:`Scenario`.
+
+Every key is checked here, before any process starts: each section is built
+into its frozen dataclass (unknown keys are errors), the algorithm's own
+Config and data spec are looked up in the registry, per-peer settings
+(``[[peers]]``) become one :class:`PlayerSpec` per peer, and the checks that
+need several sections at once run last (the topology and its weights, link
+overrides on real edges, which peer learns which space from whom, the
+algorithm's own checks).  Errors are :class:`ScenarioError` naming the file,
+the key and what is allowed.
+
+The scenario file's layout stays flat where users expect it: the first
+graph's keys sit in ``[topology]`` and the default link's keys in ``[comm]``;
+the resolver nests them (``TopologySpec.graphs``, ``CommSpec.link``).
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from p2pgame.algorithms import AlgorithmInfo, get_algorithm
+from p2pgame.bus.topics import TopicError, check_space_names
+from p2pgame.config import (
+    GRAPH_KEYS,
+    LINK_KEYS,
+    CommSpec,
+    EdgeLinkSpec,
+    GraphSpec,
+    LinkSpec,
+    PlayerSpec,
+    RuntimeSpec,
+    Scenario,
+    ScenarioError,
+    TopologySpec,
+    at_least,
+    build,
+    check_value,
+)
+from p2pgame.topology import Schedule, build_schedule
+
+TOP_KEYS = ("name", "seed", "steps", "topology", "comm", "algorithm", "data", "runtime", "peers")
+TOPOLOGY_KEYS = ("n", *GRAPH_KEYS, "weights", "self_weight", "matrix", "schedule", "redraw_every")
+COMM_KEYS = tuple(k for k in CommSpec.__dataclass_fields__ if k not in ("link",)) + LINK_KEYS
+PEER_KEYS = ("ids", "publishes", "learns", "algorithm")
+
+
+# --------------------------------------------------------------------------- raw files
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], value) with the value read as a TOML literal."""
+    if "=" not in text:
+        raise ScenarioError(f"--set {text!r}: expected key=value, e.g. comm.drop=0.1")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ScenarioError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word is a string
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ScenarioError(f"--set {text!r}: {part!r} is not a table")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_raw(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{path}: scenario file not found")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_scenario(path: str | Path, overrides: typing.Iterable[str] = ()) -> Scenario:
+    raw = apply_overrides(load_raw(path), overrides)
+    return resolve(raw, str(path))
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _table(value: Any, where: str, allowed: tuple[str, ...]) -> dict:
+    if not isinstance(value, dict):
+        raise ScenarioError(f"{where}: expected a table, got {value!r}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ScenarioError(
+            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
+def resolve_topology(table: Any) -> TopologySpec:
+    table = _table(table, "topology", TOPOLOGY_KEYS)
+    base = build(GraphSpec, {k: table[k] for k in GRAPH_KEYS if k in table}, "topology")
+    graphs = [base]
+    schedule = check_value(table.get("schedule", ()), tuple[dict, ...], "topology.schedule")
+    for i, entry in enumerate(schedule):
+        where = f"topology.schedule[{i}]"
+        if "at" not in entry:
+            raise ScenarioError(f"{where}: missing key 'at' (first step)")
+        merged = {k: getattr(base, k) for k in GRAPH_KEYS}
+        merged.update(entry)
+        graphs.append(build(GraphSpec, merged, where))
+    rest = {k: table[k] for k in ("n", "weights", "self_weight", "matrix", "redraw_every")
+            if k in table}
+    return build(TopologySpec, {**rest, "graphs": tuple(graphs)}, "topology")
+
+
+def resolve_comm(table: Any, n: int) -> CommSpec:
+    table = _table(table, "comm", COMM_KEYS)
+    link = build(LinkSpec, {k: table[k] for k in LINK_KEYS if k in table}, "comm")
+    edges = []
+    for i, entry in enumerate(check_value(table.get("edges", ()), tuple[Any, ...], "comm.edges")):
+        w = f"comm.edges[{i}]"
+        if not isinstance(entry, dict):
+            raise ScenarioError(f"{w}: expected a table with src, dst and link keys")
+        entry = dict(entry)
+        try:
+            src, dst = entry.pop("src"), entry.pop("dst")
+        except KeyError as e:
+            raise ScenarioError(f"{w}: missing key {e.args[0]!r}") from None
+        for name, v in (("src", src), ("dst", dst)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
+                raise ScenarioError(f"{w}.{name} = {v!r} is not a peer id in 0..{n - 1}")
+        merged = {k: getattr(link, k) for k in LINK_KEYS}
+        merged.update(entry)
+        edges.append(EdgeLinkSpec(src, dst, build(LinkSpec, merged, w)))
+    rest = {k: table[k] for k in COMM_KEYS if k in table and k not in LINK_KEYS
+            and k != "edges"}
+    return build(CommSpec, {**rest, "link": link, "edges": tuple(edges)}, "comm")
+
+
+def _spaces(value: Any, where: str, info: AlgorithmInfo) -> tuple[str, ...]:
+    names = check_value(value, tuple[str, ...], where)
+    for s in names:
+        if s not in info.spaces:
+            raise ScenarioError(
+                f"{where}: space {s!r} is not known for algorithm {info.name!r}; "
+                f"allowed: {', '.join(sorted(info.spaces))}")
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"{where}: a space is listed twice in {list(names)}")
+    return names
+
+
+def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo) -> tuple:
+    """One PlayerSpec per peer: the [algorithm] defaults, then each [[peers]] group's settings."""
+    base = build(info.config, table, "algorithm")
+    pub, learn = info.default_spaces(base)
+    players: dict[int, PlayerSpec] = {}
+    groups = check_value(raw_peers, tuple[Any, ...], "peers")
+    for k, group in enumerate(groups):
+        where = f"peers[{k}]"
+        group = _table(group, where, PEER_KEYS)
+        if "ids" not in group:
+            raise ScenarioError(f"{where}: missing key 'ids' (the peers this group sets)")
+        ids = check_value(group["ids"], tuple[int, ...], f"{where}.ids")
+        if not ids:
+            raise ScenarioError(f"{where}.ids: name at least one peer")
+        overrides = _table(group.get("algorithm", {}), f"{where}.algorithm",
+                           tuple(info.config.__dataclass_fields__))
+        cfg = build(info.config, {**table, **overrides}, f"{where}.algorithm")
+        d_pub, d_learn = info.default_spaces(cfg)
+        publishes = _spaces(group.get("publishes", d_pub), f"{where}.publishes", info)
+        learns = _spaces(group.get("learns", d_learn), f"{where}.learns", info)
+        for i in ids:
+            if not 0 <= i < n:
+                raise ScenarioError(f"{where}.ids: {i} is not a peer id in 0..{n - 1}")
+            if i in players:
+                raise ScenarioError(f"{where}.ids: peer {i} is already set by an earlier group")
+            players[i] = PlayerSpec(i, cfg, publishes, learns)
+    return base, tuple(players.get(i, PlayerSpec(i, base, pub, learn)) for i in range(n))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_exchange(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule) -> None:
+    """Who learns what from whom: every weighted edge carries a space its receiver learns."""
+    try:
+        check_space_names(info.spaces)
+    except TopicError as e:
+        raise ScenarioError(f"algorithm {info.name!r}: {e}") from None
+    for i in range(scenario.n):
+        me = scenario.player(i)
+        in_peers = schedule.union_in(i)
+        for s in me.learns:
+            if in_peers and not any(s in scenario.player(j).publishes for j in in_peers):
+                raise ScenarioError(
+                    f"peers: peer {i} learns {s!r} but none of its in-neighbours "
+                    f"{list(in_peers)} publishes it")
+        for j in in_peers:
+            them = scenario.player(j)
+            common = [s for s in them.publishes if s in me.learns]
+            weighted = any(t.weights[i, j] > 0 for t in schedule.topologies)
+            if weighted and them.publishes and not common:
+                raise ScenarioError(
+                    f"peers: peer {i} gives weight to peer {j} but learns none of the spaces "
+                    f"it publishes ({', '.join(them.publishes)}; peer {i} learns "
+                    f"{', '.join(me.learns) or 'nothing'})")
+            if info.partial_rounds and common and set(common) != set(them.publishes):
+                raise ScenarioError(
+                    f"peers: peer {i} learns only {common} of peer {j}'s spaces "
+                    f"{list(them.publishes)}; {info.name} publishes a varying subset per "
+                    "round, so a receiver must take all of them to know a round is complete")
+
+
+def resolve(raw: dict, source: str = "<scenario>") -> Scenario:
+    """Build and fully validate a scenario (topology weights included)."""
+    try:
+        _table(raw, "", TOP_KEYS)
+    except ScenarioError as e:
+        raise ScenarioError(f"{source}{e}") from None
+    try:
+        kwargs: dict[str, Any] = {"source": source}
+        for key in ("name", "seed", "steps"):
+            if key in raw:
+                kwargs[key] = check_value(raw[key], {"name": str}.get(key, int), key)
+        kwargs.setdefault("name", Path(source).stem)
+        at_least(kwargs.get("steps", 1000), 1, "steps")
+        if "topology" not in raw:
+            raise ScenarioError("missing section [topology]")
+        if "algorithm" not in raw:
+            raise ScenarioError("missing section [algorithm]")
+        topology = resolve_topology(raw["topology"])
+        n = topology.n
+        algo = check_value(raw["algorithm"], dict, "algorithm")
+        name = algo.get("name")
+        if not isinstance(name, str):
+            from p2pgame.algorithms import ALGORITHMS
+
+            raise ScenarioError(
+                f"algorithm.name is required; allowed: {', '.join(sorted(ALGORITHMS))}")
+        info = get_algorithm(name)
+        table = {k: v for k, v in algo.items() if k != "name"}
+        base, players = resolve_players(raw.get("peers", ()), table, n, info)
+        if info.data is None:
+            if raw.get("data"):
+                raise ScenarioError(f"data: algorithm {name!r} takes no [data] section")
+            data = None
+        else:
+            data = build(info.data, raw.get("data", {}), "data")
+        scenario = Scenario(
+            algorithm_name=name,
+            topology=topology,
+            algorithm=base,
+            players=players,
+            comm=resolve_comm(raw.get("comm", {}), n),
+            data=data,
+            runtime=build(RuntimeSpec, raw.get("runtime", {}), "runtime"),
+            **kwargs,
+        )
+        # Deeper checks that need several sections at once.
+        schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
+        all_edges = {tuple(e) for t in schedule.topologies for e in t.edges}
+        for k, e in enumerate(scenario.comm.edges):
+            if (e.src, e.dst) not in all_edges:
+                raise ScenarioError(
+                    f"comm.edges[{k}]: {e.src} -> {e.dst} is not an edge of the topology "
+                    "(an override applies to a link that exists)")
+        check_exchange(scenario, info, schedule)
+        info.hooks()(scenario).validate(schedule)
+    except ScenarioError as e:
+        raise ScenarioError(f"{source}: {e}") from None
+    return scenario
+
+
+scenario_from_dict = resolve  # the name the tests and older scripts know
