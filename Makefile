@@ -23,3 +23,4 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pgame tests bench
+	$(BIN)/lint-imports --no-cache

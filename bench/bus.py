@@ -47,10 +47,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from p2pgame.bus.codec import Envelope, decode, encode, frame_sizes  # noqa: E402
-from p2pgame.bus.transport import HANDSHAKE, Transport  # noqa: E402
+from p2pgame.bus.topics import Topic  # noqa: E402
+from p2pgame.bus.transport import Transport  # noqa: E402
 
 DATA_TOPIC = "samples/0/bench"
-HS_TOPIC = f"{HANDSHAKE}/0/"
+HS_TOPIC = str(Topic.handshake(0))
 WINDOW_BYTES = 96 * 2**20  # at most this much in flight (both modes)
 
 
@@ -65,7 +66,7 @@ def payloads(smoke: bool) -> dict[str, dict[str, np.ndarray]]:
 
 
 def make_env(tensors: dict[str, np.ndarray], step: int) -> Envelope:
-    return Envelope(sender=0, topic=DATA_TOPIC, step=step, tensors=tensors, meta={"last": True})
+    return Envelope(sender=0, topic=DATA_TOPIC, step=step, tensors=tensors, last=True)
 
 
 def wire_bytes(frames) -> int:
@@ -117,7 +118,7 @@ def _raw_subscriber(endpoint: str, ack_ep: str, ack_every: int, timeout_s: float
 async def _p2p_subscriber_async(endpoint: str, ack_ep: str, ack_every: int,
                                 timeout_s: float) -> dict:
     tr = Transport(1)
-    tr.connect({0: endpoint}, ("samples",))
+    tr.connect({0: endpoint}, {0: [Topic.parse(DATA_TOPIC)]})
     ack = tr.ctx.socket(zmq.PUSH)
     ack.setsockopt(zmq.LINGER, 1000)
     ack.connect(ack_ep)
@@ -134,7 +135,7 @@ async def _p2p_subscriber_async(endpoint: str, ack_ep: str, ack_every: int,
             for frames in batch:
                 frame_sizes(frames)  # the peer counts traffic before decoding
                 env = decode(frames)
-                if env.topic == HS_TOPIC:
+                if str(env.topic) == HS_TOPIC:
                     if not ready:
                         ready = True
                         await ack.send_json({"ready": True})

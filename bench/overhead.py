@@ -46,22 +46,21 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
     import torch
 
     torch.set_num_threads(threads)
-    from p2pgame.algorithms.game import SyntheticGame
-    from p2pgame.algorithms.imagedata import peer_images
-    from p2pgame.config import scenario_from_dict
+    from p2pgame.data.image import peer_images
     from p2pgame.models import SymmetricLearner, make_model
     from p2pgame.rng import derive_seed
+    from p2pgame.scenario import resolve
     from p2pgame.topology import build_schedule
 
-    scenario = scenario_from_dict(raw, source)
-    cfg = SyntheticGame.make_config(scenario)
+    scenario = resolve(raw, source)
+    cfg = scenario.player(peer).algorithm
     overrides = {"seed": derive_seed(scenario.seed, "peer", peer, "model-init")}
     if cfg.lr:
         overrides.update(lr_p=cfg.lr, lr_q=cfg.lr)
     model = make_model(cfg.model, **overrides)
     learner = SymmetricLearner(model)
-    images, _ = peer_images(scenario, peer, Path(data_root))
-    row = build_schedule(scenario).at(0).row(peer)
+    images, _ = peer_images(scenario.data, scenario.n, scenario.seed, peer, Path(data_root))
+    row = build_schedule(scenario.topology, scenario.steps, scenario.seed).at(0).row(peer)
     n_own = round(row[peer] * cfg.batch)
     n_syn = sum(round(w * cfg.batch) for j, w in row.items() if j != peer and w > 0)
     spm = scenario.comm.samples_per_message or cfg.batch
@@ -148,13 +147,13 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.steps, args.eval_samples, args.no_bare1, args.bare_inprocess = 6, 64, True, True
         args.overrides = ["algorithm.batch=64", "comm.samples_per_message=32", *args.overrides]
-    from p2pgame.config import apply_overrides, load_raw, scenario_from_dict
     from p2pgame.launch import run, threads_per_peer
+    from p2pgame.scenario import apply_overrides, load_raw, resolve
 
     overrides = [f"steps={args.steps}", f"algorithm.eval_samples={args.eval_samples}",
                  "algorithm.checkpoint=false", 'runtime.device="cpu"', *args.overrides]
     raw = apply_overrides(load_raw(args.scenario), overrides)
-    scenario = scenario_from_dict(raw, args.scenario)
+    scenario = resolve(raw, args.scenario)
     n = scenario.n
     threads = threads_per_peer(scenario)
     load = {}

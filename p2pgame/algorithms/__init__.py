@@ -9,26 +9,12 @@ lazy so that exp-family peers never import torch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from p2pgame.algorithms.base import AlgorithmInfo
 from p2pgame.config import Scenario, ScenarioError, from_plain
 
-
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    name: str
-    config: type  # the algorithm's frozen Config dataclass ([algorithm] minus "name")
-    data: type | None  # the [data] spec dataclass, or None: the algorithm takes no [data]
-    spaces: dict[str, str]  # space -> topic kind ("samples" or "params")
-    # (publishes, learns) of a player with this Config when the scenario does not say.
-    default_spaces: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]]
-    peer: Callable[[], type]  # the peer-side Algorithm class
-    hooks: Callable[[], type]  # the RunHooks class
-    # True: a round may publish only some of the spaces (Diffusion GAN: D or G), so a
-    # subscriber must take all of them to know when a round is complete.
-    partial_rounds: bool = False
-    uses_torch: bool = False
+__all__ = ["ALGORITHMS", "AlgorithmInfo", "decode_scenario", "get_algorithm"]
 
 
 def _expfam() -> AlgorithmInfo:

@@ -136,6 +136,22 @@ class RunHooks:
             "(its metrics are in summary.json)")
 
 
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    name: str
+    config: type  # the algorithm's frozen Config dataclass ([algorithm] minus "name")
+    data: type | None  # the [data] spec dataclass, or None: the algorithm takes no [data]
+    spaces: dict[str, str]  # space -> topic kind ("samples" or "params")
+    # (publishes, learns) of a player with this Config when the scenario does not say.
+    default_spaces: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]]
+    peer: Callable[[], type]  # the peer-side Algorithm class
+    hooks: Callable[[], type]  # the RunHooks class
+    # True: a round may publish only some of the spaces (Diffusion GAN: D or G), so a
+    # subscriber must take all of them to know when a round is complete.
+    partial_rounds: bool = False
+    uses_torch: bool = False
+
+
 def check_schema(env: Envelope, expected: dict[str, tuple[str, tuple[int, ...]]]) -> str | None:
     """Compare tensors to ``{field: (dtype, per-example shape)}``; leading dim is free."""
     if set(env.tensors) != set(expected):

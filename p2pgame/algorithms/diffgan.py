@@ -35,8 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from p2pgame.algorithms import AlgorithmInfo
-from p2pgame.algorithms.base import Algorithm, Inbox, PeerContext, RunHooks, config_error
+from p2pgame.algorithms.base import (
+    Algorithm,
+    AlgorithmInfo,
+    Inbox,
+    PeerContext,
+    RunHooks,
+    config_error,
+)
 from p2pgame.config import ScenarioError
 from p2pgame.data.image import ImageDataSpec, peer_part
 from p2pgame.eval.disagreement import disagreement_curve, write_disagreement

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from p2pgame.algorithms import AlgorithmInfo
 from p2pgame.algorithms.base import (
     Algorithm,
+    AlgorithmInfo,
     Inbox,
     PeerContext,
     RunHooks,

@@ -18,11 +18,11 @@ import sys
 import time
 from typing import Any
 
+import p2pgame.peer.control as ctl
 from p2pgame.bus.transport import ControlServer
 from p2pgame.config import Scenario
 from p2pgame.launch.backends import Backend
 from p2pgame.launch.rundir import RunFolder
-from p2pgame.peer import control as ctl
 from p2pgame.topology import Schedule
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import p2pgame.peer.control as ctl
 from p2pgame.algorithms import AlgorithmInfo, decode_scenario, get_algorithm
 from p2pgame.algorithms.base import PeerContext
 from p2pgame.bus.codec import Envelope
@@ -39,7 +40,6 @@ from p2pgame.bus.topics import Topic
 from p2pgame.bus.traffic import Traffic
 from p2pgame.bus.transport import ControlClient, Transport
 from p2pgame.config import Scenario
-from p2pgame.peer import control as ctl
 from p2pgame.peer.delivery import Delivery
 from p2pgame.topology import Schedule, schedule_from_plain
 

@@ -20,6 +20,8 @@ import pytest
 
 from p2pgame import launch
 from p2pgame.bus.transport import ControlServer
+from p2pgame.launch import backends
+from p2pgame.peer import control
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +180,7 @@ def test_drop_rate_via_cli(tmp_path):
         dropped += peer["messages_dropped"]
         total += n
     assert abs(dropped / total - 0.3) < 0.04
-    assert json.loads((run_dir / "scenario.json").read_text())["comm"]["drop"] == 0.3
+    assert json.loads((run_dir / "scenario.json").read_text())["comm"]["link"]["drop"] == 0.3
 
 
 def test_bandwidth_cap_limits_delivery_rate(tmp_path):
@@ -226,7 +228,7 @@ def test_bad_override_exits_2_without_spawning(tmp_path, monkeypatch, capsys):
     def no_processes(*a, **k):
         raise AssertionError("a process was about to start")
 
-    monkeypatch.setattr(launch.mp, "get_context", no_processes)
+    monkeypatch.setattr(backends.LocalSpawnBackend, "start", no_processes)
     out = tmp_path / "runs"
     code = cli.main(["run", str(SCENARIO), "--out", str(out), "--quiet",
                      "--set", "runtime.colour=\"red\""])
@@ -252,10 +254,11 @@ def test_killed_peer_is_reported(tmp_path, monkeypatch):
         async def recv(self, timeout_s=None):
             got = await super().recv(timeout_s)
             if got is not None:
-                peer, msg = got
-                if msg.get("type") == "hello":
-                    pids[peer] = msg["pid"]
-                elif msg.get("type") == "progress" and peer == victim and not killed:
+                peer, data = got
+                msg = control.decode(data)
+                if isinstance(msg, control.Hello):
+                    pids[peer] = msg.pid
+                elif isinstance(msg, control.Progress) and peer == victim and not killed:
                     os.kill(pids[victim], signal.SIGKILL)
                     killed.append(pids[victim])
             return got
