@@ -200,6 +200,20 @@ def check_exchange(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule) 
         check_space_names(info.spaces)
     except TopicError as e:
         raise ScenarioError(f"algorithm {info.name!r}: {e}") from None
+    if info.schemas is not None:
+        # Every publisher of a space publishes the same fields, dtypes and shapes.
+        first: dict[str, tuple[int, Any]] = {}
+        for p in scenario.players:
+            declared = info.schemas(p.algorithm)
+            for s in p.publishes:
+                schema = declared[s]
+                if s not in first:
+                    first[s] = (p.peer, schema)
+                elif first[s][1] != schema:
+                    raise ScenarioError(
+                        f"peers: peers {first[s][0]} and {p.peer} both publish {s!r} but with "
+                        f"different schemas ({_schema_text(first[s][1])} vs "
+                        f"{_schema_text(schema)})")
     for i in range(scenario.n):
         me = scenario.player(i)
         in_peers = schedule.union_in(i)
@@ -222,6 +236,10 @@ def check_exchange(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule) 
                     f"peers: peer {i} learns only {common} of peer {j}'s spaces "
                     f"{list(them.publishes)}; {info.name} publishes a varying subset per "
                     "round, so a receiver must take all of them to know a round is complete")
+
+
+def _schema_text(schema: dict) -> str:
+    return ", ".join(f"{k}: {dt}{list(shape)}" for k, (dt, shape) in schema.items())
 
 
 def resolve(raw: dict, source: str = "<scenario>") -> Scenario:

@@ -146,6 +146,10 @@ class AlgorithmInfo:
     default_spaces: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]]
     peer: Callable[[], type]  # the peer-side Algorithm class
     hooks: Callable[[], type]  # the RunHooks class
+    # What a player with this Config publishes on each space, declared ahead of any run:
+    # {space: {field: (dtype, per-example shape)}} (None: not known before the model exists,
+    # e.g. Diffusion GAN's parameter shapes; the receiver checks them on arrival).
+    schemas: Callable[[Any], dict[str, dict[str, tuple[str, tuple[int, ...]]]]] | None = None
     # True: a round may publish only some of the spaces (Diffusion GAN: D or G), so a
     # subscriber must take all of them to know when a round is complete.
     partial_rounds: bool = False

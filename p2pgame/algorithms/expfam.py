@@ -67,6 +67,13 @@ class ExpFamConfig:
             raise config_error("decay_from", "must lie in [0, 1]")
 
 
+def schemas(cfg: ExpFamConfig) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
+    """What a player publishes: samples on ``x``, its mean parameters on ``mu``."""
+    stats = cfg.dim if cfg.family == "bernoulli" else 2 * cfg.dim
+    return {"x": {"x": ("bool" if cfg.family == "bernoulli" else "float32", (cfg.dim,))},
+            "mu": {"mu": ("float64", (stats,))}}
+
+
 def make_data(cfg: ExpFamConfig, seed: int, peer: int) -> np.ndarray:
     """Peer ``peer``'s private data: its own distribution, drawn from its own stream."""
     rng = generator(seed, "expfam-data", peer)
@@ -106,8 +113,7 @@ class ExpFamPlayer(Algorithm):
         self.samples_per_message = ctx.scenario.comm.samples_per_message or cfg.batch
         self.steps = ctx.scenario.steps
         self.target = equilibrium(ctx.scenario, ctx.schedule.final())[ctx.peer_id]
-        dtype = "bool" if cfg.family == "bernoulli" else "float32"
-        self.schemas = {"x": {"x": (dtype, (d,))}, "mu": {"mu": ("float64", (len(self.mu),))}}
+        self.schemas = schemas(cfg)
         self.learns = ctx.player.learns
 
     def lr_at(self, step: int) -> float:
@@ -214,6 +220,7 @@ INFO = AlgorithmInfo(
     data=None,
     spaces=SPACES,
     default_spaces=lambda cfg: (("x",), ("x",)),
+    schemas=schemas,
     peer=lambda: ExpFamPlayer,
     hooks=lambda: ExpFamHooks,
 )

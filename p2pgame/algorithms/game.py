@@ -64,6 +64,14 @@ class GameConfig:
             raise config_error("lr", "lr and eval_every must be >= 0")
 
 
+def schemas(cfg: GameConfig) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
+    """The fully observed tuples (z0, z1, x) of the player's HVAE, on ``hvae``."""
+    from p2pgame.models import HVAE_CONFIGS
+    from p2pgame.models.hvae import sample_schema
+
+    return {SPACE: sample_schema(HVAE_CONFIGS[cfg.model])}
+
+
 def ne_class_mass(scenario: Scenario, labels: np.ndarray, topology: Topology) -> np.ndarray:
     """Equilibrium class histograms of all peers (the game's linear system)."""
     hist = class_histograms(scenario.data, labels, scenario.n, scenario.seed)
@@ -242,6 +250,7 @@ INFO = AlgorithmInfo(
     data=ImageDataSpec,
     spaces={SPACE: "samples"},
     default_spaces=lambda cfg: ((SPACE,), (SPACE,)),
+    schemas=schemas,
     peer=lambda: SyntheticGame,
     hooks=lambda: GameHooks,
     uses_torch=True,

@@ -48,6 +48,10 @@ MODELS: dict[str, Callable[..., Any]] = {
 }
 
 
+# The configurations behind the registered HVAEs, for what can be known without building one.
+HVAE_CONFIGS: dict[str, HVAEConfig] = {"hvae-mlp": MLP_CONFIG, "hvae-conv": CONV_CONFIG}
+
+
 def make_model(name: str, **overrides: Any) -> Any:
     """Build the registered model ``name``; ``overrides`` go to its factory.
 
@@ -61,5 +65,5 @@ def make_model(name: str, **overrides: Any) -> Any:
     return factory(**overrides)
 
 
-__all__ = ["MODELS", "make_model", "HVAE", "HVAEConfig", "SymmetricLearner", "GAN",
+__all__ = ["HVAE_CONFIGS", "MODELS", "make_model", "HVAE", "HVAEConfig", "SymmetricLearner", "GAN",
            "DCGANConfig"]

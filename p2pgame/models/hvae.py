@@ -137,6 +137,15 @@ class HVAEConfig:
 
 
 # CPU default: small MLPs that learn binarised MNIST digits in minutes on one thread.
+def sample_schema(cfg: HVAEConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Per-example fields of a fully observed sample (z0, z1, x): name -> (dtype name, shape)."""
+    return {
+        "z0": ("bool", (cfg.nz0,)),
+        "z1": ("bool", (cfg.nz1,)),
+        "x": ("bool", tuple(cfg.image_shape)),
+    }
+
+
 MLP_CONFIG = HVAEConfig(
     arch="mlp",
     nz0=30,
@@ -347,12 +356,7 @@ class HVAE(nn.Module):
 
     def schema(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Per-example fields of a fully observed sample: name -> (dtype name, shape)."""
-        cfg = self.config
-        return {
-            "z0": ("bool", (cfg.nz0,)),
-            "z1": ("bool", (cfg.nz1,)),
-            "x": ("bool", tuple(cfg.image_shape)),
-        }
+        return sample_schema(self.config)
 
     def validate_samples(self, samples: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Check ``samples`` against :meth:`schema`; return bool tensors on the model device.
