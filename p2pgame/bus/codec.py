@@ -142,7 +142,7 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
     if not isinstance(header, dict) or any(k not in header for k in HEADER_KEYS):
         raise CodecError("malformed", "header lacks required keys")
     version = header["v"]
-    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise CodecError("version", f"wire version {version!r}")
     try:
         text = bytes(bufs[0]).decode()
@@ -157,7 +157,11 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
     meta = header["meta"] if isinstance(header["meta"], dict) else {}
     if version >= 2 and "last" not in header:
         raise CodecError("malformed", "header lacks required keys")
-    last = header["last"] if version >= 2 else meta.get("last", True)
+    if version >= 2:
+        last = header["last"]
+    else:  # version 1 carried the flag in meta
+        meta = {k: v for k, v in meta.items() if k != "last"}
+        last = header["meta"].get("last", True)
     if not isinstance(last, bool):
         raise CodecError("malformed", "last must be true or false")
     schema = header["schema"]

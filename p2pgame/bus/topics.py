@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 KINDS = ("samples", "params")
 HANDSHAKE = "hs"
-_SPACE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SPACE = re.compile(r"[A-Za-z0-9_.-]+")  # used with fullmatch: no trailing newline
 
 
 class TopicError(ValueError):
@@ -41,7 +41,7 @@ class Topic:
         if self.kind == HANDSHAKE:
             if self.space:
                 raise TopicError("a handshake topic has no space")
-        elif not _SPACE.match(self.space):
+        elif not _SPACE.fullmatch(self.space):
             raise TopicError(f"space {self.space!r}: letters, digits, '_', '.' or '-' only")
 
     @classmethod
@@ -62,7 +62,8 @@ class Topic:
     @classmethod
     def parse(cls, text: str) -> Topic:
         parts = text.split("/")
-        if len(parts) != 3 or not parts[1].isdigit() or parts[1] != str(int(parts[1])):
+        num = parts[1] if len(parts) == 3 else ""
+        if not (num.isascii() and num.isdigit()) or num != str(int(num)):
             raise TopicError(f"topic {text!r} is not <kind>/<peer>/<space>")
         return cls(parts[0], int(parts[1]), parts[2])
 
@@ -71,7 +72,7 @@ def check_space_names(names: Iterable[str]) -> None:
     """Refuse names that prefix-filtering could confuse (``x`` and ``xy``)."""
     names = sorted(set(names))
     for a in names:
-        if not _SPACE.match(a):
+        if not _SPACE.fullmatch(a):
             raise TopicError(f"space {a!r}: letters, digits, '_', '.' or '-' only")
         for b in names:
             if a != b and b.startswith(a):

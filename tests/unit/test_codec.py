@@ -1,4 +1,4 @@
-"""The wire format: round trips, bit-packed bools, rejection reasons, traffic counting."""
+"""The wire format: round trips, bit-packed bools, rejection reasons, versions, traffic counting."""
 
 from __future__ import annotations
 
@@ -14,16 +14,19 @@ from p2pgame.bus.codec import (
     WIRE_VERSION,
     CodecError,
     Envelope,
-    TrafficCounter,
     decode,
     encode,
     frame_sizes,
 )
+from p2pgame.bus.topics import Topic, TopicError
+from p2pgame.bus.traffic import Traffic, TrafficCounter
+
+V2_KEYS = ("v", "sender", "topic", "step", "time", "last", "schema", "meta")
 
 
-def _env(tensors, topic="samples/3/x", step=12, meta=None) -> Envelope:
-    return Envelope(sender=3, topic=topic, step=step, tensors=tensors, time=1234.5,
-                    meta=meta if meta is not None else {"last": True})
+def _env(tensors, topic="samples/3/x", step=12, meta=None, last=True) -> Envelope:
+    return Envelope(sender=3, topic=topic, step=step, tensors=tensors, time=1234.5, last=last,
+                    meta=meta if meta is not None else {})
 
 
 def _nbytes(frame) -> int:
@@ -82,10 +85,12 @@ RNG = np.random.default_rng(0)
 )
 @pytest.mark.parametrize("pack_bool", [True, False])
 def test_round_trip(arr, pack_bool):
-    env = _env({"x": arr, "y": np.ones(2, np.float32)}, meta={"last": True, "k": [1, 2]})
+    env = _env({"x": arr, "y": np.ones(2, np.float32)}, meta={"k": [1, 2]}, last=False)
     got = decode(_as_bytes(encode(env, pack_bool=pack_bool)))
-    assert (got.sender, got.topic, got.step, got.time) == (3, "samples/3/x", 12, 1234.5)
-    assert got.meta == {"last": True, "k": [1, 2]}
+    assert (got.sender, str(got.topic), got.step, got.time) == (3, "samples/3/x", 12, 1234.5)
+    assert got.topic == Topic("samples", 3, "x")
+    assert got.last is False
+    assert got.meta == {"k": [1, 2]}
     assert list(got.tensors) == ["x", "y"]  # schema order
     x = got.tensors["x"]
     assert x.dtype == arr.dtype and x.shape == arr.shape
@@ -141,11 +146,13 @@ def test_header_keys_and_schema():
     frames = encode(_env({"x": arr, "b": np.zeros((3, 5), bool)}))
     assert bytes(frames[0]) == b"samples/3/x"  # topic first, for prefix filtering
     h = _header(frames)
-    assert tuple(h) == HEADER_KEYS
-    assert h["v"] == WIRE_VERSION == 1
+    assert tuple(h) == V2_KEYS
+    assert set(HEADER_KEYS) | {"last"} == set(V2_KEYS)  # the keys every version has, + last
+    assert h["v"] == WIRE_VERSION == 2
     assert (h["sender"], h["topic"], h["step"], h["time"]) == (3, "samples/3/x", 12, 1234.5)
+    assert h["last"] is True
     assert h["schema"] == [["x", "float32", [3, 4], False], ["b", "bool", [3, 5], True]]
-    assert h["meta"] == {"last": True}
+    assert h["meta"] == {}
     assert len(frames) == 4
     assert bytes(frames[2]) == arr.astype("<f4").tobytes()
 
@@ -258,7 +265,7 @@ def test_unknown_dtype(good):
                                               ["b", "bool", [10], True]])) == "dtype"
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", "2", None, True, [1]])
 def test_wrong_version(good, version):
     assert _reason(_with_header(good, v=version)) == "version"
 
@@ -348,3 +355,163 @@ def test_traffic_counter_with_frame_sizes():
     t = c.totals()
     assert t["payload_bytes"] == 2
     assert t["bytes"] == sum(_nbytes(f) for f in frames)
+
+
+def test_traffic_counts_sent_once_per_subscribed_receiver():
+    env = _env({"x": np.ones((5, 3), np.float32), "b": np.ones(9, bool)})
+    frames = encode(env)
+    hdr, pay = frame_sizes(frames)
+    t = Traffic(me=3)
+    t.count_sent(env, frames, receivers=(0, 5))
+    t.count_sent(env, frames, receivers=())  # nobody subscribed: nothing went out
+    assert t.sent.rows() == [
+        {"sender": 3, "receiver": r, "topic": "samples/3/x", "messages": 1, "header_bytes": hdr,
+         "payload_bytes": pay} for r in (0, 5)]
+    assert t.sent.totals()["bytes"] == 2 * sum(_nbytes(f) for f in frames)
+    assert t.per_message_bytes("samples/3/x") == hdr + pay
+    assert t.per_message_bytes("samples/3/y") is None
+
+
+def test_traffic_decode_counts_received_and_rejected():
+    t = Traffic(me=0, max_message_bytes=10_000)
+    frames = _as_bytes(encode(_env({"x": np.ones(40, np.float32)})))
+    got = t.decode(frames)
+    assert got is not None
+    env, nbytes = got
+    assert nbytes == sum(len(f) for f in frames) and env.step == 12
+    assert t.received.rows() == [{"sender": 3, "receiver": 0, "topic": "samples/3/x",
+                                  "messages": 1, "header_bytes": frame_sizes(frames)[0],
+                                  "payload_bytes": 160}]
+    # Handshakes decode but precede the measured phase: not counted as received.
+    hs = t.decode(_as_bytes(encode(Envelope(3, Topic.handshake(3), 0, {}))))
+    assert hs is not None and hs[0].topic.is_handshake
+    assert t.received.totals()["messages"] == 1
+    # Refused messages are counted by reason, never raised.
+    assert t.decode([frames[0]]) is None
+    assert t.decode([frames[0], frames[1], frames[2][:-1]]) is None
+    assert t.decode(_with_header(encode(_env({"x": np.ones(40, np.float32)})), v=9)) is None
+    assert t.decode(_as_bytes(encode(_env({"x": np.ones(4000, np.float32)})))) is None
+    assert dict(t.rejected) == {"malformed": 1, "truncated": 1, "version": 1, "oversized": 1}
+    t.reject("space")
+    assert t.rejected["space"] == 1
+    assert t.received.totals()["messages"] == 1
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def _as_v1(frames, meta_last=True) -> list[bytes]:
+    """The same message as a version-1 sender framed it: the flag in meta["last"]."""
+    h = _header(frames)
+    v1 = {"v": 1, "sender": h["sender"], "topic": h["topic"], "step": h["step"],
+          "time": h["time"], "schema": h["schema"], "meta": {**h["meta"]}}
+    if meta_last is not None:
+        v1["meta"]["last"] = meta_last
+    out = _as_bytes(frames)
+    out[1] = msgpack.packb(v1)
+    return out
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_last_is_a_typed_header_key(last):
+    frames = encode(_env({"x": np.ones(3, np.float32)}, last=last, meta={"k": 1}))
+    h = _header(frames)
+    assert h["last"] is last
+    assert "last" not in h["meta"] and h["meta"] == {"k": 1}
+    got = decode(_as_bytes(frames))
+    assert got.last is last and got.meta == {"k": 1}
+
+
+def test_envelope_last_defaults_to_true_and_topic_is_parsed():
+    env = Envelope(0, "params/0/mu", 1, {})
+    assert env.last is True and env.meta == {}
+    assert env.topic == Topic("params", 0, "mu") and str(env.topic) == "params/0/mu"
+    assert (env.kind, env.space) == ("params", "mu")
+    with pytest.raises(TopicError):
+        Envelope(0, "params/0", 1, {})
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_version_1_header_is_still_read(last):
+    arr = np.arange(12, dtype=np.float32).reshape(4, 3)
+    frames = _as_v1(encode(_env({"x": arr, "b": np.ones(10, bool)}, last=not last)), last)
+    assert _header(frames)["v"] == 1 and "last" not in _header(frames)
+    got = decode(frames)
+    assert got.last is last  # from meta["last"], not the v2 sender's flag
+    assert (got.sender, str(got.topic), got.step, got.time) == (3, "samples/3/x", 12, 1234.5)
+    np.testing.assert_array_equal(got.tensors["x"], arr)
+
+
+def test_version_1_without_the_flag_means_last():
+    frames = _as_v1(encode(_env({"x": np.ones(2, np.float32)}, last=False)), meta_last=None)
+    assert decode(frames).last is True
+
+
+def test_version_1_with_a_non_bool_flag_is_malformed():
+    frames = _as_v1(encode(_env({"x": np.ones(2, np.float32)})), meta_last=1)
+    assert _reason(frames) == "malformed"
+
+
+def test_version_2_without_last_is_malformed(good):
+    h = _header(good)
+    del h["last"]
+    frames = _as_bytes(good)
+    frames[1] = msgpack.packb(h)
+    assert _reason(frames) == "malformed"
+
+
+@pytest.mark.parametrize("value", [1, 0, None, "true", [True]])
+def test_version_2_last_must_be_a_bool(good, value):
+    assert _reason(_with_header(good, last=value)) == "malformed"
+
+
+@pytest.mark.parametrize("last", [True, False])
+@pytest.mark.parametrize("meta", [{}, {"k": [1, 2]}])
+def test_v2_header_is_as_long_as_v1_with_meta_last(last, meta):
+    """Why byte counts did not change with version 2: "last" moved, at the same cost."""
+    frames = encode(_env({"x": np.ones((5, 3), np.float32), "b": np.ones(9, bool)},
+                         last=last, meta=meta))
+    v1 = _as_v1(frames, last)
+    assert _header(v1)["meta"] == {**meta, "last": last}
+    assert frame_sizes(frames) == frame_sizes(v1)
+    assert decode(v1).last is last
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def _with_topic(frames, topic: str) -> list[bytes]:
+    out = _with_header(frames, topic=topic)
+    out[0] = topic.encode()
+    return out
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["samples/3", "samples/3/x/y", "samples/x/3", "model/3/x", "samples/-3/x", "samples/03/x",
+     "samples/3/", "samples/3/x y", "hs/3/x", "", "x"],
+)
+def test_topic_not_kind_peer_space_is_rejected(good, topic):
+    assert _reason(_with_topic(good, topic)) == "topic"
+
+
+def test_topic_frame_must_match_the_header(good):
+    frames = _as_bytes(good)
+    frames[0] = b"samples/3/y"  # a valid topic, but not the header's
+    assert _reason(frames) == "malformed"
+
+
+def test_handshake_topic_decodes():
+    env = decode(_as_bytes(encode(Envelope(4, Topic.handshake(4), 0, {}))))
+    assert env.topic.is_handshake and str(env.topic) == "hs/4/" and env.tensors == {}
+
+
+# Topics that once slipped through: a trailing newline, a non-ASCII digit.
+
+
+def test_topic_with_trailing_newline_is_rejected(good):
+    assert _reason(_with_topic(good, "samples/3/x\n")) == "topic"
+
+
+def test_topic_with_a_superscript_digit_is_rejected(good):
+    assert _reason(_with_topic(good, "samples/²/x")) == "topic"

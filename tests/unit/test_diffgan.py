@@ -5,19 +5,26 @@ Tiny IDX files stand in for MNIST; nothing here needs the real data sets.
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from p2pgame.algorithms import get_algorithm
 from p2pgame.algorithms.base import Inbox, PeerContext
 from p2pgame.algorithms.diffgan import (
     DiffusionGAN,
-    disagreement,
+    DiffusionGANHooks,
     snapshot_steps,
     weighted_average,
 )
 from p2pgame.bus.codec import Envelope, decode, encode, frame_sizes
-from p2pgame.config import ScenarioError, scenario_from_dict
+from p2pgame.bus.traffic import Traffic
+from p2pgame.config import ScenarioError
+from p2pgame.eval.disagreement import disagreement
+from p2pgame.scenario import resolve
 from p2pgame.topology import build_schedule
 from tests.helpers import write_tiny_mnist
 
@@ -28,8 +35,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
 
 
 def tiny_mnist(root) -> None:
@@ -49,18 +54,28 @@ def raw_scenario(**algorithm) -> dict:
     }
 
 
+def scenario_from_dict(raw: dict):
+    return resolve(raw, "x.toml")
+
+
+def context(scenario, peer: int, data_root, artifacts: dict | None = None) -> PeerContext:
+    schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
+    store = artifacts if artifacts is not None else {}
+    return PeerContext(peer, scenario, scenario.player(peer), schedule, data_root,
+                       log=lambda m: None, artifact=store.__setitem__)
+
+
 def make_peer(tmp_path, peer: int = 0, **algorithm) -> tuple[DiffusionGAN, object]:
     tiny_mnist(tmp_path / "data")
     scenario = scenario_from_dict(raw_scenario(**algorithm))
-    schedule = build_schedule(scenario)
-    ctx = PeerContext(peer_id=peer, scenario=scenario, schedule=schedule,
-                      run_dir=tmp_path / "run", data_root=tmp_path / "data", log=lambda m: None)
-    alg = DiffusionGAN(ctx, DiffusionGAN.make_config(scenario))
-    return alg, schedule.at(0)
+    ctx = context(scenario, peer, tmp_path / "data")
+    assert get_algorithm("diffgan").peer() is DiffusionGAN
+    alg = DiffusionGAN(ctx)
+    return alg, ctx.schedule.at(0)
 
 
 def message(sender: int, part: str, step: int, tensors: dict) -> Envelope:
-    env = Envelope(sender, f"params/{sender}/{part}", step, tensors, meta={"last": True})
+    env = Envelope(sender, f"params/{sender}/{part}", step, tensors, last=True)
     return decode(encode(env))  # what a receiver really holds: read-only wire arrays
 
 
@@ -160,18 +175,41 @@ def test_validate_refuses_mixed_architectures_naming_peers():
 
 @pytest.mark.parametrize("wire_dtype, size", [("float32", 4), ("float16", 2)])
 def test_bytes_per_message(tmp_path, wire_dtype, size):
-    alg, _ = make_peer(tmp_path, wire_dtype=wire_dtype)
-    first = alg.outgoing(0)
-    assert set(first) == {"params/D", "params/G"}  # step 0: the initial parameters
+    alg, top = make_peer(tmp_path, wire_dtype=wire_dtype)
+    first = alg.publish(0)
+    assert set(first) == {"D", "G"}  # step 0: the initial parameters
+    traffic = Traffic(me=0)
+    receivers = top.out_neighbours(0)
+    assert receivers == (1, 2)
+    sizes = {}
     for step, part in ((1, "D"), (6, "G")):  # psi of step 0 (a D round), of step 5 (G)
-        out = alg.outgoing(step)
-        assert list(out) == [f"params/{part}"]
-        env = Envelope(0, f"params/0/{part}", step, out[f"params/{part}"], meta={"last": True})
-        header, payload = frame_sizes(encode(env))
+        out = alg.publish(step)
+        assert list(out) == [part]
+        env = Envelope(0, f"params/0/{part}", step, out[part])
+        frames = encode(env)
+        header, payload = frame_sizes(frames)
         assert payload == alg.model.param_count(part) * size
         assert header < 4096  # names + shapes of a dozen tensors
-        assert alg.wire_bytes()[part] == header + payload
-        assert all(t.dtype == np.dtype(wire_dtype) for t in out[f"params/{part}"].values())
+        assert all(t.dtype == np.dtype(wire_dtype) for t in out[part].values())
+        # What the bus records for this message (one copy per subscribed receiver) is
+        # exactly its frames' sizes: the wire bytes of a part come from these rows.
+        traffic.count_sent(env, frames, receivers)
+        rows = [r for r in traffic.sent.rows() if r["topic"] == f"params/0/{part}"]
+        assert [(r["receiver"], r["messages"], r["header_bytes"], r["payload_bytes"])
+                for r in rows] == [(j, 1, header, payload) for j in receivers]
+        assert traffic.per_message_bytes(f"params/0/{part}") == header + payload
+        sizes[part] = header + payload
+    assert traffic.sent.totals()["bytes"] == len(receivers) * (sizes["D"] + sizes["G"])
+    assert sizes["D"] != sizes["G"]  # the parts really differ in size
+    # The launcher turns the traffic rows of each peer summary into wire_bytes_D / _G.
+    summary = {"peers": {"0": {"steps": 2, "bytes_sent": traffic.sent.totals()["bytes"],
+                               "traffic_out": traffic.sent.rows()}}}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    DiffusionGANHooks(alg.ctx.scenario).after_run(run_dir, summary)
+    s = summary["peers"]["0"]
+    assert (s["wire_bytes_D"], s["wire_bytes_G"]) == (sizes["D"], sizes["G"])
+    assert s["bytes_sent_per_step"] == pytest.approx(len(receivers) * sum(sizes.values()) / 2)
 
 
 def test_noncooperative_publishes_nothing_and_steps_are_deterministic(tmp_path):
@@ -191,8 +229,28 @@ def test_noncooperative_publishes_nothing_and_steps_are_deterministic(tmp_path):
     raw = raw_scenario(combine=False)
     raw["comm"] = {"mode": "async"}
     scenario = scenario_from_dict(raw)
-    ctx = PeerContext(1, scenario, build_schedule(scenario), tmp_path / "run2",
-                      tmp_path / "data", log=lambda m: None)
-    solo = DiffusionGAN(ctx, DiffusionGAN.make_config(scenario))
-    assert solo.outgoing(0) == {} and solo.outgoing(3) == {}
+    assert scenario.player(1).publishes == () and scenario.player(1).learns == ()
+    solo = DiffusionGAN(context(scenario, 1, tmp_path / "data"))
+    assert solo.publish(0) == {} and solo.publish(3) == {}
     assert solo.own_classes == [3, 4, 5]
+
+
+def test_snapshots_are_sent_as_artifacts(tmp_path):
+    """The peer never writes the run folder: snapshots go out through ctx.artifact."""
+    tiny_mnist(tmp_path / "data")
+    scenario = scenario_from_dict(raw_scenario(snapshots=2))
+    artifacts: dict[str, bytes] = {}
+    ctx = context(scenario, 0, tmp_path / "data", artifacts)
+    alg = DiffusionGAN(ctx)
+    top = ctx.schedule.at(0)
+    assert alg.snap_steps == {0, 11}
+    alg.train_step(0, Inbox(), top)
+    assert sorted(artifacts) == ["params/peer-0-step-000000000.npy", "params/peer-0.json"]
+    vec = np.load(io.BytesIO(artifacts["params/peer-0-step-000000000.npy"]))
+    assert vec.dtype == np.float32 and vec.shape == (alg.model.param_count(),)
+    meta = json.loads(artifacts["params/peer-0.json"])
+    assert meta == {"model": "dcgan-mlp", "sizes": {"D": alg.model.param_count("D"),
+                                                    "G": alg.model.param_count("G")}}
+    alg.train_step(1, Inbox(), top)  # not a snapshot step: nothing new
+    assert len(artifacts) == 2
+    assert not (tmp_path / "run").exists()

@@ -5,18 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from p2pgame.algorithms import get_algorithm, validate_algorithm
+from p2pgame.algorithms import get_algorithm
 from p2pgame.algorithms.base import Inbox, PeerContext
 from p2pgame.algorithms.equilibrium import contraction_rate, solve_equilibrium
 from p2pgame.algorithms.expfam import (
     ExpFamConfig,
+    ExpFamHooks,
     ExpFamPlayer,
     equilibrium,
     make_data,
     moments,
 )
 from p2pgame.bus.codec import Envelope, decode, encode
-from p2pgame.config import ScenarioError, scenario_from_dict
+from p2pgame.config import ScenarioError
+from p2pgame.scenario import resolve
 from p2pgame.topology import build_schedule
 
 
@@ -111,26 +113,34 @@ def test_shape_mismatch_raises():
 # --------------------------------------------------------------------------- expfam players
 
 
-def _scenario(family="bernoulli", n=2, alpha=0.5, steps=300, graph="complete", **algo):
-    return scenario_from_dict({
+def _scenario(family="bernoulli", n=2, alpha=0.5, steps=300, graph="complete", peers=(),
+              **algo):
+    raw = {
         "seed": 11,
         "steps": steps,
         "topology": {"n": n, "graph": graph, "weights": "self_weight", "self_weight": alpha},
         "algorithm": {"name": "expfam", "family": family, "dim": 6, "n_data": 400,
                       "batch": 256, "lr": 0.3, "lr_end": 0.01, **algo},
-    })
+    }
+    if peers:
+        raw["peers"] = list(peers)
+    return resolve(raw, "x.toml")
 
 
 def _players(scenario, tmp_path):
-    cls = get_algorithm("expfam")
-    assert cls is ExpFamPlayer
-    sched = build_schedule(scenario)
+    info = get_algorithm("expfam")
+    cls = info.peer()
+    assert cls is ExpFamPlayer and info.hooks() is ExpFamHooks
+    sched = build_schedule(scenario.topology, scenario.steps, scenario.seed)
     out = []
     for i in range(scenario.n):
-        ctx = PeerContext(peer_id=i, scenario=scenario, schedule=sched, run_dir=tmp_path,
-                          data_root=tmp_path, log=lambda m: None)
-        out.append(cls(ctx, cls.make_config(scenario)))
+        ctx = PeerContext(i, scenario, scenario.player(i), sched, tmp_path, log=lambda m: None)
+        out.append(cls(ctx))
     return out, sched
+
+
+def _topic(i: int, space: str) -> str:
+    return f"{get_algorithm('expfam').spaces[space]}/{i}/{space}"
 
 
 def _lockstep(players, sched, steps, through_codec=True):
@@ -139,9 +149,8 @@ def _lockstep(players, sched, steps, through_codec=True):
     top = sched.final()
     for step in range(steps):
         for i, p in enumerate(players):
-            for space, tensors in p.outgoing(step).items():
-                env = Envelope(sender=i, topic=f"samples/{i}/{space}", step=step,
-                               tensors=tensors)
+            for space, tensors in p.publish(step).items():
+                env = Envelope(sender=i, topic=_topic(i, space), step=step, tensors=tensors)
                 if through_codec:
                     env = decode([bytes(f) for f in encode(env)])
                 for j in top.out_neighbours(i):
@@ -169,8 +178,9 @@ def test_expfam_players_reach_the_closed_form(family, tmp_path):
         assert p.finish()["ne_max_abs"] == pytest.approx(np.max(np.abs(p.mu - p.target)))
         assert len(p.finish()["mu"]) == len(p.mu)
     # The players' targets are the rows of the analytic equilibrium.
-    cfg = ExpFamConfig(family=family, dim=6, n_data=400, batch=256, lr=0.3, lr_end=0.01)
-    eq = equilibrium(scenario, cfg, sched.final())
+    assert scenario.algorithm == ExpFamConfig(family=family, dim=6, n_data=400, batch=256,
+                                              lr=0.3, lr_end=0.01)
+    eq = equilibrium(scenario, sched.final())
     for i, p in enumerate(players):
         np.testing.assert_allclose(p.target, eq[i])
         np.testing.assert_allclose(p.mu, eq[i], atol=0.03 * (1 + np.abs(eq[i]).max()))
@@ -192,7 +202,9 @@ def test_two_bernoulli_players_own_share(tmp_path):
 def test_no_exchange_equilibrium_is_own_data(tmp_path):
     scenario = _scenario(alpha=1.0, n=3, graph="ring")
     cfg = ExpFamConfig(dim=6, n_data=400, batch=256, lr=0.3, lr_end=0.01)
-    eq = equilibrium(scenario, cfg, build_schedule(scenario).final())
+    assert scenario.algorithm == cfg
+    eq = equilibrium(scenario, build_schedule(scenario.topology, scenario.steps,
+                                              scenario.seed).final())
     for i in range(3):
         np.testing.assert_allclose(eq[i], moments(cfg, make_data(cfg, scenario.seed, i)))
 
@@ -209,25 +221,28 @@ def test_make_data_is_seeded_per_peer():
 
 
 def test_player_messages_and_checks(tmp_path):
-    scenario = scenario_from_dict({
+    scenario = resolve({
         "topology": {"n": 2, "graph": "complete"},
         "comm": {"samples_per_message": 17},
         "algorithm": {"name": "expfam", "dim": 6, "n_data": 40, "batch": 8},
-    })
-    players, _ = _players(scenario, tmp_path)
+    }, "x.toml")
+    players, sched = _players(scenario, tmp_path)
     p = players[0]
-    out = p.outgoing(0)
+    assert (p.ctx.player.publishes, p.ctx.player.learns) == (("x",), ("x",))  # the defaults
+    out = p.publish(0)
     assert list(out) == ["x"] and out["x"]["x"].shape == (17, 6) and out["x"]["x"].dtype == bool
     ok = Envelope(1, "samples/1/x", 0, {"x": np.zeros((3, 6), bool)})
     assert p.check(ok) is None
     assert p.check(Envelope(1, "samples/1/y", 0, {"x": np.zeros((3, 6), bool)})) == "space"
+    # Mean parameters are a space of their own, refused by a player that learns only x.
+    assert p.check(Envelope(1, "params/1/mu", 0, {"mu": np.zeros((1, 6))})) == "space"
     assert p.check(Envelope(1, "samples/1/x", 0, {"x": np.zeros((3, 6), np.float32)})) == "schema"
     assert p.check(Envelope(1, "samples/1/x", 0, {"x": np.zeros((3, 5), bool)})) == "schema"
     assert p.check(Envelope(1, "samples/1/x", 0, {"z": np.zeros((3, 6), bool)})) == "schema"
     # An empty sample is acceptable on the wire and ignored by training.
     inbox = Inbox()
     inbox.put(Envelope(1, "samples/1/x", 0, {"x": np.zeros((0, 6), bool)}))
-    res = p.train_step(0, inbox, build_schedule(scenario).final())
+    res = p.train_step(0, inbox, sched.final())
     assert res["coverage"] == pytest.approx(0.5)  # only own data: the row renormalised
 
 
@@ -249,4 +264,126 @@ def test_expfam_validation_errors():
         _scenario(decay_from=1.5)
     with pytest.raises(ScenarioError, match="unknown key 'momentum'"):
         _scenario(momentum=0.9)
-    validate_algorithm(_scenario())  # a good one passes
+    with pytest.raises(ScenarioError, match=r"^x\.toml: "):  # errors name the file
+        _scenario(dim=0)
+    good = _scenario()  # a good one passes, the algorithm's own checks included
+    ExpFamHooks(good).validate(build_schedule(good.topology, good.steps, good.seed))
+
+
+# --------------------------------------------------------------------------- the "mu" space
+
+MU_PEERS = (
+    {"ids": [0], "publishes": ["x"], "learns": ["mu"]},
+    {"ids": [1], "publishes": ["x", "mu"], "learns": ["x"]},
+)
+
+
+def test_mu_is_published_as_params_and_checked(tmp_path):
+    scenario = _scenario(peers=MU_PEERS, steps=10)
+    assert get_algorithm("expfam").spaces == {"x": "samples", "mu": "params"}
+    (learner, publisher), _ = _players(scenario, tmp_path)
+    assert scenario.player(1).publishes == ("x", "mu")
+    publisher.mu = np.linspace(0.1, 0.9, 6)
+    out = publisher.publish(3)
+    assert list(out) == ["x", "mu"]  # in the order the scenario lists them
+    mu = out["mu"]["mu"]
+    assert mu.dtype == np.float64 and mu.shape == (1, 6)
+    np.testing.assert_array_equal(mu[0], publisher.mu)
+    publisher.mu[0] = 0.5  # the message holds a copy, not the live parameters
+    assert mu[0, 0] == pytest.approx(0.1)
+    assert learner.publish(3).keys() == {"x"}
+    env = decode([bytes(f) for f in encode(Envelope(1, _topic(1, "mu"), 3, out["mu"]))])
+    assert str(env.topic) == "params/1/mu"
+    assert learner.check(env) is None
+    assert learner.check(Envelope(1, "samples/1/x", 3, out["x"])) == "space"  # learns mu only
+    assert publisher.check(env) == "space"  # learns x only
+    for bad in ({"mu": np.zeros((1, 6), np.float32)}, {"mu": np.zeros((1, 5))},
+                {"m": np.zeros((1, 6))}):
+        assert learner.check(Envelope(1, "params/1/mu", 3, bad)) == "schema"
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("learns", [["mu"], ["x", "mu"]])
+def test_mu_learner_moves_exactly_toward_the_weighted_mix(tmp_path, family, learns):
+    """No sampling noise: the neighbour's term is its mean parameters, as sent.
+
+    With one private example (n_data = 1) the own batch's moments are that
+    example's, so the whole update is known exactly:
+    ``mu <- mu + lr (a_00 m_0 + a_01 mu_1 - mu)``.
+    """
+    peers = ({"ids": [0], "publishes": ["x"], "learns": learns}, MU_PEERS[1])
+    scenario = _scenario(family=family, alpha=0.3, peers=peers, n_data=1, batch=16)
+    (learner, publisher), sched = _players(scenario, tmp_path)
+    top = sched.final()
+    a = top.weights
+    assert a[0, 0] == pytest.approx(0.3) and a[0, 1] == pytest.approx(0.7)
+    cfg = scenario.algorithm
+    own = moments(cfg, learner.data)
+    stats = len(learner.mu)
+    publisher.mu = np.linspace(-0.4, 2.0, stats)  # anything but the learner's own start
+    inbox = Inbox()
+    inbox.put(decode([bytes(f) for f in encode(
+        Envelope(1, "params/1/mu", 0, publisher.publish(0)["mu"]))]))
+    # A sample message of the same round, far from mu_1: must not be used when mu is there.
+    far = (np.ones((8, cfg.dim), bool) if family == "bernoulli"
+           else np.full((8, cfg.dim), 50.0, np.float32))
+    inbox.put(Envelope(1, "samples/1/x", 0, {"x": far}))
+    mu_1 = publisher.mu.copy()
+    for step in range(3):  # the same message again: the mix is the same, mu keeps moving
+        before = learner.mu.copy()
+        res = learner.train_step(step, inbox, top)
+        lr = learner.lr_at(step)
+        expected = before + lr * (a[0, 0] * own + a[0, 1] * mu_1 - before)
+        np.testing.assert_allclose(learner.mu, expected, rtol=0, atol=1e-12)
+        assert res == {"lr": lr, "coverage": pytest.approx(1.0)}
+        # Toward the mix: each step shrinks the distance by exactly (1 - lr).
+        mix = a[0, 0] * own + a[0, 1] * mu_1
+        np.testing.assert_allclose(learner.mu - mix, (1 - lr) * (before - mix), atol=1e-12)
+    assert inbox.staleness_summary()[1] == {"0": 1, "1": 1, "2": 1}
+
+
+def test_x_and_mu_learner_falls_back_to_samples_without_mu(tmp_path):
+    peers = ({"ids": [0], "publishes": ["x"], "learns": ["x", "mu"]}, MU_PEERS[1])
+    scenario = _scenario(alpha=0.3, peers=peers, n_data=1, batch=16)
+    (learner, _), sched = _players(scenario, tmp_path)
+    top = sched.final()
+    x = np.zeros((8, 6), bool)
+    x[:, :3] = True
+    inbox = Inbox()
+    inbox.put(Envelope(1, "samples/1/x", 0, {"x": x}))
+    before = learner.mu.copy()
+    learner.train_step(0, inbox, top)
+    mix = 0.3 * moments(scenario.algorithm, learner.data) + 0.7 * moments(scenario.algorithm, x)
+    np.testing.assert_allclose(learner.mu, before + learner.lr_at(0) * (mix - before),
+                               atol=1e-12)
+
+
+def test_mu_learner_without_a_message_renormalises_to_own_data(tmp_path):
+    scenario = _scenario(alpha=0.3, peers=MU_PEERS, n_data=1, batch=16)
+    (learner, _), sched = _players(scenario, tmp_path)
+    before = learner.mu.copy()
+    res = learner.train_step(0, Inbox(), sched.final())
+    assert res["coverage"] == pytest.approx(0.3)
+    own = moments(scenario.algorithm, learner.data)
+    np.testing.assert_allclose(learner.mu, before + learner.lr_at(0) * (own - before),
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "gaussian"])
+def test_players_exchanging_mu_reach_the_closed_form(family, tmp_path):
+    """The infinite-sample limit of the game has the same equilibrium."""
+    peers = ({"ids": [0, 1], "publishes": ["mu"], "learns": ["mu"]},)
+    scenario = _scenario(family, peers=peers)
+    players, sched = _players(scenario, tmp_path)
+    inboxes = _lockstep(players, sched, scenario.steps)
+    eq = equilibrium(scenario, sched.final())
+    for i, p in enumerate(players):
+        np.testing.assert_allclose(p.target, eq[i])
+        assert np.max(np.abs(p.mu - eq[i]) / (1 + np.abs(eq[i]))) < 0.03
+        assert inboxes[i].staleness_summary()[1] == {"0": scenario.steps}
+        assert set(inboxes[i].latest) == {(1 - i, "mu")}  # no samples were exchanged
+
+
+def test_learning_mu_needs_a_publisher_of_mu():
+    with pytest.raises(ScenarioError, match="learns 'mu' but none of its in-neighbours"):
+        _scenario(peers=({"ids": [0], "learns": ["mu"]},))

@@ -7,7 +7,9 @@ import pytest
 
 from p2pgame.bus.codec import Envelope
 from p2pgame.bus.links import Link, TokenBucket
-from p2pgame.config import LinkSpec
+from p2pgame.bus.topics import Topic
+from p2pgame.config import CommSpec, EdgeLinkSpec, LinkSpec
+from p2pgame.scenario import resolve
 
 
 def _env(step: int, sender: int = 1) -> Envelope:
@@ -31,6 +33,7 @@ def test_ideal_link_passes_everything_at_once():
     assert all(p.release_time == 10.0 for p in out)
     assert link.admitted == 50 and link.dropped == 0 and link.bucket is None
     assert out[7].env.step == 7 and out[7].nbytes == 100
+    assert out[7].env.topic == Topic("samples", 1, "x")  # the envelope passes untouched
 
 
 @pytest.mark.parametrize("d", [0, 1, 5])
@@ -192,3 +195,38 @@ def test_dropped_messages_use_no_bandwidth():
     out = [p for p in _admit_many(link, 40, now=0.0, nbytes=100) if p is not None]
     times = np.array([p.release_time for p in out])
     np.testing.assert_allclose(times, 0.1 * np.arange(len(out)))
+
+
+# --------------------------------------------------------------------------- per-edge links
+
+
+def test_link_of_gives_the_edge_override_else_the_default():
+    default = LinkSpec(latency_ms=5.0)
+    slow = LinkSpec(delay_steps=2, bandwidth=100.0)
+    comm = CommSpec(link=default, edges=(EdgeLinkSpec(1, 0, slow),))
+    assert comm.link_of(1, 0) == slow
+    assert comm.link_of(0, 1) == default  # the override is for one direction only
+    assert comm.link_of(2, 0) == default
+    assert CommSpec().link_of(0, 1).is_ideal
+
+
+def test_resolved_edge_override_drives_only_its_link(tiny_raw):
+    """Flat [comm] keys are the default link; an edges entry overrides one directed edge."""
+    tiny_raw["comm"].update(latency_ms=10.0,
+                            edges=[{"src": 1, "dst": 0, "drop": 0.5, "delay_steps": 3}])
+    sc = resolve(tiny_raw, "x.toml")
+    assert sc.comm.link == LinkSpec(latency_ms=10.0)
+    over = sc.comm.link_of(1, 0)
+    assert over == LinkSpec(latency_ms=10.0, drop=0.5, delay_steps=3)  # default keys inherited
+    lossy = Link(1, 0, over, seed=sc.seed)
+    plain = Link(0, 1, sc.comm.link_of(0, 1), seed=sc.seed)  # the reverse edge: default
+    got = [lossy.admit(_env(s), 10, now=0.0, recv_step=s, sync=True) for s in range(200)]
+    kept = [p for p in got if p is not None]
+    assert 0 < len(kept) < 200 and lossy.dropped == 200 - len(kept)
+    assert all(p.release_step == p.env.step + 3 for p in kept)
+    assert all(p.release_time == pytest.approx(0.010) for p in kept)
+    out = [plain.admit(_env(s, sender=0), 10, now=0.0, recv_step=s, sync=True)
+           for s in range(50)]
+    assert all(p is not None and p.release_step == p.env.step for p in out)
+    assert all(p.release_time == pytest.approx(0.010) for p in out)
+    assert plain.dropped == 0
