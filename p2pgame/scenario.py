@@ -142,6 +142,9 @@ def resolve_comm(table: Any, n: int) -> CommSpec:
         for name, v in (("src", src), ("dst", dst)):
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
                 raise ScenarioError(f"{w}.{name} = {v!r} is not a peer id in 0..{n - 1}")
+        for k, e in enumerate(edges):
+            if (e.src, e.dst) == (src, dst):
+                raise ScenarioError(f"{w}: {src} -> {dst} is already overridden by comm.edges[{k}]")
         merged = {k: getattr(link, k) for k in LINK_KEYS}
         merged.update(entry)
         edges.append(EdgeLinkSpec(src, dst, build(LinkSpec, merged, w)))
@@ -176,6 +179,8 @@ def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo) ->
         ids = check_value(group["ids"], tuple[int, ...], f"{where}.ids")
         if not ids:
             raise ScenarioError(f"{where}.ids: name at least one peer")
+        if len(set(ids)) != len(ids):
+            raise ScenarioError(f"{where}.ids: a peer is listed twice in {list(ids)}")
         overrides = _table(group.get("algorithm", {}), f"{where}.algorithm",
                            tuple(info.config.__dataclass_fields__))
         cfg = build(info.config, {**table, **overrides}, f"{where}.algorithm")
@@ -272,7 +277,7 @@ def resolve(raw: dict, source: str = "<scenario>") -> Scenario:
         table = {k: v for k, v in algo.items() if k != "name"}
         base, players = resolve_players(raw.get("peers", ()), table, n, info)
         if info.data is None:
-            if raw.get("data"):
+            if "data" in raw:
                 raise ScenarioError(f"data: algorithm {name!r} takes no [data] section")
             data = None
         else:

@@ -6,19 +6,25 @@ from pathlib import Path
 
 import pytest
 
+from p2pgame.algorithms.expfam import ExpFamConfig
 from p2pgame.config import (
     LINK_KEYS,
     CommSpec,
+    EdgeLinkSpec,
     LinkSpec,
     Scenario,
     ScenarioError,
     TopologySpec,
+    to_plain,
+)
+from p2pgame.scenario import (
     apply_overrides,
     load_raw,
     load_scenario,
     parse_override,
-    scenario_from_dict,
-    to_plain,
+)
+from p2pgame.scenario import (
+    resolve as scenario_from_dict,
 )
 
 ROOT_TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
@@ -37,11 +43,13 @@ def test_shipped_expfam_scenarios_load():
     for name in ("expfam-ring8.toml", "expfam-ring8-async.toml", "expfam-timevarying.toml"):
         s = load_scenario(ROOT_TOPOLOGIES / name)
         assert isinstance(s, Scenario)
-        assert s.algorithm["name"] == "expfam"
+        assert s.algorithm_name == "expfam"
+        assert isinstance(s.algorithm, ExpFamConfig)
         assert s.source.endswith(name)
     s = load_scenario(ROOT_TOPOLOGIES / "expfam-ring8-async.toml")
-    assert (s.n, s.comm.mode, s.comm.delay_steps, s.comm.drop) == (8, "async", 5, 0.1)
-    assert s.comm.default_link() == LinkSpec(delay_steps=5, drop=0.1)
+    assert (s.n, s.comm.mode, s.comm.link.delay_steps, s.comm.link.drop) == (8, "async", 5, 0.1)
+    assert s.comm.link == LinkSpec(delay_steps=5, drop=0.1)
+    assert s.comm.link_of(0, 1) == LinkSpec(delay_steps=5, drop=0.1)  # no overrides
 
 
 def test_valid_scenario_types_and_defaults(tiny_raw, write_scenario):
@@ -56,7 +64,8 @@ def test_valid_scenario_types_and_defaults(tiny_raw, write_scenario):
         s.topology.n = 5  # type: ignore[misc]
     # A float field accepts a TOML integer and stores a float.
     tiny_raw["comm"]["latency_ms"] = 3
-    assert load_scenario(write_scenario(tiny_raw)).comm.latency_ms == 3.0
+    latency = load_scenario(write_scenario(tiny_raw)).comm.link.latency_ms
+    assert latency == 3.0 and isinstance(latency, float)
     # The name defaults to the file stem.
     del tiny_raw["name"]
     assert load_scenario(write_scenario(tiny_raw, "my-run.toml")).name == "my-run"
@@ -68,6 +77,8 @@ def test_to_plain_is_json_friendly(tiny_raw):
     plain = to_plain(scenario_from_dict(tiny_raw))
     assert json.loads(json.dumps(plain))["topology"]["n"] == 4
     assert plain["comm"]["edges"] == []
+    assert plain["algorithm_name"] == "expfam" and plain["algorithm"]["dim"] == 4
+    assert plain["topology"]["graphs"][0]["graph"] == "ring"
 
 
 def test_missing_file(tmp_path):
@@ -239,7 +250,8 @@ def test_apply_overrides_nested_and_not_in_place(tiny_raw):
 def test_load_scenario_with_overrides(tiny_raw, write_scenario):
     p = write_scenario(tiny_raw)
     s = load_scenario(p, ["comm.drop=0.2", "comm.mode=async", "topology.graph=complete"])
-    assert (s.comm.drop, s.comm.mode, s.topology.graph) == (0.2, "async", "complete")
+    assert (s.comm.link.drop, s.comm.mode, s.topology.base_graph.graph) == (
+        0.2, "async", "complete")
     # An override is checked like the file: an unknown key is named.
     msg = _error(p, ["comm.dorp=0.2"])
     assert str(p) in msg and "'dorp'" in msg and "allowed" in msg
@@ -328,11 +340,15 @@ def test_edge_overrides_valid(tiny_raw):
     tiny_raw["comm"]["edges"] = [{"src": 0, "dst": 1, "delay_steps": 3},
                                  {"src": 3, "dst": 0, "drop": 0.5, "bandwidth": 1e4}]
     s = scenario_from_dict(tiny_raw)
-    links = s.comm.edge_links(s.n)
-    assert set(links) == {(0, 1), (3, 0)}
+    assert s.comm.edges == (
+        EdgeLinkSpec(0, 1, LinkSpec(delay_steps=3, drop=0.05)),
+        EdgeLinkSpec(3, 0, LinkSpec(drop=0.5, bandwidth=1e4)),
+    )
     # Unmentioned keys come from the scenario-wide defaults.
-    assert links[(0, 1)] == LinkSpec(delay_steps=3, drop=0.05)
-    assert links[(3, 0)] == LinkSpec(drop=0.5, bandwidth=1e4)
+    assert s.comm.link_of(0, 1) == LinkSpec(delay_steps=3, drop=0.05)
+    assert s.comm.link_of(3, 0) == LinkSpec(drop=0.5, bandwidth=1e4)
+    # Other edges (and the reverse of an overridden one) use the default link.
+    assert s.comm.link_of(1, 0) == s.comm.link == LinkSpec(drop=0.05)
     assert set(LINK_KEYS) == {"delay_steps", "latency_ms", "jitter_ms", "drop", "bandwidth",
                               "burst"}
 
@@ -366,3 +382,180 @@ def test_schedule_and_redraw_are_exclusive(tiny_raw):
 def test_link_spec_is_ideal():
     assert LinkSpec().is_ideal
     assert not LinkSpec(drop=0.1).is_ideal
+
+
+# --------------------------------------------------------------------------- plain round trip
+
+
+def _round_trip(s: Scenario) -> Scenario:
+    import json
+
+    from p2pgame.algorithms import decode_scenario
+
+    plain = to_plain(s)
+    assert json.loads(json.dumps(plain)) == plain  # what travels to a peer is plain data
+    return decode_scenario(json.loads(json.dumps(plain)))
+
+
+def test_plain_round_trip_expfam_with_peers_and_edge_overrides(tiny_raw):
+    tiny_raw["topology"].update(self_weight=[0.5, 0.4, 0.6, 0.5],
+                                schedule=[{"at": 20, "graph": "complete"}])
+    tiny_raw["comm"].update(drop=0.05, latency_ms=2,
+                            edges=[{"src": 0, "dst": 1, "delay_steps": 3},
+                                   {"src": 3, "dst": 0, "drop": 0.5, "bandwidth": 1e4}])
+    tiny_raw["peers"] = [{"ids": [0, 2], "publishes": ["x", "mu"], "learns": ["x"],
+                          "algorithm": {"lr": 0.1, "spread": 1.0}}]
+    s = scenario_from_dict(tiny_raw, "rt.toml")
+    # The fixture really exercises what the round trip must carry.
+    assert s.player(0).algorithm == ExpFamConfig(family="bernoulli", dim=4, n_data=100,
+                                                 batch=32, lr=0.1, spread=1.0)
+    assert s.player(0).publishes == ("x", "mu") and s.player(1).publishes == ("x",)
+    assert s.player(1).algorithm == s.algorithm and s.algorithm.lr == 0.2
+    assert len(s.comm.edges) == 2 and len(s.topology.graphs) == 2
+    assert s.topology.self_weight == (0.5, 0.4, 0.6, 0.5)
+    back = _round_trip(s)
+    assert back == s
+    assert isinstance(back.algorithm, ExpFamConfig)
+    assert all(isinstance(p.algorithm, ExpFamConfig) for p in back.players)
+    assert isinstance(back.comm.edges[0], EdgeLinkSpec)
+    assert isinstance(back.topology.self_weight, tuple)
+    assert back.comm.link_of(3, 0) == LinkSpec(drop=0.5, bandwidth=1e4, latency_ms=2.0)
+    assert back.data is None
+
+
+def test_plain_round_trip_game_with_data_table():
+    from p2pgame.algorithms.game import GameConfig
+    from p2pgame.data.image import ImageDataSpec
+
+    raw = {
+        "name": "tiny-game", "seed": 1, "steps": 20,
+        "topology": {"n": 3, "graph": "ring", "self_weight": 0.5},
+        "comm": {"samples_per_message": 8},
+        "data": {"dataset": "mnist", "split": "train", "noise": 0.01,
+                 "partition": {"kind": "classes", "classes": [[0, 1], [2, 3], [4, 5]]}},
+        "algorithm": {"name": "game", "model": "hvae-mlp", "batch": 16},
+    }
+    s = scenario_from_dict(raw, "game.toml")  # resolution needs no data files
+    assert s.algorithm_name == "game"
+    assert s.algorithm == GameConfig(model="hvae-mlp", batch=16)
+    assert isinstance(s.data, ImageDataSpec) and s.data.noise == 0.01
+    assert s.player(2).publishes == s.player(2).learns == ("hvae",)
+    back = _round_trip(s)
+    assert back == s
+    assert isinstance(back.algorithm, GameConfig) and isinstance(back.data, ImageDataSpec)
+    assert back.data.partition == {"kind": "classes", "classes": [[0, 1], [2, 3], [4, 5]]}
+
+
+# --------------------------------------------------------------------------- [[peers]]
+
+
+def test_peers_group_sets_its_peers_only(tiny_raw):
+    tiny_raw["peers"] = [{"ids": [1], "algorithm": {"batch": 8}},
+                         {"ids": [3], "publishes": ["x", "mu"]}]
+    s = scenario_from_dict(tiny_raw)
+    assert [p.peer for p in s.players] == [0, 1, 2, 3]
+    assert [p.algorithm.batch for p in s.players] == [32, 8, 32, 32]
+    assert s.player(3).publishes == ("x", "mu") and s.player(3).learns == ("x",)
+    assert s.player(0).publishes == s.player(0).learns == ("x",)
+
+
+def _peers_error(tiny_raw, peers, source="p.toml") -> str:
+    tiny_raw["peers"] = peers
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_dict(tiny_raw, source)
+    msg = str(info.value)
+    assert msg.startswith(f"{source}: ")
+    return msg
+
+
+@pytest.mark.parametrize("key", ["learns", "publishes"])
+def test_peers_unknown_space_names_allowed_spaces(tiny_raw, key):
+    msg = _peers_error(tiny_raw, [{"ids": [0], key: ["x", "theta"]}])
+    assert f"peers[0].{key}" in msg and "'theta'" in msg
+    assert "allowed: mu, x" in msg
+
+
+@pytest.mark.parametrize("bad_id", [4, -1, 99])
+def test_peers_id_out_of_range(tiny_raw, bad_id):
+    msg = _peers_error(tiny_raw, [{"ids": [1]}, {"ids": [0, bad_id]}])
+    assert "peers[1].ids" in msg and f"{bad_id} is not a peer id in 0..3" in msg
+
+
+def test_peers_id_set_twice(tiny_raw):
+    msg = _peers_error(tiny_raw, [{"ids": [0, 2]}, {"ids": [1, 2], "publishes": ["x", "mu"]}])
+    assert "peers[1].ids" in msg and "peer 2" in msg and "already set" in msg
+    msg = _peers_error(tiny_raw, [{"ids": [3, 3]}])
+    assert "peers[0].ids" in msg and "peer 3" in msg
+
+
+def test_peers_unknown_key_in_group(tiny_raw):
+    msg = _peers_error(tiny_raw, [{"ids": [0], "lerns": ["x"]}])
+    assert "peers[0]" in msg and "'lerns'" in msg
+    assert "allowed: algorithm, ids, learns, publishes" in msg
+
+
+def test_peers_unknown_algorithm_key_in_group(tiny_raw):
+    msg = _peers_error(tiny_raw, [{"ids": [0], "algorithm": {"lrr": 0.1}}])
+    assert "peers[0].algorithm" in msg and "'lrr'" in msg and "lr_end" in msg
+
+
+def test_peers_group_needs_ids(tiny_raw):
+    assert "missing key 'ids'" in _peers_error(tiny_raw, [{"learns": ["x"]}])
+    assert "peers[0].ids" in _peers_error(tiny_raw, [{"ids": []}])
+    assert "peers[0].ids[0]: expected an integer" in _peers_error(tiny_raw, [{"ids": [True]}])
+
+
+def test_peers_exchange_checked_against_topology(tiny_raw):
+    # Peer 1 learns only "mu" but its ring neighbours 0 and 2 publish only "x".
+    msg = _peers_error(tiny_raw, [{"ids": [1], "learns": ["mu"]}])
+    assert "peer 1 learns 'mu'" in msg
+
+
+def test_data_table_refused_for_expfam(tiny_raw, write_scenario):
+    tiny_raw["data"] = {"dataset": "mnist"}
+    p = write_scenario(tiny_raw)
+    msg = _error(p)
+    assert str(p) in msg and "data" in msg and "'expfam' takes no [data]" in msg
+
+
+def test_eval_top_level_key_is_unknown(tiny_raw, write_scenario):
+    tiny_raw["eval"] = {"extra": 1}
+    p = write_scenario(tiny_raw)
+    msg = _error(p)
+    assert str(p) in msg and "unknown key 'eval'" in msg
+    assert "allowed" in msg and "peers" in msg and "runtime" in msg
+    # Also when it arrives through an override.
+    del tiny_raw["eval"]
+    msg = _error(write_scenario(tiny_raw), ["eval.deep=true"])
+    assert "unknown key 'eval'" in msg
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_config_module_imports_nothing_from_p2pgame():
+    import ast
+
+    import p2pgame.config
+
+    source = Path(p2pgame.config.__file__).read_text()
+    tree = ast.parse(source)
+    imported = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import in config.py: line {node.lineno}"
+            imported.append(node.module or "")
+    assert imported, "the walk found no imports at all: the check would be vacuous"
+    offenders = [m for m in imported if m == "p2pgame" or m.startswith("p2pgame.")]
+    assert not offenders, f"config.py imports {offenders}"
+    # Nor through importlib.import_module / __import__ with a literal name.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+            if name in ("import_module", "__import__") and node.args:
+                arg = node.args[0]
+                assert not (isinstance(arg, ast.Constant)
+                            and str(arg.value).startswith("p2pgame")), ast.unparse(node)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import networkx as nx
 import numpy as np
 import pytest
 
-from p2pgame.config import GraphSpec, ScenarioError, TopologySpec, scenario_from_dict
+from p2pgame.config import GraphSpec, ScenarioError, TopologySpec
+from p2pgame.scenario import resolve
 from p2pgame.topology import (
+    Schedule,
     Topology,
     build_graph,
     build_schedule,
     make_topology,
     metropolis_weights,
+    schedule_from_plain,
+    schedule_to_plain,
     self_weight_matrix,
     validate_weights,
 )
@@ -264,8 +269,8 @@ def test_validate_weights_errors():
 
 
 def _topology(n, graph="ring", weights="metropolis", **kw) -> Topology:
-    spec = TopologySpec(n=n, graph=graph, weights=weights, **kw)
-    return make_topology(spec, spec.base_graph(), seed=0)
+    spec = TopologySpec(n=n, graphs=(GraphSpec(graph=graph),), weights=weights, **kw)
+    return make_topology(spec, spec.base_graph, seed=0)
 
 
 @pytest.mark.parametrize("n", [3, 5, 8])
@@ -301,23 +306,29 @@ def test_topology_accessors():
 
 
 def _scenario(topology: dict, steps: int = 100, seed: int = 0):
-    return scenario_from_dict({
+    return resolve({
         "steps": steps, "seed": seed, "topology": topology,
         "algorithm": {"name": "expfam", "dim": 2, "n_data": 10, "batch": 4},
     })
 
 
+def _schedule(topology: dict, steps: int = 100, seed: int = 0) -> Schedule:
+    """The schedule of a raw [topology] table (resolved like a scenario file)."""
+    s = _scenario(topology, steps, seed)
+    return build_schedule(s.topology, s.steps, s.seed)
+
+
 def test_static_schedule():
-    sched = build_schedule(_scenario({"n": 4}))
+    sched = _schedule({"n": 4})
     assert sched.static and sched.starts == (0,)
     assert sched.at(0) is sched.at(99) is sched.final()
 
 
 def test_schedule_switches_at_given_steps():
-    sched = build_schedule(_scenario({
+    sched = _schedule({
         "n": 6, "graph": "ring", "self_weight": 0.4,
         "schedule": [{"at": 30, "graph": "star"}, {"at": 70, "graph": "complete"}],
-    }))
+    })
     assert sched.starts == (0, 30, 70) and not sched.static
     assert len(sched.at(0).edges) == len(sched.at(29).edges) == 12  # ring
     assert len(sched.at(30).edges) == len(sched.at(69).edges) == 10  # star
@@ -329,22 +340,66 @@ def test_schedule_switches_at_given_steps():
     assert sched.union_out(0) == (1, 2, 3, 4, 5)
 
 
+def test_schedule_entries_become_graphs_inheriting_the_base_graph():
+    s = _scenario({"n": 6, "graph": "random_regular", "degree": 3, "directed": False,
+                   "schedule": [{"at": 30, "degree": 4}, {"at": 70, "graph": "complete"}]})
+    base, mid, last = s.topology.graphs
+    assert s.topology.base_graph is base
+    assert (base.graph, base.degree, base.at) == ("random_regular", 3, 0)
+    # Unmentioned keys of a schedule entry come from the first graph.
+    assert (mid.graph, mid.degree, mid.at) == ("random_regular", 4, 30)
+    assert (last.graph, last.at) == ("complete", 70)
+    sched = build_schedule(s.topology, s.steps, s.seed)
+    assert all(len(sched.at(40).in_neighbours(i)) == 4 for i in range(6))
+
+
+def test_build_schedule_from_spec_without_a_scenario():
+    spec = TopologySpec(n=5, graphs=(GraphSpec(graph="ring"), GraphSpec(graph="star", at=10)),
+                        weights="metropolis")
+    sched = build_schedule(spec, steps=20, seed=0)
+    assert sched.starts == (0, 10)
+    assert len(sched.at(9).edges) == 10 and len(sched.at(10).edges) == 8
+    for t in sched.topologies:
+        np.testing.assert_allclose(t.weights.sum(axis=0), 1.0)  # metropolis kept
+
+
+def test_scheduled_graph_error_names_the_entry():
+    spec = TopologySpec(n=5, graphs=(GraphSpec(graph="ring"),
+                                     GraphSpec(graph="random_regular", degree=3, at=10)))
+    with pytest.raises(ScenarioError, match=r"topology\.schedule\[0\]: degree = 3"):
+        build_schedule(spec, steps=20, seed=0)
+
+
+def test_schedule_plain_round_trip():
+    sched = _schedule({"n": 5, "graph": "ring", "schedule": [{"at": 4, "graph": "complete"}]},
+                      steps=10)
+    plain = schedule_to_plain(sched)
+    assert json.loads(json.dumps(plain)) == plain  # JSON-friendly
+    back = schedule_from_plain(plain)
+    assert back.starts == sched.starts
+    assert len(back.topologies) == len(sched.topologies)
+    for a, b in zip(back.topologies, sched.topologies, strict=True):
+        assert (a.n, a.edges) == (b.n, b.edges)
+        np.testing.assert_array_equal(a.weights, b.weights)
+    assert back.union_in(0) == sched.union_in(0)
+
+
 def test_schedule_from_shipped_timevarying_file():
     from pathlib import Path
 
-    from p2pgame.config import load_scenario
+    from p2pgame.scenario import load_scenario
 
     s = load_scenario(Path(__file__).resolve().parents[2] / "topologies/expfam-timevarying.toml")
-    sched = build_schedule(s)
+    sched = build_schedule(s.topology, s.steps, s.seed)
     assert sched.starts == (0, 600, 1000)
     assert len(sched.at(599).edges) == 12 and len(sched.at(600).edges) == 10
 
 
 def test_redraw_every_reproducible_from_seed():
     topo = {"n": 10, "graph": "random_regular", "degree": 3, "redraw_every": 25}
-    a = build_schedule(_scenario(topo, steps=100, seed=5))
-    b = build_schedule(_scenario(topo, steps=100, seed=5))
-    c = build_schedule(_scenario(topo, steps=100, seed=6))
+    a = _schedule(topo, steps=100, seed=5)
+    b = _schedule(topo, steps=100, seed=5)
+    c = _schedule(topo, steps=100, seed=6)
     assert a.starts == (0, 25, 50, 75)
     edges = [t.edges for t in a.topologies]
     assert edges == [t.edges for t in b.topologies]
@@ -357,8 +412,8 @@ def test_redraw_every_reproducible_from_seed():
 
 def test_redraw_retries_disconnected_draws():
     # p = 0.25 on 8 peers is often disconnected; every epoch must still be connected.
-    sched = build_schedule(_scenario({"n": 8, "graph": "erdos_renyi", "p": 0.25,
-                                      "redraw_every": 10}, steps=80, seed=1))
+    sched = _schedule({"n": 8, "graph": "erdos_renyi", "p": 0.25, "redraw_every": 10},
+                      steps=80, seed=1)
     assert len(sched.topologies) == 8
     for t in sched.topologies:
         g = nx.DiGraph(list(t.edges))
@@ -367,6 +422,9 @@ def test_redraw_retries_disconnected_draws():
 
 
 def test_redraw_gives_up_on_hopeless_graphs():
+    spec = TopologySpec(n=6, graphs=(GraphSpec(graph="erdos_renyi", p=0.0),), redraw_every=10)
     with pytest.raises(ScenarioError, match="redraw_every"):
-        build_schedule(_scenario({"n": 6, "graph": "erdos_renyi", "p": 0.0,
-                                  "redraw_every": 10}, steps=20))
+        build_schedule(spec, steps=20, seed=0)
+    # The resolver builds the schedule too, so a scenario file with it is refused up front.
+    with pytest.raises(ScenarioError, match="redraw_every"):
+        _scenario({"n": 6, "graph": "erdos_renyi", "p": 0.0, "redraw_every": 10}, steps=20)
