@@ -179,8 +179,9 @@ def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo) ->
         ids = check_value(group["ids"], tuple[int, ...], f"{where}.ids")
         if not ids:
             raise ScenarioError(f"{where}.ids: name at least one peer")
-        if len(set(ids)) != len(ids):
-            raise ScenarioError(f"{where}.ids: a peer is listed twice in {list(ids)}")
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ScenarioError(f"{where}.ids: peer {twice[0]} is listed twice")
         overrides = _table(group.get("algorithm", {}), f"{where}.algorithm",
                            tuple(info.config.__dataclass_fields__))
         cfg = build(info.config, {**table, **overrides}, f"{where}.algorithm")
