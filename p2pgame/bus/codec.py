@@ -168,7 +168,7 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
     if not isinstance(schema, list) or len(schema) != len(bufs) - 2:
         raise CodecError("malformed", "schema does not match the number of frames")
     sender, step = header["sender"], header["step"]
-    if not isinstance(sender, int) or not isinstance(step, int):
+    if type(sender) is not int or type(step) is not int:
         raise CodecError("malformed", "sender and step must be integers")
     if isinstance(header["time"], bool) or not isinstance(header["time"], (int, float)):
         raise CodecError("malformed", "time must be a number")

@@ -49,6 +49,7 @@ class Pending:
     nbytes: int
     release_step: int
     release_time: float
+    lost: bool = False  # a placeholder for a dropped message, settled in its turn (FIFO)
 
 
 class Link:

@@ -14,6 +14,7 @@ prefix of another.  Peer ids cannot collide, the ``/`` after them ends them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class Topic:
                 raise TopicError("a handshake topic has no space")
         elif not _SPACE.fullmatch(self.space):
             raise TopicError(f"space {self.space!r}: letters, digits, '_', '.' or '-' only")
+        # The text is what goes on the wire with every message: format it once.
+        object.__setattr__(self, "_text", f"{self.kind}/{self.peer}/{self.space}")
 
     @classmethod
     def handshake(cls, peer: int) -> Topic:
@@ -53,7 +56,7 @@ class Topic:
         return self.kind == HANDSHAKE
 
     def __str__(self) -> str:
-        return f"{self.kind}/{self.peer}/{self.space}"
+        return self._text
 
     def subscription(self) -> bytes:
         """The ZeroMQ subscription prefix that selects exactly this topic."""
@@ -61,11 +64,19 @@ class Topic:
 
     @classmethod
     def parse(cls, text: str) -> Topic:
-        parts = text.split("/")
-        num = parts[1] if len(parts) == 3 else ""
-        if not (num.isascii() and num.isdigit()) or num != str(int(num)):
-            raise TopicError(f"topic {text!r} is not <kind>/<peer>/<space>")
-        return cls(parts[0], int(parts[1]), parts[2])
+        """The topic ``<kind>/<peer>/<space>``; raises :class:`TopicError`."""
+        return _parse(text)
+
+
+# A peer sees the same few topics over and over (one message per neighbour and step):
+# parse each text once.
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Topic:
+    parts = text.split("/")
+    num = parts[1] if len(parts) == 3 else ""
+    if not (num.isascii() and num.isdigit()) or num != str(int(num)):
+        raise TopicError(f"topic {text!r} is not <kind>/<peer>/<space>")
+    return Topic(parts[0], int(parts[1]), parts[2])
 
 
 def check_space_names(names: Iterable[str]) -> None:

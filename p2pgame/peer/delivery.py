@@ -62,11 +62,19 @@ class Delivery:
         if reason:
             return reason
         pend = self.links[j].admit(env, nbytes, now, step, self.sync)
+        queue = self.pending[j]
         if pend is None:
             self.dropped += 1
-            self._settle(j, env)
+            if queue:
+                # The link is FIFO: a loss is known only after what came before it has been
+                # released, or a lost "last" could complete a round whose earlier message is
+                # still in flight.
+                ahead = queue[-1]
+                queue.append(Pending(env, 0, ahead.release_step, ahead.release_time, lost=True))
+            else:
+                self._settle(j, env)
         else:
-            self.pending[j].append(pend)
+            queue.append(pend)
         return None
 
     def _settle(self, j: int, env: Envelope) -> None:
@@ -92,8 +100,9 @@ class Delivery:
                     next_time = t if next_time is None else min(next_time, t)
                     break
                 pend = queue.popleft()
-                self.inbox.put(pend.env)
-                self.delivered_bytes += pend.nbytes
+                if not pend.lost:
+                    self.inbox.put(pend.env)
+                    self.delivered_bytes += pend.nbytes
                 self._settle(j, pend.env)
         return next_time
 

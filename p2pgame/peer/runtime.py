@@ -118,6 +118,7 @@ class PeerRuntime:
                                  self.sync, comm.publish_every)
         self.traffic = Traffic(me, comm.max_message_bytes)
         self.subscribers = subscribers(scenario, self.info, self.schedule, me)
+        self.my_topics = {t.space: t for t in self.subscribers}  # space -> our topic
         self.step = 0
         self.steps_done = 0
         self.wall = 0.0
@@ -204,9 +205,11 @@ class PeerRuntime:
         self.timers["sample"] += time.perf_counter() - t0
         items = list(messages.items())
         for k, (space, tensors) in enumerate(items):
-            topic = Topic(self.info.spaces[space], self.id, space)
-            await bus.publish(Envelope(sender=self.id, topic=topic, step=step, tensors=tensors,
-                                       last=k == len(items) - 1))
+            if space not in self.my_topics:
+                raise PeerFailure(f"the algorithm published {space!r}, which peer {self.id} "
+                                  f"does not publish ({', '.join(self.my_topics) or 'nothing'})")
+            await bus.publish(Envelope(sender=self.id, topic=self.my_topics[space], step=step,
+                                       tensors=tensors, last=k == len(items) - 1))
 
     # -- the measured phase ----------------------------------------------------------------
     async def train_loop(self, bus: PeerBus, control: ControlClient) -> None:

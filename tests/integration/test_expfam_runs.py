@@ -335,11 +335,16 @@ def test_time_varying_topology_sync_run(tmp_path):
 def test_leftover_guard_sees_orphaned_processes(list_session_processes):
     """The conftest guard finds a process of ours even outside our process tree."""
     # A process that lives until we close its stdin (or kill it).
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                            stdin=subprocess.PIPE, start_new_session=True)
+    # It says "up" once its interpreter runs: Popen returns as soon as exec starts, when
+    # /proc/<pid>/environ can still be empty (the kernel sets it up later in exec).
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); "
+                             "sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
     try:
+        assert proc.stdout.readline() == b"up\n"
         assert proc.pid in list_session_processes()
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
     assert proc.pid not in list_session_processes()
