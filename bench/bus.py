@@ -7,7 +7,7 @@ slow-joiner loss), then the publisher sends data messages for ``--seconds``.
 
 * ``p2pgame``: per message ``Envelope -> encode -> Transport.send`` (zmq.asyncio PUB,
   ``send_multipart(copy=False)``); the subscriber runs ``Transport.recv_ready`` and
-  ``frame_sizes`` + ``decode`` on every message, as ``Peer.receive_loop`` does.
+  ``frame_sizes`` + ``decode`` on every message, as a peer does (``Traffic.decode`` in ``PeerBus.receive``).
 * ``raw``: the same frames, encoded once, sent from a plain zmq PUB socket
   (``send_multipart(copy=False)``) and received by a plain SUB
   (``recv_multipart(copy=False)``), no decoding.
