@@ -34,7 +34,8 @@ from p2pgame.data.image import ImageDataSpec, class_histograms, load_split, peer
 from p2pgame.eval.images import ImageEvaluation, prepare_evaluator
 from p2pgame.topology import Schedule, Topology
 
-SPACE = "hvae"
+SPACE = "hvae"  # fully observed tuples (z0, z1, x): only between identical HVAE architectures
+IMAGES = "x"  # images alone: any learner can take them, completing what it lacks
 EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
              "unseen_mass", "ne_class_mass", "ne_own_mass", "tv_to_ne", "own_classes")
 
@@ -65,11 +66,12 @@ class GameConfig:
 
 
 def schemas(cfg: GameConfig) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
-    """The fully observed tuples (z0, z1, x) of the player's HVAE, on ``hvae``."""
+    """Fully observed tuples (z0, z1, x) on ``hvae``; the images alone on ``x``."""
     from p2pgame.models import HVAE_CONFIGS
     from p2pgame.models.hvae import sample_schema
 
-    return {SPACE: sample_schema(HVAE_CONFIGS[cfg.model])}
+    tuples = sample_schema(HVAE_CONFIGS[cfg.model])
+    return {SPACE: tuples, IMAGES: {"x": tuples["x"]}}
 
 
 def ne_class_mass(scenario: Scenario, labels: np.ndarray, topology: Topology) -> np.ndarray:
@@ -99,7 +101,9 @@ class SyntheticGame(Algorithm):
         self.images, self.labels = peer_images(sc.data, sc.n, sc.seed, ctx.peer_id, ctx.data_root)
         self.images = self.images.to(self.device)
         self.own_classes = sorted(int(c) for c in self.labels.unique())
-        self.schema = {k: (dt, tuple(s)) for k, (dt, s) in self.model.schema().items()}
+        self.schemas = schemas(config)
+        self.learns = ctx.player.learns
+        self.completed: dict[str, int] = {}  # space -> received examples completed by us
         self.samples_per_message = sc.comm.samples_per_message or config.batch
         dev = self.device
         self.gen = torch.Generator(device=dev).manual_seed(ctx.seed("model-sampling"))
@@ -109,15 +113,30 @@ class SyntheticGame(Algorithm):
 
     # -- exchange ----------------------------------------------------------------------
     def publish(self, step: int) -> dict[str, dict[str, Any]]:
-        if SPACE not in self.ctx.player.publishes:
+        spaces = self.ctx.player.publishes
+        if not spaces:
             return {}
-        tuples = self.model.sample(self.samples_per_message, self.gen)
-        return {SPACE: {k: v.cpu().numpy() for k, v in tuples.items()}}
+        # One draw per step; a player publishing both spaces sends the same images on each.
+        tuples = {k: v.cpu().numpy()
+                  for k, v in self.model.sample(self.samples_per_message, self.gen).items()}
+        out: dict[str, dict[str, Any]] = {}
+        for space in spaces:
+            out[space] = tuples if space == SPACE else {"x": tuples["x"]}
+        return out
 
     def check(self, env) -> str | None:
-        if env.space != SPACE:
+        if env.space not in self.learns:
             return "space"
-        return check_schema(env, self.schema)
+        return check_schema(env, self.schemas[env.space])
+
+    def _received(self, inbox: Inbox, j: int, step: int):
+        """j's freshest message we learn from: its tuples if we take them, else its images."""
+        for space in (SPACE, IMAGES):
+            if space in self.learns:
+                env = inbox.use(j, space, step)
+                if env is not None:
+                    return env
+        return None
 
     def train_step(self, step: int, inbox: Inbox, topology: Topology) -> dict[str, float]:
         torch = self.torch
@@ -126,11 +145,12 @@ class SyntheticGame(Algorithm):
         row = topology.row(me)
         n_own = round(row[me] * cfg.batch)
         synth: dict[str, list] = {"z0": [], "z1": [], "x": []}
+        images: list = []  # received images alone: completed with our encoder like real ones
         missing = 0.0
         for j, w in row.items():
             if j == me or w <= 0:
                 continue
-            env = inbox.use(j, SPACE, step)
+            env = self._received(inbox, j, step)
             k = round(w * cfg.batch)
             if env is None:
                 missing += w
@@ -139,6 +159,10 @@ class SyntheticGame(Algorithm):
             if k == 0 or m == 0:
                 continue
             pick = torch.randint(0, m, (k,), generator=self.data_gen).numpy()
+            if env.space == IMAGES:
+                images.append(torch.from_numpy(np.ascontiguousarray(env.tensors["x"][pick])))
+                self.completed[IMAGES] = self.completed.get(IMAGES, 0) + k
+                continue
             for f in synth:
                 synth[f].append(torch.from_numpy(np.ascontiguousarray(env.tensors[f][pick])))
         if missing and row[me] > 0:
@@ -146,6 +170,8 @@ class SyntheticGame(Algorithm):
             n_own += round(missing * cfg.batch)
         idx = torch.randint(0, len(self.images), (n_own,), generator=self.data_gen)
         real = self.images[idx.to(self.images.device)]
+        if images:
+            real = torch.cat([real, torch.cat(images).to(real.device, real.dtype)])
         syn = None
         if synth["x"]:
             syn = {f: torch.cat(v).to(self.device) for f, v in synth.items()}
@@ -194,6 +220,8 @@ class SyntheticGame(Algorithm):
         out, images = self.final_metrics(self.config.eval_samples,
                                          self.config.inception_weights or None)
         self.ctx.artifact(f"samples/peer-{self.ctx.peer_id}.png", grid_png(images[:100]))
+        if self.completed:
+            out["completed"] = dict(self.completed)
         return out
 
     def checkpoint_state(self) -> Any | None:
@@ -248,7 +276,7 @@ INFO = AlgorithmInfo(
     name="game",
     config=GameConfig,
     data=ImageDataSpec,
-    spaces={SPACE: "samples"},
+    spaces={SPACE: "samples", IMAGES: "samples"},
     default_spaces=lambda cfg: ((SPACE,), (SPACE,)),
     schemas=schemas,
     peer=lambda: SyntheticGame,

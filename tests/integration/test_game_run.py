@@ -102,6 +102,54 @@ def test_eval_command_reevaluates_checkpoints(game_run) -> None:
     assert "results:" in out.stdout
 
 
+IMAGES_ONLY = SCENARIO.replace("steps = 12", "steps = 6") + """
+checkpoint = false
+
+[[peers]]
+ids = [0]
+publishes = ["hvae", "x"]
+learns = ["hvae"]
+
+[[peers]]
+ids = [1]
+publishes = ["hvae"]
+learns = ["x"]
+"""
+
+
+def test_a_peer_learning_images_only_completes_them_and_gets_no_tuples(
+        tmp_path, tiny_mnist_root) -> None:
+    """Peer 1 learns only ``x`` from peer 0, who publishes tuples and images: it receives no
+    byte of the tuples, and completes the images' latents with its own encoder (counted)."""
+    scenario = tmp_path / "images-only.toml"
+    scenario.write_text(IMAGES_ONLY)
+    res = run(scenario, [], out=tmp_path / "runs", data_root=tiny_mnist_root, progress=False)
+    assert res.exit_code == 0, res.failures
+    p0, p1 = res.summary["peers"]["0"], res.summary["peers"]["1"]
+    assert {r["topic"] for r in p1["traffic_in"]} == {"samples/0/x"}
+    assert {(r["topic"], r["receiver"]) for r in p0["traffic_out"]} == {("samples/0/x", 1)}
+    assert {r["topic"] for r in p0["traffic_in"]} == {"samples/1/hvae"}
+    # 16 images per message, 16 of the 32-example batch taken each step (alpha 0.5), 6 steps.
+    assert p1["completed"] == {"x": 6 * 16} and "completed" not in p0
+    per_image = 784 // 8
+    row = p1["traffic_in"][0]
+    assert row["messages"] == 6 and row["payload_bytes"] == 6 * 16 * per_image
+    assert p0["messages_rejected"] == p1["messages_rejected"] == 0
+
+
+def test_learning_a_space_nobody_publishes_is_refused(tmp_path) -> None:
+    scenario = tmp_path / "nobody.toml"
+    scenario.write_text(IMAGES_ONLY.replace('publishes = ["hvae", "x"]', 'publishes = ["hvae"]'))
+    out = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(scenario), "--quiet",
+         "--out", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2
+    assert "peer 1 learns 'x'" in out.stderr and "[0]" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_data_is_one_clear_line(tmp_path) -> None:
     scenario = tmp_path / "game.toml"
     scenario.write_text(SCENARIO)
