@@ -206,6 +206,20 @@ def check_exchange(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule) 
         check_space_names(info.spaces)
     except TopicError as e:
         raise ScenarioError(f"algorithm {info.name!r}: {e}") from None
+    for p in scenario.players:
+        where = f"peers: peer {p.peer}"
+        if info.learnable is not None:
+            can = info.learnable(p.algorithm)
+            for s in p.learns:
+                if s not in can:
+                    raise ScenarioError(f"{where} cannot learn from {s!r}: its player learns "
+                                        f"only from {', '.join(can)}")
+        if info.schemas is not None:
+            can = info.schemas(p.algorithm)
+            for s in p.publishes:
+                if s not in can:
+                    raise ScenarioError(f"{where} cannot publish {s!r}: its player publishes "
+                                        f"only {', '.join(can)}")
     if info.schemas is not None:
         # Every publisher of a space publishes the same fields, dtypes and shapes.
         first: dict[str, tuple[int, Any]] = {}

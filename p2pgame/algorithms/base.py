@@ -150,6 +150,8 @@ class AlgorithmInfo:
     # {space: {field: (dtype, per-example shape)}} (None: not known before the model exists,
     # e.g. Diffusion GAN's parameter shapes; the receiver checks them on arrival).
     schemas: Callable[[Any], dict[str, dict[str, tuple[str, tuple[int, ...]]]]] | None = None
+    # The spaces a player with this Config can learn from (None: every space it has).
+    learnable: Callable[[Any], tuple[str, ...]] | None = None
     # True: a round may publish only some of the spaces (Diffusion GAN: D or G), so a
     # subscriber must take all of them to know when a round is complete.
     partial_rounds: bool = False

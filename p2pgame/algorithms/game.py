@@ -55,9 +55,10 @@ class GameConfig:
     def __post_init__(self) -> None:
         from p2pgame.models import MODELS
 
-        if self.model not in MODELS or not self.model.startswith("hvae"):
-            known = ", ".join(k for k in sorted(MODELS) if k.startswith("hvae"))
-            raise config_error("model", f"{self.model!r} is not known; allowed: {known}")
+        known = [k for k in sorted(MODELS) if k.startswith(("hvae", "vae"))]
+        if self.model not in known:
+            raise config_error("model", f"{self.model!r} is not known; allowed: "
+                                        f"{', '.join(known)}")
         for key in ("batch", "eval_samples", "eval_samples_during", "evaluator_epochs"):
             if getattr(self, key) < 1:
                 raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
@@ -66,12 +67,29 @@ class GameConfig:
 
 
 def schemas(cfg: GameConfig) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
-    """Fully observed tuples (z0, z1, x) on ``hvae``; the images alone on ``x``."""
+    """What a player can publish: an HVAE its tuples (z0, z1, x) on ``hvae`` and the images
+    alone on ``x``; a VAE images only."""
     from p2pgame.models import HVAE_CONFIGS
     from p2pgame.models.hvae import sample_schema
 
+    if not is_hvae(cfg):
+        return {IMAGES: {"x": ("bool", (1, 28, 28))}}
     tuples = sample_schema(HVAE_CONFIGS[cfg.model])
     return {SPACE: tuples, IMAGES: {"x": tuples["x"]}}
+
+
+def is_hvae(cfg: GameConfig) -> bool:
+    return cfg.model.startswith("hvae")
+
+
+def learnable(cfg: GameConfig) -> tuple[str, ...]:
+    """An HVAE learns tuples (as fully observed examples) and images (completing the latents
+    with its encoder); a VAE learns images only."""
+    return (SPACE, IMAGES) if is_hvae(cfg) else (IMAGES,)
+
+
+def default_spaces(cfg: GameConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return ((SPACE,), (SPACE,)) if is_hvae(cfg) else ((IMAGES,), (IMAGES,))
 
 
 def ne_class_mass(scenario: Scenario, labels: np.ndarray, topology: Topology) -> np.ndarray:
@@ -87,7 +105,7 @@ class SyntheticGame(Algorithm):
         super().__init__(ctx)
         import torch
 
-        from p2pgame.models import SymmetricLearner, make_model
+        from p2pgame.models import SymmetricLearner, VAELearner, make_model
 
         config = self.config
         self.torch = torch
@@ -96,7 +114,8 @@ class SyntheticGame(Algorithm):
         if config.lr:
             overrides.update(lr_p=config.lr, lr_q=config.lr)
         self.model = make_model(config.model, **overrides).to(self.device)
-        self.learner = SymmetricLearner(self.model)
+        self.hvae = is_hvae(config)
+        self.learner = SymmetricLearner(self.model) if self.hvae else VAELearner(self.model)
         sc = ctx.scenario
         self.images, self.labels = peer_images(sc.data, sc.n, sc.seed, ctx.peer_id, ctx.data_root)
         self.images = self.images.to(self.device)
@@ -119,10 +138,7 @@ class SyntheticGame(Algorithm):
         # One draw per step; a player publishing both spaces sends the same images on each.
         tuples = {k: v.cpu().numpy()
                   for k, v in self.model.sample(self.samples_per_message, self.gen).items()}
-        out: dict[str, dict[str, Any]] = {}
-        for space in spaces:
-            out[space] = tuples if space == SPACE else {"x": tuples["x"]}
-        return out
+        return {space: tuples if space == SPACE else {"x": tuples["x"]} for space in spaces}
 
     def check(self, env) -> str | None:
         if env.space not in self.learns:
@@ -161,7 +177,8 @@ class SyntheticGame(Algorithm):
             pick = torch.randint(0, m, (k,), generator=self.data_gen).numpy()
             if env.space == IMAGES:
                 images.append(torch.from_numpy(np.ascontiguousarray(env.tensors["x"][pick])))
-                self.completed[IMAGES] = self.completed.get(IMAGES, 0) + k
+                if self.hvae:  # its encoder completes the latents the images lack
+                    self.completed[IMAGES] = self.completed.get(IMAGES, 0) + k
                 continue
             for f in synth:
                 synth[f].append(torch.from_numpy(np.ascontiguousarray(env.tensors[f][pick])))
@@ -172,6 +189,9 @@ class SyntheticGame(Algorithm):
         real = self.images[idx.to(self.images.device)]
         if images:
             real = torch.cat([real, torch.cat(images).to(real.device, real.dtype)])
+        if not self.hvae:
+            loss = self.learner.step(real, self.gen)
+            return {"elbo_loss": loss, "n_synthetic": float(real.shape[0] - n_own)}
         syn = None
         if synth["x"]:
             syn = {f: torch.cat(v).to(self.device) for f, v in synth.items()}
@@ -232,6 +252,14 @@ class GameHooks(RunHooks):
     table_columns = ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne", "bytes_sent")
 
     def validate(self, schedule: Schedule) -> None:
+        # Tuples carry an HVAE's latents, which mean something only to the same architecture.
+        users = [p for p in self.scenario.players if SPACE in p.publishes + p.learns]
+        for p in users[1:]:
+            if p.algorithm.model != users[0].algorithm.model:
+                raise ScenarioError(
+                    f"peers: peers {users[0].peer} ({users[0].algorithm.model}) and {p.peer} "
+                    f"({p.algorithm.model}) both use {SPACE!r}, whose latents only identical "
+                    "architectures share; exchange 'x' (images) between different models")
         for t in schedule.topologies:
             try:
                 solve_equilibrium(t.weights, np.zeros((self.scenario.n, 1)))
@@ -277,8 +305,9 @@ INFO = AlgorithmInfo(
     config=GameConfig,
     data=ImageDataSpec,
     spaces={SPACE: "samples", IMAGES: "samples"},
-    default_spaces=lambda cfg: ((SPACE,), (SPACE,)),
+    default_spaces=default_spaces,
     schemas=schemas,
+    learnable=learnable,
     peer=lambda: SyntheticGame,
     hooks=lambda: GameHooks,
     uses_torch=True,

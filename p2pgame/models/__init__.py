@@ -12,6 +12,7 @@ from typing import Any
 
 from p2pgame.models.dcgan import GAN, GAN_CONV_CONFIG, GAN_MLP_CONFIG, DCGANConfig
 from p2pgame.models.hvae import CONV_CONFIG, HVAE, MLP_CONFIG, HVAEConfig, SymmetricLearner
+from p2pgame.models.vae import ConvVAE, ConvVAEConfig, VAELearner
 
 
 def _hvae_factory(base: HVAEConfig) -> Callable[..., HVAE]:
@@ -40,11 +41,20 @@ def _gan_factory(base: DCGANConfig) -> Callable[..., GAN]:
     return factory
 
 
+def _vae_factory(*, seed: int | None = None, lr_p: float | None = None,
+                 lr_q: float | None = None, **overrides: Any) -> ConvVAE:
+    # lr_p / lr_q: the game's "lr" for HVAEs; a VAE has one learning rate.
+    if lr_p is not None:
+        overrides["lr"] = lr_p
+    return ConvVAE(ConvVAEConfig(**overrides), seed=seed)
+
+
 MODELS: dict[str, Callable[..., Any]] = {
     "hvae-mlp": _hvae_factory(MLP_CONFIG),
     "hvae-conv": _hvae_factory(CONV_CONFIG),
     "dcgan-mlp": _gan_factory(GAN_MLP_CONFIG),
     "dcgan-conv": _gan_factory(GAN_CONV_CONFIG),
+    "vae-conv": _vae_factory,
 }
 
 
@@ -65,5 +75,5 @@ def make_model(name: str, **overrides: Any) -> Any:
     return factory(**overrides)
 
 
-__all__ = ["HVAE_CONFIGS", "MODELS", "make_model", "HVAE", "HVAEConfig", "SymmetricLearner", "GAN",
+__all__ = ["HVAE_CONFIGS", "MODELS", "make_model", "ConvVAE", "ConvVAEConfig", "VAELearner", "HVAE", "HVAEConfig", "SymmetricLearner", "GAN",
            "DCGANConfig"]

@@ -150,6 +150,62 @@ def test_learning_a_space_nobody_publishes_is_refused(tmp_path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+MIXED = SCENARIO.replace("steps = 12", "steps = 6") + """
+checkpoint = false
+
+[[peers]]
+ids = [0]
+publishes = ["x"]
+learns = ["x"]
+
+[[peers]]
+ids = [1]
+algorithm = { model = "vae-conv" }
+"""
+
+
+def test_mixed_families_exchange_images(tmp_path, tiny_mnist_root) -> None:
+    """An HVAE and a conv VAE play the game over ``x``: both train and evaluate; only the
+    HVAE completes what it receives (the VAE models images alone)."""
+    scenario = tmp_path / "mixed.toml"
+    scenario.write_text(MIXED)
+    res = run(scenario, [], out=tmp_path / "runs", data_root=tiny_mnist_root, progress=False)
+    assert res.exit_code == 0, res.failures
+    p0, p1 = res.summary["peers"]["0"], res.summary["peers"]["1"]
+    assert {r["topic"] for r in p0["traffic_in"]} == {"samples/1/x"}
+    assert {r["topic"] for r in p1["traffic_in"]} == {"samples/0/x"}
+    assert p0["completed"] == {"x": 6 * 16} and "completed" not in p1
+    for p in (p0, p1):
+        assert p["steps"] == 6 and math.isfinite(p["fid_all"])
+        assert math.isclose(sum(p["class_mass"]), 1.0, abs_tol=1e-6)
+    lines = [json.loads(x) for x in (res.run_dir / "metrics" / "peer-1.jsonl").read_text()
+             .splitlines()]
+    assert all(math.isfinite(x["elbo_loss"]) and x["n_synthetic"] == 16 for x in lines)
+
+
+@pytest.mark.parametrize("change, words", [
+    # a VAE has no latents to offer or to take in tuples
+    ('algorithm = { model = "vae-conv" }\nlearns = ["hvae"]', ["peer 1 cannot learn from 'hvae'"]),
+    ('algorithm = { model = "vae-conv" }\npublishes = ["hvae", "x"]\nlearns = ["x"]',
+     ["peer 1 cannot publish 'hvae'"]),
+    # tuples only between identical architectures
+    ('algorithm = { model = "hvae-conv" }', ["hvae-mlp", "hvae-conv", "'hvae'"]),
+])
+def test_mismatched_players_are_refused_naming_the_peer(tmp_path, change, words) -> None:
+    text = SCENARIO + "\n[[peers]]\nids = [1]\n" + change + "\n"
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text(text)
+    out = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(scenario), "--quiet",
+         "--out", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    for w in words:
+        assert w in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+
+
 def test_missing_data_is_one_clear_line(tmp_path) -> None:
     scenario = tmp_path / "game.toml"
     scenario.write_text(SCENARIO)

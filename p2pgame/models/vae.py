@@ -1,0 +1,109 @@
+"""A small convolutional VAE for binary images, trained by the ELBO.
+
+Encoder: two stride-2 convolutions (28 -> 14 -> 7) and a linear layer to the
+mean and log-variance of a Gaussian latent ``z``.  Decoder: a linear layer and
+two stride-2 transposed convolutions back to Bernoulli logits of a
+``1 x 28 x 28`` image.  One Adam step per batch on the negative ELBO
+(reparametrised), summed over pixels and averaged over the batch.
+
+As a player of the synthetic-data game it learns from images alone: its own
+and the ones it receives are one batch.  All randomness goes through an
+optional :class:`torch.Generator`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ConvVAEConfig:
+    latent: int = 16
+    channels: tuple[int, int] = (32, 64)
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        if self.latent < 1 or len(self.channels) != 2 or min(self.channels) < 1:
+            raise ValueError(f"bad ConvVAEConfig: {self}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+class ConvVAE(nn.Module):
+    image_shape = (1, 28, 28)
+
+    def __init__(self, config: ConvVAEConfig | None = None, *, seed: int | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ConvVAEConfig()
+        if seed is None:
+            self._build(cfg)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build(cfg)
+
+    def _build(self, cfg: ConvVAEConfig) -> None:
+        c1, c2 = cfg.channels
+        self.enc = nn.Sequential(
+            nn.Conv2d(1, c1, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 4, 2, 1), nn.ReLU(), nn.Flatten())
+        self.to_stats = nn.Linear(c2 * 7 * 7, 2 * cfg.latent)
+        self.from_z = nn.Linear(cfg.latent, c2 * 7 * 7)
+        self.dec = nn.Sequential(
+            nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
+            nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c1, 1, 4, 2, 1))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dec(self.from_z(z))
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Negative ELBO per image (nats), averaged over the batch."""
+        x = x.float()
+        mu, logvar = self.to_stats(self.enc(x)).chunk(2, dim=1)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        rec = F.binary_cross_entropy_with_logits(self.logits(z), x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return (rec + kl) / x.shape[0]
+
+    def _z(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.randn((n, self.config.latent), generator=generator, device=self.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``n`` binary images ``x ~ p(x|z)``, ``z ~ N(0, I)``: bool ``[n, 1, 28, 28]``."""
+        probs = torch.sigmoid(self.logits(self._z(n, generator)))
+        return {"x": torch.bernoulli(probs, generator=generator).bool()}
+
+    @torch.no_grad()
+    def sample_means(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.logits(self._z(n, generator)))
+
+
+class VAELearner:
+    """One Adam step on the ELBO of a batch of images (own and received alike)."""
+
+    def __init__(self, model: ConvVAE) -> None:
+        self.model = model
+        cfg = model.config
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+
+    def step(self, x: torch.Tensor, generator: torch.Generator | None = None) -> float:
+        if x.shape[0] == 0:
+            return float("nan")
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.model.loss(x, generator)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
