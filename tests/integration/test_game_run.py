@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from p2pgame import cli
 from p2pgame.launch import run
 
 pytestmark = pytest.mark.integration
@@ -137,16 +138,13 @@ def test_a_peer_learning_images_only_completes_them_and_gets_no_tuples(
     assert p0["messages_rejected"] == p1["messages_rejected"] == 0
 
 
-def test_learning_a_space_nobody_publishes_is_refused(tmp_path) -> None:
+def test_learning_a_space_nobody_publishes_is_refused(tmp_path, capsys) -> None:
     scenario = tmp_path / "nobody.toml"
     scenario.write_text(IMAGES_ONLY.replace('publishes = ["hvae", "x"]', 'publishes = ["hvae"]'))
-    out = subprocess.run(
-        [sys.executable, "-m", "p2pgame.cli", "run", str(scenario), "--quiet",
-         "--out", str(tmp_path / "runs")],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert out.returncode == 2
-    assert "peer 1 learns 'x'" in out.stderr and "[0]" in out.stderr
+    code = cli.main(["run", str(scenario), "--quiet", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "peer 1 learns 'x'" in err and "[0]" in err
     assert not (tmp_path / "runs").exists()
 
 
@@ -191,19 +189,17 @@ def test_mixed_families_exchange_images(tmp_path, tiny_mnist_root) -> None:
     # tuples only between identical architectures
     ('algorithm = { model = "hvae-conv" }', ["hvae-mlp", "hvae-conv", "'hvae'"]),
 ])
-def test_mismatched_players_are_refused_naming_the_peer(tmp_path, change, words) -> None:
+def test_mismatched_players_are_refused_naming_the_peer(tmp_path, capsys, change,
+                                                        words) -> None:
     text = SCENARIO + "\n[[peers]]\nids = [1]\n" + change + "\n"
     scenario = tmp_path / "bad.toml"
     scenario.write_text(text)
-    out = subprocess.run(
-        [sys.executable, "-m", "p2pgame.cli", "run", str(scenario), "--quiet",
-         "--out", str(tmp_path / "runs")],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert out.returncode == 2, out.stderr
+    code = cli.main(["run", str(scenario), "--quiet", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2, err
     for w in words:
-        assert w in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+        assert w in err, err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 
 def test_missing_data_is_one_clear_line(tmp_path) -> None:
