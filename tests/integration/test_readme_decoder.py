@@ -44,7 +44,9 @@ def test_readme_decoder_reads_a_live_peer(tmp_path) -> None:
     try:
         endpoints = run_dir / "endpoints.json"
         deadline = time.monotonic() + 60
-        while not endpoints.exists():  # written once every peer said hello
+        # endpoints.json is written once every peer said hello.  The CLI process offers no
+        # other signal a README reader could use, so poll the file, with a deadline.
+        while not endpoints.exists():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no endpoints.json within 60 s"
             time.sleep(0.05)
