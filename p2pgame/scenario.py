@@ -207,19 +207,14 @@ def check_exchange(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule) 
     except TopicError as e:
         raise ScenarioError(f"algorithm {info.name!r}: {e}") from None
     for p in scenario.players:
-        where = f"peers: peer {p.peer}"
-        if info.learnable is not None:
-            can = info.learnable(p.algorithm)
-            for s in p.learns:
-                if s not in can:
-                    raise ScenarioError(f"{where} cannot learn from {s!r}: its player learns "
-                                        f"only from {', '.join(can)}")
-        if info.schemas is not None:
-            can = info.schemas(p.algorithm)
-            for s in p.publishes:
-                if s not in can:
-                    raise ScenarioError(f"{where} cannot publish {s!r}: its player publishes "
-                                        f"only {', '.join(can)}")
+        can_learn = info.learnable(p.algorithm) if info.learnable else None
+        can_publish = tuple(info.schemas(p.algorithm)) if info.schemas else None
+        for verb, spaces, can in (("learn from", p.learns, can_learn),
+                                  ("publish", p.publishes, can_publish)):
+            bad = [s for s in spaces if can is not None and s not in can]
+            if bad:
+                raise ScenarioError(f"peers: peer {p.peer} cannot {verb} {bad[0]!r}: its "
+                                    f"player can {verb} only {', '.join(can)}")
     if info.schemas is not None:
         # Every publisher of a space publishes the same fields, dtypes and shapes.
         first: dict[str, tuple[int, Any]] = {}

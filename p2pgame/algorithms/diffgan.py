@@ -43,6 +43,7 @@ from p2pgame.algorithms.base import (
     RunHooks,
     config_error,
 )
+from p2pgame.bus.traffic import mean_message_bytes
 from p2pgame.config import ScenarioError
 from p2pgame.data.image import ImageDataSpec, peer_part
 from p2pgame.eval.disagreement import disagreement_curve, write_disagreement
@@ -385,11 +386,9 @@ class DiffusionGANHooks(RunHooks):
             s["bytes_sent_per_step"] = s.get("bytes_sent", 0) / steps if steps else 0.0
             # Bytes of one message per part, as the bus counted them (header + payload).
             for part in PARTS:
-                per = [r for r in s.get("traffic_out", []) if r["topic"] == f"params/{pid}/{part}"]
-                msgs = sum(r["messages"] for r in per)
-                if msgs:
-                    s[f"wire_bytes_{part}"] = round(
-                        sum(r["header_bytes"] + r["payload_bytes"] for r in per) / msgs)
+                per = mean_message_bytes(s.get("traffic_out", []), f"params/{pid}/{part}")
+                if per is not None:
+                    s[f"wire_bytes_{part}"] = per
         topo_path = run_dir / "topology.json"
         if "second_eigenvalue_modulus" not in summary and topo_path.exists():
             epochs = json.loads(topo_path.read_text())["epochs"]

@@ -80,6 +80,11 @@ class Traffic:
 
     def per_message_bytes(self, topic: str) -> int | None:
         """Mean bytes of one message sent on ``topic`` (None if none was sent)."""
-        rows = [v for (_, _, t), v in self.sent.table.items() if t == topic]
-        msgs = sum(r[0] for r in rows)
-        return round(sum(r[1] + r[2] for r in rows) / msgs) if msgs else None
+        return mean_message_bytes(self.sent.rows(), topic)
+
+
+def mean_message_bytes(rows: Iterable[dict[str, Any]], topic: str) -> int | None:
+    """Mean header + payload bytes of one message on ``topic`` in traffic rows (None: none)."""
+    rows = [r for r in rows if r["topic"] == topic]
+    msgs = sum(r["messages"] for r in rows)
+    return round(sum(r["header_bytes"] + r["payload_bytes"] for r in rows) / msgs) if msgs else None

@@ -118,15 +118,31 @@ learns = ["x"]
 """
 
 
+def _run_text(tmp_path, text: str, data_root, name: str):
+    """Run a scenario given as text; the two peers' summaries (the run must succeed)."""
+    scenario = tmp_path / name
+    scenario.write_text(text)
+    res = run(scenario, [], out=tmp_path / "runs", data_root=data_root, progress=False)
+    assert res.exit_code == 0, res.failures
+    return res, res.summary["peers"]["0"], res.summary["peers"]["1"]
+
+
+def _refused(tmp_path, capsys, text: str) -> str:
+    """The CLI's stderr for a scenario it must refuse (exit 2, nothing written)."""
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text(text)
+    code = cli.main(["run", str(scenario), "--quiet", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+    return err
+
+
 def test_a_peer_learning_images_only_completes_them_and_gets_no_tuples(
         tmp_path, tiny_mnist_root) -> None:
     """Peer 1 learns only ``x`` from peer 0, who publishes tuples and images: it receives no
     byte of the tuples, and completes the images' latents with its own encoder (counted)."""
-    scenario = tmp_path / "images-only.toml"
-    scenario.write_text(IMAGES_ONLY)
-    res = run(scenario, [], out=tmp_path / "runs", data_root=tiny_mnist_root, progress=False)
-    assert res.exit_code == 0, res.failures
-    p0, p1 = res.summary["peers"]["0"], res.summary["peers"]["1"]
+    _, p0, p1 = _run_text(tmp_path, IMAGES_ONLY, tiny_mnist_root, "images-only.toml")
     assert {r["topic"] for r in p1["traffic_in"]} == {"samples/0/x"}
     assert {(r["topic"], r["receiver"]) for r in p0["traffic_out"]} == {("samples/0/x", 1)}
     assert {r["topic"] for r in p0["traffic_in"]} == {"samples/1/hvae"}
@@ -139,13 +155,9 @@ def test_a_peer_learning_images_only_completes_them_and_gets_no_tuples(
 
 
 def test_learning_a_space_nobody_publishes_is_refused(tmp_path, capsys) -> None:
-    scenario = tmp_path / "nobody.toml"
-    scenario.write_text(IMAGES_ONLY.replace('publishes = ["hvae", "x"]', 'publishes = ["hvae"]'))
-    code = cli.main(["run", str(scenario), "--quiet", "--out", str(tmp_path / "runs")])
-    err = capsys.readouterr().err
-    assert code == 2
+    err = _refused(tmp_path, capsys,
+                   IMAGES_ONLY.replace('publishes = ["hvae", "x"]', 'publishes = ["hvae"]'))
     assert "peer 1 learns 'x'" in err and "[0]" in err
-    assert not (tmp_path / "runs").exists()
 
 
 MIXED = SCENARIO.replace("steps = 12", "steps = 6") + """
@@ -165,11 +177,7 @@ algorithm = { model = "vae-conv" }
 def test_mixed_families_exchange_images(tmp_path, tiny_mnist_root) -> None:
     """An HVAE and a conv VAE play the game over ``x``: both train and evaluate; only the
     HVAE completes what it receives (the VAE models images alone)."""
-    scenario = tmp_path / "mixed.toml"
-    scenario.write_text(MIXED)
-    res = run(scenario, [], out=tmp_path / "runs", data_root=tiny_mnist_root, progress=False)
-    assert res.exit_code == 0, res.failures
-    p0, p1 = res.summary["peers"]["0"], res.summary["peers"]["1"]
+    res, p0, p1 = _run_text(tmp_path, MIXED, tiny_mnist_root, "mixed.toml")
     assert {r["topic"] for r in p0["traffic_in"]} == {"samples/1/x"}
     assert {r["topic"] for r in p1["traffic_in"]} == {"samples/0/x"}
     assert p0["completed"] == {"x": 6 * 16} and "completed" not in p1
@@ -191,15 +199,9 @@ def test_mixed_families_exchange_images(tmp_path, tiny_mnist_root) -> None:
 ])
 def test_mismatched_players_are_refused_naming_the_peer(tmp_path, capsys, change,
                                                         words) -> None:
-    text = SCENARIO + "\n[[peers]]\nids = [1]\n" + change + "\n"
-    scenario = tmp_path / "bad.toml"
-    scenario.write_text(text)
-    code = cli.main(["run", str(scenario), "--quiet", "--out", str(tmp_path / "runs")])
-    err = capsys.readouterr().err
-    assert code == 2, err
+    err = _refused(tmp_path, capsys, SCENARIO + "\n[[peers]]\nids = [1]\n" + change + "\n")
     for w in words:
         assert w in err, err
-    assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 
 def test_missing_data_is_one_clear_line(tmp_path) -> None:
