@@ -240,6 +240,15 @@ def check_exchange(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule) 
         for j in in_peers:
             them = scenario.player(j)
             common = [s for s in them.publishes if s in me.learns]
+            if info.schemas is not None:
+                # A learner reads a space with its own schema of it (e.g. gray float16
+                # images are not binary ones, though both travel on 'x').
+                mine, theirs = info.schemas(me.algorithm), info.schemas(them.algorithm)
+                for s in common:
+                    if s in mine and mine[s] != theirs[s]:
+                        raise ScenarioError(
+                            f"peers: peer {i} learns {s!r} as {_schema_text(mine[s])} but its "
+                            f"in-neighbour peer {j} publishes {s!r} as {_schema_text(theirs[s])}")
             weighted = any(t.weights[i, j] > 0 for t in schedule.topologies)
             if weighted and them.publishes and not common:
                 raise ScenarioError(

@@ -1,7 +1,9 @@
 """``p2pgame sweep``: run a scenario over a grid of overrides and tabulate the results.
 
 A sweep file (TOML) names a base scenario, common overrides, the grid and,
-optionally, baselines and a plot::
+optionally, baselines and a plot (the grid may also sweep ``scenario``, a list of
+files, to compare methods that differ by more than a key; see
+``topologies/fmnist-sweep.toml``, whose plot has one panel per peer)::
 
     name = "mnist-alpha-sweep"
     scenario = "mnist-2peers.toml"          # relative to the sweep file
@@ -45,7 +47,7 @@ from p2pgame.scenario import apply_overrides, load_raw, resolve
 
 SWEEP_KEYS = ("name", "scenario", "set", "grid", "baseline", "plot", "metrics")
 BASELINE_KEYS = ("label", "scenario", "set")
-PLOT_KEYS = ("x", "panels", "log_x")
+PLOT_KEYS = ("x", "panels", "log_x", "per_peer", "series")
 DEFAULT_METRICS = ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne", "ne_max_abs",
                    "bytes_sent", "steps_per_s", "staleness_mean", "messages_dropped")
 
@@ -97,22 +99,28 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
     unknown = sorted(set(raw) - set(SWEEP_KEYS))
     if unknown:
         raise ScenarioError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(SWEEP_KEYS)}")
-    if "scenario" not in raw or not isinstance(raw["scenario"], str):
-        raise ScenarioError(f"{where}: 'scenario' (path of the base scenario file) is required")
-    base = (path.parent / raw["scenario"]).resolve()
-    common = _strings(raw.get("set", []), f"{where}: set") + list(extra)
     grid = raw.get("grid", {})
     if not isinstance(grid, dict) or not grid:
         raise ScenarioError(f"{where}: [grid] must map at least one key to a list of values")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ScenarioError(f"{where}: grid.{key!r} is an empty range; give a list of values")
+    files = grid.get("scenario")
+    if files is not None:
+        _strings(files, f"{where}: grid.scenario")
+    elif not isinstance(raw.get("scenario"), str):
+        raise ScenarioError(f"{where}: 'scenario' (path of the base scenario file) is required, "
+                            "or a list of files as grid.scenario")
+    common = _strings(raw.get("set", []), f"{where}: set") + list(extra)
     keys = list(grid)
     points = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(zip(keys, combo, strict=True))
+        base = (path.parent / values.get("scenario", raw.get("scenario"))).resolve()
+        if not base.is_file():
+            raise ScenarioError(f"{where}: scenario file {base} not found")
         label = ",".join(f"{k}={_toml_literal(v)}" for k, v in values.items())
-        over = common + [f"{k}={_toml_literal(v)}" for k, v in values.items()]
+        over = common + [f"{k}={_toml_literal(v)}" for k, v in values.items() if k != "scenario"]
         points.append(Point(label, base, over, values))
     baselines = raw.get("baseline", [])
     if not isinstance(baselines, list):
@@ -137,8 +145,10 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
     if unknown:
         raise ScenarioError(f"{where}: plot: unknown key {unknown[0]!r}; allowed: "
                             f"{', '.join(PLOT_KEYS)}")
-    if plot and plot.get("x") not in grid:
-        raise ScenarioError(f"{where}: plot.x must be one of the grid keys: {', '.join(keys)}")
+    for key in ("x", "series"):
+        if (plot and key == "x" or key in plot) and plot.get(key) not in grid:
+            raise ScenarioError(f"{where}: plot.{key} must be one of the grid keys: "
+                                f"{', '.join(keys)}")
     metrics = _strings(raw.get("metrics", list(DEFAULT_METRICS)), f"{where}: metrics")
     for p in points:  # refuse bad points before anything runs
         resolve(apply_overrides(load_raw(p.scenario), p.overrides), str(p.scenario))
@@ -224,6 +234,8 @@ def plot_sweep(sweep_dir: Path, spec: SweepSpec, records: list[dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if spec.plot.get("per_peer"):
+        return _plot_per_peer(sweep_dir, spec, records, plt)
     x = spec.plot["x"]
     panels = spec.plot.get("panels") or [[m for m in spec.metrics if m.startswith("fid")]]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
@@ -245,6 +257,48 @@ def plot_sweep(sweep_dir: Path, spec: SweepSpec, records: list[dict]) -> Path:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    fig.suptitle(spec.name)
+    fig.tight_layout()
+    path = sweep_dir / "sweep.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _series_name(value: Any) -> str:
+    return Path(value).stem if isinstance(value, str) and value.endswith(".toml") else str(value)
+
+
+def _plot_per_peer(sweep_dir: Path, spec: SweepSpec, records: list[dict], plt) -> Path:
+    """One panel per peer: ``plot.per_peer`` against ``plot.x``, one line per value of
+    ``plot.series``; a baseline is a horizontal line at the mean over its peers."""
+    x, metric, series = spec.plot["x"], spec.plot["per_peer"], spec.plot.get("series")
+    grid = [r for r in records if not r["baseline"] and r["status"] == "ok"]
+    peers = sorted({p for r in grid for p in r["peers"]}, key=int)
+    baselines = [r for r in records if r["baseline"] and r["status"] == "ok"]
+    fig, axes = plt.subplots(1, max(len(peers), 1), figsize=(4 * max(len(peers), 1), 3.6),
+                             squeeze=False, sharey=True)
+    names = list(dict.fromkeys(r["values"].get(series) for r in grid)) if series else [None]
+    for ax, peer in zip(axes[0], peers, strict=False):
+        for k, name in enumerate(names):
+            rows = sorted((r for r in grid if not series or r["values"][series] == name),
+                          key=lambda r: r["values"][x])
+            pts = [(r["values"][x], r["peers"][peer].get(metric)) for r in rows
+                   if peer in r["peers"] and isinstance(r["peers"][peer].get(metric), float)]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", color=f"C{k}",
+                        label=_series_name(name) if series else metric)
+        for b, style in zip(baselines, ["--", ":", "-."] * 3, strict=False):
+            value = b["row"].get(metric)
+            if value is not None:
+                ax.axhline(value, color="k", ls=style, lw=1, label=b["label"])
+        ax.set_title(f"peer {peer}")
+        ax.set_xlabel(x)
+        if spec.plot.get("log_x"):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(spec.name)
     fig.tight_layout()
     path = sweep_dir / "sweep.png"

@@ -1,12 +1,14 @@
-"""The synthetic-data game (Schlesinger & Flach 2025) with symmetric-learning HVAE peers.
+"""The synthetic-data game (Schlesinger & Flach 2025): players exchange samples, not parameters.
 
-Every step a peer samples fully observed tuples (z0, z1, x) from its model and
-publishes them (bit-packed bools) on ``samples/<peer>/hvae``; it trains on a
-batch of ``a_ii * batch`` of its own real images plus ``a_ij * batch`` of the
-tuples most recently received from each neighbour j, used as fully observed
-examples in both the p-step and the q-step.  ``self_weight = 1`` is the
-non-cooperative baseline; a one-peer scenario on the pooled data is the
-centralized one (see ``topologies/mnist-centralized.toml``).
+Every step a peer draws samples from its model and publishes them on the spaces it
+publishes (``samples/<peer>/<space>``); it trains on ``a_ii * batch`` of its own
+examples plus ``a_ij * batch`` picked from the freshest message of each neighbour j.
+What a received example lacks (an HVAE's latents, a label) the learner completes
+from its own model.  The learner families live in ``algorithms/players.py``: binary
+HVAEs (tuples on ``hvae``, images on ``x``), a convolutional VAE (``x``) and the
+paper's joint label-and-image player (``cx``, ``x``).  ``self_weight = 1`` is the
+non-cooperative baseline; a one-peer scenario on the pooled data is the centralized
+one (see ``topologies/mnist-centralized.toml``).
 """
 
 from __future__ import annotations
@@ -29,67 +31,92 @@ from p2pgame.algorithms.base import (
     config_error,
 )
 from p2pgame.algorithms.equilibrium import solve_equilibrium
-from p2pgame.config import Scenario, ScenarioError
-from p2pgame.data.image import ImageDataSpec, class_histograms, load_split, peer_images
-from p2pgame.eval.images import ImageEvaluation, prepare_evaluator
+from p2pgame.algorithms.players import (
+    HVAE,
+    IMAGES,
+    PAIRS,
+    BinaryImagePlayer,
+    Player,
+    Received,
+    family,
+)
+from p2pgame.config import Scenario, ScenarioError, one_of
+from p2pgame.data.image import ImageDataSpec, class_histograms, load_split
+from p2pgame.eval.images import prepare_evaluator
 from p2pgame.topology import Schedule, Topology
 
-SPACE = "hvae"  # fully observed tuples (z0, z1, x): only between identical HVAE architectures
-IMAGES = "x"  # images alone: any learner can take them, completing what it lacks
 EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
-             "unseen_mass", "ne_class_mass", "ne_own_mass", "tv_to_ne", "own_classes")
+             "unseen_mass", "ne_class_mass", "ne_own_mass", "tv_to_ne", "own_classes",
+             "accuracy", "prior", "tv_prior_to_ne")
+JOINT_MODELS = ("joint-cx",)
+JOINT_KEYS = ("capacity", "method", "learn_prior", "prior_lr", "noise_std")
 
 
 @dataclass(frozen=True)
 class GameConfig:
-    model: str = "hvae-mlp"
-    batch: int = 500  # examples per step: a_ii * batch real + the rest synthetic
-    lr: float = 0.0  # 0: the model's default learning rate (both p and q)
+    model: str = "hvae-mlp"  # the learner family and size: see algorithms/players.py
+    batch: int = 500  # examples per step: a_ii * batch real + the rest received; 0: see below
+    lr: float = 0.0  # 0: the model's default learning rate (every module)
     eval_samples: int = 10000  # generated images for the final evaluation
-    eval_every: int = 0  # >0: classifier-FID over time with eval_samples_during images
+    eval_every: int = 0  # >0: metrics over time (classifier-FID or test accuracy)
     eval_samples_during: int = 2000
     evaluator_epochs: int = 2
     checkpoint: bool = True
     inception_weights: str = ""  # pytorch-fid Inception weights file: also report standard FID
+    # What a player publishes of x: "sample" (a draw of p(x|...)) or "mean" (the decoder's
+    # mean, thresholded at 0.5 for binary images: the paper's "limiting" samples).
+    sample_mode: str = "sample"
+    # joint-cx only (the paper's Fashion-MNIST player):
+    capacity: int = 4  # 1..4, the paper's capacity ladder, weakest to strongest
+    method: str = "symmetric"  # or "discriminative"
+    learn_prior: bool = False  # learn p(c) (a categorical) instead of a fixed uniform one
+    prior_lr: float = 0.0  # 0: lr
+    noise_std: float = 0.01  # Gaussian noise on own gray images, every step
 
     def __post_init__(self) -> None:
         from p2pgame.models import MODELS
+        from p2pgame.models.joint import CAPACITIES, METHODS
 
-        known = [k for k in sorted(MODELS) if k.startswith(("hvae", "vae"))]
+        known = sorted(k for k in MODELS if k.startswith(("hvae", "vae", "joint")))
         if self.model not in known:
             raise config_error("model", f"{self.model!r} is not known; allowed: "
                                         f"{', '.join(known)}")
-        for key in ("batch", "eval_samples", "eval_samples_during", "evaluator_epochs"):
+        for key in ("eval_samples", "eval_samples_during", "evaluator_epochs"):
             if getattr(self, key) < 1:
                 raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
-        if self.lr < 0 or self.eval_every < 0:
-            raise config_error("lr", "lr and eval_every must be >= 0")
+        if self.batch < 0:
+            raise config_error("batch", f"must be >= 0 (0: the whole local set), got {self.batch}")
+        for key in ("lr", "eval_every", "prior_lr", "noise_std"):
+            if getattr(self, key) < 0:
+                raise config_error(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.capacity not in CAPACITIES:
+            raise config_error("capacity", f"{self.capacity}; allowed: {sorted(CAPACITIES)}")
+        one_of(self.sample_mode, ("sample", "mean"), "algorithm.sample_mode")
+        if self.method not in METHODS:
+            raise config_error("method", f"{self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.model not in JOINT_MODELS:
+            defaults = GameConfig.__dataclass_fields__
+            for key in JOINT_KEYS:
+                if getattr(self, key) != defaults[key].default:
+                    raise config_error(key, f"applies only to {', '.join(JOINT_MODELS)} "
+                                            f"players, not {self.model!r}")
+
+
+def player_class(cfg: GameConfig) -> type[Player]:
+    return family(cfg.model)
 
 
 def schemas(cfg: GameConfig) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
-    """What a player can publish: an HVAE its tuples (z0, z1, x) on ``hvae`` and the images
-    alone on ``x``; a VAE images only."""
-    from p2pgame.models import HVAE_CONFIGS
-    from p2pgame.models.hvae import sample_schema
-
-    if not is_hvae(cfg):
-        return {IMAGES: {"x": ("bool", (1, 28, 28))}}
-    tuples = sample_schema(HVAE_CONFIGS[cfg.model])
-    return {SPACE: tuples, IMAGES: {"x": tuples["x"]}}
-
-
-def is_hvae(cfg: GameConfig) -> bool:
-    return cfg.model.startswith("hvae")
+    """What a player can publish, per space (declared before any model exists)."""
+    return player_class(cfg).schemas(cfg)
 
 
 def learnable(cfg: GameConfig) -> tuple[str, ...]:
-    """An HVAE learns tuples (as fully observed examples) and images (completing the latents
-    with its encoder); a VAE learns images only."""
-    return (SPACE, IMAGES) if is_hvae(cfg) else (IMAGES,)
+    return player_class(cfg).learnable(cfg)
 
 
 def default_spaces(cfg: GameConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    return ((SPACE,), (SPACE,)) if is_hvae(cfg) else ((IMAGES,), (IMAGES,))
+    return player_class(cfg).default_spaces(cfg)
 
 
 def ne_class_mass(scenario: Scenario, labels: np.ndarray, topology: Topology) -> np.ndarray:
@@ -99,46 +126,37 @@ def ne_class_mass(scenario: Scenario, labels: np.ndarray, topology: Topology) ->
 
 
 class SyntheticGame(Algorithm):
+    """The exchange: what to publish, which received examples enter a step, evaluation.
+
+    The learning itself is the player's (``algorithms/players.py``).  A step takes
+    ``a_ij * T`` examples from neighbour j's freshest message and ``a_ii * T`` own ones,
+    where ``T = batch``, or with ``batch = 0`` ``T = (own set size) / a_ii``: the whole
+    local set every step, received examples in proportion (the paper's Fashion-MNIST).
+    """
+
     heavy = True
 
     def __init__(self, ctx: PeerContext) -> None:
         super().__init__(ctx)
         import torch
 
-        from p2pgame.models import SymmetricLearner, VAELearner, make_model
-
-        config = self.config
         self.torch = torch
         self.device = torch.device(ctx.device)
-        overrides: dict[str, Any] = {"seed": ctx.seed("model-init")}
-        if config.lr:
-            overrides.update(lr_p=config.lr, lr_q=config.lr)
-        self.model = make_model(config.model, **overrides).to(self.device)
-        self.hvae = is_hvae(config)
-        self.learner = SymmetricLearner(self.model) if self.hvae else VAELearner(self.model)
-        sc = ctx.scenario
-        self.images, self.labels = peer_images(sc.data, sc.n, sc.seed, ctx.peer_id, ctx.data_root)
-        self.images = self.images.to(self.device)
-        self.own_classes = sorted(int(c) for c in self.labels.unique())
-        self.schemas = schemas(config)
+        self.player = player_class(self.config)(self.config, ctx, self.device)
+        self.schemas = schemas(self.config)
         self.learns = ctx.player.learns
-        self.completed: dict[str, int] = {}  # space -> received examples completed by us
-        self.samples_per_message = sc.comm.samples_per_message or config.batch
-        dev = self.device
-        self.gen = torch.Generator(device=dev).manual_seed(ctx.seed("model-sampling"))
-        self.data_gen = torch.Generator().manual_seed(ctx.seed("data-order"))
-        self.evaluation = ImageEvaluation(sc.data, ctx.data_root, config.evaluator_epochs,
-                                          self.own_classes, self.device)
+        # Most informative first: a neighbour's tuples (or pairs) before its bare images.
+        self.preference = [s for s in learnable(self.config) if s in self.learns]
+        sc = ctx.scenario
+        self.samples_per_message = sc.comm.samples_per_message or self.config.batch or (
+            self.player.n_own)
 
     # -- exchange ----------------------------------------------------------------------
     def publish(self, step: int) -> dict[str, dict[str, Any]]:
         spaces = self.ctx.player.publishes
         if not spaces:
             return {}
-        # One draw per step; a player publishing both spaces sends the same images on each.
-        tuples = {k: v.cpu().numpy()
-                  for k, v in self.model.sample(self.samples_per_message, self.gen).items()}
-        return {space: tuples if space == SPACE else {"x": tuples["x"]} for space in spaces}
+        return self.player.sample(self.samples_per_message, spaces)
 
     def check(self, env) -> str | None:
         if env.space not in self.learns:
@@ -146,92 +164,69 @@ class SyntheticGame(Algorithm):
         return check_schema(env, self.schemas[env.space])
 
     def _received(self, inbox: Inbox, j: int, step: int):
-        """j's freshest message we learn from: its tuples if we take them, else its images."""
-        for space in (SPACE, IMAGES):
-            if space in self.learns:
-                env = inbox.use(j, space, step)
-                if env is not None:
-                    return env
+        """j's freshest message on the most informative space we learn of it."""
+        for space in self.preference:
+            env = inbox.use(j, space, step)
+            if env is not None:
+                return env
         return None
 
     def train_step(self, step: int, inbox: Inbox, topology: Topology) -> dict[str, float]:
         torch = self.torch
-        cfg = self.config
         me = self.ctx.peer_id
         row = topology.row(me)
-        n_own = round(row[me] * cfg.batch)
-        synth: dict[str, list] = {"z0": [], "z1": [], "x": []}
-        images: list = []  # received images alone: completed with our encoder like real ones
+        n_local = self.player.n_own
+        whole = self.config.batch == 0
+        total = self.config.batch or (n_local / row[me] if row[me] > 0 else n_local)
+        n_own = n_local if whole else round(row[me] * total)
+        received: list[Received] = []
         missing = 0.0
         for j, w in row.items():
             if j == me or w <= 0:
                 continue
             env = self._received(inbox, j, step)
-            k = round(w * cfg.batch)
+            k = round(w * total)
             if env is None:
                 missing += w
                 continue
             m = env.tensors["x"].shape[0]
             if k == 0 or m == 0:
                 continue
-            pick = torch.randint(0, m, (k,), generator=self.data_gen).numpy()
-            if env.space == IMAGES:
-                images.append(torch.from_numpy(np.ascontiguousarray(env.tensors["x"][pick])))
-                if self.hvae:  # its encoder completes the latents the images lack
-                    self.completed[IMAGES] = self.completed.get(IMAGES, 0) + k
-                continue
-            for f in synth:
-                synth[f].append(torch.from_numpy(np.ascontiguousarray(env.tensors[f][pick])))
-        if missing and row[me] > 0:
-            # Neighbours not heard from yet: keep the batch size with own data.
-            n_own += round(missing * cfg.batch)
-        idx = torch.randint(0, len(self.images), (n_own,), generator=self.data_gen)
-        real = self.images[idx.to(self.images.device)]
-        if images:
-            real = torch.cat([real, torch.cat(images).to(real.device, real.dtype)])
-        if not self.hvae:
-            loss = self.learner.step(real, self.gen)
-            return {"elbo_loss": loss, "n_synthetic": float(real.shape[0] - n_own)}
-        syn = None
-        if synth["x"]:
-            syn = {f: torch.cat(v).to(self.device) for f, v in synth.items()}
-        out = self.learner.step(real, syn, self.gen, q_batch=n_own if n_own else None)
-        return {"p_loss": out["p_loss"], "q_loss": out["q_loss"], "n_synthetic": out["n_p"] - n_own}
+            pick = torch.randint(0, m, (k,), generator=self.player.data_gen).numpy()
+            received.append(Received(env.space, {
+                f: torch.from_numpy(np.ascontiguousarray(t[pick])) for f, t in env.tensors.items()}))
+        if whole:
+            idx = torch.arange(n_local)
+        else:
+            if missing and row[me] > 0:
+                # Neighbours not heard from yet: keep the batch size with own data.
+                n_own += round(missing * total)
+            idx = torch.randint(0, n_local, (n_own,), generator=self.player.data_gen)
+        return self.player.learn(idx, received)
 
     # -- evaluation --------------------------------------------------------------------
-    def generate(self, n: int):
-        with self.torch.no_grad():
-            g = self.torch.Generator(device=self.device).manual_seed(self.ctx.seed("eval"))
-            means = self.model.sample_means(n, g)
-        return (means > 0.5).float()
-
-    def evaluate(self, n: int) -> tuple[dict[str, Any], Any]:
-        self.model.eval()
-        images = self.generate(n)
-        metrics = self.evaluation.metrics(images)
-        self.model.train()
-        return metrics, images
-
     def probe(self, step: int) -> dict[str, Any]:
         cfg = self.config
         if cfg.eval_every and step % cfg.eval_every == 0 and step > 0:
-            m, _ = self.evaluate(cfg.eval_samples_during)
-            return {"fid_all": m["fid_all"], "own_mass": m["own_mass"]}
+            return self.player.probe(cfg.eval_samples_during)
         return {}
 
     def final_metrics(self, n: int, inception: str | None = None) -> tuple[dict[str, Any], Any]:
-        """Evaluation of the current model: classifier-FID, class mass against equilibrium."""
+        """Evaluation of the current model, and its class histogram against the equilibrium."""
         from p2pgame.eval import total_variation
 
         ctx = self.ctx
-        metrics, images = self.evaluate(n)
-        all_labels = load_split(ctx.scenario.data, ctx.data_root)[1].numpy()
-        ne = ne_class_mass(ctx.scenario, all_labels, ctx.schedule.final())[ctx.peer_id]
-        metrics["ne_class_mass"] = [float(v) for v in ne]
-        metrics["ne_own_mass"] = float(sum(ne[c] for c in self.own_classes))
-        metrics["tv_to_ne"] = total_variation(metrics["class_mass"], ne)
-        if inception:
-            metrics["fid_inception"] = self.evaluation.standard_fid(images, inception)
+        player = self.player
+        metrics, images = player.evaluate(n)
+        mass_key, tv_key = player.class_mass_keys or (None, None)
+        if mass_key in metrics:
+            all_labels = load_split(ctx.scenario.data, ctx.data_root)[1].numpy()
+            ne = ne_class_mass(ctx.scenario, all_labels, ctx.schedule.final())[ctx.peer_id]
+            metrics["ne_class_mass"] = [float(v) for v in ne]
+            metrics["ne_own_mass"] = float(sum(ne[c] for c in player.own_classes))
+            metrics[tv_key] = total_variation(metrics[mass_key], ne)
+        if inception and isinstance(player, BinaryImagePlayer):
+            metrics["fid_inception"] = player.evaluation.standard_fid(images, inception)
         return metrics, images
 
     def finish(self) -> dict[str, Any]:
@@ -240,25 +235,39 @@ class SyntheticGame(Algorithm):
         out, images = self.final_metrics(self.config.eval_samples,
                                          self.config.inception_weights or None)
         self.ctx.artifact(f"samples/peer-{self.ctx.peer_id}.png", grid_png(images[:100]))
-        if self.completed:
-            out["completed"] = dict(self.completed)
+        if self.player.completed:
+            out["completed"] = dict(self.player.completed)
         return out
 
     def checkpoint_state(self) -> Any | None:
-        return self.model.state_dict() if self.config.checkpoint else None
+        return self.player.state_dict() if self.config.checkpoint else None
 
 
 class GameHooks(RunHooks):
-    table_columns = ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne", "bytes_sent")
+    @property
+    def table_columns(self) -> tuple[str, ...]:
+        models = {p.algorithm.model for p in self.scenario.players}
+        cols: tuple[str, ...] = ()
+        if models - set(JOINT_MODELS):
+            cols += ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne")
+        if models & set(JOINT_MODELS):
+            cols += ("accuracy",)
+            if any(p.algorithm.learn_prior for p in self.scenario.players):
+                cols += ("tv_prior_to_ne",)
+        return (*cols, "bytes_sent")
+
+    def _binary_players(self) -> list:
+        return [p for p in self.scenario.players
+                if issubclass(player_class(p.algorithm), BinaryImagePlayer)]
 
     def validate(self, schedule: Schedule) -> None:
         # Tuples carry an HVAE's latents, which mean something only to the same architecture.
-        users = [p for p in self.scenario.players if SPACE in p.publishes + p.learns]
+        users = [p for p in self.scenario.players if HVAE in p.publishes + p.learns]
         for p in users[1:]:
             if p.algorithm.model != users[0].algorithm.model:
                 raise ScenarioError(
                     f"peers: peers {users[0].peer} ({users[0].algorithm.model}) and {p.peer} "
-                    f"({p.algorithm.model}) both use {SPACE!r}, whose latents only identical "
+                    f"({p.algorithm.model}) both use {HVAE!r}, whose latents only identical "
                     "architectures share; exchange 'x' (images) between different models")
         for t in schedule.topologies:
             try:
@@ -268,8 +277,14 @@ class GameHooks(RunHooks):
 
     def prepare(self, data_root: Path, log: Callable) -> None:
         # Fails with one clear line when the data set is missing, before any process starts.
-        epochs = max(p.algorithm.evaluator_epochs for p in self.scenario.players)
-        prepare_evaluator(self.scenario.data, data_root, epochs, log)
+        # Only players of binary images are scored by the evaluator CNN; joint players by
+        # their own classifier's test accuracy.
+        binary = self._binary_players()
+        if binary:
+            epochs = max(p.algorithm.evaluator_epochs for p in binary)
+            prepare_evaluator(self.scenario.data, data_root, epochs, log)
+        else:
+            load_split(self.scenario.data, data_root, "test")
 
     def evaluate_run(self, run_dir: Path, data_root: Path, options: dict[str, Any],
                      log: Callable[[str], None]) -> dict[str, dict]:
@@ -287,8 +302,8 @@ class GameHooks(RunHooks):
                 raise ScenarioError(f"{path}: no checkpoint (run with algorithm.checkpoint = true)")
             ctx = PeerContext(i, sc, player, schedule, Path(data_root))
             peer = SyntheticGame(ctx)
-            peer.model.load_state_dict(torch.load(path, map_location=peer.device,
-                                                  weights_only=True))
+            peer.player.load_state_dict(torch.load(path, map_location=peer.device,
+                                                   weights_only=True))
             n = options.get("samples") or player.algorithm.eval_samples
             log(f"peer {i}: evaluating {n} samples")
             out[str(i)], _ = peer.final_metrics(n, options.get("inception"))
@@ -304,7 +319,7 @@ INFO = AlgorithmInfo(
     name="game",
     config=GameConfig,
     data=ImageDataSpec,
-    spaces={SPACE: "samples", IMAGES: "samples"},
+    spaces={HVAE: "samples", IMAGES: "samples", PAIRS: "samples"},
     default_spaces=default_spaces,
     schemas=schemas,
     learnable=learnable,

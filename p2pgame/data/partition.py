@@ -209,7 +209,8 @@ def make_partition(
 
     ``{"kind": "classes", "classes": [[0, 1], [2, 3]]}``, ``{"kind": "k_classes", "k": 2}``,
     ``{"kind": "dirichlet", "beta": 0.5}`` (optional ``min_size``) or ``{"kind": "iid"}``;
-    each may add ``per_peer`` to keep at most that many images per peer (a random subset).
+    each may add ``per_class`` to keep at most that many images of each class per peer and
+    ``per_peer`` to keep at most that many images per peer (random subsets, in that order).
     Raises ValueError naming the bad key and what is allowed.
     """
     if not isinstance(spec, dict):
@@ -219,7 +220,7 @@ def make_partition(
         got = "missing" if "kind" not in spec else f"got {kind!r}"
         raise ValueError(f"'kind' must be one of {sorted(PARTITION_KINDS)}, {got}")
     required, optional = PARTITION_KINDS[kind]
-    allowed = sorted({"kind", "per_peer", *required, *optional})
+    allowed = sorted({"kind", "per_peer", "per_class", *required, *optional})
     extra = sorted(str(k) for k in spec if k not in allowed)
     if extra:
         raise ValueError(f"kind {kind!r} does not take key(s) {extra}; allowed: {allowed}")
@@ -227,6 +228,7 @@ def make_partition(
     if missing:
         raise ValueError(f"kind {kind!r} needs key(s) {missing}")
     per_peer = _positive_int(spec, "per_peer") if "per_peer" in spec else None
+    per_class = _positive_int(spec, "per_class") if "per_class" in spec else None
     if isinstance(n_peers, bool) or not isinstance(n_peers, numbers.Integral) or n_peers < 1:
         raise ValueError(f"n_peers must be a positive integer, got {n_peers!r}")
 
@@ -240,6 +242,11 @@ def make_partition(
     else:
         parts = iid(labels, n_peers, rng)
 
+    if per_class is not None:
+        y = _labels(labels)
+        parts = [np.sort(np.concatenate([np.zeros(0, np.int64)] + [
+            rng.choice(q, size=per_class, replace=False) if len(q) > per_class else q
+            for q in (p[y[p] == c] for c in np.unique(y[p]))])) for p in parts]
     if per_peer is not None:
         parts = [
             np.sort(rng.choice(p, size=per_peer, replace=False)) if len(p) > per_peer else p

@@ -12,6 +12,7 @@ from typing import Any
 
 from p2pgame.models.dcgan import GAN, GAN_CONV_CONFIG, GAN_MLP_CONFIG, DCGANConfig
 from p2pgame.models.hvae import CONV_CONFIG, HVAE, MLP_CONFIG, HVAEConfig, SymmetricLearner
+from p2pgame.models.joint import JointConfig, JointCX, JointLearner
 from p2pgame.models.vae import ConvVAE, ConvVAEConfig, VAELearner
 
 
@@ -49,12 +50,20 @@ def _vae_factory(*, seed: int | None = None, lr_p: float | None = None,
     return ConvVAE(ConvVAEConfig(**overrides), seed=seed)
 
 
+def _joint_factory(*, seed: int | None = None, lr_p: float | None = None,
+                   lr_q: float | None = None, **overrides: Any) -> JointCX:
+    if lr_p is not None:
+        overrides["lr"] = lr_p
+    return JointCX(JointConfig(**overrides), seed=seed)
+
+
 MODELS: dict[str, Callable[..., Any]] = {
     "hvae-mlp": _hvae_factory(MLP_CONFIG),
     "hvae-conv": _hvae_factory(CONV_CONFIG),
     "dcgan-mlp": _gan_factory(GAN_MLP_CONFIG),
     "dcgan-conv": _gan_factory(GAN_CONV_CONFIG),
     "vae-conv": _vae_factory,
+    "joint-cx": _joint_factory,
 }
 
 
@@ -75,5 +84,6 @@ def make_model(name: str, **overrides: Any) -> Any:
     return factory(**overrides)
 
 
-__all__ = ["HVAE_CONFIGS", "MODELS", "make_model", "ConvVAE", "ConvVAEConfig", "VAELearner", "HVAE", "HVAEConfig", "SymmetricLearner", "GAN",
-           "DCGANConfig"]
+__all__ = ["HVAE_CONFIGS", "MODELS", "make_model", "ConvVAE", "ConvVAEConfig", "VAELearner",
+           "HVAE", "HVAEConfig", "SymmetricLearner", "GAN", "DCGANConfig", "JointConfig",
+           "JointCX", "JointLearner"]

@@ -423,12 +423,15 @@ class HVAE(nn.Module):
         return z0, z1
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Ancestral sample of ``n`` fully observed tuples; all fields are bool tensors."""
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               mean: bool = False) -> dict[str, torch.Tensor]:
+        """Ancestral sample of ``n`` fully observed tuples; all fields are bool tensors.
+        ``mean=True``: ``x`` is the decoder's mean thresholded at 0.5, not a Bernoulli draw."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         z0, z1 = self._sample_z(n, generator)
-        x = _bernoulli(self.p_x_logits(z0, z1), generator)
+        logits = self.p_x_logits(z0, z1)
+        x = logits > 0 if mean else _bernoulli(logits, generator)
         return {"z0": z0, "z1": z1, "x": x}
 
     @torch.no_grad()

@@ -80,10 +80,14 @@ class ConvVAE(nn.Module):
         return torch.randn((n, self.config.latent), generator=generator, device=self.device)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """``n`` binary images ``x ~ p(x|z)``, ``z ~ N(0, I)``: bool ``[n, 1, 28, 28]``."""
-        probs = torch.sigmoid(self.logits(self._z(n, generator)))
-        return {"x": torch.bernoulli(probs, generator=generator).bool()}
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               mean: bool = False) -> dict[str, torch.Tensor]:
+        """``n`` binary images ``x ~ p(x|z)``, ``z ~ N(0, I)``: bool ``[n, 1, 28, 28]``.
+        ``mean=True``: the decoder's mean thresholded at 0.5 instead of a Bernoulli draw."""
+        logits = self.logits(self._z(n, generator))
+        if mean:
+            return {"x": logits > 0}
+        return {"x": torch.bernoulli(torch.sigmoid(logits), generator=generator).bool()}
 
     @torch.no_grad()
     def sample_means(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -59,7 +59,34 @@ panels = [["ne_max_abs"]]
     assert len(points) == 5 and all(Path(p["run_dir"]).is_dir() for p in points if "run_dir" in p)
 
 
+def test_sweep_over_scenario_files_plots_one_panel_per_peer(tmp_path, base, capsys) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text(base.read_text().replace("steps = 30", "steps = 20"))
+    spec = _sweep(tmp_path, """
+name = "files"
+metrics = ["ne_max_abs", "steps"]
+[grid]
+scenario = ["base.toml", "other.toml"]
+"comm.samples_per_message" = [8, 32]
+[plot]
+x = "comm.samples_per_message"
+series = "scenario"
+per_peer = "ne_max_abs"
+""")
+    assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    sweep_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].split("results: ")[1])
+    rows = list(csv.DictReader((sweep_dir / "sweep.csv").open()))
+    # Each file ran with its own settings; the scenario is a column of the table.
+    assert [(r["scenario"], float(r["steps"])) for r in rows] == [
+        ("base.toml", 30.0), ("base.toml", 30.0), ("other.toml", 20.0), ("other.toml", 20.0)]
+    assert (sweep_dir / "sweep.png").is_file()
+
+
 @pytest.mark.parametrize("body, match", [
+    ('[grid]\nscenario = ["missing.toml"]', "missing.toml not found"),
+    ('[grid]\n"steps" = [1]', "'scenario'"),
+    ('scenario = "base.toml"\n[grid]\n"steps" = [5]\n[plot]\nx = "steps"\nseries = "z"',
+     "plot.series"),
     ('scenario = "base.toml"\nbogus = 1\n[grid]\n"steps" = [1]', "unknown key 'bogus'"),
     ('scenario = "base.toml"\n[grid]\n"steps" = []', "empty range"),
     ('scenario = "base.toml"\n[grid]\n"comm.nope" = [1]', "nope"),

@@ -176,7 +176,7 @@ def test_make_partition_per_peer_cap_is_random_subset() -> None:
         ({"kind": "iid", "per_peer": 0}, "'per_peer' must be a positive integer"),
         (
             {"kind": "iid", "k": 2},
-            r"does not take key\(s\) \['k'\]; allowed: \['kind', 'per_peer'\]",
+            r"does not take key\(s\) \['k'\]; allowed: \['kind', 'per_class', 'per_peer'\]",
         ),
         ({"kind": "classes", "classes": [[0]]}, "1 class sets but there are 2 peers"),
         ({"kind": "classes", "classes": "01"}, "list of lists"),
@@ -220,3 +220,16 @@ def test_salt_and_pepper_flip_rate_and_seed() -> None:
     assert torch.equal(salt_and_pepper(x, 1.0, g), ~x)
     with pytest.raises(ValueError):
         salt_and_pepper(x, 1.5, g)
+
+
+def test_make_partition_per_class_cap_keeps_disjoint_balanced_subsets() -> None:
+    y = np.repeat(np.arange(4), 50)
+    parts = make_partition({"kind": "iid", "per_class": 5}, y, 3, np.random.default_rng(0))
+    for p in parts:
+        assert np.bincount(y[p], minlength=4).tolist() == [5, 5, 5, 5]
+    assert len(set(np.concatenate(parts).tolist())) == 60  # disjoint
+    few = make_partition({"kind": "classes", "classes": [[0], [1]], "per_class": 100}, y, 2,
+                         np.random.default_rng(0))
+    assert [len(p) for p in few] == [50, 50]  # a cap above what a peer has changes nothing
+    with pytest.raises(ValueError, match="per_class"):
+        make_partition({"kind": "iid", "per_class": 0}, y, 2, np.random.default_rng(0))

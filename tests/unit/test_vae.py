@@ -49,3 +49,10 @@ def test_game_lr_sets_the_vae_learning_rate() -> None:
     assert make_model("vae-conv", lr_p=0.01, lr_q=0.01).config.lr == 0.01
     with pytest.raises(ValueError):
         ConvVAEConfig(lr=0.0)
+
+
+def test_mean_samples_are_the_thresholded_decoder_means() -> None:
+    m = ConvVAE(seed=0)
+    x = m.sample(6, torch.Generator().manual_seed(2), mean=True)["x"]
+    means = m.sample_means(6, torch.Generator().manual_seed(2))
+    assert x.dtype == torch.bool and torch.equal(x, means > 0.5)
