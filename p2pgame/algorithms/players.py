@@ -47,7 +47,6 @@ class Player:
     """One learner family as a player of the game (see the module docstring)."""
 
     family: ClassVar[str] = ""
-    heavy_metric: ClassVar[str] = ""  # the loss reported per step
     # (summary key of the model's class histogram, key of its distance to the equilibrium)
     class_mass_keys: ClassVar[tuple[str, str] | None] = None
 
@@ -274,12 +273,15 @@ class JointPlayer(Player):
         labelled = [(r.tensors["c"].to(dev).long(), r.tensors["x"].to(dev).float())
                     for r in received if r.space == PAIRS]
         unlabelled = [r.tensors["x"].to(dev).float() for r in received if r.space == IMAGES]
-        for space, parts in ((PAIRS, labelled), (IMAGES, unlabelled)):
-            if parts:  # latents (and for images the label) come from our own model
-                self.count(space, sum(len(p[1] if space == PAIRS else p) for p in parts))
+        n_pairs = sum(len(c) for c, _ in labelled)
+        n_images = sum(len(x) for x in unlabelled)
+        # Our own model completes the latents of pairs, and the label and latents of images.
+        if n_pairs:
+            self.count(PAIRS, n_pairs)
+        if n_images:
+            self.count(IMAGES, n_images)
         out = self.learner.step(self.labels[idx], x, labelled, unlabelled, self.gen)
-        out["n_synthetic"] = float(sum(len(x) for _, x in labelled)
-                                   + sum(len(x) for x in unlabelled))
+        out["n_synthetic"] = float(n_pairs + n_images)
         return out
 
     # -- evaluation --------------------------------------------------------------------
