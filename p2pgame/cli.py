@@ -65,8 +65,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if out.exists():  # keep the end-of-run evaluation; write the re-evaluation beside it
         out = run_dir / "evaluation-rerun.json"
     out.write_text(json.dumps(peers, indent=1))
-    cols = [c for c in ("fid_all", "fid_own", "fid_other", "fid_inception", "unseen_mass",
-                        "tv_to_ne") if any(c in m for m in peers.values())]
+    cols = [c for c in (*hooks.table_columns, "fid_inception")
+            if any(c in m for m in peers.values())]
     print(_table({"peers": peers}, cols))
     print(f"results: {out}")
     return 0

@@ -82,6 +82,9 @@ class Algorithm:
     """Peer side.  Subclasses learn from what arrives and say what to publish."""
 
     heavy: bool = False  # True: steps run in a worker thread, off the event loop
+    # >0: the runtime also writes a metrics line (and calls probe) every probe_every steps,
+    # besides its own metrics interval, so evaluations over time land where they were asked.
+    probe_every: int = 0
 
     def __init__(self, ctx: PeerContext) -> None:
         self.ctx = ctx

@@ -143,6 +143,7 @@ class SyntheticGame(Algorithm):
         self.torch = torch
         self.device = torch.device(ctx.device)
         self.player = player_class(self.config)(self.config, ctx, self.device)
+        self.probe_every = self.config.eval_every
         self.schemas = schemas(self.config)
         self.learns = ctx.player.learns
         # Most informative first: a neighbour's tuples (or pairs) before its bare images.

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p2pgame.models.seeding import seeded
+
 __all__ = [
     "HVAEConfig",
     "HVAE",
@@ -321,12 +323,8 @@ class HVAE(nn.Module):
     def __init__(self, config: HVAEConfig | None = None, *, seed: int | None = None) -> None:
         super().__init__()
         self.config = cfg = config if config is not None else MLP_CONFIG
-        if seed is None:
+        with seeded(seed):
             self._build(cfg)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self._build(cfg)
 
     def _build(self, cfg: HVAEConfig) -> None:
         act = _ACTIVATIONS[cfg.activation]

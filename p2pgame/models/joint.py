@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p2pgame.models.seeding import seeded
+
 # The paper's capacity ladder, weakest to strongest: (nz0, nz1, convolution width).
 CAPACITIES: dict[int, tuple[int, int, int]] = {1: (4, 8, 2), 2: (8, 16, 4), 3: (12, 24, 8),
                                                 4: (16, 32, 16)}
@@ -78,12 +80,8 @@ class JointCX(nn.Module):
     def __init__(self, config: JointConfig | None = None, *, seed: int | None = None) -> None:
         super().__init__()
         self.config = cfg = config or JointConfig()
-        if seed is None:
+        with seeded(seed):
             self._build(cfg)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self._build(cfg)
 
     def _build(self, cfg: JointConfig) -> None:
         nz0, nz1, w = cfg.sizes

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p2pgame.models.seeding import seeded
+
 
 @dataclass(frozen=True)
 class ConvVAEConfig:
@@ -40,12 +42,8 @@ class ConvVAE(nn.Module):
     def __init__(self, config: ConvVAEConfig | None = None, *, seed: int | None = None) -> None:
         super().__init__()
         self.config = cfg = config or ConvVAEConfig()
-        if seed is None:
+        with seeded(seed):
             self._build(cfg)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self._build(cfg)
 
     def _build(self, cfg: ConvVAEConfig) -> None:
         c1, c2 = cfg.channels

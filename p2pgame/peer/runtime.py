@@ -238,7 +238,9 @@ class PeerRuntime:
             out = await self._call(self.algorithm.train_step, step, self.delivery.inbox, top)
             self.timers["train"] += time.perf_counter() - t0
             self.steps_done = step + 1
-            if step % every == 0 or step == steps - 1:
+            probe_every = self.algorithm.probe_every
+            if (step % every == 0 or step == steps - 1
+                    or (probe_every and step % probe_every == 0)):
                 line = {"step": step, "t": round(time.monotonic() - t_start, 4), **out}
                 line.update(await self._call(self.algorithm.probe, step))
                 line["bytes_sent"] = self.traffic.sent.totals()["bytes"]

@@ -53,7 +53,7 @@ learn_prior = true
 prior_lr = 0.03
 batch = 128
 checkpoint = false
-eval_every = 100
+eval_every = 75  # not a multiple of the metrics interval (2): probed all the same
 eval_samples_during = 50
 
 [[peers]]
@@ -85,6 +85,13 @@ def test_learnt_priors_meet_the_equilibrium_histogram(ring_run) -> None:
         # Received pairs are examples with their latents completed by our own encoder.
         assert p["completed"] == {"cx": 200 * 64}
         assert 0 <= p["accuracy"] <= 1
+
+
+def test_evaluations_over_time_land_on_eval_every(ring_run) -> None:
+    lines = [json.loads(x) for x in
+             (ring_run.run_dir / "metrics" / "peer-0.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines if "accuracy" in ln] == [75, 150]
+    assert all(len(ln["prior"]) == 10 for ln in lines if "accuracy" in ln)
 
 
 def test_summary_table_and_grid(ring_run) -> None:
