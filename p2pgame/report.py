@@ -17,14 +17,16 @@ from p2pgame.sweep import mean_finite
 
 # Per-step series worth plotting when present in the metrics, with their axis label.
 SERIES = {
-    "loss": (["p_loss", "q_loss", "d_loss", "g_loss", "ne_max_abs"], "loss / distance"),
+    "loss": (["p_loss", "q_loss", "d_loss", "g_loss", "cls_loss", "ne_max_abs"],
+             "loss / distance"),
     "fid": (["fid_all"], "classifier-FID"),
+    "accuracy": (["accuracy"], "test accuracy"),
     "bytes": (["bytes_sent"], "bytes sent"),
     "disagreement": (["disagreement"], "disagreement"),
 }
 TABLE_KEYS = ("steps", "steps_per_s", "bytes_sent", "bytes_received", "messages_dropped",
               "messages_rejected", "staleness_mean", "ne_max_abs", "fid_all", "fid_own",
-              "fid_other", "unseen_mass", "tv_to_ne")
+              "fid_other", "unseen_mass", "tv_to_ne", "accuracy", "tv_prior_to_ne")
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -89,15 +91,19 @@ def _series_plot(runs: list[dict], keys: list[str], ylabel: str, path: Path) -> 
 
 
 def _class_mass_plot(run: dict, path: Path) -> bool:
-    peers = {p: s for p, s in run["summary"]["peers"].items() if s.get("class_mass")}
+    """Each peer's class histogram (of generated images, or its learnt p(c)) and the
+    equilibrium's."""
+    peers = {p: s for p, s in run["summary"]["peers"].items()
+             if s.get("class_mass") or s.get("prior")}
     if not peers:
         return False
     plt = _plt()
     fig, axes = plt.subplots(1, len(peers), figsize=(3.2 * len(peers), 3), squeeze=False)
     for ax, (p, s) in zip(axes[0], peers.items(), strict=True):
-        mass = s["class_mass"]
+        key = "class_mass" if s.get("class_mass") else "prior"
+        mass = s[key]
         xs = range(len(mass))
-        ax.bar(xs, mass, color="C0", label="generated")
+        ax.bar(xs, mass, color="C0", label="generated" if key == "class_mass" else "learnt p(c)")
         if s.get("ne_class_mass"):
             ax.plot(xs, s["ne_class_mass"], "k_", ms=14, mew=2, label="equilibrium")
         ax.set_title(f"peer {p} (own {s.get('own_classes')})", fontsize=8)

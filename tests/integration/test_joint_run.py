@@ -94,12 +94,19 @@ def test_evaluations_over_time_land_on_eval_every(ring_run) -> None:
     assert all(len(ln["prior"]) == 10 for ln in lines if "accuracy" in ln)
 
 
-def test_summary_table_and_grid(ring_run) -> None:
+def test_summary_table_grid_and_report(ring_run) -> None:
+    from p2pgame.report import write_report
+
     s = ring_run.summary
     assert {"accuracy", "tv_prior_to_ne"} <= set(s["table_columns"])
     assert (ring_run.run_dir / "samples" / "peer-3.png").is_file()
     ev = json.loads((ring_run.run_dir / "evaluation.json").read_text())
     assert set(ev["0"]) >= {"accuracy", "prior", "tv_prior_to_ne"}
+    report = write_report([ring_run.run_dir])
+    assert "| accuracy | tv_prior_to_ne |" in report.read_text()
+    # The learnt p(c) against the equilibrium, per peer; accuracy over time.
+    assert (report.parent / "class-mass-0.png").is_file()
+    assert (report.parent / "accuracy.png").is_file()
 
 
 SPACES = RING.replace("steps = 200", "steps = 4").replace("""[[peers]]
