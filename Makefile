@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/p2pgame data fetch mnist --root $(DATA)
-	$(BIN)/p2pgame run topologies/mnist-2peers.toml --data $(DATA) --out $(RUNS)
+	$(BIN)/p2pgame run topologies/mnist-demo.toml --data $(DATA) --out $(RUNS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
