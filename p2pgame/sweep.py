@@ -145,8 +145,8 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
     if unknown:
         raise ScenarioError(f"{where}: plot: unknown key {unknown[0]!r}; allowed: "
                             f"{', '.join(PLOT_KEYS)}")
-    for key in ("x", "series"):
-        if (plot and key == "x" or key in plot) and plot.get(key) not in grid:
+    for key in ("x", "series") if plot else ():
+        if (key == "x" or key in plot) and plot.get(key) not in grid:
             raise ScenarioError(f"{where}: plot.{key} must be one of the grid keys: "
                                 f"{', '.join(keys)}")
     metrics = _strings(raw.get("metrics", list(DEFAULT_METRICS)), f"{where}: metrics")
@@ -283,8 +283,8 @@ def _plot_per_peer(sweep_dir: Path, spec: SweepSpec, records: list[dict], plt) -
         for k, name in enumerate(names):
             rows = sorted((r for r in grid if not series or r["values"][series] == name),
                           key=lambda r: r["values"][x])
-            pts = [(r["values"][x], r["peers"][peer].get(metric)) for r in rows
-                   if peer in r["peers"] and isinstance(r["peers"][peer].get(metric), float)]
+            pts = [(r["values"][x], v) for r in rows
+                   if (v := mean_finite([r["peers"].get(peer, {}).get(metric)])) is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), "o-", color=f"C{k}",
                         label=_series_name(name) if series else metric)

@@ -321,7 +321,7 @@ class JointPlayer(Player):
         return out
 
 
-FAMILIES: dict[str, type[Player]] = {"hvae": HVAEPlayer, "vae": VAEPlayer, "joint": JointPlayer}
+FAMILIES: dict[str, type[Player]] = {c.family: c for c in (HVAEPlayer, VAEPlayer, JointPlayer)}
 
 
 def family(model: str) -> type[Player]:

@@ -11,6 +11,7 @@ from p2pgame.models import MODELS, make_model
 from p2pgame.models.hvae import (
     CONV_SPATIAL_SIZES,
     HVAE,
+    MLP_CONFIG,
     HVAEConfig,
     SymmetricLearner,
 )
@@ -330,3 +331,11 @@ def test_runs_on_cuda():
     # a CPU generator also works with a CUDA model
     out = learner.step(x, {k: v.cpu() for k, v in syn.items()}, torch.Generator().manual_seed(1))
     assert math.isfinite(out["q_loss"])
+
+
+def test_mean_samples_keep_the_latents_and_threshold_the_decoder_mean():
+    model = HVAE(MLP_CONFIG, seed=0)
+    drawn = model.sample(6, torch.Generator().manual_seed(3), mean=True)
+    means = model.sample_means(6, torch.Generator().manual_seed(3))
+    assert drawn["x"].dtype == torch.bool and torch.equal(drawn["x"], means > 0.5)
+    assert drawn["z0"].shape == (6, MLP_CONFIG.nz0) and drawn["z1"].shape == (6, MLP_CONFIG.nz1)
