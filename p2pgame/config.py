@@ -220,6 +220,10 @@ class TopologySpec:
         return self.graphs[0]
 
 
+BUFFER_POLICIES = ("tail", "oldest")
+JITTER_DISTS = ("uniform", "exponential", "lognormal")
+
+
 @dataclass(frozen=True)
 class LinkSpec:
     """Link emulation for one directed edge (or the scenario-wide default)."""
@@ -230,6 +234,19 @@ class LinkSpec:
     drop: float = 0.0
     bandwidth: float = 0.0  # bytes per second; 0 = unlimited
     burst: float = 0.0  # token bucket size in bytes; 0 = one message
+    # The bottleneck's queue (only with a bandwidth cap): bytes and messages waiting behind
+    # the one being transmitted.  buffer_bytes = 0: one second of the cap; buffer_messages
+    # = 0: no limit on the count.  A full buffer drops the arrival ("tail") or the oldest
+    # waiting message ("oldest").
+    buffer_bytes: float = 0.0
+    buffer_messages: int = 0
+    buffer_policy: str = "tail"
+    # The random part of the latency, added to latency_ms: U[0, jitter_ms) ("uniform"),
+    # exponential with mean jitter_ms, or log-normal with median jitter_ms and shape
+    # jitter_sigma.
+    jitter_dist: str = "uniform"
+    jitter_sigma: float = 1.0
+    reorder: bool = False  # True: each message leaves after its own latency (may overtake)
 
     def __post_init__(self) -> None:
         at_least(self.delay_steps, 0, "delay_steps")
@@ -239,6 +256,20 @@ class LinkSpec:
             raise ScenarioError(f"drop = {self.drop} must lie in [0, 1)")
         at_least(self.bandwidth, 0.0, "bandwidth")
         at_least(self.burst, 0.0, "burst")
+        at_least(self.buffer_bytes, 0.0, "buffer_bytes")
+        at_least(self.buffer_messages, 0, "buffer_messages")
+        one_of(self.buffer_policy, BUFFER_POLICIES, "buffer_policy")
+        one_of(self.jitter_dist, JITTER_DISTS, "jitter_dist")
+        at_least(self.jitter_sigma, 0.0, "jitter_sigma", strict=True)
+        if not isinstance(self.reorder, bool):
+            raise ScenarioError(f"reorder = {self.reorder!r} must be true or false")
+
+    @property
+    def buffer_limit_bytes(self) -> float:
+        """The waiting queue's byte limit in effect (inf: none)."""
+        if self.buffer_bytes > 0:
+            return self.buffer_bytes
+        return self.bandwidth if self.bandwidth > 0 else float("inf")
 
     @property
     def is_ideal(self) -> bool:
@@ -291,6 +322,38 @@ class CommSpec:
 BACKENDS = ("local",)
 
 
+PACE_DISTS = ("constant", "uniform", "exponential")
+
+
+@dataclass(frozen=True)
+class PaceSpec:
+    """How fast a peer steps, independent of the machine: stragglers on purpose.
+
+    After each training step the peer sleeps ``(1/speed - 1)`` times the step's
+    compute time plus a drawn delay: ``step_delay_ms`` ("constant"), U[0, 2 x
+    step_delay_ms) ("uniform") or exponential with that mean ("exponential"),
+    from the peer's own seeded stream.  Receiving goes on while it sleeps.
+    """
+
+    speed: float = 1.0  # 0.1: every step takes 10x its compute time
+    step_delay_ms: float = 0.0
+    step_delay_dist: str = "constant"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.speed <= 1:
+            raise ScenarioError(f"speed = {self.speed!r} must lie in (0, 1] "
+                                "(a slow-down: 0.1 is ten times slower)")
+        at_least(self.step_delay_ms, 0.0, "step_delay_ms")
+        one_of(self.step_delay_dist, PACE_DISTS, "step_delay_dist")
+
+    @property
+    def is_natural(self) -> bool:
+        return self.speed == 1 and self.step_delay_ms == 0
+
+
+PACE_KEYS = tuple(f.name for f in dataclasses.fields(PaceSpec))
+
+
 @dataclass(frozen=True)
 class RuntimeSpec:
     threads_per_peer: int = 0  # 0 = cores // peers, at least 1
@@ -299,6 +362,7 @@ class RuntimeSpec:
     metrics_every: int = 0  # 0 = about 100 lines per run
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
+    pace: PaceSpec = PaceSpec()  # in a scenario file its keys sit in [runtime]
 
     def __post_init__(self) -> None:
         at_least(self.threads_per_peer, 0, "threads_per_peer")
@@ -320,6 +384,7 @@ class PlayerSpec:
     algorithm: Any
     publishes: tuple[str, ...] = ()
     learns: tuple[str, ...] = ()
+    pace: PaceSpec = PaceSpec()
 
 
 @dataclass(frozen=True)

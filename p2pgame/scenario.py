@@ -17,6 +17,7 @@ the resolver nests them (``TopologySpec.graphs``, ``CommSpec.link``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tomllib
 import typing
 from pathlib import Path
@@ -27,10 +28,12 @@ from p2pgame.bus.topics import TopicError, check_space_names
 from p2pgame.config import (
     GRAPH_KEYS,
     LINK_KEYS,
+    PACE_KEYS,
     CommSpec,
     EdgeLinkSpec,
     GraphSpec,
     LinkSpec,
+    PaceSpec,
     PlayerSpec,
     RuntimeSpec,
     Scenario,
@@ -45,7 +48,7 @@ from p2pgame.topology import Schedule, build_schedule
 TOP_KEYS = ("name", "seed", "steps", "topology", "comm", "algorithm", "data", "runtime", "peers")
 TOPOLOGY_KEYS = ("n", *GRAPH_KEYS, "weights", "self_weight", "matrix", "schedule", "redraw_every")
 COMM_KEYS = tuple(k for k in CommSpec.__dataclass_fields__ if k not in ("link",)) + LINK_KEYS
-PEER_KEYS = ("ids", "publishes", "learns", "algorithm")
+PEER_KEYS = ("ids", "publishes", "learns", "algorithm", "runtime")
 
 
 # --------------------------------------------------------------------------- raw files
@@ -165,8 +168,22 @@ def _spaces(value: Any, where: str, info: AlgorithmInfo) -> tuple[str, ...]:
     return names
 
 
-def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo) -> tuple:
-    """One PlayerSpec per peer: the [algorithm] defaults, then each [[peers]] group's settings."""
+RUNTIME_KEYS = tuple(k for k in RuntimeSpec.__dataclass_fields__ if k != "pace") + PACE_KEYS
+
+
+def resolve_runtime(table: Any) -> RuntimeSpec:
+    """[runtime]: the pace keys (a peer's default speed) sit flat in it, like [comm]'s links."""
+    table = _table(table, "runtime", RUNTIME_KEYS)
+    pace = build(PaceSpec, {k: table[k] for k in PACE_KEYS if k in table}, "runtime")
+    rest = {k: v for k, v in table.items() if k not in PACE_KEYS}
+    return dataclasses.replace(build(RuntimeSpec, rest, "runtime"), pace=pace)
+
+
+def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo,
+                    pace: PaceSpec | None = None) -> tuple:
+    """One PlayerSpec per peer: the [algorithm] defaults, then each [[peers]] group's settings
+    (its ``runtime`` table may set the pace keys: a straggler)."""
+    pace = pace or PaceSpec()
     base = build(info.config, table, "algorithm")
     pub, learn = info.default_spaces(base)
     players: dict[int, PlayerSpec] = {}
@@ -185,6 +202,9 @@ def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo) ->
         overrides = _table(group.get("algorithm", {}), f"{where}.algorithm",
                            tuple(info.config.__dataclass_fields__))
         cfg = build(info.config, {**table, **overrides}, f"{where}.algorithm")
+        own_pace = _table(group.get("runtime", {}), f"{where}.runtime", PACE_KEYS)
+        group_pace = build(PaceSpec, {**dataclasses.asdict(pace), **own_pace},
+                           f"{where}.runtime")
         d_pub, d_learn = info.default_spaces(cfg)
         publishes = _spaces(group.get("publishes", d_pub), f"{where}.publishes", info)
         learns = _spaces(group.get("learns", d_learn), f"{where}.learns", info)
@@ -193,8 +213,8 @@ def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo) ->
                 raise ScenarioError(f"{where}.ids: {i} is not a peer id in 0..{n - 1}")
             if i in players:
                 raise ScenarioError(f"{where}.ids: peer {i} is already set by an earlier group")
-            players[i] = PlayerSpec(i, cfg, publishes, learns)
-    return base, tuple(players.get(i, PlayerSpec(i, base, pub, learn)) for i in range(n))
+            players[i] = PlayerSpec(i, cfg, publishes, learns, group_pace)
+    return base, tuple(players.get(i, PlayerSpec(i, base, pub, learn, pace)) for i in range(n))
 
 
 # --------------------------------------------------------------------------- checks
@@ -294,7 +314,8 @@ def resolve(raw: dict, source: str = "<scenario>") -> Scenario:
                 f"algorithm.name is required; allowed: {', '.join(sorted(ALGORITHMS))}")
         info = get_algorithm(name)
         table = {k: v for k, v in algo.items() if k != "name"}
-        base, players = resolve_players(raw.get("peers", ()), table, n, info)
+        runtime = resolve_runtime(raw.get("runtime", {}))
+        base, players = resolve_players(raw.get("peers", ()), table, n, info, runtime.pace)
         if info.data is None:
             if "data" in raw:
                 raise ScenarioError(f"data: algorithm {name!r} takes no [data] section")
@@ -308,7 +329,7 @@ def resolve(raw: dict, source: str = "<scenario>") -> Scenario:
             players=players,
             comm=resolve_comm(raw.get("comm", {}), n),
             data=data,
-            runtime=build(RuntimeSpec, raw.get("runtime", {}), "runtime"),
+            runtime=runtime,
             **kwargs,
         )
         # Deeper checks that need several sections at once.

@@ -58,6 +58,10 @@ class Inbox:
     def __init__(self) -> None:
         self.latest: dict[tuple[int, str], Envelope] = {}
         self.staleness: Counter[int] = Counter()
+        # Per sender: how many of its messages a step used (each counted once, however
+        # often it was reused); messages replaced before any step took them are not.
+        self.used: Counter[int] = Counter()
+        self._counted: dict[tuple[int, str], int] = {}
 
     def put(self, env: Envelope) -> None:
         key = (env.sender, env.space)
@@ -70,6 +74,9 @@ class Inbox:
         env = self.latest.get((sender, space))
         if env is not None:
             self.staleness[step - env.step] += 1  # negative: the sender is ahead of us
+            if self._counted.get((sender, space)) != env.step:
+                self._counted[(sender, space)] = env.step
+                self.used[sender] += 1
         return env
 
     def staleness_summary(self) -> tuple[float, dict[str, int]]:

@@ -22,6 +22,7 @@ Pure numpy: these peers never import torch, so many of them fit on one machine.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,9 +37,9 @@ from p2pgame.algorithms.base import (
     config_error,
 )
 from p2pgame.algorithms.equilibrium import solve_equilibrium
-from p2pgame.config import Scenario
+from p2pgame.config import Scenario, ScenarioError
 from p2pgame.rng import generator
-from p2pgame.topology import Schedule, Topology
+from p2pgame.topology import Schedule, Topology, build_schedule
 
 FAMILIES = ("bernoulli", "gaussian")
 SPACES = {"x": "samples", "mu": "params"}
@@ -48,23 +49,53 @@ SPACES = {"x": "samples", "mu": "params"}
 class ExpFamConfig:
     family: str = "bernoulli"
     dim: int = 16
-    n_data: int = 2000  # size of each player's private data set
+    n_data: int = 2000  # size of each player's private data set (0: none, a relay)
     batch: int = 512  # examples per step (own share = a_ii * batch)
     lr: float = 0.2
     lr_end: float = 0.005  # learning rate reached at the last step
     decay_from: float = 0.3  # fraction of the run after which lr decays geometrically
     spread: float = 2.0  # how different the players' data distributions are
+    # The moments of the player's data, given instead of a drawn data set (its own share
+    # of every batch is then exact): d means for bernoulli, d means then d second moments
+    # for gaussian.
+    data_mean: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise config_error("family", f"{self.family!r} is not known; allowed: bernoulli, gaussian")
-        for key in ("dim", "n_data", "batch"):
+        for key in ("dim", "batch"):
             if getattr(self, key) < 1:
                 raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.n_data < 0:
+            raise config_error("n_data", f"must be >= 0 (0: no data), got {self.n_data}")
+        if self.data_mean:
+            self._check_data_mean()
         if not 0 < self.lr <= 1 or not 0 < self.lr_end <= 1:
             raise config_error("lr", "lr and lr_end must lie in (0, 1]")
         if not 0 <= self.decay_from <= 1:
             raise config_error("decay_from", "must lie in [0, 1]")
+
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.data_mean) or self.n_data > 0
+
+    def _check_data_mean(self) -> None:
+        m = np.asarray(self.data_mean, dtype=np.float64)
+        d = self.dim
+        want = d if self.family == "bernoulli" else 2 * d
+        if m.shape != (want,):
+            what = "d means" if self.family == "bernoulli" else "d means then d second moments"
+            raise config_error("data_mean", f"{len(m)} values for dim = {d} ({self.family}: "
+                                            f"{what}, {want} values)")
+        if not np.all(np.isfinite(m)):
+            raise config_error("data_mean", "values must be finite")
+        if self.family == "bernoulli" and ((m < 0) | (m > 1)).any():
+            raise config_error("data_mean", "bernoulli means must lie in [0, 1]")
+        if self.family == "gaussian" and (m[d:] < m[:d] ** 2).any():
+            k = int(np.argmax(m[d:] < m[:d] ** 2))
+            raise config_error("data_mean", f"second moment {k} ({m[d + k]}) is below its "
+                                            f"mean squared ({m[k] ** 2}): not a distribution")
 
 
 def schemas(cfg: ExpFamConfig) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
@@ -85,6 +116,16 @@ def make_data(cfg: ExpFamConfig, seed: int, peer: int) -> np.ndarray:
     return (mean + std * rng.standard_normal((cfg.n_data, cfg.dim))).astype(np.float32)
 
 
+def data_moments(cfg: ExpFamConfig, seed: int, peer: int) -> np.ndarray:
+    """The moments of a player's own data: given, drawn, or zeros for a player without data
+    (whose own weight the resolver insists is 0, so they never count)."""
+    if cfg.data_mean:
+        return np.asarray(cfg.data_mean, dtype=np.float64)
+    if cfg.n_data == 0:
+        return np.zeros(cfg.dim if cfg.family == "bernoulli" else 2 * cfg.dim)
+    return moments(cfg, make_data(cfg, seed, peer))
+
+
 def moments(cfg: ExpFamConfig, x: np.ndarray) -> np.ndarray:
     """Mean of the sufficient statistics over a batch."""
     x = x.astype(np.float64)
@@ -95,16 +136,22 @@ def moments(cfg: ExpFamConfig, x: np.ndarray) -> np.ndarray:
 
 def equilibrium(scenario: Scenario, topology: Topology) -> np.ndarray:
     """The analytic equilibrium mean parameters of all players (n x d)."""
-    m = np.stack([moments(p.algorithm, make_data(p.algorithm, scenario.seed, p.peer))
-                  for p in scenario.players])
-    return solve_equilibrium(topology.weights, m)
+    return solve_equilibrium(topology.weights, all_moments(scenario))
+
+
+def all_moments(scenario: Scenario) -> np.ndarray:
+    return np.stack([data_moments(p.algorithm, scenario.seed, p.peer) for p in scenario.players])
 
 
 class ExpFamPlayer(Algorithm):
     def __init__(self, ctx: PeerContext) -> None:
         super().__init__(ctx)
         cfg = self.config
-        self.data = make_data(cfg, ctx.scenario.seed, ctx.peer_id)
+        # Own data: drawn (sampled into batches), given as moments (exact), or none (a relay).
+        self.data = make_data(cfg, ctx.scenario.seed, ctx.peer_id) if (
+            cfg.n_data and not cfg.data_mean) else None
+        self.given = np.asarray(cfg.data_mean, dtype=np.float64) if cfg.data_mean else None
+        self.effective = np.zeros(ctx.scenario.n)  # lr-discounted weights actually applied
         self.data_rng = np.random.default_rng(ctx.seed("data-order"))
         self.sample_rng = np.random.default_rng(ctx.seed("sampling"))
         d = cfg.dim
@@ -164,11 +211,16 @@ class ExpFamPlayer(Algorithm):
         row = topology.row(me)
         # Weighted moments over the sources we hold; missing ones renormalise the rest.
         parts, weights = [], []
-        if row[me] > 0:
-            n_own = max(1, round(row[me] * cfg.batch))
-            idx = self.data_rng.integers(0, len(self.data), n_own)
-            parts.append(moments(cfg, self.data[idx]))
+        sources = []
+        if row[me] > 0 and (self.data is not None or self.given is not None):
+            if self.given is not None:
+                parts.append(self.given)
+            else:
+                n_own = max(1, round(row[me] * cfg.batch))
+                idx = self.data_rng.integers(0, len(self.data), n_own)
+                parts.append(moments(cfg, self.data[idx]))
             weights.append(row[me])
+            sources.append(me)
         for j, w in row.items():
             if j == me or w <= 0:
                 continue
@@ -177,26 +229,43 @@ class ExpFamPlayer(Algorithm):
                 continue
             parts.append(m)
             weights.append(w)
+            sources.append(j)
         if not parts:
             return {"lr": 0.0}
         w = np.asarray(weights) / np.sum(weights)
         phi = np.einsum("k,kd->d", w, np.stack(parts))
         lr = self.lr_at(step)
         self.mu = self.mu + lr * (phi - self.mu)
+        # The weights this step applied, discounted as the step itself is: mu is, to first
+        # order, this discounted average of what each source said (see ``finish``).
+        applied = np.zeros_like(self.effective)
+        applied[sources] = w
+        self.effective = (1 - lr) * self.effective + lr * applied
         return {"lr": lr, "coverage": float(np.sum(weights))}
 
     def probe(self, step: int) -> dict[str, Any]:
         return {"ne_max_abs": float(np.max(np.abs(self.mu - self.target)))}
 
     def finish(self) -> dict[str, Any]:
+        """Final metrics, and the row of weights the run effectively applied.
+
+        A step renormalises its row over the sources it holds (a neighbour not heard
+        from yet is left out); once anything has arrived from a neighbour, its freshest
+        message is reused, so drops and delays change staleness but not the weights.
+        ``effective_row`` is the weights applied, averaged with the discount of the
+        updates (``mu`` is a discounted sum of the steps' targets), normalised.
+        """
+        total = self.effective.sum()
+        row = self.effective / total if total > 0 else self.effective
         return {
             "ne_max_abs": float(np.max(np.abs(self.mu - self.target))),
             "mu": [round(float(v), 6) for v in self.mu],
+            "effective_row": [round(float(v), 9) for v in row],
         }
 
 
 class ExpFamHooks(RunHooks):
-    table_columns = ("ne_max_abs",)
+    table_columns = ("ne_max_abs", "ne_eff_max_abs")
 
     def validate(self, schedule: Schedule) -> None:
         players = self.scenario.players
@@ -212,6 +281,33 @@ class ExpFamHooks(RunHooks):
                 solve_equilibrium(t.weights, np.zeros((self.scenario.n, 1)))
             except ValueError as e:
                 raise config_error("name", f"expfam: {e}") from None
+            for p in players:
+                own = float(t.weights[p.peer, p.peer])
+                if not p.algorithm.has_data and own > 0:
+                    raise ScenarioError(
+                        f"peers: peer {p.peer} has no data (n_data = 0) but gives weight "
+                        f"{own:g} to it; a peer without data is a relay: give it self_weight 0 "
+                        "(topology.self_weight as a list, or weights = 'matrix')")
+
+    def after_run(self, run_dir: Path, summary: dict) -> None:
+        """The equilibrium the weights effectively applied predict, next to the ideal one."""
+        peers = summary.get("peers", {})
+        n = self.scenario.n
+        if sorted(peers) != sorted(str(i) for i in range(n)):
+            return
+        rows = np.array([peers[str(i)].get("effective_row", [0.0] * n) for i in range(n)])
+        summary["effective_weights"] = rows.round(9).tolist()
+        try:
+            predicted = solve_equilibrium(rows, all_moments(self.scenario))
+        except ValueError:  # some peer effectively saw no data: no unique prediction
+            return
+        final = equilibrium(self.scenario, build_schedule(
+            self.scenario.topology, self.scenario.steps, self.scenario.seed).final())
+        summary["ne_shift_max_abs"] = float(np.max(np.abs(predicted - final)))
+        for i in range(n):
+            mu = np.asarray(peers[str(i)]["mu"])
+            peers[str(i)]["ne_eff_max_abs"] = float(np.max(np.abs(mu - predicted[i])))
+            peers[str(i)]["predicted_mu"] = [round(float(v), 6) for v in predicted[i]]
 
 
 INFO = AlgorithmInfo(

@@ -41,9 +41,9 @@ from p2pgame.algorithms.players import (
     family,
 )
 from p2pgame.config import Scenario, ScenarioError, one_of
-from p2pgame.data.image import ImageDataSpec, class_histograms, load_split
+from p2pgame.data.image import ImageDataSpec, class_histograms, load_split, partition_indices
 from p2pgame.eval.images import prepare_evaluator
-from p2pgame.topology import Schedule, Topology
+from p2pgame.topology import Schedule, Topology, build_schedule
 
 EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
              "unseen_mass", "ne_class_mass", "ne_own_mass", "tv_to_ne", "own_classes",
@@ -151,6 +151,10 @@ class SyntheticGame(Algorithm):
         sc = ctx.scenario
         self.samples_per_message = sc.comm.samples_per_message or self.config.batch or (
             self.player.n_own)
+        # The share of each source in the batches (a neighbour not heard from yet is
+        # replaced by own data), summed over steps: the weights effectively applied.
+        self.shares = np.zeros(sc.n)
+        self.share_steps = 0
 
     # -- exchange ----------------------------------------------------------------------
     def publish(self, step: int) -> dict[str, dict[str, Any]]:
@@ -181,6 +185,7 @@ class SyntheticGame(Algorithm):
         total = self.config.batch or (n_local / row[me] if row[me] > 0 else n_local)
         n_own = n_local if whole else round(row[me] * total)
         received: list[Received] = []
+        counts = np.zeros(self.ctx.scenario.n)  # examples per source in this step's batch
         missing = 0.0
         for j, w in row.items():
             if j == me or w <= 0:
@@ -194,15 +199,23 @@ class SyntheticGame(Algorithm):
             if k == 0 or m == 0:
                 continue
             pick = torch.randint(0, m, (k,), generator=self.player.data_gen).numpy()
+            counts[j] = k
             received.append(Received(env.space, {
                 f: torch.from_numpy(np.ascontiguousarray(t[pick])) for f, t in env.tensors.items()}))
         if whole:
             idx = torch.arange(n_local)
+        elif n_local == 0:  # a relay: it learns from what it receives alone
+            idx = torch.zeros(0, dtype=torch.long)
         else:
             if missing and row[me] > 0:
                 # Neighbours not heard from yet: keep the batch size with own data.
                 n_own += round(missing * total)
             idx = torch.randint(0, n_local, (n_own,), generator=self.player.data_gen)
+        counts[me] = len(idx)
+        if counts.sum() == 0:  # a relay that has heard nothing yet (async): nothing to learn
+            return {}
+        self.shares += counts / counts.sum()
+        self.share_steps += 1
         return self.player.learn(idx, received)
 
     # -- evaluation --------------------------------------------------------------------
@@ -238,6 +251,9 @@ class SyntheticGame(Algorithm):
         self.ctx.artifact(f"samples/peer-{self.ctx.peer_id}.png", grid_png(images[:100]))
         if self.player.completed:
             out["completed"] = dict(self.player.completed)
+        if self.share_steps:
+            out["effective_row"] = [round(float(v), 6)
+                                    for v in self.shares / self.share_steps]
         return out
 
     def checkpoint_state(self) -> Any | None:
@@ -275,11 +291,39 @@ class GameHooks(RunHooks):
                 solve_equilibrium(t.weights, np.zeros((self.scenario.n, 1)))
             except ValueError as e:
                 raise ScenarioError(f"topology: {e}") from None
+        # Peers without data (relays), known from the scenario alone: an empty class set.
+        part = self.scenario.data.partition
+        if part.get("kind") == "classes":
+            sets = part.get("classes", [])
+            self._check_relays([i for i, c in enumerate(sets) if not c], schedule,
+                               lambda i: f"data.partition.classes[{i}] is empty")
+
+    def _check_relays(self, empty: list[int], schedule: Schedule, why) -> None:
+        """A peer without data must give its own data no weight, and learn in batches."""
+        for i in empty:
+            for t in schedule.topologies:
+                own = float(t.weights[i, i])
+                if own > 0:
+                    raise ScenarioError(
+                        f"{why(i)}: peer {i} has no data but gives weight {own:g} to it; a "
+                        "peer without data is a relay: give it self_weight 0 "
+                        "(topology.self_weight as a list, or weights = 'matrix')")
+            if self.scenario.player(i).algorithm.batch == 0:
+                raise ScenarioError(
+                    f"{why(i)}: peer {i} has no data, so algorithm.batch = 0 (the whole local "
+                    "set every step) means nothing for it; give it a batch size")
 
     def prepare(self, data_root: Path, log: Callable) -> None:
         # Fails with one clear line when the data set is missing, before any process starts.
         # Only players of binary images are scored by the evaluator CNN; joint players by
         # their own classifier's test accuracy.
+        # Every partition kind, from the labels alone (seconds), before the evaluator trains.
+        labels = load_split(self.scenario.data, data_root)[1].numpy()
+        sc = self.scenario
+        sizes = [len(p) for p in partition_indices(sc.data, labels, sc.n, sc.seed)]
+        schedule = build_schedule(sc.topology, sc.steps, sc.seed)
+        self._check_relays([i for i, k in enumerate(sizes) if k == 0], schedule,
+                           lambda i: f"data.partition ({sc.data.partition.get('kind')})")
         binary = self._binary_players()
         if binary:
             epochs = max(p.algorithm.evaluator_epochs for p in binary)

@@ -2,20 +2,48 @@
 
 The transport is reliable (ZeroMQ over ipc/tcp delivers in order once the
 handshake is done); the link layer, on the receiving side, makes it as
-unreliable as the scenario asks: it drops, delays by steps, adds latency with
-jitter, and caps bandwidth with a token bucket.  Every fault draws from its own
-seeded RNG, one per edge, so a synchronous run is reproducible and changing one
-fault's rate never shifts another fault's draws.  Release stays FIFO per link,
-like a TCP stream; messages of different senders can still overtake each other.
+unreliable as the scenario asks.  A message that arrives from the socket goes
+through the stages of a real path, in order:
+
+1. **loss**: dropped with probability ``drop`` on entering the link (it then
+   uses no bandwidth and no buffer);
+2. **bottleneck**: with a bandwidth cap, messages are transmitted one after
+   another by a token bucket; those waiting behind the one on the wire sit in a
+   finite buffer (``buffer_bytes``, ``buffer_messages``), and an arrival that
+   does not fit is dropped ("tail") or pushes out the oldest waiting message
+   ("oldest"), so an overloaded link drops rather than ages;
+3. **propagation**: latency plus a random part (uniform, exponential or
+   log-normal), FIFO like a TCP stream unless ``reorder`` lets a message that
+   drew a short latency overtake one that drew a long one;
+4. **step delay**: usable only ``delay_steps`` steps later (counted from the
+   sender's step in sync mode, from the receiver's in async mode).
+
+Every fault draws from its own seeded RNG, one per edge, so a synchronous run is
+reproducible and changing one fault's rate never shifts another fault's draws
+(the i-th message that is not lost gets the i-th latency draw, whatever ``drop``
+is).  The bottleneck is advanced lazily, from the ``now`` of each call: the
+link has no clock of its own, so unit tests drive it with a fake one.
+
+Every message the link is offered ends in exactly one of four counters, and
+:meth:`Link.counts` keeps ``arrived = delivered + dropped_loss + dropped_buffer
++ held`` true at every moment (``held``: in the buffer or propagating).  A
+dropped message leaves a placeholder in the pipeline, settled in its turn, so
+the receiver learns that a round is complete only after what came before it.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
+from collections import deque
 from dataclasses import dataclass
 
 from p2pgame.bus.codec import Envelope
 from p2pgame.config import LinkSpec
 from p2pgame.rng import generator
+
+DELIVERED, LOST, OVERFLOW = "delivered", "loss", "buffer"
 
 
 class TokenBucket:
@@ -27,29 +55,48 @@ class TokenBucket:
         self.tokens: float | None = None  # full on first use
         self.t_last = 0.0
 
-    def release_time(self, nbytes: int, t_arrive: float) -> float:
+    def _plan(self, nbytes: int, t_arrive: float) -> tuple[float, float]:
         cap = max(self.burst, float(nbytes))
         if self.tokens is None:
-            self.tokens, self.t_last = cap, t_arrive
-        t = max(t_arrive, self.t_last)  # FIFO: never before the previous message left
-        tokens = min(cap, self.tokens + (t - self.t_last) * self.rate)
+            tokens, t_last = cap, t_arrive
+        else:
+            tokens, t_last = self.tokens, self.t_last
+        t = max(t_arrive, t_last)  # FIFO: never before the previous message left
+        tokens = min(cap, tokens + (t - t_last) * self.rate)
         if tokens < nbytes:
             t += (nbytes - tokens) / self.rate
             tokens = float(nbytes)
-        self.tokens = tokens - nbytes
+        return t, tokens - nbytes
+
+    def peek(self, nbytes: int, t_arrive: float) -> float:
+        """When a message of ``nbytes`` arriving at ``t_arrive`` would leave (no state change)."""
+        return self._plan(nbytes, t_arrive)[0]
+
+    def release_time(self, nbytes: int, t_arrive: float) -> float:
+        """When it leaves; the bucket is spent."""
+        t, self.tokens = self._plan(nbytes, t_arrive)
         self.t_last = t
         return t
 
 
 @dataclass
 class Pending:
-    """A message admitted by the link, usable from ``step`` and ``time`` on."""
+    """A message on the link, usable from ``release_step`` and ``release_time`` on.
+
+    ``fate`` is :data:`DELIVERED` for a message that will be delivered, or the
+    reason of a drop (:data:`LOST`, :data:`OVERFLOW`) for a placeholder.
+    """
 
     env: Envelope
     nbytes: int
     release_step: int
     release_time: float
-    lost: bool = False  # a placeholder for a dropped message, settled in its turn (FIFO)
+    fate: str = DELIVERED
+    arrived_at: float = 0.0  # when the link was offered it
+
+    @property
+    def lost(self) -> bool:
+        return self.fate != DELIVERED
 
 
 class Link:
@@ -60,29 +107,199 @@ class Link:
         self.drop_rng = generator(seed, "link", src, dst, "drop")
         self.jitter_rng = generator(seed, "link", src, dst, "jitter")
         self.bucket = TokenBucket(spec.bandwidth, spec.burst) if spec.bandwidth > 0 else None
-        self.last_release = 0.0
-        self.admitted = 0
-        self.dropped = 0
+        self.buffer_bytes = spec.buffer_limit_bytes
+        self.buffer_messages = spec.buffer_messages or math.inf
+        # Bottleneck queue: [arrival time, Pending]; the head is the one on the wire.
+        self.queue: deque[tuple[float, Pending]] = deque()
+        self.waiting_bytes = 0  # bytes behind the head (placeholders weigh nothing)
+        self.waiting_messages = 0
+        # Propagating: FIFO deque, or a heap on (release_time, order) with reorder.
+        self.flight: deque[Pending] = deque()
+        self.heap: list[tuple[float, int, Pending]] = []
+        self._order = itertools.count()
+        self.last_release = -math.inf
+        self.arrived = 0
+        self.delivered = 0
+        self.delivered_bytes = 0
+        self.dropped_loss = 0
+        self.dropped_buffer = 0
+        self.delay_sum = 0.0  # seconds on the link of the delivered messages
+        self.first_arrival: float | None = None
+        self.last_delivery: float | None = None
 
-    def admit(self, env: Envelope, nbytes: int, now: float, recv_step: int, sync: bool) -> (
-        Pending | None
-    ):
-        """Decide the message's fate; None means the link lost it.
+    # -- counters --------------------------------------------------------------------------
+    @property
+    def dropped(self) -> int:
+        return self.dropped_loss + self.dropped_buffer
 
-        In sync mode a delay counts from the sender's step (deterministic); in
-        async mode from the receiver's step at arrival.
+    @property
+    def held(self) -> int:
+        """Messages still on the link (buffered or propagating), placeholders aside."""
+        return sum(not p.lost for p in self.pending)
+
+    @property
+    def admitted(self) -> int:
+        """Messages not dropped (delivered or still on the link)."""
+        return self.arrived - self.dropped
+
+    @property
+    def pending(self) -> list[Pending]:
+        """Everything on the link, placeholders included: buffered, then propagating."""
+        return ([p for _, p in self.queue] + list(self.flight)
+                + [p for _, _, p in sorted(self.heap, key=lambda item: item[:2])])
+
+    def counts(self) -> dict[str, int | float]:
+        """The accounts (``arrived = delivered + dropped_loss + dropped_buffer + held``),
+        the mean time a delivered message spent on the link (queueing, transmission,
+        latency) and the link's active time, first arrival to last delivery."""
+        active = (self.last_delivery - self.first_arrival
+                  if self.last_delivery is not None and self.first_arrival is not None else 0.0)
+        return {"arrived": self.arrived, "delivered": self.delivered,
+                "delivered_bytes": self.delivered_bytes, "dropped_loss": self.dropped_loss,
+                "dropped_buffer": self.dropped_buffer, "held": self.held,
+                "delay_mean_s": self.delay_sum / self.delivered if self.delivered else 0.0,
+                "active_s": max(0.0, active)}
+
+    # -- arrival ---------------------------------------------------------------------------
+    def offer(self, env: Envelope, nbytes: int, now: float, recv_step: int, sync: bool) -> str:
+        """A message arrives from the socket at ``now``; returns its fate so far.
+
+        ``delivered`` means admitted (it will be, in its turn); ``loss`` or ``buffer``
+        means dropped (a placeholder settles its round in its turn).
         """
-        spec = self.spec
-        if spec.drop > 0 and self.drop_rng.random() < spec.drop:
-            self.dropped += 1
-            return None
-        self.admitted += 1
-        t = now
-        if spec.latency_ms or spec.jitter_ms:
-            t += (spec.latency_ms + spec.jitter_ms * self.jitter_rng.random()) / 1000.0
-        if self.bucket is not None:
-            t = self.bucket.release_time(nbytes, t)
-        t = max(t, self.last_release)
-        self.last_release = t
+        self.arrived += 1
         base = env.step if sync else recv_step
-        return Pending(env, nbytes, base + spec.delay_steps, t)
+        pend = Pending(env, nbytes, base + self.spec.delay_steps, now, arrived_at=now)
+        if self.first_arrival is None:
+            self.first_arrival = now
+        self._advance(now)
+        if self.spec.drop > 0 and self.drop_rng.random() < self.spec.drop:
+            self.dropped_loss += 1
+            pend.fate, pend.nbytes = LOST, 0
+            self._enqueue(pend, now)
+            return LOST
+        if self.bucket is None:
+            self._propagate(pend, now)
+            return DELIVERED
+        if self.queue and not self._fits(nbytes):
+            if self.spec.buffer_policy == "oldest":
+                self._push_out_oldest(nbytes)
+            if not self._fits(nbytes):
+                self.dropped_buffer += 1
+                pend.fate, pend.nbytes = OVERFLOW, 0
+                self._enqueue(pend, now)
+                return OVERFLOW
+        self._enqueue(pend, now)
+        self._advance(now)
+        return DELIVERED
+
+    def _fits(self, nbytes: int) -> bool:
+        """Room behind the head for one more message?  An empty wait always has room."""
+        if self.waiting_messages == 0:
+            return True
+        return (self.waiting_bytes + nbytes <= self.buffer_bytes
+                and self.waiting_messages + 1 <= self.buffer_messages)
+
+    def _push_out_oldest(self, nbytes: int) -> None:
+        """Drop waiting messages, oldest first, until ``nbytes`` fits (never the head)."""
+        for k in range(1, len(self.queue)):
+            if self._fits(nbytes):
+                return
+            _, p = self.queue[k]
+            if p.lost:
+                continue
+            self.waiting_bytes -= p.nbytes
+            self.waiting_messages -= 1
+            self.dropped_buffer += 1
+            p.fate, p.nbytes = OVERFLOW, 0  # stays in place: its round settles in its turn
+
+    def _enqueue(self, pend: Pending, now: float) -> None:
+        if self.bucket is None and not self.queue:
+            self._propagate(pend, now)
+            return
+        if self.queue and not pend.lost:
+            self.waiting_bytes += pend.nbytes
+            self.waiting_messages += 1
+        self.queue.append((now, pend))
+
+    # -- the bottleneck and propagation ------------------------------------------------------
+    def _advance(self, now: float) -> float | None:
+        """Transmit what the bucket lets leave by ``now``; returns the next departure time."""
+        while self.queue:
+            t_arrive, head = self.queue[0]
+            t_out = (self.bucket.peek(head.nbytes, t_arrive)
+                     if self.bucket is not None and not head.lost else t_arrive)
+            if t_out > now:
+                return t_out
+            if self.bucket is not None and not head.lost:
+                self.bucket.release_time(head.nbytes, t_arrive)
+            self.queue.popleft()
+            if self.queue:  # the next one goes on the wire: it no longer waits
+                _, nxt = self.queue[0]
+                if not nxt.lost:
+                    self.waiting_bytes -= nxt.nbytes
+                    self.waiting_messages -= 1
+            self._propagate(head, t_out)
+        return None
+
+    def _latency(self) -> float:
+        spec = self.spec
+        extra = 0.0
+        if spec.jitter_ms > 0:
+            if spec.jitter_dist == "exponential":
+                extra = self.jitter_rng.exponential(spec.jitter_ms)
+            elif spec.jitter_dist == "lognormal":
+                extra = spec.jitter_ms * math.exp(spec.jitter_sigma * self.jitter_rng.normal())
+            else:
+                extra = spec.jitter_ms * self.jitter_rng.random()
+        return (spec.latency_ms + extra) / 1000.0
+
+    def _propagate(self, pend: Pending, t_sent: float) -> None:
+        if pend.lost:
+            t = t_sent  # a placeholder only needs to keep its turn
+        else:
+            t = t_sent + (self._latency() if self.spec.latency_ms or self.spec.jitter_ms else 0.0)
+        if self.spec.reorder:
+            pend.release_time = t
+            heapq.heappush(self.heap, (t, next(self._order), pend))
+        else:
+            pend.release_time = max(t, self.last_release)
+            self.last_release = pend.release_time
+            self.flight.append(pend)
+
+    # -- release ---------------------------------------------------------------------------
+    def due(self, step: int, now: float) -> tuple[list[Pending], float | None]:
+        """Messages and placeholders usable at ``step`` and ``now``, and the next release time.
+
+        FIFO links release in arrival order (a message held by its step delay holds
+        those behind it); reordering links release whatever is due, earliest first.
+        """
+        t_next = self._advance(now)
+        out: list[Pending] = []
+        if self.spec.reorder:
+            later = []
+            while self.heap and self.heap[0][0] <= now:
+                item = heapq.heappop(self.heap)
+                (out if item[2].release_step <= step else later).append(item)
+            for item in later:
+                heapq.heappush(self.heap, item)
+            out = [item[2] for item in out]
+            if self.heap:
+                t_next = self._earliest(t_next, self.heap[0][0])
+        else:
+            while self.flight and self.flight[0].release_step <= step:
+                if self.flight[0].release_time > now:
+                    t_next = self._earliest(t_next, self.flight[0].release_time)
+                    break
+                out.append(self.flight.popleft())
+        for p in out:
+            if not p.lost:
+                self.delivered += 1
+                self.delivered_bytes += p.nbytes
+                self.delay_sum += p.release_time - p.arrived_at
+                self.last_delivery = max(p.release_time, self.last_delivery or p.release_time)
+        return out, t_next
+
+    @staticmethod
+    def _earliest(a: float | None, b: float) -> float:
+        return b if a is None else min(a, b)

@@ -68,15 +68,14 @@ def by_class_sets(
     labels: Any, class_sets: Sequence[Sequence[int]], rng: np.random.Generator | None = None
 ) -> list[np.ndarray]:
     """Peer i gets the images whose class is in ``class_sets[i]``; a class named by
-    several peers is split evenly (at random) among them. Classes no peer names go unused."""
+    several peers is split evenly (at random) among them. Classes no peer names go unused.
+    An empty set gives a peer no data (a relay; the scenario checks its weights)."""
     y = _labels(labels)
     rng = _rng(rng)
     present = set(np.unique(y).tolist())
     holders: dict[int, list[int]] = {}
     for i, classes in enumerate(class_sets):
         classes = list(classes)
-        if not classes:
-            raise ValueError(f"class set {i} is empty")
         for c in classes:
             if isinstance(c, bool) or not isinstance(c, numbers.Integral):
                 raise ValueError(f"class set {i}: {c!r} is not a class number")

@@ -19,6 +19,7 @@ from typing import Any
 from p2pgame.algorithms import AlgorithmInfo, get_algorithm
 from p2pgame.bus.transport import ControlServer
 from p2pgame.config import Scenario, to_plain
+from p2pgame.launch.accounts import edge_accounts, write_accounts
 from p2pgame.launch.backends import make_backend
 from p2pgame.launch.launcher import Launcher
 from p2pgame.launch.rundir import RunFolder, make_run_dir, write_topology
@@ -132,11 +133,18 @@ def run(
         "threads_per_peer": threads,
         "failed_peers": sorted(launcher.failures),
         "failures": {str(k): v for k, v in sorted(launcher.failures.items())},
+        "warnings": {str(k): v for k, v in sorted(launcher.warnings.items())},
         "interrupted": bool(launcher.interrupted),
         "table_columns": list(hooks.table_columns),
         "peers": {str(i): launcher.summaries[i] for i in sorted(launcher.summaries)},
         "peer_files": {str(i): f for i, f in sorted(launcher.files.items()) if f},
     }
+    summary["links"] = edge_accounts(summary["peers"])
+    write_accounts(run_dir, summary["links"])
+    unbalanced = [f"{r['src']}->{r['dst']}" for r in summary["links"] if r["in_transport"] < 0]
+    if unbalanced:
+        print(f"warning: the accounts of edges {', '.join(unbalanced)} do not add up "
+              "(a receiver counted more than its sender sent)", file=sys.stderr)
     if not launcher.failures and not launcher.interrupted:
         hooks.after_run(run_dir, summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -36,6 +36,7 @@ class Launcher:
         self.progress = progress
         self.peers = list(range(scenario.n))
         self.failures: dict[int, str] = {}
+        self.warnings: dict[int, str] = {}
         self.summaries: dict[int, dict] = {}
         self.files: dict[int, list[str]] = {}
         self.interrupted = 0
@@ -179,5 +180,14 @@ class Launcher:
                 self.backend.join(i, 10.0)
         for i in self.peers:
             code = self.backend.exit_code(i)
-            if code not in (0, None) and i not in self.failures:
+            if code in (0, None) or i in self.failures:
+                continue
+            if i in self.summaries:
+                # It finished and reported everything; only its exit was late (a loaded
+                # machine): its results stand, and the run is not failed for it.
+                self.warnings[i] = (f"reported its results but did not exit within "
+                                    f"runtime.stop_timeout_s = {self.scenario.runtime.stop_timeout_s:g} s "
+                                    f"(exit code {code} after being stopped)")
+                self.log(f"warning: peer {i} {self.warnings[i]}")
+            else:
                 self.failures[i] = f"process exited with code {code}"

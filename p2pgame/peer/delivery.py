@@ -5,7 +5,7 @@ so unit tests drive it with a fake clock.  It owns
 
 * the emulated links of the in-neighbours (:class:`~p2pgame.bus.links.Link`:
   drop, delay in steps or time, bandwidth), one per in-neighbour;
-* the pending queue per link, released into the :class:`Inbox` when due;
+* what each link releases, put into the :class:`Inbox` when due;
 * round resolution: the newest round of each in-neighbour that is complete,
   which a sync step waits for (:meth:`missing`).
 
@@ -21,12 +21,12 @@ round, so neither rule can fire early.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
 from p2pgame.algorithms.base import Inbox
 from p2pgame.bus.codec import Envelope
-from p2pgame.bus.links import Link, Pending
+from p2pgame.bus.links import Link
 
 
 class Delivery:
@@ -38,17 +38,15 @@ class Delivery:
         self.sync = sync
         self.publish_every = publish_every
         self.inbox = Inbox()
-        self.pending: dict[int, deque[Pending]] = {j: deque() for j in self.links}
         # Highest round of each in-neighbour that is complete (released or lost).
         self.resolved: dict[int, int] = {j: -1 for j in self.links}
         self._seen: dict[int, dict[int, set[str]]] = {j: defaultdict(set) for j in self.links}
-        self.delivered_bytes = 0
-        self.dropped = 0
+        self.rejected: Counter[int] = Counter()  # per in-neighbour: refused by a check
 
     # -- arrival --------------------------------------------------------------------------
     def accept(self, env: Envelope, nbytes: int, now: float, step: int,
                check: Callable[[Envelope], str | None] = lambda env: None) -> str | None:
-        """Admit a decoded data message to its link; returns a rejection reason or None.
+        """Offer a decoded data message to its link; returns a rejection reason or None.
 
         ``step`` is the receiver's current step (async delays count from it);
         ``check`` is the learner's own test of the content (schema).
@@ -57,24 +55,13 @@ class Delivery:
         if j not in self.links or env.topic.peer != j:
             return "sender"
         if env.space not in self.subscribed[j]:
+            self.rejected[j] += 1
             return "space"
         reason = check(env)
         if reason:
+            self.rejected[j] += 1
             return reason
-        pend = self.links[j].admit(env, nbytes, now, step, self.sync)
-        queue = self.pending[j]
-        if pend is None:
-            self.dropped += 1
-            if queue:
-                # The link is FIFO: a loss is known only after what came before it has been
-                # released, or a lost "last" could complete a round whose earlier message is
-                # still in flight.
-                ahead = queue[-1]
-                queue.append(Pending(env, 0, ahead.release_step, ahead.release_time, lost=True))
-            else:
-                self._settle(j, env)
-        else:
-            queue.append(pend)
+        self.links[j].offer(env, nbytes, now, step, self.sync)
         return None
 
     def _settle(self, j: int, env: Envelope) -> None:
@@ -93,17 +80,14 @@ class Delivery:
     def release(self, step: int, now: float) -> float | None:
         """Move due messages to the inbox; return the next time-based release, if any."""
         next_time = None
-        for j, queue in self.pending.items():
-            while queue and queue[0].release_step <= step:
-                if queue[0].release_time > now:
-                    t = queue[0].release_time
-                    next_time = t if next_time is None else min(next_time, t)
-                    break
-                pend = queue.popleft()
+        for j, link in self.links.items():
+            out, t = link.due(step, now)
+            for pend in out:
                 if not pend.lost:
                     self.inbox.put(pend.env)
-                    self.delivered_bytes += pend.nbytes
                 self._settle(j, pend.env)
+            if t is not None:
+                next_time = t if next_time is None else min(next_time, t)
         return next_time
 
     # -- the sync barrier's condition ----------------------------------------------------
@@ -122,6 +106,32 @@ class Delivery:
         return [j for j in active if j in self.links and self.subscribed[j]
                 and self.resolved[j] < self.needed_round(j, step)]
 
+    # -- accounts --------------------------------------------------------------------------
+    @property
+    def pending(self) -> dict[int, list]:
+        """Per in-neighbour: what is on its link (see :attr:`Link.pending`)."""
+        return {j: link.pending for j, link in self.links.items()}
+
     @property
     def admitted(self) -> int:
         return sum(link.admitted for link in self.links.values())
+
+    @property
+    def arrived(self) -> int:
+        return sum(link.arrived for link in self.links.values())
+
+    @property
+    def dropped(self) -> int:
+        return sum(link.dropped for link in self.links.values())
+
+    @property
+    def delivered_bytes(self) -> int:
+        return sum(link.delivered_bytes for link in self.links.values())
+
+    def edge_accounts(self) -> list[dict[str, int]]:
+        """Per in-neighbour: what its link did with every message offered, and how many of
+        its messages a training step used (``arrived = delivered + dropped_loss +
+        dropped_buffer + held``)."""
+        return [{"src": j, "dst": self.me, **link.counts(), "rejected": self.rejected[j],
+                 "used": self.inbox.used[j]}
+                for j, link in sorted(self.links.items())]

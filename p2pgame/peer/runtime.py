@@ -39,8 +39,9 @@ from p2pgame.bus.links import Link
 from p2pgame.bus.topics import Topic
 from p2pgame.bus.traffic import Traffic
 from p2pgame.bus.transport import ControlClient, Transport
-from p2pgame.config import Scenario
+from p2pgame.config import PaceSpec, Scenario
 from p2pgame.peer.delivery import Delivery
+from p2pgame.rng import generator
 from p2pgame.topology import Schedule, schedule_from_plain
 
 PROGRESS_EVERY_S = 0.5
@@ -87,6 +88,28 @@ def subscribers(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule,
     return out
 
 
+class Pacer:
+    """A straggler on purpose (:class:`~p2pgame.config.PaceSpec`): how long to pause after
+    a step, drawn from the peer's own seeded stream."""
+
+    def __init__(self, spec: PaceSpec, seed: int, peer: int) -> None:
+        self.spec = spec
+        self.rng = generator(seed, "peer", peer, "pace")
+
+    def pause(self, compute_s: float) -> float:
+        spec = self.spec
+        extra = compute_s * (1.0 / spec.speed - 1.0)
+        if spec.step_delay_ms > 0:
+            mean = spec.step_delay_ms / 1000.0
+            if spec.step_delay_dist == "uniform":
+                extra += 2 * mean * self.rng.random()
+            elif spec.step_delay_dist == "exponential":
+                extra += self.rng.exponential(mean)
+            else:
+                extra += mean
+        return extra
+
+
 class PeerRuntime:
     def __init__(self, launch: PeerLaunch, log=print) -> None:
         self.launch = launch
@@ -117,6 +140,8 @@ class PeerRuntime:
                                              for j, ts in self.topics.items()},
                                  self.sync, comm.publish_every)
         self.traffic = Traffic(me, comm.max_message_bytes)
+        pace = scenario.player(me).pace
+        self.pace = None if pace.is_natural else Pacer(pace, scenario.seed, me)
         self.subscribers = subscribers(scenario, self.info, self.schedule, me)
         self.my_topics = {t.space: t for t in self.subscribers}  # space -> our topic
         self.step = 0
@@ -236,7 +261,12 @@ class PeerRuntime:
                 break
             t0 = time.perf_counter()
             out = await self._call(self.algorithm.train_step, step, self.delivery.inbox, top)
-            self.timers["train"] += time.perf_counter() - t0
+            compute = time.perf_counter() - t0
+            self.timers["train"] += compute
+            if self.pace is not None:
+                t0 = time.perf_counter()
+                await asyncio.sleep(self.pace.pause(compute))  # receiving goes on
+                self.timers["pace"] += time.perf_counter() - t0
             self.steps_done = step + 1
             probe_every = self.algorithm.probe_every
             if (step % every == 0 or step == steps - 1
@@ -284,6 +314,7 @@ class PeerRuntime:
     def summary(self) -> dict[str, Any]:
         sent, recv = self.traffic.sent.totals(), self.traffic.received.totals()
         mean, hist = self.delivery.inbox.staleness_summary()
+        edges = self.delivery.edge_accounts()
         steps, wall = self.steps_done, self.wall
         out = {
             "steps": steps,
@@ -294,8 +325,12 @@ class PeerRuntime:
             "payload_bytes_sent": sent["payload_bytes"],
             "bytes_delivered": self.delivery.delivered_bytes,
             "messages_sent": sent["messages"],
-            "messages_received": self.delivery.admitted,
+            "messages_received": self.delivery.arrived,
+            "messages_delivered": sum(e["delivered"] for e in edges),
             "messages_dropped": self.delivery.dropped,
+            "messages_dropped_loss": sum(e["dropped_loss"] for e in edges),
+            "messages_dropped_buffer": sum(e["dropped_buffer"] for e in edges),
+            "messages_held": sum(e["held"] for e in edges),
             "messages_rejected": sum(self.traffic.rejected.values()),
             "rejected_reasons": dict(self.traffic.rejected),
             "staleness_mean": mean,
@@ -303,6 +338,7 @@ class PeerRuntime:
             "time_split_s": {k: round(v, 4) for k, v in self.timers.items()},
             "traffic_out": self.traffic.sent.rows(),
             "traffic_in": self.traffic.received.rows(),
+            "links_in": edges,
         }
         out.update(self._on_stream(self.algorithm.finish))
         return out

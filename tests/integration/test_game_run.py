@@ -227,3 +227,44 @@ def test_unknown_model_lists_known(tmp_path) -> None:
     )
     assert out.returncode == 2
     assert "hvae-huge" in out.stderr and "hvae-mlp" in out.stderr and "hvae-conv" in out.stderr
+
+
+# --------------------------------------------------------------------------- relays
+
+RELAY_LINE = SCENARIO.replace("n = 2\ngraph = \"complete\"", "n = 3\ngraph = \"line\"").replace(
+    "self_weight = 0.5", "self_weight = [0.5, 0.0, 0.5]").replace(
+    "classes = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]", "classes = [[0, 1, 2, 3, 4], [], [5, 6, 7, 8, 9]]")
+
+
+def test_relay_line_game(tmp_path, tiny_mnist_root) -> None:
+    """Three peers on a line; the middle one owns no data and learns only what it receives."""
+    scenario = tmp_path / "relay.toml"
+    scenario.write_text(RELAY_LINE)
+    res = run(scenario, [], out=tmp_path / "runs", data_root=tiny_mnist_root, progress=False)
+    assert res.exit_code == 0, res.failures
+    relay = res.summary["peers"]["1"]
+    assert relay["own_classes"] == [] and relay["ne_own_mass"] == 0.0
+    assert relay["unseen_mass"] == pytest.approx(1.0)
+    # Its equilibrium is the two ends' mix, half each: no class of its own.
+    ne = np.array(relay["ne_class_mass"])
+    assert ne[:5].sum() == pytest.approx(0.5) and ne[5:].sum() == pytest.approx(0.5)
+    assert relay["messages_received"] == 2 * 12 and relay["steps"] == 12
+    assert math.isfinite(relay["fid_all"])
+
+
+@pytest.mark.parametrize("weights", ["self_weight = 0.5", "self_weight = [0.5, 0.0, 0.5]"])
+def test_empty_partition_without_relay_weights_fails_fast(tmp_path, weights) -> None:
+    """An empty class set for a peer that weighs its own data: exit 2 within seconds, before
+    any evaluator trains or process starts (no data needed to tell)."""
+    text = RELAY_LINE.replace("self_weight = [0.5, 0.0, 0.5]", weights)
+    if weights == "self_weight = [0.5, 0.0, 0.5]":  # a relay that must learn the whole set
+        text = text.replace("batch = 32", "batch = 0")
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text(text)
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "p2pgame.cli", "run", str(scenario), "--out",
+                           str(out), "--data", str(tmp_path / "no-data-here"), "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "data.partition.classes[1] is empty" in proc.stderr and "peer 1" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

@@ -350,7 +350,8 @@ def test_edge_overrides_valid(tiny_raw):
     # Other edges (and the reverse of an overridden one) use the default link.
     assert s.comm.link_of(1, 0) == s.comm.link == LinkSpec(drop=0.05)
     assert set(LINK_KEYS) == {"delay_steps", "latency_ms", "jitter_ms", "drop", "bandwidth",
-                              "burst"}
+                              "burst", "buffer_bytes", "buffer_messages", "buffer_policy",
+                              "jitter_dist", "jitter_sigma", "reorder"}
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,7 @@ def test_drop_resolves_the_round():
     assert d.delivered_bytes == queued and not d.pending[0]
 
 
-def test_a_lost_round_is_resolved_at_arrival_when_nothing_is_ahead_of_it():
+def test_a_lost_round_is_resolved_at_once_when_nothing_is_ahead_of_it():
     d = _delivery(LinkSpec(drop=0.5))
     # Find a round that the link drops (the drop RNG is seeded per edge: deterministic).
     for step in range(50):
@@ -132,9 +132,10 @@ def test_a_lost_round_is_resolved_at_arrival_when_nothing_is_ahead_of_it():
             break
     else:
         pytest.fail("no drop in 50 messages at drop=0.5")
-    assert not d.pending[0]
-    # Nothing to release, and the lost round needs no waiting.
-    assert d.resolved[0] == step
+    # Nothing ahead of it: the lost round is settled by the next release, at once.
+    assert d.release(step, T0) is None
+    assert not d.pending[0] and d.resolved[0] == step
+    assert d.missing(step, [0]) == []
 
 
 def test_a_lost_last_message_waits_for_the_messages_ahead_of_it():

@@ -54,8 +54,14 @@ def test_by_class_sets_splits_shared_class_evenly() -> None:
 def test_by_class_sets_rejects_absent_class() -> None:
     with pytest.raises(ValueError, match="class 12"):
         by_class_sets(_labels(), [[0], [12]])
-    with pytest.raises(ValueError, match="empty"):
-        by_class_sets(_labels(), [[0], []])
+
+
+
+def test_by_class_sets_empty_set_is_a_peer_without_data() -> None:
+    y = _labels()
+    parts = by_class_sets(y, [[0, 1], [], [2]])
+    assert len(parts[1]) == 0 and len(parts[0]) > 0 and len(parts[2]) > 0
+    assert set(y[parts[0]]) == {0, 1} and set(y[parts[2]]) == {2}
 
 
 @pytest.mark.parametrize("n_peers,k", [(5, 2), (10, 1), (3, 4), (4, 3), (7, 3)])

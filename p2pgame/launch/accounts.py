@@ -1,0 +1,57 @@
+"""Per-edge accounts of a run, from both ends: what the sender sent, what the link did.
+
+Each peer reports, per in-neighbour, what its emulated link did with every
+message offered to it (``links_in`` in the peer's summary: arrived,
+delivered, dropped by loss or by a full buffer, held on the link at the end,
+rejected by a check, used by a training step).  The sender reports what it
+sent to each subscriber (``traffic_out``).  Put together, every message sent
+on the edge is in exactly one place::
+
+    sent = delivered + dropped_loss + dropped_buffer + rejected + in_flight
+    in_flight = held (on the emulated link) + in_transport (sent, never read:
+                still in the transport, or sent after the receiver stopped)
+
+``in_transport`` is the only derived figure; a negative one would mean the two
+ends disagree, and is reported as such.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("src", "dst", "sent", "sent_bytes", "arrived", "delivered", "delivered_bytes",
+           "dropped_loss", "dropped_buffer", "rejected", "held", "in_transport", "in_flight",
+           "used", "delay_mean_s", "active_s")
+
+
+def edge_accounts(peers: dict[str, dict[str, Any]]) -> list[dict[str, int]]:
+    """One row per edge with a receiver that reported (peers: summary.json's ``peers``)."""
+    sent: Counter[tuple[int, int]] = Counter()
+    sent_bytes: Counter[tuple[int, int]] = Counter()
+    for s in peers.values():
+        for r in s.get("traffic_out", []):
+            key = (int(r["sender"]), int(r["receiver"]))
+            sent[key] += int(r["messages"])
+            sent_bytes[key] += int(r["header_bytes"]) + int(r["payload_bytes"])
+    rows = []
+    for s in peers.values():
+        for e in s.get("links_in", []):
+            key = (int(e["src"]), int(e["dst"]))
+            if str(key[0]) not in peers:
+                continue  # the sender did not report: its side of the account is unknown
+            in_transport = sent[key] - e["arrived"] - e["rejected"]
+            rows.append({**{k: e[k] for k in COLUMNS if k in e}, "sent": sent[key],
+                         "sent_bytes": sent_bytes[key], "in_transport": in_transport,
+                         "in_flight": e["held"] + in_transport})
+    rows.sort(key=lambda r: (r["src"], r["dst"]))
+    return [{k: r[k] for k in COLUMNS} for r in rows]
+
+
+def write_accounts(run_dir: Path, rows: list[dict[str, int]]) -> None:
+    with (Path(run_dir) / "links.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
