@@ -10,8 +10,10 @@ Three measurements on exp-family peers (fast steps, so the links are the bottlen
   against the cap; and the accounting identity.  The same run with the buffer made
   effectively infinite is the baseline (what the link did before buffers existed):
   its messages age instead.
-* **An async star with a slow hub** (``speed = 0.1``): per edge, the messages the
-  receiver used against the sender's rate over the receiver's life.
+* **An async star with a slow hub** (a 5 ms pause after each of its steps,
+  ``step_delay_ms``, which keeps its pace whatever the load; ``speed = 0.1`` would
+  scale its compute time, which four processes on two cores inflate): per edge, the
+  messages the receiver used against the sender's rate over the receiver's life.
 
 Usage: ``.venv/bin/python bench/network.py [--steps 6000] [--out DIR]``; the last stdout
 line is a JSON object.
@@ -64,7 +66,7 @@ def capped(out: Path, steps: int, rate: float, buffer: float) -> list[dict]:
 
 def star(out: Path, steps: int) -> list[dict]:
     s = run(out, ["topology.n=4", 'topology.graph="star"', 'comm.mode="async"',
-                  f"steps={steps}", "peers=[{ids = [0], runtime = {speed = 0.1}}]"])
+                  f"steps={steps}", "peers=[{ids = [0], runtime = {step_delay_ms = 5.0}}]"])
     rows = []
     for r in s["links"]:
         src, dst = s["peers"][str(r["src"])], s["peers"][str(r["dst"])]
@@ -87,7 +89,7 @@ def main() -> None:
     result = {
         "capped": capped(out, args.steps, args.rate, args.buffer),
         "capped_unbounded_buffer": capped(out, args.steps, args.rate, 1e12),
-        "slow_hub_star": star(out, max(200, args.steps // 10)),
+        "slow_hub_star": star(out, max(200, args.steps // 2)),
     }
     for name, rows in result.items():
         print(name)
