@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from p2pgame.data import write_idx
+from p2pgame.data.datasets import write_manifest
 
 
 def write_tiny_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
@@ -20,4 +22,7 @@ def write_tiny_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: in
         imgs = templates[labels] ^ (rng.random((n, 28, 28)) < 0.05)
         write_idx(raw / f"{prefix}-images-idx3-ubyte", (imgs * 255).astype(np.uint8))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    # What `p2pgame data fetch` leaves beside the files: the hashes they were verified with.
+    write_manifest(raw, {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                         for f in raw.iterdir() if f.name.endswith("ubyte")})
     return Path(root)

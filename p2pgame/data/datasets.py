@@ -11,8 +11,11 @@ Files are kept uncompressed in the layout torchvision uses::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -116,6 +119,74 @@ def _fetch_hint(info: DatasetInfo, root: str | os.PathLike) -> str:
     return f"run: p2pgame data fetch {info.name} --root {shlex.quote(str(root))}"
 
 
+MANIFEST = "SHA256SUMS"  # in each raw folder: "<sha256>  <file>" lines, written by fetch
+VERIFIED = ".verified.json"  # the cache: file -> [size, mtime_ns, sha256] last verified
+
+
+def write_manifest(raw: Path, hashes: Mapping[str, str]) -> None:
+    text = "".join(f"{h}  {name}\n" for name, h in sorted(hashes.items()))
+    _atomic_write(Path(raw) / MANIFEST, text)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _expected_hashes(info: DatasetInfo, raw: Path) -> dict[str, str]:
+    """The manifest fetch wrote (the hashes it verified), else the data set's pins."""
+    path = raw / MANIFEST
+    if not path.is_file():
+        return dict(info.sha256)
+    out = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[1]] = parts[0]
+    return out
+
+
+def verify_files(info: DatasetInfo, raw: Path, files: list[str], root: str | os.PathLike) -> None:
+    """Check ``files`` against their SHA-256 before anything trains on them.
+
+    A file whose size and modification time match the cache's last verification is
+    not hashed again (a file changed in place has a new modification time).
+    """
+    expected = _expected_hashes(info, raw)
+    cache_path = raw / VERIFIED
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
+    for name in files:
+        path = raw / name
+        st = path.stat()
+        want = expected.get(name)
+        if want is None:
+            raise DataError(f"{raw / MANIFEST} names no SHA-256 for {name}; "
+                            f"{_fetch_hint(info, root)}")
+        stamp = [st.st_size, st.st_mtime_ns, want]
+        if cache.get(name) == stamp:
+            continue
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        got = h.hexdigest()
+        if got != want:
+            raise DataError(f"{path} is corrupt (SHA-256 {got[:12]}..., expected "
+                            f"{want[:12]}...); to replace it, {_fetch_hint(info, root)}")
+        cache[name] = stamp
+        changed = True
+    if changed:
+        try:
+            _atomic_write(cache_path, json.dumps(cache, indent=1))
+        except OSError:  # a read-only data folder: verified, just not remembered
+            pass
+
+
 def _read_split(info: DatasetInfo, raw: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images_file, labels_file = SPLIT_FILES[split]
     images = read_idx(raw / images_file)
@@ -139,7 +210,7 @@ def load_images(
     """(uint8 images ``[N, 28, 28]``, int64 labels ``[N]``) of one split of a data set.
 
     ``split`` is ``"train"``, ``"test"`` or ``"all"`` (train then test). The files are
-    not hashed here (``fetch_datasets`` did that); they are only checked for shape.
+    verified against their SHA-256 (:func:`verify_files`, cached) and checked for shape.
     """
     import torch
 
@@ -153,6 +224,7 @@ def load_images(
     if missing:
         what = "" if len(missing) == len(needed) else f" (missing {', '.join(missing)})"
         raise DataError(f"{info.title} not found under {raw}{what}; {_fetch_hint(info, root)}")
+    verify_files(info, raw, needed, root)
     arrays = [_read_split(info, raw, p) for p in parts]
     if len(arrays) == 1:
         images, labels = arrays[0]

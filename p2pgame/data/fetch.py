@@ -32,7 +32,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from .datasets import DATASETS, KNOWN_DATASETS, RAW_FILES, DatasetInfo, canonical_name
+from .datasets import (
+    DATASETS,
+    KNOWN_DATASETS,
+    RAW_FILES,
+    DatasetInfo,
+    canonical_name,
+    write_manifest,
+)
 from .errors import DataError
 
 __all__ = [
@@ -189,6 +196,7 @@ def _install(
             )
         for name in RAW_FILES:
             os.replace(parts[name], raw / name)
+        write_manifest(raw, {name: hashes[name] for name in RAW_FILES})
     except BaseException:
         for part in parts.values():
             part.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from p2pgame.algorithms import AlgorithmInfo, get_algorithm
 from p2pgame.bus.transport import ControlServer
-from p2pgame.config import Scenario, to_plain
+from p2pgame.config import Scenario, ScenarioError, to_plain
 from p2pgame.launch.accounts import edge_accounts, write_accounts
 from p2pgame.launch.backends import make_backend
 from p2pgame.launch.launcher import Launcher
@@ -59,6 +59,18 @@ def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
     return [want] * scenario.n
 
 
+def check_writable(path: Path, option: str) -> None:
+    """Can the run folder be created at or under ``path``?  Nothing is created here."""
+    probe = Path(path).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ScenarioError(f"{option} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ScenarioError(f"{option} {path}: cannot write under {probe} (permission denied); "
+                            "choose a folder you can write to")
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -81,11 +93,19 @@ def run(
     info = get_algorithm(scenario.algorithm_name)
     hooks = info.hooks()(scenario)
     data_root = Path(data_root)
+    # Where results go is checked before anything is prepared or started.
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise ScenarioError(
+                f"--run-dir {run_dir}: already exists and is not an empty folder (an earlier "
+                "run?); a run folder is never reused: name a new one, or omit --run-dir")
+    check_writable(run_dir if run_dir is not None else Path(out),
+                   "--run-dir" if run_dir is not None else "--out")
     hooks.prepare(data_root, lambda m: print(m, file=sys.stderr, flush=True))
     if run_dir is None:
         run_dir = make_run_dir(Path(out), scenario.name)
     else:
-        run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(scenario_path, run_dir / "scenario.toml")
     # The scenario exactly as run (file + --set overrides), re-loadable by scenario.resolve.

