@@ -40,8 +40,8 @@ class PeerBus:
     async def receive(self) -> list[tuple[Envelope, int]]:
         """Wait for messages; the decodable ones with their size (the rest are counted)."""
         out = []
-        for frames in await self.transport.recv_ready():
-            got = self.traffic.decode(frames)
+        for j, frames in await self.transport.recv_from():
+            got = self.traffic.decode(frames, via=j)
             if got is not None:
                 out.append(got)
         return out

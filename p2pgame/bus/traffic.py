@@ -60,8 +60,12 @@ class Traffic:
         for r in receivers:
             self.sent.add(self.me, r, str(env.topic), header, payload)
 
-    def decode(self, frames: list[Any]) -> tuple[Envelope, int] | None:
-        """The envelope and its size in bytes, or None (rejected and counted)."""
+    def decode(self, frames: list[Any], via: int | None = None) -> tuple[Envelope, int] | None:
+        """The envelope and its size in bytes, or None (rejected and counted).
+
+        ``via``: the in-neighbour whose connection the message came on; a message
+        claiming another sender is refused (``spoofed``) before it is counted as received.
+        """
         header, payload = frame_sizes(frames)
         try:
             env = decode(frames, self.max_message_bytes)
@@ -70,6 +74,9 @@ class Traffic:
             return None
         except (ValueError, TypeError):  # defence in depth: never let a message kill us
             self.rejected["malformed"] += 1
+            return None
+        if via is not None and env.sender != via:
+            self.rejected["spoofed"] += 1
             return None
         if not env.topic.is_handshake:  # handshakes precede the measured phase
             self.received.add(env.sender, self.me, str(env.topic), header, payload)

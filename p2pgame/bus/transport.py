@@ -2,7 +2,7 @@
 
 No broker.  A peer binds its PUB socket (ipc:// on one host by default, or
 tcp:// on 127.0.0.1 with an OS-chosen port), reports the endpoint to the
-launcher, and connects its SUB socket to the endpoints of its in-neighbours,
+launcher, and connects one SUB socket to each in-neighbour's endpoint,
 subscribing to exactly the topics it learns from (:mod:`p2pgame.bus.topics`),
 so the publisher never sends it a byte it cannot use.  High-water marks are
 unlimited so that PUB never silently drops: losses come only from the link
@@ -16,7 +16,9 @@ control channel carries opaque bytes here; the typed messages are
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +43,27 @@ def bind_endpoint(sock: zmq.Socket, transport: str, host: str, ipc_dir: Path, na
 class Transport:
     """The data plane of one peer."""
 
-    def __init__(self, peer_id: int, ctx: zmq.asyncio.Context | None = None) -> None:
+    def __init__(self, peer_id: int, ctx: zmq.asyncio.Context | None = None,
+                 max_message_bytes: int = -1) -> None:
         self.peer_id = peer_id
+        # ZeroMQ refuses a larger frame as it arrives (and drops that connection, which it
+        # then re-opens) instead of receiving all of it into memory first.
+        self.max_message_bytes = max_message_bytes
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.asyncio.Context()
         self.pub = self.ctx.socket(zmq.PUB)
-        self.sub = self.ctx.socket(zmq.SUB)
-        for s in (self.pub, self.sub):
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.SNDHWM, 0)
-            s.setsockopt(zmq.RCVHWM, 0)
+        _options(self.pub)
         self.endpoint = ""
+        # One SUB socket per in-neighbour, connected to that neighbour's endpoint alone:
+        # the socket a message arrives on says who sent it, whatever its header claims
+        # (the receiver checks the two agree: sender binding).
+        self.subs: dict[int, zmq.asyncio.Socket] = {}
+        self._subs_now: dict[int, zmq.Socket] = {}
+        self.poller = zmq.asyncio.Poller()
+        self._held: deque[tuple[int, list[zmq.Frame]]] = deque()  # taken, not yet returned
         # Synchronous views of the same sockets, for the calls that never block (below):
         # they skip zmq.asyncio's per-call future.
         self._pub_now = zmq.Socket.shadow(self.pub.underlying)
-        self._sub_now = zmq.Socket.shadow(self.sub.underlying)
 
     def bind(self, transport: str, host: str, ipc_dir: Path) -> str:
         self.endpoint = bind_endpoint(self.pub, transport, host, ipc_dir, f"peer-{self.peer_id}")
@@ -64,11 +72,17 @@ class Transport:
     def connect(self, endpoints: dict[int, str], topics: dict[int, list[Topic]]) -> None:
         """Subscribe to ``topics[j]`` of every in-neighbour j, plus j's handshake topic."""
         for j, ep in sorted(endpoints.items()):
-            self.sub.connect(ep)
+            sub = self.ctx.socket(zmq.SUB)
+            _options(sub)
+            sub.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            sub.connect(ep)
             # Subscriptions reach the publisher in order: the handshake topic last, so that
             # hearing a handshake proves the data topics are live too.
             for topic in (*sorted(topics.get(j, ())), Topic.handshake(j)):
-                self.sub.setsockopt(zmq.SUBSCRIBE, topic.subscription())
+                sub.setsockopt(zmq.SUBSCRIBE, topic.subscription())
+            self.subs[j] = sub
+            self._subs_now[j] = zmq.Socket.shadow(sub.underlying)
+            self.poller.register(sub, zmq.POLLIN)
 
     async def send(self, frames: list[Any]) -> None:
         # A PUB socket never blocks (at its HWM it would drop, and the HWM is unlimited),
@@ -78,26 +92,55 @@ class Transport:
         except zmq.Again:
             await self.pub.send_multipart(frames, copy=False)
 
-    async def recv(self) -> list[zmq.Frame]:
-        return await self.sub.recv_multipart(copy=False)
+    def _drain(self) -> list[tuple[int, list[zmq.Frame]]]:
+        out = []
+        for j, sock in self._subs_now.items():
+            while True:  # whole messages only: ZeroMQ delivers multipart messages atomically
+                try:
+                    out.append((j, sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)))
+                except zmq.Again:
+                    break
+        return out
+
+    async def recv_from(self) -> list[tuple[int, list[zmq.Frame]]]:
+        """Wait for one message, then take every other one already queued, each with the
+        in-neighbour whose connection it came on."""
+        if self._held:
+            out, self._held = list(self._held), deque()
+            return out + self._drain()
+        if not self.subs:
+            await asyncio.Event().wait()  # nobody to hear from: wait until cancelled
+        while True:
+            out = self._drain()
+            if out:
+                return out
+            await self.poller.poll()
 
     async def recv_ready(self) -> list[list[zmq.Frame]]:
-        """Wait for one message, then take every other one already queued."""
-        out = [await self.sub.recv_multipart(copy=False)]
-        while True:  # whole messages only: ZeroMQ delivers multipart messages atomically
-            try:
-                out.append(self._sub_now.recv_multipart(flags=zmq.NOBLOCK, copy=False))
-            except zmq.Again:
-                return out
+        """Like :meth:`recv_from`, without the connections."""
+        return [frames for _, frames in await self.recv_from()]
+
+    async def recv(self) -> list[zmq.Frame]:
+        """One message (the rest of a burst waits for the next call)."""
+        if not self._held:
+            self._held.extend(await self.recv_from())
+        return self._held.popleft()[1]
 
     def control(self, endpoint: str) -> ControlClient:
         return ControlClient(self.peer_id, endpoint, self.ctx)
 
     def close(self) -> None:
         self.pub.close(linger=0)
-        self.sub.close(linger=0)
+        for sub in self.subs.values():
+            sub.close(linger=0)
         if self._own_ctx:
             self.ctx.term()
+
+
+def _options(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
 
 
 class ControlServer:

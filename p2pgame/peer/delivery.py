@@ -28,6 +28,10 @@ from p2pgame.algorithms.base import Inbox
 from p2pgame.bus.codec import Envelope
 from p2pgame.bus.links import Link
 
+# How far beyond the last step seen on a topic a sender's next step may lie (in units of
+# publish_every).  Legitimate steps come one publish_every apart (Diffusion GAN: two).
+STEP_WINDOW = 64
+
 
 class Delivery:
     def __init__(self, me: int, links: Mapping[int, Link], subscribed: Mapping[int, Iterable[str]],
@@ -42,6 +46,7 @@ class Delivery:
         self.resolved: dict[int, int] = {j: -1 for j in self.links}
         self._seen: dict[int, dict[int, set[str]]] = {j: defaultdict(set) for j in self.links}
         self.rejected: Counter[int] = Counter()  # per in-neighbour: refused by a check
+        self.last_step: dict[tuple[int, str], int] = {}  # per (sender, space): newest step
 
     # -- arrival --------------------------------------------------------------------------
     def accept(self, env: Envelope, nbytes: int, now: float, step: int,
@@ -61,6 +66,18 @@ class Delivery:
         if reason:
             self.rejected[j] += 1
             return reason
+        # The transport is ordered and lossless, so a sender's steps on a topic only go
+        # up, by publish_every at a time: a step at or below the last one is a replay, and
+        # one far beyond it (an enormous step would stall a sync barrier or poison the
+        # staleness) is refused.
+        last = self.last_step.get((j, env.space), -1)
+        if env.step <= last:
+            self.rejected[j] += 1
+            return "replayed"
+        if env.step > last + STEP_WINDOW * self.publish_every:
+            self.rejected[j] += 1
+            return "step-window"
+        self.last_step[(j, env.space)] = env.step
         self.links[j].offer(env, nbytes, now, step, self.sync)
         return None
 

@@ -361,7 +361,8 @@ class PeerRuntime:
         return summary, self.save_checkpoint()
 
     async def run(self) -> int:
-        transport = Transport(self.id)
+        # The largest frame ZeroMQ takes in: a message's largest frame is its payload.
+        transport = Transport(self.id, max_message_bytes=self.scenario.comm.max_message_bytes)
         control = transport.control(self.launch.control_endpoint)
         comm = self.scenario.comm
         try:

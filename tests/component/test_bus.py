@@ -407,3 +407,63 @@ async def test_stopped_peer_process_exits_promptly(tmp_path, tiny_raw, no_leftov
             proc.kill()
             await proc.wait()
         server.close()
+
+
+async def test_a_neighbour_cannot_speak_for_another(tmp_path, transport_kind):
+    """Peer 1 hears peers 0 and 2, each on its own connection.  Peer 2 publishing peer 0's
+    topic under peer 0's name reaches nobody (its connection carries only peer 2's topics);
+    forced onto peer 2's own topic it is refused as spoofed."""
+    p0, p2, me = Transport(0), Transport(2), Transport(1)
+    try:
+        p0.bind(transport_kind, "127.0.0.1", tmp_path)
+        p2.bind(transport_kind, "127.0.0.1", tmp_path)
+        await _link(p0, me, 0, _x(0))
+        await _link(p2, me, 2, _x(2))
+        traffic = Traffic(1)
+        bus = PeerBus(me, traffic, {})
+        forged = Envelope(0, Topic("samples", 0, "x"), 5, {"x": np.ones((2, 3), bool)})
+        await p2.send(encode(forged))  # filtered: peer 2's connection is not subscribed
+        # On peer 2's own topic, with a header claiming peer 0: it arrives, and is refused.
+        await p2.send(encode(Envelope(0, Topic("samples", 2, "x"), 5,
+                                      {"x": np.ones((2, 3), bool)})))
+        # Honest messages of both; each connection is FIFO, so once peer 2's has arrived
+        # so has everything peer 2 sent before it.
+        for t, sender in ((p0, 0), (p2, 2)):
+            await t.send(encode(Envelope(sender, Topic("samples", sender, "x"), 6,
+                                         {"x": np.zeros((2, 3), bool)})))
+        got: list = []
+        deadline = time.monotonic() + DEADLINE_S
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += [(env.sender, env.step, bool(env.tensors["x"].any()))
+                    for env, _ in await asyncio.wait_for(bus.receive(), DEADLINE_S)
+                    if not env.topic.is_handshake and env.tensors]
+        assert sorted(got) == [(0, 6, False), (2, 6, False)]  # the honest ones only
+        assert traffic.rejected == {"spoofed": 1}
+    finally:
+        for t in (p0, p2, me):
+            t.close()
+
+
+async def test_an_oversized_frame_is_refused_by_zeromq_before_it_is_received(tmp_path,
+                                                                               transport_kind):
+    """max_message_bytes becomes ZeroMQ's MAXMSGSIZE: a 4 MiB frame at a 64 KiB limit never
+    reaches the receiver's memory; ZeroMQ cuts the connection that sent it."""
+    pub, sub = Transport(0), Transport(1, max_message_bytes=64 * 1024)
+    try:
+        pub.bind(transport_kind, "127.0.0.1", tmp_path)
+        await _link(pub, sub, 0, _x(0))
+        topic = Topic("samples", 0, "x").subscription()
+        await pub.send([topic, b"before"])
+        await pub.send([topic, bytes(4 << 20)])
+        await pub.send([topic, b"after"])
+        seen = []
+        while True:
+            try:
+                frames = await _recv_frames(sub, timeout=1.0)
+            except TimeoutError:
+                break
+            seen.append(frames[1])
+        assert seen == [b"before"]  # nothing of, or after, the oversized frame
+    finally:
+        pub.close()
+        sub.close()

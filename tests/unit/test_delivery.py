@@ -384,3 +384,26 @@ def test_handshakes_are_not_counted_as_traffic():
     got = traffic.decode(_frames(Envelope(0, Topic.handshake(0), 0, {})))
     assert got is not None and got[0].topic.is_handshake
     assert traffic.received.totals()["messages"] == 0 and not traffic.rejected
+
+
+def test_replayed_and_far_future_steps_are_refused():
+    """Steps on a topic only go up, one publish_every at a time: a replay or an enormous
+    step (which would stall a sync barrier) is refused and counted, and changes nothing."""
+    d = _delivery()
+    for step in range(3):
+        assert _arrive(d, _env(sender=0, step=step), T0, step=step) is None
+    assert _arrive(d, _env(sender=0, step=1), T0) == "replayed"
+    assert _arrive(d, _env(sender=0, step=2), T0) == "replayed"
+    assert _arrive(d, _env(sender=0, step=2**62), T0) == "step-window"
+    assert _arrive(d, _env(sender=0, step=3), T0, step=3) is None  # the stream goes on
+    assert d.rejected[0] == 3 and d.links[0].arrived == 4
+    d.release(3, T0)
+    assert d.resolved[0] == 3  # the refused round 2**62 did not complete anything
+
+
+def test_a_message_claiming_another_sender_on_a_connection_is_spoofed():
+    traffic = Traffic(ME)
+    frames = _frames(_env(sender=0, step=0))
+    assert traffic.decode(frames, via=2) is None  # came on peer 2's connection
+    assert traffic.rejected == {"spoofed": 1} and traffic.received.totals()["messages"] == 0
+    assert traffic.decode(frames, via=0) is not None
