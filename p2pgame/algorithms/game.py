@@ -42,7 +42,6 @@ from p2pgame.algorithms.players import (
 )
 from p2pgame.config import Scenario, ScenarioError, one_of
 from p2pgame.data.image import ImageDataSpec, class_histograms, load_split, partition_indices
-from p2pgame.eval.images import prepare_evaluator
 from p2pgame.topology import Schedule, Topology, build_schedule
 
 EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
@@ -327,6 +326,10 @@ class GameHooks(RunHooks):
         binary = self._binary_players()
         if binary:
             epochs = max(p.algorithm.evaluator_epochs for p in binary)
+            # Imported here: the evaluator pulls in torchvision, which resolving a
+            # scenario (and refusing a bad one) does not need.
+            from p2pgame.eval.images import prepare_evaluator
+
             prepare_evaluator(self.scenario.data, data_root, epochs, log)
         else:
             load_split(self.scenario.data, data_root, "test")
