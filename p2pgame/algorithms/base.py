@@ -183,5 +183,18 @@ def check_schema(env: Envelope, expected: dict[str, tuple[str, tuple[int, ...]]]
     return None
 
 
+def check_relay_weights(peers: dict[int, str], schedule: Schedule) -> None:
+    """Peers without data (``{peer: where it is said}``) must give their own data no weight
+    in any topology epoch: they are relays, learning only what they receive."""
+    for i, where in sorted(peers.items()):
+        for t in schedule.topologies:
+            own = float(t.weights[i, i])
+            if own > 0:
+                raise ScenarioError(
+                    f"{where}: peer {i} has no data but gives weight {own:g} to it; a peer "
+                    "without data is a relay: give it self_weight 0 (topology.self_weight as "
+                    "a list, or weights = 'matrix')")
+
+
 def config_error(key: str, msg: str) -> ScenarioError:
     return ScenarioError(f"algorithm.{key}: {msg}")

@@ -33,11 +33,12 @@ from p2pgame.algorithms.base import (
     Inbox,
     PeerContext,
     RunHooks,
+    check_relay_weights,
     check_schema,
     config_error,
 )
 from p2pgame.algorithms.equilibrium import solve_equilibrium
-from p2pgame.config import Scenario, ScenarioError
+from p2pgame.config import Scenario
 from p2pgame.rng import generator
 from p2pgame.topology import Schedule, Topology, build_schedule
 
@@ -281,13 +282,8 @@ class ExpFamHooks(RunHooks):
                 solve_equilibrium(t.weights, np.zeros((self.scenario.n, 1)))
             except ValueError as e:
                 raise config_error("name", f"expfam: {e}") from None
-            for p in players:
-                own = float(t.weights[p.peer, p.peer])
-                if not p.algorithm.has_data and own > 0:
-                    raise ScenarioError(
-                        f"peers: peer {p.peer} has no data (n_data = 0) but gives weight "
-                        f"{own:g} to it; a peer without data is a relay: give it self_weight 0 "
-                        "(topology.self_weight as a list, or weights = 'matrix')")
+        check_relay_weights({p.peer: "peers (algorithm.n_data = 0)"
+                             for p in players if not p.algorithm.has_data}, schedule)
 
     def after_run(self, run_dir: Path, summary: dict) -> None:
         """The equilibrium the weights effectively applied predict, next to the ideal one."""

@@ -27,6 +27,7 @@ from p2pgame.algorithms.base import (
     Inbox,
     PeerContext,
     RunHooks,
+    check_relay_weights,
     check_schema,
     config_error,
 )
@@ -299,14 +300,8 @@ class GameHooks(RunHooks):
 
     def _check_relays(self, empty: list[int], schedule: Schedule, why) -> None:
         """A peer without data must give its own data no weight, and learn in batches."""
+        check_relay_weights({i: why(i) for i in empty}, schedule)
         for i in empty:
-            for t in schedule.topologies:
-                own = float(t.weights[i, i])
-                if own > 0:
-                    raise ScenarioError(
-                        f"{why(i)}: peer {i} has no data but gives weight {own:g} to it; a "
-                        "peer without data is a relay: give it self_weight 0 "
-                        "(topology.self_weight as a list, or weights = 'matrix')")
             if self.scenario.player(i).algorithm.batch == 0:
                 raise ScenarioError(
                     f"{why(i)}: peer {i} has no data, so algorithm.batch = 0 (the whole local "

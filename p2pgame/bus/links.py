@@ -20,8 +20,8 @@ through the stages of a real path, in order:
 
 Every fault draws from its own seeded RNG, one per edge, so a synchronous run is
 reproducible and changing one fault's rate never shifts another fault's draws
-(the i-th message that is not lost gets the i-th latency draw, whatever ``drop``
-is).  The bottleneck is advanced lazily, from the ``now`` of each call: the
+(without buffer overflows, the i-th message that is not lost gets the i-th latency
+draw, whatever ``drop`` is).  The bottleneck is advanced lazily, from the ``now`` of each call: the
 link has no clock of its own, so unit tests drive it with a fake one.
 
 Every message the link is offered ends in exactly one of four counters, and
@@ -176,11 +176,12 @@ class Link:
         if self.spec.drop > 0 and self.drop_rng.random() < self.spec.drop:
             self.dropped_loss += 1
             pend.fate, pend.nbytes = LOST, 0
-            self._enqueue(pend, now)
-            return LOST
-        if self.bucket is None:
+        if self.bucket is None:  # nothing ever waits: straight onto the wire
             self._propagate(pend, now)
-            return DELIVERED
+            return pend.fate
+        if pend.lost:
+            self._enqueue(pend, now)  # keeps its turn behind what is waiting
+            return LOST
         if self.queue and not self._fits(nbytes):
             if self.spec.buffer_policy == "oldest":
                 self._push_out_oldest(nbytes)
@@ -214,9 +215,7 @@ class Link:
             p.fate, p.nbytes = OVERFLOW, 0  # stays in place: its round settles in its turn
 
     def _enqueue(self, pend: Pending, now: float) -> None:
-        if self.bucket is None and not self.queue:
-            self._propagate(pend, now)
-            return
+        """Into the bottleneck's queue (the head, when it is empty, is on the wire)."""
         if self.queue and not pend.lost:
             self.waiting_bytes += pend.nbytes
             self.waiting_messages += 1

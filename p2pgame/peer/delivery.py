@@ -129,21 +129,13 @@ class Delivery:
         """Per in-neighbour: what is on its link (see :attr:`Link.pending`)."""
         return {j: link.pending for j, link in self.links.items()}
 
-    @property
-    def admitted(self) -> int:
-        return sum(link.admitted for link in self.links.values())
+    def _total(self, counter: str) -> int:
+        return sum(getattr(link, counter) for link in self.links.values())
 
-    @property
-    def arrived(self) -> int:
-        return sum(link.arrived for link in self.links.values())
-
-    @property
-    def dropped(self) -> int:
-        return sum(link.dropped for link in self.links.values())
-
-    @property
-    def delivered_bytes(self) -> int:
-        return sum(link.delivered_bytes for link in self.links.values())
+    admitted = property(lambda self: self._total("admitted"))
+    arrived = property(lambda self: self._total("arrived"))
+    dropped = property(lambda self: self._total("dropped"))
+    delivered_bytes = property(lambda self: self._total("delivered_bytes"))
 
     def edge_accounts(self) -> list[dict[str, int]]:
         """Per in-neighbour: what its link did with every message offered, and how many of
