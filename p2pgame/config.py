@@ -320,6 +320,7 @@ class CommSpec:
 
 
 BACKENDS = ("local",)
+PLACEMENTS = ("process", "workers")
 
 
 PACE_DISTS = ("constant", "uniform", "exponential")
@@ -359,6 +360,10 @@ class RuntimeSpec:
     threads_per_peer: int = 0  # 0 = cores // peers, at least 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     backend: str = "local"  # how peers are started (launch.backends)
+    # Where peers live: "process" (one OS process each) or "workers" (asyncio tasks in
+    # ``workers`` worker processes; 0 = one per core).  Never changes what peers exchange.
+    placement: str = "process"
+    workers: int = 0
     metrics_every: int = 0  # 0 = about 100 lines per run
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
@@ -369,6 +374,8 @@ class RuntimeSpec:
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ScenarioError(f"device = {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
         one_of(self.backend, BACKENDS, "backend")
+        one_of(self.placement, PLACEMENTS, "placement")
+        at_least(self.workers, 0, "workers")
         at_least(self.metrics_every, 0, "metrics_every")
 
 

@@ -244,19 +244,31 @@ def build_schedule(spec: TopologySpec, steps: int, seed: int) -> Schedule:
 
 def schedule_to_plain(schedule: Schedule) -> dict:
     """The schedule as plain data (peers receive it instead of rebuilding the graphs)."""
+    # Weights as their nonzero entries (row, column, value): a thousand-peer ring is three
+    # thousand numbers, not a million.  Floats survive exactly (no rounding).
+    def nonzero(w: np.ndarray) -> list[list]:
+        rows, cols = np.nonzero(w)
+        return [[int(r), int(c), float(w[r, c])] for r, c in zip(rows, cols, strict=True)]
+
     return {
         "starts": list(schedule.starts),
         "topologies": [
-            {"n": t.n, "edges": [list(e) for e in t.edges], "weights": t.weights.tolist()}
+            {"n": t.n, "edges": [list(e) for e in t.edges], "weights": nonzero(t.weights)}
             for t in schedule.topologies
         ],
     }
 
 
 def schedule_from_plain(data: dict) -> Schedule:
+    def dense(n: int, entries: list[list]) -> np.ndarray:
+        w = np.zeros((n, n))
+        for r, c, v in entries:
+            w[int(r), int(c)] = float(v)
+        return w
+
     tops = tuple(
         Topology(n=t["n"], edges=tuple((int(a), int(b)) for a, b in t["edges"]),
-                 weights=np.asarray(t["weights"], dtype=float))
+                 weights=dense(t["n"], t["weights"]))
         for t in data["topologies"]
     )
     return Schedule(tuple(int(s) for s in data["starts"]), tops)

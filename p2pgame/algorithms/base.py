@@ -198,3 +198,17 @@ def check_relay_weights(peers: dict[int, str], schedule: Schedule) -> None:
 
 def config_error(key: str, msg: str) -> ScenarioError:
     return ScenarioError(f"algorithm.{key}: {msg}")
+
+
+def sparse_row(row: Any, digits: int = 9) -> dict[str, float]:
+    """A weight row as ``{"j": w}`` over its nonzero entries (JSON keys are strings): rows
+    of a thousand-peer ring stay three entries long in ``summary.json``."""
+    return {str(j): round(float(w), digits) for j, w in enumerate(row) if w}
+
+
+def dense_row(row: dict[str, float], n: int) -> list[float]:
+    """The inverse of :func:`sparse_row`."""
+    out = [0.0] * n
+    for j, w in row.items():
+        out[int(j)] = float(w)
+    return out

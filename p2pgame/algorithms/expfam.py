@@ -36,10 +36,13 @@ from p2pgame.algorithms.base import (
     check_relay_weights,
     check_schema,
     config_error,
+    dense_row,
+    sparse_row,
 )
 from p2pgame.algorithms.equilibrium import solve_equilibrium
 from p2pgame.config import Scenario
 from p2pgame.rng import generator
+from p2pgame.shared import shared_with
 from p2pgame.topology import Schedule, Topology, build_schedule
 
 FAMILIES = ("bernoulli", "gaussian")
@@ -160,7 +163,11 @@ class ExpFamPlayer(Algorithm):
         self.mu = np.full(d, 0.5) if cfg.family == "bernoulli" else np.r_[np.zeros(d), np.ones(d)]
         self.samples_per_message = ctx.scenario.comm.samples_per_message or cfg.batch
         self.steps = ctx.scenario.steps
-        self.target = equilibrium(ctx.scenario, ctx.schedule.final())[ctx.peer_id]
+        # Solved once per process: the peers of a worker share the scenario (which
+        # determines the schedule).
+        final = ctx.schedule.final()
+        self.target = shared_with(ctx.scenario, "expfam-equilibrium",
+                                  lambda: equilibrium(ctx.scenario, final))[ctx.peer_id]
         self.schemas = schemas(cfg)
         self.learns = ctx.player.learns
 
@@ -261,7 +268,7 @@ class ExpFamPlayer(Algorithm):
         return {
             "ne_max_abs": float(np.max(np.abs(self.mu - self.target))),
             "mu": [round(float(v), 6) for v in self.mu],
-            "effective_row": [round(float(v), 9) for v in row],
+            "effective_row": sparse_row(row),
         }
 
 
@@ -291,8 +298,9 @@ class ExpFamHooks(RunHooks):
         n = self.scenario.n
         if sorted(peers) != sorted(str(i) for i in range(n)):
             return
-        rows = np.array([peers[str(i)].get("effective_row", [0.0] * n) for i in range(n)])
-        summary["effective_weights"] = rows.round(9).tolist()
+        rows = np.array([dense_row(peers[str(i)].get("effective_row", {}), n)
+                         for i in range(n)])
+        summary["effective_weights"] = [sparse_row(r) for r in rows]
         try:
             predicted = solve_equilibrium(rows, all_moments(self.scenario))
         except ValueError:  # some peer effectively saw no data: no unique prediction

@@ -30,6 +30,7 @@ from p2pgame.algorithms.base import (
     check_relay_weights,
     check_schema,
     config_error,
+    sparse_row,
 )
 from p2pgame.algorithms.equilibrium import solve_equilibrium
 from p2pgame.algorithms.players import (
@@ -43,6 +44,7 @@ from p2pgame.algorithms.players import (
 )
 from p2pgame.config import Scenario, ScenarioError, one_of
 from p2pgame.data.image import ImageDataSpec, class_histograms, load_split, partition_indices
+from p2pgame.shared import shared_with
 from p2pgame.topology import Schedule, Topology, build_schedule
 
 EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
@@ -234,8 +236,10 @@ class SyntheticGame(Algorithm):
         metrics, images = player.evaluate(n)
         mass_key, tv_key = player.class_mass_keys or (None, None)
         if mass_key in metrics:
-            all_labels = load_split(ctx.scenario.data, ctx.data_root)[1].numpy()
-            ne = ne_class_mass(ctx.scenario, all_labels, ctx.schedule.final())[ctx.peer_id]
+            final = ctx.schedule.final()
+            ne = shared_with(ctx.scenario, "game-ne-class-mass", lambda: ne_class_mass(
+                ctx.scenario, load_split(ctx.scenario.data, ctx.data_root)[1].numpy(),
+                final))[ctx.peer_id]
             metrics["ne_class_mass"] = [float(v) for v in ne]
             metrics["ne_own_mass"] = float(sum(ne[c] for c in player.own_classes))
             metrics[tv_key] = total_variation(metrics[mass_key], ne)
@@ -252,8 +256,7 @@ class SyntheticGame(Algorithm):
         if self.player.completed:
             out["completed"] = dict(self.player.completed)
         if self.share_steps:
-            out["effective_row"] = [round(float(v), 6)
-                                    for v in self.shares / self.share_steps]
+            out["effective_row"] = sparse_row(self.shares / self.share_steps, 6)
         return out
 
     def checkpoint_state(self) -> Any | None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from p2pgame.data.image import load_split, peer_images, peer_part
+from p2pgame.shared import shared
 
 HVAE, IMAGES, PAIRS = "hvae", "x", "cx"
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -288,7 +289,9 @@ class JointPlayer(Player):
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._test is None:
             x, y = load_split(self.ctx.scenario.data, Path(self.ctx.data_root), "test")
-            self._test = ((x.float() / 255.0).unsqueeze(1).to(self.device), y.to(self.device))
+            # One float copy per process and device, shared by its peers (read-only).
+            self._test = shared(("joint-test-set", id(x), str(self.device)), lambda: (
+                (x.float() / 255.0).unsqueeze(1).to(self.device), y.to(self.device)))
         return self._test
 
     def accuracy(self, n: int | None = None) -> float:

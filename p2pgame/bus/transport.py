@@ -40,6 +40,15 @@ def bind_endpoint(sock: zmq.Socket, transport: str, host: str, ipc_dir: Path, na
     return f"tcp://{host}:{port}"
 
 
+def shared_context(sockets: int) -> zmq.asyncio.Context:
+    """One zmq context for all the peers of a worker process: one I/O thread for them
+    all instead of one each, with room for ``sockets`` sockets (ZeroMQ's default cap is
+    1023, too few for hundreds of peers).  Each peer keeps its own sockets."""
+    ctx = zmq.asyncio.Context()
+    ctx.set(zmq.MAX_SOCKETS, max(1024, sockets))
+    return ctx
+
+
 class Transport:
     """The data plane of one peer."""
 

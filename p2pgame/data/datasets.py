@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from p2pgame.shared import shared
+
 from .errors import DataError
 from .idx import read_idx
 
@@ -225,13 +227,20 @@ def load_images(
         what = "" if len(missing) == len(needed) else f" (missing {', '.join(missing)})"
         raise DataError(f"{info.title} not found under {raw}{what}; {_fetch_hint(info, root)}")
     verify_files(info, raw, needed, root)
-    arrays = [_read_split(info, raw, p) for p in parts]
-    if len(arrays) == 1:
-        images, labels = arrays[0]
-    else:
-        images = np.concatenate([a[0] for a in arrays])
-        labels = np.concatenate([a[1] for a in arrays])
-    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+    def read() -> tuple[torch.Tensor, torch.Tensor]:
+        arrays = [_read_split(info, raw, p) for p in parts]
+        if len(arrays) == 1:
+            images, labels = arrays[0]
+        else:
+            images = np.concatenate([a[0] for a in arrays])
+            labels = np.concatenate([a[1] for a in arrays])
+        return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+    # One copy per process, shared by its peers (read-only); the files' stats are part
+    # of the key, so rewritten files are read again.
+    stats = tuple((f, (raw / f).stat().st_size, (raw / f).stat().st_mtime_ns) for f in needed)
+    return shared(("images", info.name, str(raw.resolve()), split, stats), read)
 
 
 def smoke_check(root: str | os.PathLike = "data", log=print) -> int:

@@ -13,18 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from p2pgame.data.image import ImageDataSpec, load_split
+from p2pgame.shared import shared
 
 
 def evaluator_for(spec: ImageDataSpec, data_root: Path, epochs: int, log: Callable,
                   device: str = "cpu"):
-    """The cached evaluator of the data set (trained on first use)."""
+    """The cached evaluator of the data set (trained on first use; one per process)."""
     from p2pgame.eval import get_evaluator
 
     tr_x, tr_y = load_split(spec, data_root, "train")
     te_x, te_y = load_split(spec, data_root, "test")
-    model, info = get_evaluator(spec.dataset, tr_x, tr_y, te_x, te_y,
-                                Path(data_root) / "evaluators", epochs=epochs, log=log,
-                                device=device)
+
+    def load():
+        return get_evaluator(spec.dataset, tr_x, tr_y, te_x, te_y,
+                             Path(data_root) / "evaluators", epochs=epochs, log=log,
+                             device=device)
+
+    # The loaded split tensors are shared objects: their identity pins the files' version.
+    model, info = shared(("evaluator", spec.dataset, str(Path(data_root).resolve()), epochs,
+                          str(device), id(tr_x), id(te_x)), load)
     return model, info, (te_x, te_y)
 
 
@@ -55,7 +62,10 @@ class ImageEvaluation:
 
             model, self.info, (te_x, te_y) = evaluator_for(
                 self.spec, self.data_root, self.epochs, lambda m: None, device=self.device)
-            self._fid = ClassifierFID(model, te_x, te_y, binarize_test=self.binarize_test)
+            # The test features are the same for every peer of the process: computed once.
+            self._fid = shared(("classifier-fid", id(model), id(te_x), self.binarize_test),
+                               lambda: ClassifierFID(model, te_x, te_y,
+                                                     binarize_test=self.binarize_test))
             self._test_images = te_x
         return self._fid
 

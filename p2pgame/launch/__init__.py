@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from p2pgame.peer.runtime import PeerLaunch
 from p2pgame.scenario import apply_overrides, load_raw, resolve
 from p2pgame.topology import build_schedule, schedule_to_plain
 
-__all__ = ["RunResult", "run", "threads_per_peer", "resolve_devices", "cpu_count"]
+__all__ = ["RunResult", "run", "threads_per_peer", "n_workers", "resolve_devices", "cpu_count"]
 
 
 def cpu_count() -> int:
@@ -37,10 +37,31 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def n_workers(scenario: Scenario) -> int:
+    """How many worker processes host the peers (placement ``workers``): as set, or one
+    per core (one per GPU when peers run on GPUs), never more than the peers."""
+    rt = scenario.runtime
+    if rt.placement != "workers":
+        return scenario.n
+    want = rt.workers
+    if not want:
+        want = cpu_count()
+        if rt.device != "cpu":
+            try:
+                import torch
+
+                want = torch.cuda.device_count() or want
+            except Exception:  # torch missing or broken: cores
+                pass
+    return max(1, min(want, scenario.n))
+
+
 def threads_per_peer(scenario: Scenario) -> int:
+    """Threads per process a peer lives in: cores // processes (at least 1), unless set.
+    With placement ``workers`` it is the worker's share, used by its peers' steps."""
     if scenario.runtime.threads_per_peer:
         return scenario.runtime.threads_per_peer
-    return max(1, cpu_count() // scenario.n)
+    return max(1, cpu_count() // n_workers(scenario))
 
 
 def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
@@ -69,6 +90,22 @@ def check_writable(path: Path, option: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ScenarioError(f"{option} {path}: cannot write under {probe} (permission denied); "
                             "choose a folder you can write to")
+
+
+def process_memory(peers: dict[str, dict]) -> list[dict[str, Any]]:
+    """The processes peers lived in (one per peer, or one per worker), with their peak
+    memory as last reported and the share of it per hosted peer."""
+    procs: dict[int, dict[str, Any]] = {}
+    for i, s in peers.items():
+        if "pid" not in s:
+            continue
+        p = procs.setdefault(s["pid"], {"pid": s["pid"], "peers": [], "peak_rss_mb": 0.0})
+        p["peers"].append(int(i))
+        p["peak_rss_mb"] = max(p["peak_rss_mb"], s.get("process_peak_rss_mb", 0.0))
+    for p in procs.values():
+        p["peers"].sort()
+        p["peak_rss_mb_per_peer"] = round(p["peak_rss_mb"] / len(p["peers"]), 1)
+    return sorted(procs.values(), key=lambda p: p["peers"][0])
 
 
 @dataclass
@@ -125,17 +162,20 @@ def run(
     comm = scenario.comm
     server = ControlServer(comm.transport, comm.host, sock_dir.resolve())
     folder = RunFolder(run_dir)
-    backend = make_backend(scenario.runtime.backend)
+    workers = n_workers(scenario)
+    backend = make_backend(scenario.runtime.backend, scenario.runtime.placement, workers)
     launcher = Launcher(scenario, schedule, folder, backend, progress)
     plain_scenario, plain_schedule = to_plain(scenario), schedule_to_plain(schedule)
     t0 = time.monotonic()
     try:
-        for i in range(scenario.n):
-            backend.start(i, asdict(PeerLaunch(
-                peer_id=i, scenario=plain_scenario, schedule=plain_schedule,
-                control_endpoint=server.endpoint, ipc_dir=str(sock_dir.resolve()),
-                data_root=str(data_root.resolve()), artifact_dir=str(run_dir.resolve()),
-                threads=threads, device=devices[i])))
+        # Every launch refers to the same scenario and schedule objects: pickling sends
+        # them once per process, and a worker decodes them once for all its peers.
+        # (vars, not asdict: asdict would copy them for every peer.)
+        backend.start({i: dict(vars(PeerLaunch(
+            peer_id=i, scenario=plain_scenario, schedule=plain_schedule,
+            control_endpoint=server.endpoint, ipc_dir=str(sock_dir.resolve()),
+            data_root=str(data_root.resolve()), artifact_dir=str(run_dir.resolve()),
+            threads=threads, device=devices[i]))) for i in range(scenario.n)})
         asyncio.run(launcher.supervise(server))
     finally:
         launcher.stop_processes()
@@ -151,6 +191,8 @@ def run(
         "steps": scenario.steps,
         "wall_s": launcher.wall or time.monotonic() - t0,
         "threads_per_peer": threads,
+        "placement": scenario.runtime.placement,
+        "workers": workers if scenario.runtime.placement == "workers" else None,
         "failed_peers": sorted(launcher.failures),
         "failures": {str(k): v for k, v in sorted(launcher.failures.items())},
         "warnings": {str(k): v for k, v in sorted(launcher.warnings.items())},
@@ -159,6 +201,7 @@ def run(
         "peers": {str(i): launcher.summaries[i] for i in sorted(launcher.summaries)},
         "peer_files": {str(i): f for i, f in sorted(launcher.files.items()) if f},
     }
+    summary["processes"] = process_memory(summary["peers"])
     summary["links"] = edge_accounts(summary["peers"])
     write_accounts(run_dir, summary["links"])
     unbalanced = [f"{r['src']}->{r['dst']}" for r in summary["links"] if r["in_transport"] < 0]

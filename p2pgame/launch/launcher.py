@@ -25,6 +25,8 @@ from p2pgame.launch.backends import Backend
 from p2pgame.launch.rundir import RunFolder
 from p2pgame.topology import Schedule
 
+LIVENESS_EVERY_S = 0.2
+
 
 class Launcher:
     def __init__(self, scenario: Scenario, schedule: Schedule, folder: RunFolder,
@@ -43,6 +45,7 @@ class Launcher:
         self.step_of: dict[int, int] = {}
         self.rejected_artifacts = 0
         self.wall = 0.0
+        self._checked_alive = 0.0
 
     def log(self, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -50,9 +53,14 @@ class Launcher:
     async def _recv(self, server: ControlServer, timeout: float = 0.2) -> tuple[int, Any] | None:
         """One control message, or None; notices dead peers and handles reports on the way."""
         got = await server.recv(timeout)
-        for i in self.peers:
-            if not self.backend.alive(i) and i not in self.summaries and i not in self.failures:
-                self.failures[i] = f"process exited with code {self.backend.exit_code(i)}"
+        now = time.monotonic()
+        # Liveness costs a system call per peer: at most every LIVENESS_EVERY_S, not per
+        # message (a thousand peers report thousands of messages a second).
+        if got is None or now - self._checked_alive > LIVENESS_EVERY_S:
+            self._checked_alive = now
+            for i in self.peers:
+                if i not in self.summaries and i not in self.failures and not self.backend.alive(i):
+                    self.failures[i] = f"process exited with code {self.backend.exit_code(i)}"
         if got is None:
             return None
         peer, data = got

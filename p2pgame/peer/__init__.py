@@ -1,6 +1,11 @@
 """A peer: delivery (pure), the control protocol (typed), and the runtime that runs them.
 
-:func:`peer_main` is the entry point of a peer process.
+Two entry points, one per placement: :func:`peer_main` runs one peer in its own
+process; :func:`worker_main` hosts a block of peers as asyncio tasks of one
+worker process, sharing one decoded scenario, one zmq context (one I/O thread)
+and read-only data (:mod:`p2pgame.shared`).  Hosted peers keep their own
+sockets, seeded RNG streams, links and counters, so placement changes where
+peers live, never what they exchange.
 """
 
 from __future__ import annotations
@@ -8,9 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import sys
 import traceback
+from collections.abc import Callable
+
+
+def _setup_process(threads: int, algorithm_name: str, torch_threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and asks us to stop
+    from p2pgame.algorithms import get_algorithm
+
+    if get_algorithm(algorithm_name).uses_torch:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+
+
+def _peer_log(pid: int) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        print(f"[peer {pid}] {msg}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def peer_main(launch: dict) -> None:
@@ -18,39 +44,28 @@ def peer_main(launch: dict) -> None:
     from p2pgame.peer.runtime import PeerLaunch
 
     spec = PeerLaunch(**launch)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(spec.threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and asks us to stop
-    pid = spec.peer_id
-
-    def log(msg: str) -> None:
-        print(f"[peer {pid}] {msg}", file=sys.stderr, flush=True)
-
+    log = _peer_log(spec.peer_id)
     code = 1
     try:
-        from p2pgame.algorithms import get_algorithm
-
-        if get_algorithm(spec.scenario["algorithm_name"]).uses_torch:
-            import torch
-
-            torch.set_num_threads(spec.threads)
-        code = asyncio.run(_main(spec, log))
+        _setup_process(spec.threads, spec.scenario["algorithm_name"], spec.threads)
+        code = asyncio.run(_single(spec, log))
     except BaseException as e:  # report any failure, then exit non-zero
         log(f"failed: {type(e).__name__}: {e}")
         code = 1
     sys.exit(code)
 
 
-async def _main(spec, log) -> int:
+async def _build(spec, log, **shared):
+    """The peer's runtime; a failure to build (bad data, a model error) is reported to the
+    launcher before it is raised."""
     from p2pgame.bus.transport import ControlClient, Transport
     from p2pgame.peer import control as ctl
     from p2pgame.peer.runtime import PeerRuntime, error_message
 
     try:
-        runtime = PeerRuntime(spec, log)
+        return PeerRuntime(spec, log, **shared)
     except BaseException as e:
-        # Building failed (bad data, a model error): tell the launcher before exiting.
-        transport = Transport(spec.peer_id)
+        transport = Transport(spec.peer_id, shared.get("context"))
         client: ControlClient = transport.control(spec.control_endpoint)
         with contextlib.suppress(Exception):
             await client.send(ctl.encode(error_message(e)))
@@ -58,12 +73,106 @@ async def _main(spec, log) -> int:
         transport.close()
         log("".join(traceback.format_exception(e)).rstrip())
         raise
-    loop = asyncio.get_running_loop()
 
-    def on_sigterm() -> None:
-        # The first SIGTERM asks us to stop (finish the step, report); the next one ends us.
-        runtime.request_stop()
+
+def _on_sigterm(loop: asyncio.AbstractEventLoop, runtimes: list) -> None:
+    # The first SIGTERM asks every peer here to stop (finish the step, report); the next
+    # one ends the process (the default action).
+    def handler() -> None:
+        for rt in runtimes:
+            rt.request_stop()
         loop.remove_signal_handler(signal.SIGTERM)
 
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGTERM, handler)
+
+
+async def _single(spec, log) -> int:
+    runtime = await _build(spec, log)
+    _on_sigterm(asyncio.get_running_loop(), [runtime])
     return await runtime.run()
+
+
+def worker_main(launches: list[dict], worker: int) -> None:
+    """Entry point of a worker process hosting the peers of ``launches`` (PeerLaunch data).
+
+    ``threads`` of the launches is the worker's share of the cores.  A worker with several
+    peers runs their heavy steps concurrently in that many threads, each torch call on one
+    thread (peers, not intra-op threads, use the cores); a worker with one peer gives it
+    all of them, as a peer process would have.
+    """
+    from p2pgame.peer.runtime import PeerLaunch
+
+    specs = [PeerLaunch(**launch) for launch in launches]
+    code = 1
+    try:
+        threads = specs[0].threads
+        _setup_process(threads, specs[0].scenario["algorithm_name"],
+                       threads if len(specs) == 1 else 1)
+        _raise_open_files(len(specs))
+        code = asyncio.run(_worker(specs, threads))
+    except BaseException as e:
+        print(f"[worker {worker}] failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        code = 1
+    sys.exit(code)
+
+
+def _raise_open_files(peers: int) -> None:
+    """Each hosted peer holds a few sockets (descriptors): lift the soft limit toward the
+    hard one when many peers share the process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 64 + 16 * peers
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def _worker(specs, threads: int) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from p2pgame.algorithms import decode_scenario
+    from p2pgame.bus.transport import shared_context
+    from p2pgame.topology import schedule_from_plain
+
+    loop = asyncio.get_running_loop()
+    # Heavy steps (and evaluations) of this worker's peers share ``threads`` threads.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=max(1, threads),
+                                                 thread_name_prefix="p2pgame-step"))
+    scenario = decode_scenario(specs[0].scenario)  # once for every peer here
+    schedule = schedule_from_plain(specs[0].schedule)
+    sockets = sum(3 + len(schedule.union_in(s.peer_id)) for s in specs) + 16
+    context = shared_context(sockets)
+    runtimes: list = []
+    _on_sigterm(loop, runtimes)
+    tasks: list[asyncio.Task] = []
+    codes: list[int] = []
+    try:
+        for spec in specs:
+            log = _peer_log(spec.peer_id)
+            try:
+                runtime = await _build(spec, log, scenario=scenario, schedule=schedule,
+                                       context=context)
+            except Exception as e:
+                log(f"failed: {type(e).__name__}: {e}")
+                codes.append(1)
+                continue
+            runtimes.append(runtime)
+            tasks.append(asyncio.create_task(_hosted(runtime, log)))
+            await asyncio.sleep(0)  # the peers already built say Hello meanwhile
+        codes += await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        context.destroy(linger=0)  # sockets of cancelled peers may still be open
+        raise
+    context.term()  # every peer closed its sockets; the final reports drain first
+    return max(codes, default=0)
+
+
+async def _hosted(runtime, log) -> int:
+    """Run one hosted peer; its failure is its own (reported, logged), not the worker's."""
+    try:
+        return await runtime.run()
+    except Exception as e:
+        log(f"failed: {type(e).__name__}: {e}")
+        return 1

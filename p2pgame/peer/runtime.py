@@ -111,11 +111,17 @@ class Pacer:
 
 
 class PeerRuntime:
-    def __init__(self, launch: PeerLaunch, log=print) -> None:
+    """One peer.  ``scenario``, ``schedule`` and ``context`` are given by a worker that
+    hosts many peers: decoded once and shared (a peer alone decodes its own, and its
+    transport makes its own zmq context)."""
+
+    def __init__(self, launch: PeerLaunch, log=print, *, scenario: Scenario | None = None,
+                 schedule: Schedule | None = None, context: Any = None) -> None:
         self.launch = launch
         self.id = me = launch.peer_id
-        self.scenario = scenario = decode_scenario(launch.scenario)
-        self.schedule = schedule_from_plain(launch.schedule)
+        self.scenario = scenario = scenario or decode_scenario(launch.scenario)
+        self.schedule = schedule or schedule_from_plain(launch.schedule)
+        self.context = context
         self.info = get_algorithm(scenario.algorithm_name)
         self.artifacts: list[ctl.Artifact] = []
         self.device, self.stream = self._device(launch.device)
@@ -341,6 +347,9 @@ class PeerRuntime:
             "links_in": edges,
         }
         out.update(self._on_stream(self.algorithm.finish))
+        # The process this peer lives in (a worker hosts several): the launcher joins them.
+        out["pid"] = os.getpid()
+        out["process_peak_rss_mb"] = round(peak_rss_mb(), 1)
         return out
 
     def save_checkpoint(self) -> list[str]:
@@ -362,7 +371,8 @@ class PeerRuntime:
 
     async def run(self) -> int:
         # The largest frame ZeroMQ takes in: a message's largest frame is its payload.
-        transport = Transport(self.id, max_message_bytes=self.scenario.comm.max_message_bytes)
+        transport = Transport(self.id, self.context,
+                              max_message_bytes=self.scenario.comm.max_message_bytes)
         control = transport.control(self.launch.control_endpoint)
         comm = self.scenario.comm
         try:
@@ -414,6 +424,21 @@ class PeerRuntime:
                 return ctl.decode(await control.recv())
             except ctl.ControlError:
                 continue
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux: VmHWM, which a spawned child does
+    not inherit from its parent, unlike ``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def error_message(e: BaseException) -> ctl.Error:

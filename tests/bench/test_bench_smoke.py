@@ -64,15 +64,20 @@ def test_overhead_smoke(tmp_path):
 def test_scaling_smoke(tmp_path):
     out = run_script("scaling.py", "--smoke", "--out", str(tmp_path / "scaling"))
     rows = out["rows"]
-    assert {(r["graph"], r["n"]) for r in rows} == {
-        (g, n) for g in ("ring", "complete") for n in (2, 4)}
+    assert {(r["placement"], r["graph"], r["n"]) for r in rows} == {
+        ("process", g, n) for g in ("ring", "complete") for n in (2, 4)} | {
+        ("workers", g, 4) for g in ("ring", "complete")}
     for r in rows:
         assert r["algorithm"] == "expfam"
         assert r["wall_per_step_ms"] > 0 and r["bytes_sent_per_peer_step"] > 0
         assert r["peak_rss_mb_mean"] > 0
-    by = {(r["graph"], r["n"]): r for r in rows}
+    by = {(r["placement"], r["graph"], r["n"]): r for r in rows}
     # complete n=4 has degree 3, ring n=4 degree 2: more bytes per peer per step
-    assert by[("complete", 4)]["bytes_sent_per_peer_step"] > by[("ring", 4)][
-        "bytes_sent_per_peer_step"]
+    assert by[("process", "complete", 4)]["bytes_sent_per_peer_step"] > by[
+        ("process", "ring", 4)]["bytes_sent_per_peer_step"]
+    # Placement changes where peers live, not what they send.
+    for g in ("ring", "complete"):
+        assert by[("workers", g, 4)]["bytes_sent_per_peer_step"] == by[("process", g, 4)][
+            "bytes_sent_per_peer_step"]
     assert (tmp_path / "scaling" / "scaling.csv").is_file()
     assert (tmp_path / "scaling" / "scaling.png").is_file()

@@ -32,7 +32,9 @@ PEER_KEYS = ("steps", "steps_per_s", "bytes_sent", "bytes_received", "messages_s
              "messages_received", "messages_dropped", "messages_rejected", "staleness_mean",
              "ne_max_abs")
 SUMMARY_KEYS = ("scenario", "seed", "mode", "wall_s", "failed_peers", "peers")
-TIMING_KEYS = {"wall_s", "steps_per_s", "time_split_s", "t", "delay_mean_s", "active_s"}
+TIMING_KEYS = {"wall_s", "steps_per_s", "time_split_s", "t", "delay_mean_s", "active_s",
+               # where peers lived and their memory: facts of the machine, not results
+               "pid", "process_peak_rss_mb", "processes"}
 
 
 def _run(out: Path, overrides=(), scenario=SCENARIO) -> launch.RunResult:
