@@ -319,7 +319,8 @@ class CommSpec:
         return self.link
 
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray")
+RAY_STRATEGIES = ("pack", "spread")
 PLACEMENTS = ("process", "workers")
 
 
@@ -364,6 +365,12 @@ class RuntimeSpec:
     # ``workers`` worker processes; 0 = one per core).  Never changes what peers exchange.
     placement: str = "process"
     workers: int = 0
+    # backend = "ray": workers are Ray actors, one placement-group bundle each.
+    ray_address: str = ""  # "": this process's Ray, else RAY_ADDRESS, else a local one
+    ray_strategy: str = "spread"  # pack | spread (the placement group's strategy)
+    worker_cpus: float = 1.0  # CPUs per worker's bundle
+    worker_gpus: float = 0.0  # GPUs (a fraction allowed) per worker's bundle
+    gpu_memory_fraction: float = 0.0  # cap on each process's CUDA allocator (0: none)
     metrics_every: int = 0  # 0 = about 100 lines per run
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
@@ -376,6 +383,12 @@ class RuntimeSpec:
         one_of(self.backend, BACKENDS, "backend")
         one_of(self.placement, PLACEMENTS, "placement")
         at_least(self.workers, 0, "workers")
+        one_of(self.ray_strategy, RAY_STRATEGIES, "ray_strategy")
+        at_least(self.worker_cpus, 0, "worker_cpus")
+        at_least(self.worker_gpus, 0, "worker_gpus")
+        if not 0 <= self.gpu_memory_fraction <= 1:
+            raise ScenarioError(f"gpu_memory_fraction = {self.gpu_memory_fraction} must lie "
+                                "in [0, 1] (0: no cap)")
         at_least(self.metrics_every, 0, "metrics_every")
 
 

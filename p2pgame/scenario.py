@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import tomllib
 import typing
 from pathlib import Path
@@ -333,6 +334,14 @@ def resolve(raw: dict, source: str = "<scenario>") -> Scenario:
             **kwargs,
         )
         # Deeper checks that need several sections at once.
+        if scenario.runtime.backend == "ray" and importlib.util.find_spec("ray") is None:
+            raise ScenarioError('runtime.backend = "ray": Ray is not installed; '
+                                'pip install "p2pgame[ray]" (or ".[ray]" in a checkout)')
+        if scenario.runtime.backend == "ray" and scenario.comm.transport != "tcp":
+            raise ScenarioError(
+                'runtime.backend = "ray" needs comm.transport = "tcp": peers on different '
+                "machines cannot reach each other's ipc sockets (and comm.host = \"node\" "
+                "to bind on each node's own address when the cluster spans machines)")
         schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
         all_edges = {tuple(e) for t in schedule.topologies for e in t.edges}
         for k, e in enumerate(scenario.comm.edges):

@@ -26,3 +26,29 @@ def write_tiny_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: in
     write_manifest(raw, {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
                          for f in raw.iterdir() if f.name.endswith("ubyte")})
     return Path(root)
+
+
+# Where a peer lived and how much memory its process took: placement's own business.
+PLACEMENT_KEYS = {"pid", "process_peak_rss_mb", "delay_mean_s", "active_s"}
+
+
+def placement_results(run_dir: Path) -> dict:
+    """Every peer's summary entry and metrics lines, without timings and placement facts:
+    what must not change when only the placement (processes, workers, Ray) changes."""
+    import json
+
+    from tests.fixtures.record_same_results import strip_timings
+
+    def strip(obj):
+        obj = strip_timings(obj)
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in PLACEMENT_KEYS}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {"peers": strip(summary["peers"]), "metrics": {}}
+    for path in sorted((run_dir / "metrics").glob("peer-*.jsonl")):
+        out["metrics"][path.stem] = strip([json.loads(x) for x in path.read_text().splitlines()])
+    return out

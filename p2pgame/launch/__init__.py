@@ -20,9 +20,10 @@ from p2pgame.algorithms import AlgorithmInfo, get_algorithm
 from p2pgame.bus.transport import ControlServer
 from p2pgame.config import Scenario, ScenarioError, to_plain
 from p2pgame.launch.accounts import edge_accounts, write_accounts
-from p2pgame.launch.backends import make_backend
+from p2pgame.launch.backends import make_backend, node_address, worker_blocks
 from p2pgame.launch.launcher import Launcher
 from p2pgame.launch.rundir import RunFolder, make_run_dir, write_topology
+from p2pgame.peer import raise_open_files
 from p2pgame.peer.runtime import PeerLaunch
 from p2pgame.scenario import apply_overrides, load_raw, resolve
 from p2pgame.topology import build_schedule, schedule_to_plain
@@ -65,10 +66,17 @@ def threads_per_peer(scenario: Scenario) -> int:
 
 
 def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
-    """``auto``: CUDA when present, peers spread over the GPUs; else the CPU."""
-    want = scenario.runtime.device
+    """``auto``: CUDA when present, else the CPU.  Processes go round-robin over the GPUs:
+    one per peer, or with placement ``workers`` one per worker (its peers share that GPU,
+    each on its own stream).  On Ray a worker with a GPU bundle sees only its own GPU."""
+    rt = scenario.runtime
+    want = rt.device
     if want == "cpu" or not info.uses_torch:
         return ["cpu"] * scenario.n
+    if rt.backend == "ray":
+        if want == "auto":
+            return ["cuda:0" if rt.worker_gpus > 0 else "cpu"] * scenario.n
+        return [want] * scenario.n
     try:
         import torch
 
@@ -76,8 +84,22 @@ def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
     except Exception:  # torch missing or broken: CPU
         n_gpu = 0
     if want == "auto":
-        return [f"cuda:{i % n_gpu}" for i in range(scenario.n)] if n_gpu else ["cpu"] * scenario.n
+        if not n_gpu:
+            return ["cpu"] * scenario.n
+        process_of = list(range(scenario.n))
+        if rt.placement == "workers":
+            for w, block in enumerate(worker_blocks(list(range(scenario.n)),
+                                                    n_workers(scenario))):
+                for i in block:
+                    process_of[i] = w
+        return [f"cuda:{process_of[i] % n_gpu}" for i in range(scenario.n)]
     return [want] * scenario.n
+
+
+def backend_node_address(backend: Any) -> str:
+    """The address this machine is reached at: Ray's view of its node, or the host name's."""
+    ray = getattr(backend, "ray", None)
+    return ray.util.get_node_ip_address() if ray is not None else node_address()
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -160,10 +182,18 @@ def run(
         sock_dir = tmp_sock
     sock_dir.mkdir(exist_ok=True)
     comm = scenario.comm
-    server = ControlServer(comm.transport, comm.host, sock_dir.resolve())
-    folder = RunFolder(run_dir)
+    rt = scenario.runtime
     workers = n_workers(scenario)
-    backend = make_backend(scenario.runtime.backend, scenario.runtime.placement, workers)
+    if scenario.n > 200:
+        raise_open_files(scenario.n)  # the launcher holds a metrics file per peer
+    remote = rt.backend == "ray"  # peers may live on other machines
+    bind_node = comm.host == "node"
+    backend = make_backend(rt, workers, bind_node)
+    host = comm.host
+    if bind_node:  # the launcher listens on this machine's own address
+        host = backend_node_address(backend)
+    server = ControlServer(comm.transport, host, sock_dir.resolve())
+    folder = RunFolder(run_dir)
     launcher = Launcher(scenario, schedule, folder, backend, progress)
     plain_scenario, plain_schedule = to_plain(scenario), schedule_to_plain(schedule)
     t0 = time.monotonic()
@@ -174,11 +204,15 @@ def run(
         backend.start({i: dict(vars(PeerLaunch(
             peer_id=i, scenario=plain_scenario, schedule=plain_schedule,
             control_endpoint=server.endpoint, ipc_dir=str(sock_dir.resolve()),
-            data_root=str(data_root.resolve()), artifact_dir=str(run_dir.resolve()),
-            threads=threads, device=devices[i]))) for i in range(scenario.n)})
+            data_root=str(data_root.resolve()),
+            artifact_dir="" if remote else str(run_dir.resolve()),
+            threads=threads, device=devices[i],
+            bind_host=host if bind_node and not remote else ""))) for i in range(scenario.n)})
         asyncio.run(launcher.supervise(server))
     finally:
         launcher.stop_processes()
+        nodes = backend.nodes()
+        backend.close()
         server.close()
         folder.close()
         shutil.rmtree(tmp_sock or sock_dir, ignore_errors=True)
@@ -193,6 +227,8 @@ def run(
         "threads_per_peer": threads,
         "placement": scenario.runtime.placement,
         "workers": workers if scenario.runtime.placement == "workers" else None,
+        "backend": rt.backend,
+        "nodes": nodes,
         "failed_peers": sorted(launcher.failures),
         "failures": {str(k): v for k, v in sorted(launcher.failures.items())},
         "warnings": {str(k): v for k, v in sorted(launcher.warnings.items())},

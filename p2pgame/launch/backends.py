@@ -48,6 +48,12 @@ class Backend(Protocol):
     def kill(self, peer: int) -> None:
         """End it now."""
 
+    def close(self) -> None:
+        """Release what the backend holds (Ray: actors, the placement group)."""
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Where each process ran, for the summary (Ray: the node of each worker)."""
+
 
 class _Processes:
     """Signals and joins for spawned processes, by peer."""
@@ -85,6 +91,12 @@ class _Processes:
     def kill(self, peer: int) -> None:
         self._signal(peer, signal.SIGKILL)
 
+    def close(self) -> None:
+        pass
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return []  # all on this machine
+
 
 class LocalSpawnBackend(_Processes):
     """One spawned OS process per peer (placement ``process``)."""
@@ -120,9 +132,162 @@ class WorkerBackend(_Processes):
                 self.procs[i] = p
 
 
-def make_backend(name: str, placement: str = "process", workers: int = 1) -> Backend:
-    if name != "local":
-        raise ValueError(f"runtime.backend = {name!r} is not known")
-    if placement == "workers":
+class RayBackend:
+    """Workers as Ray actors, one bundle of a placement group each (``pack`` or ``spread``
+    over the cluster's nodes); the peers inside are hosted as with ``WorkerBackend``.
+
+    The actors bind tcp on their node's address when ``comm.host = "node"`` (each peer's
+    endpoint travels through the launcher as usual); metrics, files and summaries come
+    back over the control channel, and the driver writes the run folder.  A stop is asked
+    through an actor method (the actor's second thread), ending is ``ray.kill``; ``close``
+    kills what is left and removes the placement group.
+    """
+
+    def __init__(self, workers: int, address: str = "", strategy: str = "spread",
+                 cpus: float = 1.0, gpus: float = 0.0, bind_node: bool = False) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError('runtime.backend = "ray" needs Ray: pip install "p2pgame[ray]"'
+                               ) from None
+        self.ray = ray
+        self.workers = workers
+        self.strategy = strategy.upper()
+        self.cpus, self.gpus = cpus, gpus
+        self.bind_node = bind_node
+        self.started_ray = False
+        if not ray.is_initialized():
+            ray.init(address=address or None, log_to_driver=True)
+            self.started_ray = True
+        self.pg = None
+        self.actors: list[Any] = []
+        self.refs: list[Any] = []
+        self.worker_of: dict[int, int] = {}
+        self.blocks: list[list[int]] = []
+        self.node_ids: list[str] = []
+        self._done: set[int] = set()  # workers seen finished
+
+    def start(self, launches: dict[int, dict[str, Any]]) -> None:
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        ray = self.ray
+        self.blocks = worker_blocks(sorted(launches), self.workers)
+        bundle = {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+        self.pg = placement_group([dict(bundle) for _ in self.blocks], strategy=self.strategy)
+        ready, _ = ray.wait([self.pg.ready()], timeout=60)
+        if not ready:
+            raise RuntimeError(
+                f"Ray could not place {len(self.blocks)} workers of {bundle} each "
+                f"(strategy {self.strategy.lower()}; cluster has {ray.cluster_resources()}); "
+                "lower runtime.workers or runtime.worker_cpus, or add nodes")
+        actor_cls = ray.remote(max_concurrency=2)(RayWorker)
+        for w, block in enumerate(self.blocks):
+            actor = actor_cls.options(
+                num_cpus=self.cpus, num_gpus=self.gpus, name=None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self.pg, placement_group_bundle_index=w)).remote()
+            self.actors.append(actor)
+            self.refs.append(actor.run.remote([launches[i] for i in block], w, self.bind_node))
+            for i in block:
+                self.worker_of[i] = w
+        self.node_ids = ray.get([a.node.remote() for a in self.actors])
+
+    def _finished(self, w: int, timeout: float = 0.0) -> bool:
+        if w in self._done:
+            return True
+        ready, _ = self.ray.wait([self.refs[w]], timeout=max(0.0, timeout))
+        if ready:
+            self._done.add(w)
+        return bool(ready)
+
+    def alive(self, peer: int) -> bool:
+        return not self._finished(self.worker_of[peer])
+
+    def exit_code(self, peer: int) -> int | None:
+        w = self.worker_of[peer]
+        if not self._finished(w):
+            return None
+        try:
+            return int(self.ray.get(self.refs[w]))
+        except Exception:  # the actor died (killed, node lost): like a killed process
+            return -9
+
+    def join(self, peer: int, timeout: float) -> None:
+        self._finished(self.worker_of[peer], timeout)
+
+    def ask_stop(self, peer: int) -> None:
+        w = self.worker_of[peer]
+        if not self._finished(w):
+            self.actors[w].stop.remote()
+
+    def terminate(self, peer: int) -> None:
+        self.kill(peer)
+
+    def kill(self, peer: int) -> None:
+        w = self.worker_of[peer]
+        if not self._finished(w):
+            self.ray.kill(self.actors[w], no_restart=True)
+
+    def close(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:  # done or not: an idle actor still holds a process
+            self.ray.kill(actor, no_restart=True)
+        self.actors.clear()
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+        if self.started_ray:
+            self.ray.shutdown()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"worker": w, "node": node, "peers": block}
+                for w, (node, block) in enumerate(zip(self.node_ids, self.blocks, strict=True))]
+
+
+class RayWorker:
+    """The body of a Ray actor: hosts a block of peers (``p2pgame.peer.run_worker``) in one
+    of its threads, while the other answers ``stop`` and ``node``."""
+
+    def __init__(self) -> None:
+        from p2pgame.peer import WorkerHandle
+
+        self.handle = WorkerHandle()
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, launches: list[dict[str, Any]], worker: int, bind_node: bool) -> int:
+        from p2pgame.peer import run_worker
+
+        if bind_node:
+            import ray
+
+            ip = ray.util.get_node_ip_address()
+            launches = [{**launch, "bind_host": ip} for launch in launches]
+        return run_worker(launches, worker, self.handle)
+
+    def stop(self) -> None:
+        self.handle.request_stop()
+
+
+def node_address() -> str:
+    """This machine's own address (``comm.host = "node"`` without Ray)."""
+    import socket
+
+    return socket.gethostbyname(socket.gethostname())
+
+
+def make_backend(runtime: Any, workers: int, bind_node: bool = False) -> Backend:
+    """The backend of a resolved ``[runtime]`` (:class:`p2pgame.config.RuntimeSpec`)."""
+    if runtime.backend == "ray":
+        return RayBackend(workers, runtime.ray_address, runtime.ray_strategy,
+                          runtime.worker_cpus, runtime.worker_gpus, bind_node)
+    if runtime.backend != "local":
+        raise ValueError(f"runtime.backend = {runtime.backend!r} is not known")
+    if runtime.placement == "workers":
         return WorkerBackend(workers)
     return LocalSpawnBackend()

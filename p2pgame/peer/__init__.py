@@ -16,14 +16,20 @@ import os
 import resource
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _setup_process(threads: int, algorithm_name: str, torch_threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and asks us to stop
+    if _main_thread():  # (a Ray actor runs us in one of its threads: Ray owns signals)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C, asks us to stop
     from p2pgame.algorithms import get_algorithm
 
     if get_algorithm(algorithm_name).uses_torch:
@@ -78,6 +84,9 @@ async def _build(spec, log, **shared):
 def _on_sigterm(loop: asyncio.AbstractEventLoop, runtimes: list) -> None:
     # The first SIGTERM asks every peer here to stop (finish the step, report); the next
     # one ends the process (the default action).
+    if not _main_thread():
+        return
+
     def handler() -> None:
         for rt in runtimes:
             rt.request_stop()
@@ -100,23 +109,41 @@ def worker_main(launches: list[dict], worker: int) -> None:
     thread (peers, not intra-op threads, use the cores); a worker with one peer gives it
     all of them, as a peer process would have.
     """
+    sys.exit(run_worker(launches, worker))
+
+
+class WorkerHandle:
+    """What a host outside the worker (a Ray actor) may do while the worker runs: ask its
+    peers to stop, from any thread."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.runtimes: list = []
+        self.stop_asked = False
+
+    def request_stop(self) -> None:
+        self.stop_asked = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(lambda: [rt.request_stop() for rt in self.runtimes])
+
+
+def run_worker(launches: list[dict], worker: int, handle: WorkerHandle | None = None) -> int:
+    """Host the peers of ``launches`` until they are done; the worst exit code (0: all well)."""
     from p2pgame.peer.runtime import PeerLaunch
 
     specs = [PeerLaunch(**launch) for launch in launches]
-    code = 1
     try:
         threads = specs[0].threads
         _setup_process(threads, specs[0].scenario["algorithm_name"],
                        threads if len(specs) == 1 else 1)
-        _raise_open_files(len(specs))
-        code = asyncio.run(_worker(specs, threads))
+        raise_open_files(len(specs))
+        return asyncio.run(_worker(specs, threads, handle or WorkerHandle()))
     except BaseException as e:
         print(f"[worker {worker}] failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        code = 1
-    sys.exit(code)
+        return 1
 
 
-def _raise_open_files(peers: int) -> None:
+def raise_open_files(peers: int) -> None:
     """Each hosted peer holds a few sockets (descriptors): lift the soft limit toward the
     hard one when many peers share the process."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -127,7 +154,7 @@ def _raise_open_files(peers: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def _worker(specs, threads: int) -> int:
+async def _worker(specs, threads: int, handle: WorkerHandle) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from p2pgame.algorithms import decode_scenario
@@ -142,7 +169,8 @@ async def _worker(specs, threads: int) -> int:
     schedule = schedule_from_plain(specs[0].schedule)
     sockets = sum(3 + len(schedule.union_in(s.peer_id)) for s in specs) + 16
     context = shared_context(sockets)
-    runtimes: list = []
+    runtimes: list = handle.runtimes
+    handle.loop = loop
     _on_sigterm(loop, runtimes)
     tasks: list[asyncio.Task] = []
     codes: list[int] = []
@@ -157,6 +185,8 @@ async def _worker(specs, threads: int) -> int:
                 codes.append(1)
                 continue
             runtimes.append(runtime)
+            if handle.stop_asked:
+                runtime.request_stop()
             tasks.append(asyncio.create_task(_hosted(runtime, log)))
             await asyncio.sleep(0)  # the peers already built say Hello meanwhile
         codes += await asyncio.gather(*tasks)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import time
 import traceback
@@ -62,9 +63,12 @@ class PeerLaunch:
     control_endpoint: str
     ipc_dir: str  # where ipc:// sockets live
     data_root: str
-    artifact_dir: str  # where the peer writes large files itself (checkpoints)
+    # Where the peer writes large files itself (checkpoints); "" (a peer on another
+    # machine): it sends them over the control channel like every other file.
+    artifact_dir: str
     threads: int = 1
     device: str = "cpu"
+    bind_host: str = ""  # the address to bind tcp on ("": comm.host), e.g. a Ray node's
 
 
 def subscriptions(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule,
@@ -168,8 +172,12 @@ class PeerRuntime:
         import torch
 
         device = torch.device(want)
-        stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
-        return device, stream
+        if device.type != "cuda":
+            return device, None
+        fraction = self.scenario.runtime.gpu_memory_fraction
+        if fraction:  # per process: the peers of a worker share the cap
+            torch.cuda.set_per_process_memory_fraction(fraction, device)
+        return device, torch.cuda.Stream(device=device)
 
     def _on_stream(self, fn, *args):
         if self.stream is None:
@@ -360,6 +368,11 @@ class PeerRuntime:
         import torch
 
         name = f"checkpoints/peer-{self.id}.pt"
+        if not self.launch.artifact_dir:  # no shared disk: the launcher writes it
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            self.artifacts.append(ctl.Artifact(name, buf.getvalue()))
+            return []
         path = Path(self.launch.artifact_dir) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path)
@@ -376,7 +389,8 @@ class PeerRuntime:
         control = transport.control(self.launch.control_endpoint)
         comm = self.scenario.comm
         try:
-            endpoint = transport.bind(comm.transport, comm.host, Path(self.launch.ipc_dir))
+            endpoint = transport.bind(comm.transport, self.launch.bind_host or comm.host,
+                                      Path(self.launch.ipc_dir))
             await control.send(ctl.encode(ctl.Hello(endpoint, os.getpid())))
             msg = await self._next_control(control)
             if not isinstance(msg, ctl.Connect):

@@ -7,7 +7,6 @@ metrics line (timings, pids and memory aside) must be identical.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -18,32 +17,12 @@ from p2pgame import launch
 from p2pgame.bus.transport import ControlServer
 from p2pgame.launch.backends import worker_blocks
 from p2pgame.peer import control
-from tests.fixtures.record_same_results import TINY_GAME, strip_timings
+from tests.fixtures.record_same_results import TINY_GAME
+from tests.helpers import placement_results
 
 pytestmark = pytest.mark.integration
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "expfam-ring4.toml"
-# Where a peer lived and how much memory its process took: placement's own business.
-PLACEMENT_KEYS = {"pid", "process_peak_rss_mb", "delay_mean_s", "active_s"}
-
-
-def _results(run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    out = {"peers": _strip(summary["peers"]), "metrics": {}}
-    for path in sorted((run_dir / "metrics").glob("peer-*.jsonl")):
-        out["metrics"][path.stem] = _strip([json.loads(x) for x in path.read_text().splitlines()])
-    return out
-
-
-def _strip(obj):
-    obj = strip_timings(obj)
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in PLACEMENT_KEYS}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
 def _placements(workers: list[int]) -> list[tuple[str, list[str]]]:
     return [("process", ['runtime.placement="process"'])] + [
         (f"workers={w}", ['runtime.placement="workers"', f"runtime.workers={w}"])
@@ -63,7 +42,7 @@ def test_expfam_ring_is_identical_under_every_placement(tmp_path, list_session_p
     for name, extra in _placements([1, 2, 3]):
         res = launch.run(SCENARIO, base + extra, out=tmp_path / name, progress=False)
         assert res.exit_code == 0, (name, res.failures)
-        results[name] = (_results(res.run_dir), res.summary)
+        results[name] = (placement_results(res.run_dir), res.summary)
     want, s0 = results["process"]
     assert s0["placement"] == "process" and len(s0["processes"]) == 6
     for name, (got, summary) in results.items():
@@ -87,7 +66,7 @@ def test_tiny_game_is_identical_in_processes_and_workers(tmp_path, tiny_mnist_ro
         res = launch.run(scenario, extra, out=tmp_path / name, data_root=tiny_mnist_root,
                          progress=False)
         assert res.exit_code == 0, (name, res.failures)
-        results[name] = _results(res.run_dir)
+        results[name] = placement_results(res.run_dir)
     for name, got in results.items():
         assert got == results["process"], f"{name} differs from one process per peer"
     assert results["process"]["peers"]["0"]["fid_all"] > 0  # a real evaluation ran
