@@ -374,6 +374,8 @@ class RuntimeSpec:
     metrics_every: int = 0  # 0 = about 100 lines per run
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
+    # A peer silent this long in the measured phase (no heartbeat) is declared failed.
+    peer_timeout_s: float = 30.0
     pace: PaceSpec = PaceSpec()  # in a scenario file its keys sit in [runtime]
 
     def __post_init__(self) -> None:
@@ -390,6 +392,7 @@ class RuntimeSpec:
             raise ScenarioError(f"gpu_memory_fraction = {self.gpu_memory_fraction} must lie "
                                 "in [0, 1] (0: no cap)")
         at_least(self.metrics_every, 0, "metrics_every")
+        at_least(self.peer_timeout_s, 0, "peer_timeout_s", strict=True)
 
 
 @dataclass(frozen=True)

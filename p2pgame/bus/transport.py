@@ -9,7 +9,8 @@ unlimited so that PUB never silently drops: losses come only from the link
 emulation, where they are counted.
 
 Control (launcher <-> peers) uses ROUTER/DEALER, which queues messages until a
-connection exists, so readiness reports and commands are never lost.  The
+connection exists, so readiness reports and commands are never lost; every
+message a peer sends carries the token its launcher gave it (:class:`ControlServer`).  The
 control channel carries opaque bytes here; the typed messages are
 :mod:`p2pgame.peer.control`'s.
 """
@@ -17,6 +18,8 @@ control channel carries opaque bytes here; the typed messages are
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from collections import deque
 from pathlib import Path
@@ -135,8 +138,8 @@ class Transport:
             self._held.extend(await self.recv_from())
         return self._held.popleft()[1]
 
-    def control(self, endpoint: str) -> ControlClient:
-        return ControlClient(self.peer_id, endpoint, self.ctx)
+    def control(self, endpoint: str, token: str = "") -> ControlClient:
+        return ControlClient(self.peer_id, endpoint, self.ctx, token)
 
     def close(self) -> None:
         self.pub.close(linger=0)
@@ -152,21 +155,49 @@ def _options(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.RCVHWM, 0)
 
 
-class ControlServer:
-    """Launcher side of the control channel (ROUTER)."""
+def control_token(secret: bytes, peer: int) -> str:
+    """Peer ``peer``'s credential on the control channel: an HMAC of its id under the run's
+    secret.  A peer is handed its own token only, so it cannot speak for another."""
+    return hmac.new(secret, f"peer-{peer}".encode(), hashlib.sha256).hexdigest()
 
-    def __init__(self, transport: str, host: str, ipc_dir: Path) -> None:
+
+class ControlServer:
+    """Launcher side of the control channel (ROUTER).
+
+    Every message from a peer is two frames, ``[b"<peer>:<token>", message]``.  The
+    launcher spawned each peer with its token (:func:`control_token`), so a local process
+    that connects and claims to be peer 3 is not believed: without the token its frames are
+    dropped and counted in ``junk``, however it names itself.  ZeroMQ's routing identity is
+    not trusted (nor set by peers): the launcher answers a peer on the connection its last
+    authenticated message came from.  ``tokens = None`` checks nothing (component tests).
+    """
+
+    def __init__(self, transport: str, host: str, ipc_dir: Path,
+                 tokens: dict[int, str] | None = None) -> None:
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.endpoint = bind_endpoint(self.sock, transport, host, ipc_dir, "control")
+        self.tokens = tokens
+        self.routes: dict[int, bytes] = {}  # peer -> routing id of its connection
         self.junk = 0
+
+    def _authentic(self, auth: bytes) -> int | None:
+        peer_s, sep, token = auth.partition(b":")
+        peer = _peer_number(peer_s)
+        if peer is None or not sep:
+            return None
+        if self.tokens is not None:
+            want = self.tokens.get(peer)
+            if want is None or not hmac.compare_digest(token, want.encode()):
+                return None
+        return peer
 
     async def recv(self, timeout_s: float | None = None) -> tuple[int, bytes] | None:
         """(peer id, message bytes), or None when nothing came within ``timeout_s``.
 
-        A frame that does not come from a peer's DEALER (an identity that is not
-        ``peer-<id>``, or not two frames) is dropped and counted in ``junk``.
+        Anything that is not ``[auth, message]`` with a valid ``auth`` is dropped and
+        counted in ``junk``; it never raises.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -174,14 +205,20 @@ class ControlServer:
             if wait is not None and not await self.sock.poll(int(wait * 1000)):
                 return None
             frames = await self.sock.recv_multipart()
-            peer = _peer_of(frames[0]) if len(frames) == 2 else None
+            peer = self._authentic(frames[1]) if len(frames) == 3 else None
             if peer is None:
                 self.junk += 1
                 continue
-            return peer, frames[1]
+            self.routes[peer] = frames[0]
+            return peer, frames[2]
 
-    async def send(self, peer: int, data: bytes) -> None:
-        await self.sock.send_multipart([f"peer-{peer}".encode(), data])
+    async def send(self, peer: int, data: bytes) -> bool:
+        """Send to ``peer``; False if it has not spoken yet (no connection known)."""
+        route = self.routes.get(peer)
+        if route is None:
+            return False
+        await self.sock.send_multipart([route, data])
+        return True
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -189,16 +226,17 @@ class ControlServer:
 
 
 class ControlClient:
-    """Peer side of the control channel (DEALER)."""
+    """Peer side of the control channel (DEALER); every message carries the peer's token."""
 
-    def __init__(self, peer_id: int, endpoint: str, ctx: zmq.asyncio.Context) -> None:
+    def __init__(self, peer_id: int, endpoint: str, ctx: zmq.asyncio.Context,
+                 token: str = "") -> None:
         self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, f"peer-{peer_id}".encode())
+        self.auth = f"{peer_id}:{token}".encode()
         self.sock.setsockopt(zmq.LINGER, 2000)  # let the final report reach the launcher
         self.sock.connect(endpoint)
 
     async def send(self, data: bytes) -> None:
-        await self.sock.send(data)
+        await self.sock.send_multipart([self.auth, data])
 
     async def recv(self) -> bytes:
         return await self.sock.recv()
@@ -207,11 +245,9 @@ class ControlClient:
         self.sock.close()
 
 
-def _peer_of(ident: bytes) -> int | None:
+def _peer_number(text: bytes) -> int | None:
     try:
-        prefix, _, num = ident.decode("ascii").partition("-")
+        num = text.decode("ascii")
     except UnicodeDecodeError:
         return None
-    if prefix != "peer" or not num.isdigit():
-        return None
-    return int(num)
+    return int(num) if num.isdigit() and len(num) < 10 else None

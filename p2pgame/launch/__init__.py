@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pgame.algorithms import AlgorithmInfo, get_algorithm
-from p2pgame.bus.transport import ControlServer
+from p2pgame.bus.transport import ControlServer, control_token
 from p2pgame.config import Scenario, ScenarioError, to_plain
 from p2pgame.launch.accounts import edge_accounts, write_accounts
 from p2pgame.launch.backends import make_backend, node_address, worker_blocks
@@ -181,6 +182,7 @@ def run(
         tmp_sock = Path(tempfile.mkdtemp(prefix="p2pg-"))
         sock_dir = tmp_sock
     sock_dir.mkdir(exist_ok=True)
+    sock_dir.chmod(0o700)  # the run's sockets: this user's only
     comm = scenario.comm
     rt = scenario.runtime
     workers = n_workers(scenario)
@@ -192,7 +194,10 @@ def run(
     host = comm.host
     if bind_node:  # the launcher listens on this machine's own address
         host = backend_node_address(backend)
-    server = ControlServer(comm.transport, host, sock_dir.resolve())
+    # Each peer gets its own token, derived from a secret of this run (README, "Security").
+    secret = secrets.token_bytes(32)
+    tokens = {i: control_token(secret, i) for i in range(scenario.n)}
+    server = ControlServer(comm.transport, host, sock_dir.resolve(), tokens)
     folder = RunFolder(run_dir)
     launcher = Launcher(scenario, schedule, folder, backend, progress)
     plain_scenario, plain_schedule = to_plain(scenario), schedule_to_plain(schedule)
@@ -207,7 +212,9 @@ def run(
             data_root=str(data_root.resolve()),
             artifact_dir="" if remote else str(run_dir.resolve()),
             threads=threads, device=devices[i],
-            bind_host=host if bind_node and not remote else ""))) for i in range(scenario.n)})
+            bind_host=host if bind_node and not remote else "",
+            token=tokens[i], launcher_pid=0 if remote else os.getpid())))
+            for i in range(scenario.n)})
         asyncio.run(launcher.supervise(server))
     finally:
         launcher.stop_processes()
@@ -233,6 +240,7 @@ def run(
         "failures": {str(k): v for k, v in sorted(launcher.failures.items())},
         "warnings": {str(k): v for k, v in sorted(launcher.warnings.items())},
         "interrupted": bool(launcher.interrupted),
+        "control_rejected": server.junk + launcher.bad_control,
         "table_columns": list(hooks.table_columns),
         "peers": {str(i): launcher.summaries[i] for i in sorted(launcher.summaries)},
         "peer_files": {str(i): f for i, f in sorted(launcher.files.items()) if f},

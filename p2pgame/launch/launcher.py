@@ -46,6 +46,8 @@ class Launcher:
         self.rejected_artifacts = 0
         self.wall = 0.0
         self._checked_alive = 0.0
+        self.bad_control = 0
+        self.last_heard: dict[int, float] = {}
 
     def log(self, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -66,9 +68,11 @@ class Launcher:
         peer, data = got
         if peer not in self.peers:
             return None
+        self.last_heard[peer] = now
         try:
             msg = ctl.decode(data)
-        except ctl.ControlError:
+        except ctl.ControlError:  # authentic but malformed: ignored, counted
+            self.bad_control += 1
             return None
         if isinstance(msg, ctl.Error):
             self.failures.setdefault(peer, msg.error)
@@ -136,8 +140,23 @@ class Launcher:
                        unit="step", file=sys.stderr)
         stop_sent = False
         stop_deadline = None
+        timeout_s = self.scenario.runtime.peer_timeout_s
+        t_go = checked = time.monotonic()
+        for i in self.peers:
+            self.last_heard[i] = t_go
         while set(self.summaries) | set(self.failures) < everyone:
             m = await self._recv(server)
+            now = time.monotonic()
+            # Heartbeats: every peer reports every half second (checked a few times a second).
+            silent = [] if now - checked < LIVENESS_EVERY_S else self.peers
+            if silent:
+                checked = now
+            for i in silent:
+                if (i not in self.summaries and i not in self.failures
+                        and now - self.last_heard[i] > timeout_s):
+                    self.failures[i] = (
+                        f"silent for {now - self.last_heard[i]:.0f} s (runtime.peer_timeout_s "
+                        f"= {timeout_s:g}): frozen, or cut off from the launcher")
             if m:
                 peer, msg = m
                 if isinstance(msg, ctl.Progress):

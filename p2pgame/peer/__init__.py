@@ -72,7 +72,7 @@ async def _build(spec, log, **shared):
         return PeerRuntime(spec, log, **shared)
     except BaseException as e:
         transport = Transport(spec.peer_id, shared.get("context"))
-        client: ControlClient = transport.control(spec.control_endpoint)
+        client: ControlClient = transport.control(spec.control_endpoint, spec.token)
         with contextlib.suppress(Exception):
             await client.send(ctl.encode(error_message(e)))
         client.close()

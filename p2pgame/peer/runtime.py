@@ -69,6 +69,8 @@ class PeerLaunch:
     threads: int = 1
     device: str = "cpu"
     bind_host: str = ""  # the address to bind tcp on ("": comm.host), e.g. a Ray node's
+    token: str = ""  # this peer's credential on the control channel (never logged)
+    launcher_pid: int = 0  # the parent to outlive never (0: not our parent, e.g. on Ray)
 
 
 def subscriptions(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule,
@@ -122,6 +124,7 @@ class PeerRuntime:
     def __init__(self, launch: PeerLaunch, log=print, *, scenario: Scenario | None = None,
                  schedule: Schedule | None = None, context: Any = None) -> None:
         self.launch = launch
+        self.log = log
         self.id = me = launch.peer_id
         self.scenario = scenario = scenario or decode_scenario(launch.scenario)
         self.schedule = schedule or schedule_from_plain(launch.schedule)
@@ -256,7 +259,6 @@ class PeerRuntime:
         every = self.scenario.runtime.metrics_every or max(1, steps // 100)
         period = self.scenario.comm.publish_every
         t_start = time.monotonic()
-        last_progress = 0.0
         for step in range(steps):
             if self.stop_requested:
                 break
@@ -292,13 +294,30 @@ class PeerRuntime:
                 line["bytes_received"] = self.delivery.delivered_bytes
                 line["staleness_mean"] = self.delivery.inbox.staleness_summary()[0]
                 self.metrics_buffer.append(line)
-            now = time.monotonic()
-            if now - last_progress > PROGRESS_EVERY_S:
-                last_progress = now
-                await self.report(control, ctl.Progress(step + 1))
         self.wall = time.monotonic() - t_start
         self.timers["encode"] = bus.encode_s
         self.timers["send"] = bus.send_s
+
+    async def heartbeat_loop(self, control: ControlClient) -> None:
+        """Every PROGRESS_EVERY_S: the metrics lines and files so far, and ``Progress``,
+        which is also the heartbeat: a launcher that hears nothing from a peer for
+        ``runtime.peer_timeout_s`` declares it failed (frozen, or cut off).  Its own task,
+        so a peer waiting at a barrier or in a long step still beats."""
+        while True:
+            await self.report(control, ctl.Progress(self.steps_done))
+            await asyncio.sleep(PROGRESS_EVERY_S)
+
+    async def watch_launcher(self) -> None:
+        """Exit when the launcher is gone (this process was re-parented): a killed launcher
+        must not leave its peers running, waiting for a Shutdown that never comes."""
+        parent = self.launch.launcher_pid
+        if not parent:  # not our parent (a Ray actor): Ray ends actors with their driver
+            return
+        while True:
+            if os.getppid() != parent:
+                self.log(f"the launcher (pid {parent}) is gone: exiting")
+                os._exit(3)
+            await asyncio.sleep(1.0)
 
     async def report(self, control: ControlClient, *extra: Any) -> None:
         """Send buffered metrics lines and artifacts, then ``extra`` messages."""
@@ -386,8 +405,9 @@ class PeerRuntime:
         # The largest frame ZeroMQ takes in: a message's largest frame is its payload.
         transport = Transport(self.id, self.context,
                               max_message_bytes=self.scenario.comm.max_message_bytes)
-        control = transport.control(self.launch.control_endpoint)
+        control = transport.control(self.launch.control_endpoint, self.launch.token)
         comm = self.scenario.comm
+        watch = asyncio.ensure_future(self.watch_launcher())
         try:
             endpoint = transport.bind(comm.transport, self.launch.bind_host or comm.host,
                                       Path(self.launch.ipc_dir))
@@ -415,8 +435,12 @@ class PeerRuntime:
                     recv_task.cancel()
                     return 0
                 ctl_task = tg.create_task(self.control_loop(control))
+                beat_task = tg.create_task(self.heartbeat_loop(control))
                 await self.train_loop(bus, control)
                 summary, files = await asyncio.to_thread(self.finish)  # heavy: evaluation
+                beat_task.cancel()  # Done is the last word; nothing may follow it
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat_task
                 await self.report(control, ctl.Done(summary, files))
                 await ctl_task  # wait for shutdown: neighbours may still need our messages
                 recv_task.cancel()
@@ -427,6 +451,7 @@ class PeerRuntime:
                     await control.send(ctl.encode(error_message(e)))
             raise
         finally:
+            watch.cancel()
             # The control socket shares the transport's context: close it first, or the
             # context's term() would wait for it forever.
             control.close()

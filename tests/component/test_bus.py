@@ -23,7 +23,7 @@ from p2pgame.bus.codec import Envelope, decode, encode, frame_sizes
 from p2pgame.bus.endpoint import PeerBus
 from p2pgame.bus.topics import HANDSHAKE, Topic
 from p2pgame.bus.traffic import Traffic
-from p2pgame.bus.transport import ControlClient, ControlServer, Transport
+from p2pgame.bus.transport import ControlClient, ControlServer, Transport, control_token
 from p2pgame.config import to_plain
 from p2pgame.peer import control as ctl
 from p2pgame.peer.runtime import PeerLaunch
@@ -326,8 +326,11 @@ async def test_bus_counts_malformed_socket_messages_as_rejected(tmp_path, transp
 # --------------------------------------------------------------------------- control channel
 
 
-async def test_control_server_drops_junk_and_still_receives(tmp_path):
-    server = ControlServer("ipc", "127.0.0.1", tmp_path)
+async def test_control_server_believes_tokens_not_names(tmp_path):
+    """Only frames carrying a peer's token count.  A stranger that names itself peer 0 (its
+    ZeroMQ identity, its auth frame) or sends junk is dropped and counted, never fatal."""
+    tokens = {0: control_token(b"secret", 0), 5: control_token(b"secret", 5)}
+    server = ControlServer("ipc", "127.0.0.1", tmp_path, tokens)
     ctx = zmq.asyncio.Context()
     socks = []
 
@@ -340,32 +343,44 @@ async def test_control_server_drops_junk_and_still_receives(tmp_path):
         return s
 
     try:
-        stranger = dealer(b"\xff\xfe")  # not UTF-8, not peer-<id>
-        await stranger.send(ctl.encode(ctl.Stop()))
-        await stranger.send_multipart([b"one", b"two", b"three"])
-        peer0 = dealer(b"peer-0")
-        await peer0.send_multipart([b"one", b"two", b"three"])  # a peer's, but 3 frames
+        stranger = dealer(b"peer-0")  # connects first, under the name a peer once had
+        await stranger.send(ctl.encode(ctl.Stop()))  # one frame
+        await stranger.send_multipart([b"\xff\xfe", b"two"])  # not UTF-8
+        await stranger.send_multipart([b"0:" + b"0" * 64, ctl.encode(ctl.Hello("x", 1))])
+        await stranger.send_multipart([tokens[0].encode(), b"no peer id"])
+        peer0 = ControlClient(0, server.endpoint, ctx, tokens[0])
+        socks.append(peer0.sock)
         hello = ctl.Hello("ipc:///somewhere", 1234)
-        await peer0.send(ctl.encode(hello))  # same pipe: after the junk above
+        await peer0.send(ctl.encode(hello))
         got = await server.recv(timeout_s=DEADLINE_S)
         assert got is not None
         peer, data = got
         assert peer == 0 and ctl.decode(data) == hello
         # The stranger's junk may be queued behind it (fair queuing across connections).
         deadline = time.monotonic() + DEADLINE_S
-        while server.junk < 3:
+        while server.junk < 4:
             assert time.monotonic() < deadline, f"junk counted: {server.junk}"
             assert await server.recv(timeout_s=0.05) is None
-        assert server.junk == 3
-        # And the channel still works both ways.
-        client = ControlClient(5, server.endpoint, ctx)
-        socks.append(client.sock)
-        await client.send(ctl.encode(ctl.Progress(7)))
+        assert server.junk == 4
+        # Replies go to the authenticated connection, not to the one named peer-0.
+        assert await server.send(0, ctl.encode(ctl.Go()))
+        assert ctl.decode(await asyncio.wait_for(peer0.recv(), DEADLINE_S)) == ctl.Go()
+        assert not await stranger.poll(200)
+        # A peer cannot speak for another with its own token.
+        liar = ControlClient(5, server.endpoint, ctx, tokens[0])
+        socks.append(liar.sock)
+        await liar.send(ctl.encode(ctl.Progress(7)))
+        real = ControlClient(5, server.endpoint, ctx, tokens[5])
+        socks.append(real.sock)
+        await real.send(ctl.encode(ctl.Progress(8)))
         got = await server.recv(timeout_s=DEADLINE_S)
-        assert got is not None and got[0] == 5 and ctl.decode(got[1]) == ctl.Progress(7)
-        await server.send(5, ctl.encode(ctl.Stop()))
-        assert ctl.decode(await asyncio.wait_for(client.recv(), DEADLINE_S)) == ctl.Stop()
-        assert server.junk == 3
+        assert got is not None and got[0] == 5 and ctl.decode(got[1]) == ctl.Progress(8)
+        deadline = time.monotonic() + DEADLINE_S
+        while server.junk < 5:  # the liar's frame may be queued behind the real one
+            assert time.monotonic() < deadline, f"junk counted: {server.junk}"
+            assert await server.recv(timeout_s=0.05) is None
+        assert server.junk == 5
+        assert not await server.send(3, ctl.encode(ctl.Stop()))  # never spoke: no route
     finally:
         for s in socks:
             s.close(linger=0)

@@ -101,3 +101,4 @@ def test_a_killed_worker_names_every_peer_it_hosted(tmp_path, monkeypatch):
     assert all("-9" in summary["failures"][p] for p in ("2", "3"))
     assert sorted(summary["peers"]) == ["0", "1"]
     assert len({p["pid"] for p in summary["peers"].values()}) == 1
+

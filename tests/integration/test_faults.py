@@ -1,0 +1,126 @@
+"""Hostile and failing neighbours of a run: an intruder on the control channel, a frozen
+peer, a launcher killed under its peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from p2pgame import launch
+from p2pgame.bus.transport import ControlServer
+from p2pgame.peer import control
+from tests.helpers import placement_results
+
+pytestmark = pytest.mark.integration
+
+SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "expfam-ring4.toml"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_an_intruder_on_the_control_channel_changes_nothing(tmp_path, monkeypatch):
+    """A local process connects to the launcher's control socket before the peers, claims
+    to be peer 1 (its ZeroMQ identity, a Hello with a forged token) and sends junk.  The run
+    completes with the results of a clean run and counts what it ignored."""
+    import zmq
+
+    class Intruded(ControlServer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.intruder = zmq.Context.instance().socket(zmq.DEALER)
+            self.intruder.setsockopt(zmq.LINGER, 0)
+            self.intruder.setsockopt(zmq.IDENTITY, b"peer-1")
+            self.intruder.connect(self.endpoint)
+            fake = control.encode(control.Hello("ipc:///nowhere.sock", 1))
+            self.intruder.send_multipart([b"1:" + b"f" * 64, fake])
+            self.intruder.send_multipart([b"1", fake])
+            self.intruder.send(b"\xff\xfe junk")
+
+        def close(self):
+            self.intruder.close(linger=0)
+            super().close()
+
+    clean = launch.run(SCENARIO, [], out=tmp_path / "clean", progress=False)
+    monkeypatch.setattr(launch, "ControlServer", Intruded)
+    attacked = launch.run(SCENARIO, [], out=tmp_path / "attacked", progress=False)
+    assert clean.exit_code == 0 and attacked.exit_code == 0, attacked.failures
+    assert attacked.summary["control_rejected"] == 3
+    assert clean.summary["control_rejected"] == 0
+    assert placement_results(attacked.run_dir) == placement_results(clean.run_dir)
+    endpoints = json.loads((attacked.run_dir / "endpoints.json").read_text())
+    assert "nowhere" not in endpoints["1"]["endpoint"]
+
+
+@pytest.mark.parametrize("placement", ["process", "workers"])
+def test_a_frozen_peer_is_named_within_the_peer_timeout(tmp_path, monkeypatch, placement):
+    """Async mode: nobody waits for anybody, so only the launcher can notice that peer 2
+    (SIGSTOPped at its first report) went silent.  It does, within runtime.peer_timeout_s,
+    names it, and the stopped process is ended."""
+    pids: dict[int, int] = {}
+    frozen: list[float] = []
+
+    class Freezing(ControlServer):
+        async def recv(self, timeout_s=None):
+            got = await super().recv(timeout_s)
+            if got is not None:
+                peer, data = got
+                msg = control.decode(data)
+                if isinstance(msg, control.Hello):
+                    pids[peer] = msg.pid
+                elif isinstance(msg, control.Progress) and peer == 2 and not frozen:
+                    os.kill(pids[2], signal.SIGSTOP)
+                    frozen.append(time.monotonic())
+            return got
+
+    monkeypatch.setattr(launch, "ControlServer", Freezing)
+    res = launch.run(SCENARIO, ['comm.mode="async"', "steps=10000000",
+                                "runtime.peer_timeout_s=3", f'runtime.placement="{placement}"',
+                                "runtime.workers=2"], out=tmp_path, progress=False)
+    took = time.monotonic() - frozen[0]
+    assert res.exit_code == 1
+    frozen_peers = [2] if placement == "process" else [2, 3]  # a worker freezes its block
+    assert res.summary["failed_peers"] == frozen_peers
+    for p in frozen_peers:
+        assert "silent" in res.summary["failures"][str(p)]
+    # Declared after the timeout; the rest is stopping the others (stop_timeout_s = 5).
+    assert 3 <= took < 3 + 5 + 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[2], 0)
+
+
+@pytest.mark.parametrize("placement", ["process", "workers"])
+def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement, list_session_processes):
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
+         "--quiet", "--set", "steps=10000000", "--set", f'runtime.placement="{placement}"'],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        endpoints = None
+        while endpoints is None:  # written once every peer said Hello
+            assert time.monotonic() < deadline, "the run never started"
+            assert proc.poll() is None
+            found = list(out.glob("*/endpoints.json"))
+            if found:
+                endpoints = json.loads(found[0].read_text())
+            time.sleep(0.2)
+        pids = {e["pid"] for e in endpoints.values()}
+        assert len(pids) == (4 if placement == "process" else 2)
+        time.sleep(1.0)  # into the measured phase
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while pids & set(list_session_processes()):
+            assert time.monotonic() < deadline, "peers outlived their launcher"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
