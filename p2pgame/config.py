@@ -298,6 +298,9 @@ class CommSpec:
     samples_per_message: int = 0  # 0 = the algorithm's default
     publish_every: int = 1
     max_message_bytes: int = 64 * 2**20
+    # Messages a PUB socket queues per subscriber before it drops for that subscriber
+    # (a stalled listener cannot grow the publisher); 0: unlimited.
+    send_hwm: int = 64
     pack_bool: bool = True  # bit-pack bool tensors on the wire
     sync_timeout_s: float = 60.0  # how long a sync barrier waits before failing the peer
     link: LinkSpec = LinkSpec()
@@ -309,6 +312,7 @@ class CommSpec:
         at_least(self.samples_per_message, 0, "samples_per_message")
         at_least(self.publish_every, 1, "publish_every")
         at_least(self.max_message_bytes, 64, "max_message_bytes")
+        at_least(self.send_hwm, 0, "send_hwm")
         at_least(self.sync_timeout_s, 0.0, "sync_timeout_s", strict=True)
 
     def link_of(self, src: int, dst: int) -> LinkSpec:

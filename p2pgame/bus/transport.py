@@ -4,9 +4,11 @@ No broker.  A peer binds its PUB socket (ipc:// on one host by default, or
 tcp:// on 127.0.0.1 with an OS-chosen port), reports the endpoint to the
 launcher, and connects one SUB socket to each in-neighbour's endpoint,
 subscribing to exactly the topics it learns from (:mod:`p2pgame.bus.topics`),
-so the publisher never sends it a byte it cannot use.  High-water marks are
-unlimited so that PUB never silently drops: losses come only from the link
-emulation, where they are counted.
+so the publisher never sends it a byte it cannot use.  A peer's receive
+high-water marks are unlimited, so the link emulation, where losses are
+counted, is the only loss a live peer sees; the publisher's send high-water
+mark (``comm.send_hwm`` messages per subscriber) bounds what a stalled or
+frozen listener can cost it.
 
 Control (launcher <-> peers) uses ROUTER/DEALER, which queues messages until a
 connection exists, so readiness reports and commands are never lost; every
@@ -56,7 +58,7 @@ class Transport:
     """The data plane of one peer."""
 
     def __init__(self, peer_id: int, ctx: zmq.asyncio.Context | None = None,
-                 max_message_bytes: int = -1) -> None:
+                 max_message_bytes: int = -1, send_hwm: int = 0) -> None:
         self.peer_id = peer_id
         # ZeroMQ refuses a larger frame as it arrives (and drops that connection, which it
         # then re-opens) instead of receiving all of it into memory first.
@@ -65,6 +67,12 @@ class Transport:
         self.ctx = ctx or zmq.asyncio.Context()
         self.pub = self.ctx.socket(zmq.PUB)
         _options(self.pub)
+        # Per subscriber: beyond this many queued messages PUB drops for that subscriber
+        # alone (ZeroMQ's policy for PUB), so a listener that stalls, or never reads, costs
+        # the publisher at most send_hwm messages.  A peer of the run drains its socket from
+        # a task of its own (its receive high-water mark is unlimited), so only a frozen
+        # peer ever reaches it; such a loss shows in links.csv as in_transport.
+        self.pub.setsockopt(zmq.SNDHWM, send_hwm)
         self.endpoint = ""
         # One SUB socket per in-neighbour, connected to that neighbour's endpoint alone:
         # the socket a message arrives on says who sent it, whatever its header claims
@@ -97,7 +105,7 @@ class Transport:
             self.poller.register(sub, zmq.POLLIN)
 
     async def send(self, frames: list[Any]) -> None:
-        # A PUB socket never blocks (at its HWM it would drop, and the HWM is unlimited),
+        # A PUB socket never blocks (at a subscriber's HWM it drops for that subscriber),
         # so send at once; the awaitable path stays for the case that it ever reports EAGAIN.
         try:
             self._pub_now.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)

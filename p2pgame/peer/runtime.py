@@ -404,7 +404,8 @@ class PeerRuntime:
     async def run(self) -> int:
         # The largest frame ZeroMQ takes in: a message's largest frame is its payload.
         transport = Transport(self.id, self.context,
-                              max_message_bytes=self.scenario.comm.max_message_bytes)
+                              max_message_bytes=self.scenario.comm.max_message_bytes,
+                              send_hwm=self.scenario.comm.send_hwm)
         control = transport.control(self.launch.control_endpoint, self.launch.token)
         comm = self.scenario.comm
         watch = asyncio.ensure_future(self.watch_launcher())

@@ -81,3 +81,11 @@ def test_scaling_smoke(tmp_path):
             "bytes_sent_per_peer_step"]
     assert (tmp_path / "scaling" / "scaling.csv").is_file()
     assert (tmp_path / "scaling" / "scaling.png").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_faults_smoke():
+    cases = run_script("faults.py", "--smoke")["cases"]
+    assert cases["spoof"]["survived"] and "spoofed" in cases["spoof"]["detail"]
+    assert cases["intruder"]["survived"]
+    assert not cases["restart"]["survived"]  # said plainly until it exists
