@@ -325,7 +325,7 @@ class CommSpec:
 
 BACKENDS = ("local", "ray")
 RAY_STRATEGIES = ("pack", "spread")
-PLACEMENTS = ("process", "workers")
+PLACEMENTS = ("auto", "process", "workers")
 
 
 PACE_DISTS = ("constant", "uniform", "exponential")
@@ -365,9 +365,10 @@ class RuntimeSpec:
     threads_per_peer: int = 0  # 0 = cores // peers, at least 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     backend: str = "local"  # how peers are started (launch.backends)
-    # Where peers live: "process" (one OS process each) or "workers" (asyncio tasks in
-    # ``workers`` worker processes; 0 = one per core).  Never changes what peers exchange.
-    placement: str = "process"
+    # Where peers live: "process" (one OS process each), "workers" (asyncio tasks in
+    # ``workers`` worker processes; 0 = one per core) or "auto" (processes up to
+    # max(8, 2 x cores) peers, workers beyond).  Never changes what peers exchange.
+    placement: str = "auto"
     workers: int = 0
     # backend = "ray": workers are Ray actors, one placement-group bundle each.
     ray_address: str = ""  # "": this process's Ray, else RAY_ADDRESS, else a local one

@@ -29,7 +29,8 @@ from p2pgame.peer.runtime import PeerLaunch
 from p2pgame.scenario import apply_overrides, load_raw, resolve
 from p2pgame.topology import build_schedule, schedule_to_plain
 
-__all__ = ["RunResult", "run", "threads_per_peer", "n_workers", "resolve_devices", "cpu_count"]
+__all__ = ["RunResult", "run", "threads_per_peer", "n_workers", "placement_of",
+           "resolve_devices", "cpu_count"]
 
 
 def cpu_count() -> int:
@@ -39,11 +40,21 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def placement_of(scenario: Scenario) -> str:
+    """``process`` or ``workers``: as set, or for ``auto`` one process per peer up to
+    max(8, 2 x cores) peers (each its own interpreter: isolation, no shared GIL), workers
+    beyond (one interpreter, data set and evaluator per worker instead of per peer)."""
+    want = scenario.runtime.placement
+    if want != "auto":
+        return want
+    return "process" if scenario.n <= max(8, 2 * cpu_count()) else "workers"
+
+
 def n_workers(scenario: Scenario) -> int:
     """How many worker processes host the peers (placement ``workers``): as set, or one
     per core (one per GPU when peers run on GPUs), never more than the peers."""
     rt = scenario.runtime
-    if rt.placement != "workers":
+    if placement_of(scenario) != "workers":
         return scenario.n
     want = rt.workers
     if not want:
@@ -88,7 +99,7 @@ def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
         if not n_gpu:
             return ["cpu"] * scenario.n
         process_of = list(range(scenario.n))
-        if rt.placement == "workers":
+        if placement_of(scenario) == "workers":
             for w, block in enumerate(worker_blocks(list(range(scenario.n)),
                                                     n_workers(scenario))):
                 for i in block:
@@ -190,7 +201,8 @@ def run(
         raise_open_files(scenario.n)  # the launcher holds a metrics file per peer
     remote = rt.backend == "ray"  # peers may live on other machines
     bind_node = comm.host == "node"
-    backend = make_backend(rt, workers, bind_node)
+    placement = placement_of(scenario)
+    backend = make_backend(rt, placement, workers, bind_node)
     host = comm.host
     if bind_node:  # the launcher listens on this machine's own address
         host = backend_node_address(backend)
@@ -232,8 +244,8 @@ def run(
         "steps": scenario.steps,
         "wall_s": launcher.wall or time.monotonic() - t0,
         "threads_per_peer": threads,
-        "placement": scenario.runtime.placement,
-        "workers": workers if scenario.runtime.placement == "workers" else None,
+        "placement": placement,
+        "workers": workers if placement == "workers" else None,
         "backend": rt.backend,
         "nodes": nodes,
         "failed_peers": sorted(launcher.failures),

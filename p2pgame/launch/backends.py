@@ -281,13 +281,14 @@ def node_address() -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
-def make_backend(runtime: Any, workers: int, bind_node: bool = False) -> Backend:
-    """The backend of a resolved ``[runtime]`` (:class:`p2pgame.config.RuntimeSpec`)."""
+def make_backend(runtime: Any, placement: str, workers: int, bind_node: bool = False) -> Backend:
+    """The backend of a resolved ``[runtime]`` (:class:`p2pgame.config.RuntimeSpec`) for a
+    placement (``process`` or ``workers``: ``auto`` decided by the caller)."""
     if runtime.backend == "ray":
         return RayBackend(workers, runtime.ray_address, runtime.ray_strategy,
                           runtime.worker_cpus, runtime.worker_gpus, bind_node)
     if runtime.backend != "local":
         raise ValueError(f"runtime.backend = {runtime.backend!r} is not known")
-    if runtime.placement == "workers":
+    if placement == "workers":
         return WorkerBackend(workers)
     return LocalSpawnBackend()

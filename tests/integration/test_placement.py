@@ -102,3 +102,13 @@ def test_a_killed_worker_names_every_peer_it_hosted(tmp_path, monkeypatch):
     assert sorted(summary["peers"]) == ["0", "1"]
     assert len({p["pid"] for p in summary["peers"].values()}) == 1
 
+
+
+def test_256_peers_start_and_finish_with_default_settings(tmp_path):
+    """placement = "auto": more peers than max(8, 2 x cores) go to workers."""
+    res = launch.run(SCENARIO, ["topology.n=256", "steps=10"], out=tmp_path, progress=False)
+    assert res.exit_code == 0, res.failures
+    s = res.summary
+    assert s["placement"] == "workers" and len(s["peers"]) == 256
+    assert all(p["steps"] == 10 for p in s["peers"].values())
+    assert len(s["processes"]) == s["workers"] < 256
