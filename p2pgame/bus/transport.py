@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,59 @@ def bind_endpoint(sock: zmq.Socket, transport: str, host: str, ipc_dir: Path, na
     return f"tcp://{host}:{port}"
 
 
+@dataclass(frozen=True)
+class Curve:
+    """CURVE security for one party (``comm.security = "curve"``): its own key pair and
+    the public keys of everyone it accepts as a client (Z85 text, ``zmq.curve_keypair``).
+
+    A PUB (or the launcher's ROUTER) is a CURVE server: traffic is encrypted, and a ZAP
+    handler admits only clients whose public key is in ``allowed``, the run's peers.  A
+    subscriber without a key of the run completes no handshake and receives nothing.
+    """
+
+    public: str
+    secret: str
+    allowed: frozenset[str] = frozenset()
+
+    def serve(self, sock: zmq.Socket) -> None:
+        sock.curve_secretkey = self.secret.encode()
+        sock.curve_publickey = self.public.encode()
+        sock.curve_server = True
+
+    def client(self, sock: zmq.Socket, server_public: str) -> None:
+        sock.curve_secretkey = self.secret.encode()
+        sock.curve_publickey = self.public.encode()
+        sock.curve_serverkey = server_public.encode()
+
+
+def curve_keypair() -> tuple[str, str]:
+    """(public, secret), Z85 text."""
+    if not zmq.has("curve"):
+        raise RuntimeError("this libzmq has no CURVE support; comm.security = 'curve' needs it")
+    public, secret = zmq.curve_keypair()
+    return public.decode(), secret.decode()
+
+
+class _Allowed:
+    def __init__(self, keys: frozenset[str]) -> None:
+        self.keys = {k.encode() for k in keys}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+def start_authenticator(ctx: zmq.Context, allowed: frozenset[str]) -> Any:
+    """The ZAP handler of a context (one per context, in a thread of its own): admits CURVE
+    clients whose public key is in ``allowed``.  Stop it before the context ends."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    # A synchronous view of the same context: ZAP talks over its inproc endpoint.
+    auth = ThreadAuthenticator(zmq.Context.shadow(ctx.underlying))
+    auth.start()
+    auth.configure_curve_callback("*", credentials_provider=_Allowed(allowed))
+    return auth
+
+
 def shared_context(sockets: int) -> zmq.asyncio.Context:
     """One zmq context for all the peers of a worker process: one I/O thread for them
     all instead of one each, with room for ``sockets`` sockets (ZeroMQ's default cap is
@@ -58,15 +112,22 @@ class Transport:
     """The data plane of one peer."""
 
     def __init__(self, peer_id: int, ctx: zmq.asyncio.Context | None = None,
-                 max_message_bytes: int = -1, send_hwm: int = 0) -> None:
+                 max_message_bytes: int = -1, send_hwm: int = 0,
+                 curve: Curve | None = None) -> None:
         self.peer_id = peer_id
         # ZeroMQ refuses a larger frame as it arrives (and drops that connection, which it
         # then re-opens) instead of receiving all of it into memory first.
         self.max_message_bytes = max_message_bytes
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.asyncio.Context()
+        self.curve = curve
+        # A context of our own needs its own ZAP handler; a shared one has the worker's.
+        self.auth = start_authenticator(self.ctx, curve.allowed) if (
+            curve and self._own_ctx) else None
         self.pub = self.ctx.socket(zmq.PUB)
         _options(self.pub)
+        if curve:
+            curve.serve(self.pub)
         # Per subscriber: beyond this many queued messages PUB drops for that subscriber
         # alone (ZeroMQ's policy for PUB), so a listener that stalls, or never reads, costs
         # the publisher at most send_hwm messages.  A peer of the run drains its socket from
@@ -89,11 +150,15 @@ class Transport:
         self.endpoint = bind_endpoint(self.pub, transport, host, ipc_dir, f"peer-{self.peer_id}")
         return self.endpoint
 
-    def connect(self, endpoints: dict[int, str], topics: dict[int, list[Topic]]) -> None:
-        """Subscribe to ``topics[j]`` of every in-neighbour j, plus j's handshake topic."""
+    def connect(self, endpoints: dict[int, str], topics: dict[int, list[Topic]],
+                server_keys: dict[int, str] | None = None) -> None:
+        """Subscribe to ``topics[j]`` of every in-neighbour j, plus j's handshake topic
+        (with CURVE, ``server_keys[j]`` is j's public key)."""
         for j, ep in sorted(endpoints.items()):
             sub = self.ctx.socket(zmq.SUB)
             _options(sub)
+            if self.curve:
+                self.curve.client(sub, (server_keys or {})[j])
             sub.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
             sub.connect(ep)
             # Subscriptions reach the publisher in order: the handshake topic last, so that
@@ -146,13 +211,16 @@ class Transport:
             self._held.extend(await self.recv_from())
         return self._held.popleft()[1]
 
-    def control(self, endpoint: str, token: str = "") -> ControlClient:
-        return ControlClient(self.peer_id, endpoint, self.ctx, token)
+    def control(self, endpoint: str, token: str = "", server_key: str = "") -> ControlClient:
+        return ControlClient(self.peer_id, endpoint, self.ctx, token,
+                             self.curve if server_key else None, server_key)
 
     def close(self) -> None:
         self.pub.close(linger=0)
         for sub in self.subs.values():
             sub.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
         if self._own_ctx:
             self.ctx.term()
 
@@ -181,10 +249,13 @@ class ControlServer:
     """
 
     def __init__(self, transport: str, host: str, ipc_dir: Path,
-                 tokens: dict[int, str] | None = None) -> None:
+                 tokens: dict[int, str] | None = None, curve: Curve | None = None) -> None:
         self.ctx = zmq.asyncio.Context()
+        self.auth = start_authenticator(self.ctx, curve.allowed) if curve else None
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve:
+            curve.serve(self.sock)
         self.endpoint = bind_endpoint(self.sock, transport, host, ipc_dir, "control")
         self.tokens = tokens
         self.routes: dict[int, bytes] = {}  # peer -> routing id of its connection
@@ -230,6 +301,8 @@ class ControlServer:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
 
@@ -237,8 +310,10 @@ class ControlClient:
     """Peer side of the control channel (DEALER); every message carries the peer's token."""
 
     def __init__(self, peer_id: int, endpoint: str, ctx: zmq.asyncio.Context,
-                 token: str = "") -> None:
+                 token: str = "", curve: Curve | None = None, server_key: str = "") -> None:
         self.sock = ctx.socket(zmq.DEALER)
+        if curve:
+            curve.client(self.sock, server_key)
         self.auth = f"{peer_id}:{token}".encode()
         self.sock.setsockopt(zmq.LINGER, 2000)  # let the final report reach the launcher
         self.sock.connect(endpoint)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pgame.algorithms import AlgorithmInfo, get_algorithm
-from p2pgame.bus.transport import ControlServer, control_token
+from p2pgame.bus.transport import ControlServer, Curve, control_token, curve_keypair
 from p2pgame.config import Scenario, ScenarioError, to_plain
 from p2pgame.launch.accounts import edge_accounts, write_accounts
 from p2pgame.launch.backends import make_backend, node_address, worker_blocks
@@ -106,6 +106,25 @@ def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
                     process_of[i] = w
         return [f"cuda:{process_of[i] % n_gpu}" for i in range(scenario.n)]
     return [want] * scenario.n
+
+
+def curve_keys(scenario: Scenario, run_dir: Path) -> tuple[dict[int, dict], Curve | None]:
+    """``comm.security = "curve"``: a key pair per peer and one for the launcher, drawn for
+    this run.  The public keys go to ``keys/`` in the run folder; each secret goes to its
+    owner alone (in its launch data), never to a file, the summary or a log."""
+    if scenario.comm.security != "curve":
+        return {}, None
+    pairs = {i: curve_keypair() for i in range(scenario.n)}
+    public, secret = curve_keypair()
+    peers = {i: pub for i, (pub, _) in pairs.items()}  # one object, shared by every launch
+    folder = run_dir / "keys"
+    folder.mkdir()
+    (folder / "launcher.public").write_text(public + "\n")
+    for i, pub in peers.items():
+        (folder / f"peer-{i}.public").write_text(pub + "\n")
+    launches = {i: {"curve_public": pub, "curve_secret": sec, "curve_peers": peers,
+                    "curve_launcher": public} for i, (pub, sec) in pairs.items()}
+    return launches, Curve(public, secret, frozenset(peers.values()))
 
 
 def backend_node_address(backend: Any) -> str:
@@ -201,6 +220,10 @@ def run(
         raise_open_files(scenario.n)  # the launcher holds a metrics file per peer
     remote = rt.backend == "ray"  # peers may live on other machines
     bind_node = comm.host == "node"
+    if comm.transport == "tcp" and comm.security != "curve" and not comm.host.startswith("127."):
+        print(f"warning: comm.host = {comm.host!r} is reachable from other machines and "
+              "comm.security is 'none': anyone there can listen to the run and reach its "
+              "sockets; set comm.security = \"curve\"", file=sys.stderr)
     placement = placement_of(scenario)
     backend = make_backend(rt, placement, workers, bind_node)
     host = comm.host
@@ -209,7 +232,8 @@ def run(
     # Each peer gets its own token, derived from a secret of this run (README, "Security").
     secret = secrets.token_bytes(32)
     tokens = {i: control_token(secret, i) for i in range(scenario.n)}
-    server = ControlServer(comm.transport, host, sock_dir.resolve(), tokens)
+    curve_launch, launcher_curve = curve_keys(scenario, run_dir)
+    server = ControlServer(comm.transport, host, sock_dir.resolve(), tokens, launcher_curve)
     folder = RunFolder(run_dir)
     launcher = Launcher(scenario, schedule, folder, backend, progress)
     plain_scenario, plain_schedule = to_plain(scenario), schedule_to_plain(schedule)
@@ -225,8 +249,8 @@ def run(
             artifact_dir="" if remote else str(run_dir.resolve()),
             threads=threads, device=devices[i],
             bind_host=host if bind_node and not remote else "",
-            token=tokens[i], launcher_pid=0 if remote else os.getpid())))
-            for i in range(scenario.n)})
+            token=tokens[i], launcher_pid=0 if remote else os.getpid(),
+            **curve_launch.get(i, {})))) for i in range(scenario.n)})
         asyncio.run(launcher.supervise(server))
     finally:
         launcher.stop_processes()

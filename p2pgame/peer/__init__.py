@@ -71,8 +71,11 @@ async def _build(spec, log, **shared):
     try:
         return PeerRuntime(spec, log, **shared)
     except BaseException as e:
-        transport = Transport(spec.peer_id, shared.get("context"))
-        client: ControlClient = transport.control(spec.control_endpoint, spec.token)
+        context = shared.get("context")
+        # (A worker's shared context has its ZAP handler already.)
+        transport = Transport(spec.peer_id, context, curve=spec.curve())
+        client: ControlClient = transport.control(spec.control_endpoint, spec.token,
+                                                  spec.curve_launcher)
         with contextlib.suppress(Exception):
             await client.send(ctl.encode(error_message(e)))
         client.close()
@@ -158,7 +161,7 @@ async def _worker(specs, threads: int, handle: WorkerHandle) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from p2pgame.algorithms import decode_scenario
-    from p2pgame.bus.transport import shared_context
+    from p2pgame.bus.transport import shared_context, start_authenticator
     from p2pgame.topology import schedule_from_plain
 
     loop = asyncio.get_running_loop()
@@ -169,6 +172,9 @@ async def _worker(specs, threads: int, handle: WorkerHandle) -> int:
     schedule = schedule_from_plain(specs[0].schedule)
     sockets = sum(3 + len(schedule.union_in(s.peer_id)) for s in specs) + 16
     context = shared_context(sockets)
+    curve = specs[0].curve()
+    # One ZAP handler for every peer of this worker (CURVE: admit the run's peers only).
+    auth = start_authenticator(context, curve.allowed) if curve else None
     runtimes: list = handle.runtimes
     handle.loop = loop
     _on_sigterm(loop, runtimes)
@@ -193,8 +199,12 @@ async def _worker(specs, threads: int, handle: WorkerHandle) -> int:
     except BaseException:
         for t in tasks:
             t.cancel()
+        if auth is not None:
+            auth.stop()
         context.destroy(linger=0)  # sockets of cancelled peers may still be open
         raise
+    if auth is not None:
+        auth.stop()
     context.term()  # every peer closed its sockets; the final reports drain first
     return max(codes, default=0)
 

@@ -39,7 +39,7 @@ from p2pgame.bus.endpoint import PeerBus
 from p2pgame.bus.links import Link
 from p2pgame.bus.topics import Topic
 from p2pgame.bus.traffic import Traffic
-from p2pgame.bus.transport import ControlClient, Transport
+from p2pgame.bus.transport import ControlClient, Curve, Transport
 from p2pgame.config import PaceSpec, Scenario
 from p2pgame.peer.delivery import Delivery
 from p2pgame.rng import generator
@@ -71,6 +71,18 @@ class PeerLaunch:
     bind_host: str = ""  # the address to bind tcp on ("": comm.host), e.g. a Ray node's
     token: str = ""  # this peer's credential on the control channel (never logged)
     launcher_pid: int = 0  # the parent to outlive never (0: not our parent, e.g. on Ray)
+    # comm.security = "curve": this peer's key pair, every peer's public key, the
+    # launcher's (Z85 text; the secret is never logged or reported).
+    curve_public: str = ""
+    curve_secret: str = ""
+    curve_peers: dict | None = None
+    curve_launcher: str = ""
+
+    def curve(self) -> Curve | None:
+        if not self.curve_secret:
+            return None
+        return Curve(self.curve_public, self.curve_secret,
+                     frozenset((self.curve_peers or {}).values()))
 
 
 def subscriptions(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule,
@@ -403,10 +415,12 @@ class PeerRuntime:
 
     async def run(self) -> int:
         # The largest frame ZeroMQ takes in: a message's largest frame is its payload.
+        launch = self.launch
         transport = Transport(self.id, self.context,
                               max_message_bytes=self.scenario.comm.max_message_bytes,
-                              send_hwm=self.scenario.comm.send_hwm)
-        control = transport.control(self.launch.control_endpoint, self.launch.token)
+                              send_hwm=self.scenario.comm.send_hwm, curve=launch.curve())
+        control = transport.control(launch.control_endpoint, launch.token,
+                                    launch.curve_launcher)
         comm = self.scenario.comm
         watch = asyncio.ensure_future(self.watch_launcher())
         try:
@@ -416,7 +430,8 @@ class PeerRuntime:
             msg = await self._next_control(control)
             if not isinstance(msg, ctl.Connect):
                 return 0  # stopped before start
-            transport.connect({int(k): v for k, v in msg.endpoints.items()}, self.topics)
+            transport.connect({int(k): v for k, v in msg.endpoints.items()}, self.topics,
+                              launch.curve_peers)
             bus = PeerBus(transport, self.traffic, self.subscribers, comm.pack_bool)
             if not self.in_peers:
                 self.heard_all.set()

@@ -124,3 +124,67 @@ def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement, list_sess
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_with_curve_an_outside_subscriber_receives_nothing(tmp_path, monkeypatch):
+    """comm.security = "curve": a subscriber without keys, and one with a key pair of its
+    own and the publisher's public key (from the run folder), both connect to peer 0
+    mid-run and subscribe to everything; neither receives a message, and the results are
+    those of the same run without CURVE."""
+    import zmq
+
+    out = tmp_path / "curve"
+    listeners: list = []
+    hellos: dict[int, str] = {}
+
+    class Eavesdropped(ControlServer):
+        async def recv(self, timeout_s=None):
+            got = await super().recv(timeout_s)
+            if got is not None:
+                msg = control.decode(got[1])
+                if isinstance(msg, control.Hello):
+                    hellos[got[0]] = msg.endpoint
+                elif isinstance(msg, control.Progress) and got[0] == 0 and not listeners:
+                    ctx = zmq.Context.instance()
+                    bare = ctx.socket(zmq.SUB)
+                    keyed = ctx.socket(zmq.SUB)
+                    public, secret = zmq.curve_keypair()
+                    keyed.curve_publickey, keyed.curve_secretkey = public, secret
+                    key = next(out.glob("*/keys/peer-0.public")).read_text().strip()
+                    keyed.curve_serverkey = key.encode()
+                    for sub in (bare, keyed):
+                        sub.setsockopt(zmq.LINGER, 0)
+                        sub.connect(hellos[0])
+                        sub.subscribe(b"")
+                        listeners.append(sub)
+            return got
+
+        def close(self):
+            time.sleep(0.2)
+            super().close()
+
+    overrides = ['comm.transport="tcp"', "steps=1500"]
+    plain = launch.run(SCENARIO, overrides, out=tmp_path / "plain", progress=False)
+    monkeypatch.setattr(launch, "ControlServer", Eavesdropped)
+    drawn: list[str] = []
+
+    def recording_keypair():
+        public, secret = keypair()
+        drawn.append(secret)
+        return public, secret
+
+    keypair = launch.curve_keypair
+    monkeypatch.setattr(launch, "curve_keypair", recording_keypair)
+    res = launch.run(SCENARIO, [*overrides, 'comm.security="curve"'], out=out, progress=False)
+    assert res.exit_code == 0, res.failures
+    assert len(listeners) == 2, "the run ended before the listeners joined"
+    for sub in listeners:
+        assert sub.poll(500) == 0  # nothing ever arrived
+        sub.close(linger=0)
+    assert placement_results(res.run_dir) == placement_results(plain.run_dir)
+    keys = sorted(p.name for p in (res.run_dir / "keys").iterdir())
+    assert keys == ["launcher.public"] + [f"peer-{i}.public" for i in range(4)]
+    # No secret key in any file of the run folder (summary, logs, scenario, keys).
+    assert len(drawn) == 5
+    everything = b"".join(p.read_bytes() for p in res.run_dir.rglob("*") if p.is_file())
+    assert not [k for k in drawn if k.encode() in everything]
