@@ -385,6 +385,10 @@ class RuntimeSpec:
     stop_timeout_s: float = 10.0
     # A peer silent this long in the measured phase (no heartbeat) is declared failed.
     peer_timeout_s: float = 30.0
+    # A failed peer is started again up to ``restart`` times, from its latest resume state
+    # (every ``checkpoint_every`` steps; 0: steps / 20).
+    restart: int = 0
+    checkpoint_every: int = 0
     pace: PaceSpec = PaceSpec()  # in a scenario file its keys sit in [runtime]
 
     def __post_init__(self) -> None:
@@ -402,6 +406,8 @@ class RuntimeSpec:
                                 "in [0, 1] (0: no cap)")
         at_least(self.metrics_every, 0, "metrics_every")
         at_least(self.peer_timeout_s, 0, "peer_timeout_s", strict=True)
+        at_least(self.restart, 0, "restart")
+        at_least(self.checkpoint_every, 0, "checkpoint_every")
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,19 @@ def _spaces(value: Any, where: str, info: AlgorithmInfo) -> tuple[str, ...]:
 RUNTIME_KEYS = tuple(k for k in RuntimeSpec.__dataclass_fields__ if k != "pace") + PACE_KEYS
 
 
+def check_restart(scenario: Scenario, info: AlgorithmInfo) -> None:
+    """``runtime.restart``: what a restarted peer needs to rejoin a run in progress."""
+    if scenario.comm.mode != "async":
+        raise ScenarioError(
+            'runtime.restart needs comm.mode = "async": a restarted peer resumes at its last '
+            "checkpoint, and in sync mode it would need rounds its neighbours have moved past")
+    if scenario.runtime.backend != "local":
+        raise ScenarioError('runtime.restart works with runtime.backend = "local" only (yet)')
+    if not info.peer().resumable:
+        raise ScenarioError(f"runtime.restart: algorithm {scenario.algorithm_name!r} cannot "
+                            "resume a peer yet (expfam can)")
+
+
 def resolve_runtime(table: Any) -> RuntimeSpec:
     """[runtime]: the pace keys (a peer's default speed) sit flat in it, like [comm]'s links."""
     table = _table(table, "runtime", RUNTIME_KEYS)
@@ -334,6 +347,8 @@ def resolve(raw: dict, source: str = "<scenario>") -> Scenario:
             **kwargs,
         )
         # Deeper checks that need several sections at once.
+        if scenario.runtime.restart:
+            check_restart(scenario, info)
         if scenario.runtime.backend == "ray" and importlib.util.find_spec("ray") is None:
             raise ScenarioError('runtime.backend = "ray": Ray is not installed; '
                                 'pip install "p2pgame[ray]" (or ".[ray]" in a checkout)')

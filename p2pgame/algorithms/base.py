@@ -120,6 +120,17 @@ class Algorithm:
         """A state dict for the runtime to save as the peer's checkpoint (None: no checkpoint)."""
         return None
 
+    # A restarted peer continues from its latest resume state (runtime.restart).
+    resumable: bool = False
+
+    def resume_state(self) -> dict[str, Any]:
+        """Everything needed to continue after the current step in a new process, as JSON
+        data (model, optimiser, every RNG stream)."""
+        raise NotImplementedError
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
 
 class RunHooks:
     """Launcher side of an algorithm, for one resolved scenario."""

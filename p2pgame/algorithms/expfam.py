@@ -171,6 +171,20 @@ class ExpFamPlayer(Algorithm):
         self.schemas = schemas(cfg)
         self.learns = ctx.player.learns
 
+    resumable = True
+
+    def resume_state(self) -> dict[str, Any]:
+        # JSON keeps floats exact (repr) and the RNGs' 128-bit integers whole.
+        return {"mu": self.mu.tolist(), "effective": self.effective.tolist(),
+                "data_rng": self.data_rng.bit_generator.state,
+                "sample_rng": self.sample_rng.bit_generator.state}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        self.mu = np.asarray(state["mu"], dtype=np.float64)
+        self.effective = np.asarray(state["effective"], dtype=np.float64)
+        self.data_rng.bit_generator.state = state["data_rng"]
+        self.sample_rng.bit_generator.state = state["sample_rng"]
+
     def lr_at(self, step: int) -> float:
         cfg = self.config
         start = int(cfg.decay_from * self.steps)

@@ -146,9 +146,23 @@ class Transport:
         # they skip zmq.asyncio's per-call future.
         self._pub_now = zmq.Socket.shadow(self.pub.underlying)
 
-    def bind(self, transport: str, host: str, ipc_dir: Path) -> str:
-        self.endpoint = bind_endpoint(self.pub, transport, host, ipc_dir, f"peer-{self.peer_id}")
+    def bind(self, transport: str, host: str, ipc_dir: Path, incarnation: int = 0) -> str:
+        # A restarted peer binds afresh (a new ipc path: the old one may still exist).
+        name = f"peer-{self.peer_id}" + (f"-r{incarnation}" if incarnation else "")
+        self.endpoint = bind_endpoint(self.pub, transport, host, ipc_dir, name)
         return self.endpoint
+
+    def reconnect(self, j: int, endpoint: str, topics: list[Topic],
+                  server_key: str | None = None) -> None:
+        """In-neighbour ``j`` moved (it was restarted): drop its old connection, take the
+        same topics from its new endpoint."""
+        old = self.subs.pop(j, None)
+        self._subs_now.pop(j, None)
+        if old is not None:
+            self.poller.unregister(old)
+            old.close(linger=0)
+        self.connect({j: endpoint}, {j: topics},
+                     {j: server_key} if server_key is not None else None)
 
     def connect(self, endpoints: dict[int, str], topics: dict[int, list[Topic]],
                 server_keys: dict[int, str] | None = None) -> None:

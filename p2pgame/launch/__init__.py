@@ -242,7 +242,7 @@ def run(
         # Every launch refers to the same scenario and schedule objects: pickling sends
         # them once per process, and a worker decodes them once for all its peers.
         # (vars, not asdict: asdict would copy them for every peer.)
-        backend.start({i: dict(vars(PeerLaunch(
+        launcher.launches = {i: dict(vars(PeerLaunch(
             peer_id=i, scenario=plain_scenario, schedule=plain_schedule,
             control_endpoint=server.endpoint, ipc_dir=str(sock_dir.resolve()),
             data_root=str(data_root.resolve()),
@@ -250,7 +250,8 @@ def run(
             threads=threads, device=devices[i],
             bind_host=host if bind_node and not remote else "",
             token=tokens[i], launcher_pid=0 if remote else os.getpid(),
-            **curve_launch.get(i, {})))) for i in range(scenario.n)})
+            **curve_launch.get(i, {})))) for i in range(scenario.n)}
+        backend.start(dict(launcher.launches))
         asyncio.run(launcher.supervise(server))
     finally:
         launcher.stop_processes()
@@ -277,6 +278,7 @@ def run(
         "warnings": {str(k): v for k, v in sorted(launcher.warnings.items())},
         "interrupted": bool(launcher.interrupted),
         "control_rejected": server.junk + launcher.bad_control,
+        "restarts": {str(k): v for k, v in sorted(launcher.restarts.items())},
         "table_columns": list(hooks.table_columns),
         "peers": {str(i): launcher.summaries[i] for i in sorted(launcher.summaries)},
         "peer_files": {str(i): f for i, f in sorted(launcher.files.items()) if f},

@@ -48,6 +48,12 @@ class Launcher:
         self._checked_alive = 0.0
         self.bad_control = 0
         self.last_heard: dict[int, float] = {}
+        self.endpoints: dict[int, str] = {}
+        # Restarts: every peer's launch data (set by run()), what is left, what happened.
+        self.launches: dict[int, dict] = {}
+        self.restarts_left = {i: scenario.runtime.restart for i in self.peers}
+        self.restarts: dict[int, list[dict]] = {}
+        self.rejoining: dict[int, int] = {}  # restarted, not yet running: peer -> from step
 
     def log(self, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -113,7 +119,7 @@ class Launcher:
             loop.add_signal_handler(sig, self._on_signal)
         hellos = await self._gather(server, ctl.Hello, rt.start_timeout_s)
         if not self.failures and not self.interrupted:
-            endpoints = {i: m.endpoint for i, m in hellos.items()}
+            endpoints = self.endpoints = {i: m.endpoint for i, m in hellos.items()}
             # Where each peer publishes, for outside subscribers (README, "Wire format").
             (self.folder.path / "endpoints.json").write_text(json.dumps(
                 {str(i): {"endpoint": endpoints[i], "pid": hellos[i].pid}
@@ -146,6 +152,8 @@ class Launcher:
             self.last_heard[i] = t_go
         while set(self.summaries) | set(self.failures) < everyone:
             m = await self._recv(server)
+            if m and m[0] in self.rejoining:
+                await self._rejoin(server, *m)
             now = time.monotonic()
             # Heartbeats: every peer reports every half second (checked a few times a second).
             silent = [] if now - checked < LIVENESS_EVERY_S else self.peers
@@ -153,7 +161,7 @@ class Launcher:
                 checked = now
             for i in silent:
                 if (i not in self.summaries and i not in self.failures
-                        and now - self.last_heard[i] > timeout_s):
+                        and i not in self.rejoining and now - self.last_heard[i] > timeout_s):
                     self.failures[i] = (
                         f"silent for {now - self.last_heard[i]:.0f} s (runtime.peer_timeout_s "
                         f"= {timeout_s:g}): frozen, or cut off from the launcher")
@@ -168,6 +176,8 @@ class Launcher:
                 if bar is not None:
                     bar.n = sum(self.step_of.values())
                     bar.refresh()
+            if self.failures and not self.interrupted and not stop_sent:
+                self._restart_failed()
             if (self.failures or self.interrupted) and not stop_sent:
                 stop_sent = True
                 stop_deadline = time.monotonic() + self.scenario.runtime.stop_timeout_s
@@ -181,6 +191,49 @@ class Launcher:
             bar.close()
         await self._drain(server)
         await self._send_all(server, ctl.Shutdown())
+
+    # -- restarts (runtime.restart) ------------------------------------------------------
+    def _restart_failed(self) -> None:
+        """Start failed peers again, each from its latest resume state, while their
+        restarts last; the others go on (async) with what they hold."""
+        for i in sorted(self.failures):
+            if self.restarts_left.get(i, 0) <= 0 or i in self.summaries:
+                continue
+            reason = self.failures.pop(i)
+            self.restarts_left[i] -= 1
+            if reason.startswith("silent") and self.backend.alive(i):
+                self.backend.kill(i)  # frozen: it must not wake up beside its successor
+                self.backend.join(i, 5.0)
+            resume = self.folder.path / "resume" / f"peer-{i}.json"
+            text = resume.read_text() if resume.is_file() else ""
+            from_step = json.loads(text)["step"] if text else 0
+            launch = dict(self.launches[i])
+            launch.update(incarnation=launch.get("incarnation", 0) + 1, resume=text)
+            self.launches[i] = launch
+            self.restarts.setdefault(i, []).append({
+                "reason": reason, "at_step": self.step_of.get(i, 0), "from_step": from_step,
+                "lost_steps": max(0, self.step_of.get(i, 0) - from_step)})
+            self.log(f"peer {i} failed ({reason}): restarting it from step {from_step} "
+                     f"({self.restarts_left[i]} restart(s) left)")
+            self.rejoining[i] = from_step
+            self.step_of[i] = from_step
+            self.backend.start({i: launch})
+
+    async def _rejoin(self, server: ControlServer, peer: int, msg: Any) -> None:
+        """A restarted peer's start-up, while the others run: Hello -> Connect (and its
+        out-neighbours Rewire to its new endpoint) -> Linked -> Go."""
+        if isinstance(msg, ctl.Hello):
+            self.endpoints[peer] = msg.endpoint
+            ins = {j: self.endpoints[j] for j in self.schedule.union_in(peer)}
+            await server.send(peer, ctl.encode(ctl.Connect(ins)))
+            rewire = ctl.encode(ctl.Rewire(peer, msg.endpoint, self.rejoining[peer]))
+            for r in self.schedule.union_out(peer):
+                if r not in self.summaries and r not in self.failures:
+                    await server.send(r, rewire)
+        elif isinstance(msg, ctl.Linked):
+            await server.send(peer, ctl.encode(ctl.Go()))
+            self.rejoining.pop(peer)
+            self.last_heard[peer] = time.monotonic()
 
     async def _drain(self, server: ControlServer) -> None:
         """Take what is already queued (reports that came with or after a failure)."""

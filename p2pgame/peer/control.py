@@ -1,6 +1,7 @@
 """The control protocol between the launcher and its peers, as typed messages.
 
-Launcher -> peer: :class:`Connect`, :class:`Go`, :class:`Stop`, :class:`Shutdown`.
+Launcher -> peer: :class:`Connect`, :class:`Rewire`, :class:`Go`, :class:`Stop`,
+:class:`Shutdown`.
 Peer -> launcher: :class:`Hello`, :class:`Linked`, :class:`Progress`,
 :class:`Metrics`, :class:`Artifact`, :class:`Done`, :class:`Error`.
 
@@ -38,6 +39,16 @@ class Hello:
 @dataclass(frozen=True)
 class Connect:
     endpoints: dict[int, str]  # in-neighbour -> endpoint
+
+
+@dataclass(frozen=True)
+class Rewire:
+    """In-neighbour ``peer`` was restarted: it now publishes at ``endpoint``, resuming at
+    step ``from_step`` (its steps start again from there)."""
+
+    peer: int
+    endpoint: str
+    from_step: int
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,8 @@ class Shutdown:
 
 MESSAGES: dict[str, type] = {
     cls.__name__.lower(): cls
-    for cls in (Hello, Connect, Linked, Go, Progress, Metrics, Artifact, Done, Error, Stop,
-                Shutdown)
+    for cls in (Hello, Connect, Rewire, Linked, Go, Progress, Metrics, Artifact, Done, Error,
+                Stop, Shutdown)
 }
 
 

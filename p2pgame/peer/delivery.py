@@ -47,6 +47,15 @@ class Delivery:
         self._seen: dict[int, dict[int, set[str]]] = {j: defaultdict(set) for j in self.links}
         self.rejected: Counter[int] = Counter()  # per in-neighbour: refused by a check
         self.last_step: dict[tuple[int, str], int] = {}  # per (sender, space): newest step
+        # Before a sender's first message its last step counts as -1; None (a restarted
+        # peer, whose neighbours are far into the run) takes the first step as it comes.
+        self.first_step: int | None = -1
+
+    def rebase(self, j: int, from_step: int) -> None:
+        """In-neighbour ``j`` restarted and resumes at ``from_step``: its steps go up from
+        there again (they would be refused as replays)."""
+        for space in self.subscribed.get(j, ()):
+            self.last_step[(j, space)] = from_step - 1
 
     # -- arrival --------------------------------------------------------------------------
     def accept(self, env: Envelope, nbytes: int, now: float, step: int,
@@ -70,7 +79,9 @@ class Delivery:
         # up, by publish_every at a time: a step at or below the last one is a replay, and
         # one far beyond it (an enormous step would stall a sync barrier or poison the
         # staleness) is refused.
-        last = self.last_step.get((j, env.space), -1)
+        last = self.last_step.get((j, env.space), self.first_step)
+        if last is None:  # a restarted peer joins a run in progress: the first step sets it
+            last = env.step - 1
         if env.step <= last:
             self.rejected[j] += 1
             return "replayed"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import time
 import traceback
@@ -77,6 +78,10 @@ class PeerLaunch:
     curve_secret: str = ""
     curve_peers: dict | None = None
     curve_launcher: str = ""
+    # runtime.restart: 0 for the first process of a peer, k for its k-th restart, which
+    # continues from ``resume`` (its latest resume state, JSON; "" = from the start).
+    incarnation: int = 0
+    resume: str = ""
 
     def curve(self) -> Curve | None:
         if not self.curve_secret:
@@ -171,6 +176,14 @@ class PeerRuntime:
         self.my_topics = {t.space: t for t in self.subscribers}  # space -> our topic
         self.step = 0
         self.steps_done = 0
+        self.first_step = 0
+        if launch.incarnation:
+            # Its neighbours are far into the run: take each one's first step as it comes.
+            self.delivery.first_step = None
+        if launch.resume:
+            state = json.loads(launch.resume)
+            self.algorithm.load_resume_state(state["algorithm"])
+            self.first_step = self.steps_done = self.step = int(state["step"])
         self.wall = 0.0
         self.heard: set[int] = set()
         self.stop_requested = False
@@ -271,7 +284,10 @@ class PeerRuntime:
         every = self.scenario.runtime.metrics_every or max(1, steps // 100)
         period = self.scenario.comm.publish_every
         t_start = time.monotonic()
-        for step in range(steps):
+        rt = self.scenario.runtime
+        resume_every = (rt.checkpoint_every or max(1, steps // 20)) if (
+            rt.restart and self.algorithm.resumable) else 0
+        for step in range(self.first_step, steps):
             if self.stop_requested:
                 break
             self.step = step
@@ -296,6 +312,11 @@ class PeerRuntime:
                 await asyncio.sleep(self.pace.pause(compute))  # receiving goes on
                 self.timers["pace"] += time.perf_counter() - t0
             self.steps_done = step + 1
+            if resume_every and self.steps_done % resume_every == 0 and step < steps - 1:
+                # The launcher keeps the latest in the run folder, for a restart.
+                state = {"step": self.steps_done, "algorithm": self.algorithm.resume_state()}
+                self.artifacts.append(ctl.Artifact(f"resume/peer-{self.id}.json",
+                                                   json.dumps(state).encode()))
             probe_every = self.algorithm.probe_every
             if (step % every == 0 or step == steps - 1
                     or (probe_every and step % probe_every == 0)):
@@ -347,11 +368,20 @@ class PeerRuntime:
                 msg = ctl.decode(await control.recv())
             except ctl.ControlError:
                 continue
+            if isinstance(msg, ctl.Rewire) and msg.peer in self.topics:
+                self.rewire(msg)
             if isinstance(msg, (ctl.Stop, ctl.Shutdown)):
                 self.request_stop()
                 if isinstance(msg, ctl.Shutdown):
                     return
 
+    def rewire(self, msg: ctl.Rewire) -> None:
+        """An in-neighbour was restarted: listen at its new endpoint; its steps start again
+        from where it resumed."""
+        j = msg.peer
+        keys = self.launch.curve_peers or {}
+        self.transport.reconnect(j, msg.endpoint, self.topics[j], keys.get(j))
+        self.delivery.rebase(j, msg.from_step)
     def request_stop(self) -> None:
         self.stop_requested = True
         self.wakeup.set()
@@ -424,8 +454,9 @@ class PeerRuntime:
         comm = self.scenario.comm
         watch = asyncio.ensure_future(self.watch_launcher())
         try:
+            self.transport = transport
             endpoint = transport.bind(comm.transport, self.launch.bind_host or comm.host,
-                                      Path(self.launch.ipc_dir))
+                                      Path(self.launch.ipc_dir), launch.incarnation)
             await control.send(ctl.encode(ctl.Hello(endpoint, os.getpid())))
             msg = await self._next_control(control)
             if not isinstance(msg, ctl.Connect):
@@ -433,7 +464,10 @@ class PeerRuntime:
             transport.connect({int(k): v for k, v in msg.endpoints.items()}, self.topics,
                               launch.curve_peers)
             bus = PeerBus(transport, self.traffic, self.subscribers, comm.pack_bool)
-            if not self.in_peers:
+            if not self.in_peers or launch.incarnation:
+                # A restarted peer does not wait to hear everyone (its neighbours publish no
+                # handshakes any more, some may have finished): async, it goes on with what
+                # arrives.
                 self.heard_all.set()
             async with asyncio.TaskGroup() as tg:
                 recv_task = tg.create_task(self.receive_loop(bus))

@@ -188,3 +188,49 @@ def test_with_curve_an_outside_subscriber_receives_nothing(tmp_path, monkeypatch
     assert len(drawn) == 5
     everything = b"".join(p.read_bytes() for p in res.run_dir.rglob("*") if p.is_file())
     assert not [k for k in drawn if k.encode() in everything]
+
+
+@pytest.mark.parametrize("placement", ["process", "workers"])
+def test_a_killed_peer_restarts_and_the_run_completes(tmp_path, monkeypatch, placement):
+    """runtime.restart = 1, async: peer 1 is SIGKILLed a third of the way in.  It is started
+    again from its latest resume state, rejoins (its neighbours re-connect to its new
+    endpoint), and the run completes near the clean run's equilibrium."""
+    pids: dict[int, int] = {}
+    killed: list[int] = []
+    steps = 3000
+
+    class Killing(ControlServer):
+        async def recv(self, timeout_s=None):
+            got = await super().recv(timeout_s)
+            if got is not None:
+                peer, data = got
+                msg = control.decode(data)
+                if isinstance(msg, control.Hello):
+                    pids.setdefault(peer, msg.pid)
+                elif (isinstance(msg, control.Progress) and peer == 1 and not killed
+                      and msg.step > steps // 3):
+                    os.kill(pids[1], signal.SIGKILL)
+                    killed.append(msg.step)
+            return got
+
+    # Paced (2 ms a step), so the others are still running when peer 1 is back: a peer
+    # restarted after its neighbours finished would learn from its own data alone.
+    overrides = ['comm.mode="async"', f"steps={steps}", "runtime.restart=1",
+                 "runtime.checkpoint_every=100", f'runtime.placement="{placement}"',
+                 "runtime.workers=4", "runtime.step_delay_ms=2"]
+    clean = launch.run(SCENARIO, overrides, out=tmp_path / "clean", progress=False)
+    monkeypatch.setattr(launch, "ControlServer", Killing)
+    res = launch.run(SCENARIO, overrides, out=tmp_path / "killed", progress=False)
+    assert killed, "peer 1 was never killed"
+    assert res.exit_code == 0, res.failures
+    s = res.summary
+    (restart,) = s["restarts"]["1"]
+    assert "-9" in restart["reason"]
+    assert 0 < restart["from_step"] <= killed[0] and restart["from_step"] % 100 == 0
+    assert sorted(s["peers"]) == ["0", "1", "2", "3"]
+    assert all(p["steps"] == steps for p in s["peers"].values())
+    for i, p in s["peers"].items():
+        assert abs(p["ne_max_abs"] - clean.summary["peers"][i]["ne_max_abs"]) < 0.05, i
+        assert p["ne_max_abs"] < 0.05, i
+    # Its neighbours heard the new incarnation (they re-connected to its new endpoint).
+    assert (res.run_dir / "resume" / "peer-1.json").is_file()
