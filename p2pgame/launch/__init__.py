@@ -284,9 +284,10 @@ def run(
         "peer_files": {str(i): f for i, f in sorted(launcher.files.items()) if f},
     }
     summary["processes"] = process_memory(summary["peers"])
-    summary["links"] = edge_accounts(summary["peers"])
+    summary["links"] = edge_accounts(summary["peers"], frozenset(launcher.restarts))
     write_accounts(run_dir, summary["links"])
-    unbalanced = [f"{r['src']}->{r['dst']}" for r in summary["links"] if r["in_transport"] < 0]
+    unbalanced = [f"{r['src']}->{r['dst']}" for r in summary["links"]
+                  if r["in_transport"] < 0 and not r["restarted"]]
     if unbalanced:
         print(f"warning: the accounts of edges {', '.join(unbalanced)} do not add up "
               "(a receiver counted more than its sender sent)", file=sys.stderr)

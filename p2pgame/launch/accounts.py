@@ -24,11 +24,16 @@ from typing import Any
 
 COLUMNS = ("src", "dst", "sent", "sent_bytes", "arrived", "delivered", "delivered_bytes",
            "dropped_loss", "dropped_buffer", "rejected", "held", "in_transport", "in_flight",
-           "used", "delay_mean_s", "active_s")
+           "used", "delay_mean_s", "active_s", "restarted")
 
 
-def edge_accounts(peers: dict[str, dict[str, Any]]) -> list[dict[str, int]]:
-    """One row per edge with a receiver that reported (peers: summary.json's ``peers``)."""
+def edge_accounts(peers: dict[str, dict[str, Any]],
+                  restarted: frozenset[int] = frozenset()) -> list[dict[str, int]]:
+    """One row per edge with a receiver that reported (peers: summary.json's ``peers``).
+
+    ``restarted``: peers started again mid-run (runtime.restart).  Their counts cover
+    their last incarnation only, so on their edges (``restarted = 1``) the identity of
+    the accounts need not hold."""
     sent: Counter[tuple[int, int]] = Counter()
     sent_bytes: Counter[tuple[int, int]] = Counter()
     for s in peers.values():
@@ -45,7 +50,8 @@ def edge_accounts(peers: dict[str, dict[str, Any]]) -> list[dict[str, int]]:
             in_transport = sent[key] - e["arrived"] - e["rejected"]
             rows.append({**{k: e[k] for k in COLUMNS if k in e}, "sent": sent[key],
                          "sent_bytes": sent_bytes[key], "in_transport": in_transport,
-                         "in_flight": e["held"] + in_transport})
+                         "in_flight": e["held"] + in_transport,
+                         "restarted": int(key[0] in restarted or key[1] in restarted)})
     rows.sort(key=lambda r: (r["src"], r["dst"]))
     return [{k: r[k] for k in COLUMNS} for r in rows]
 

@@ -62,7 +62,7 @@ def test_tiny_game_is_identical_in_processes_and_workers(tmp_path, tiny_mnist_ro
     scenario = tmp_path / "game-tiny.toml"
     scenario.write_text(TINY_GAME)
     results = {}
-    for name, extra in _placements([1, 2]):
+    for name, extra in _placements([2]):
         res = launch.run(scenario, extra, out=tmp_path / name, data_root=tiny_mnist_root,
                          progress=False)
         assert res.exit_code == 0, (name, res.failures)
