@@ -48,7 +48,10 @@ def common(n: int) -> list[str]:
 
 PRESETS = {
     #          game steps, gan steps, eval samples, per-peer images
-    "smoke": dict(n=3, game_steps=4, gan_steps=6, eval=100, per_peer=0, evaluator_epochs=1),
+    # smoke: the three peers of a point in one worker process (one torch start-up, not
+    # three; placement changes no byte count)
+    "smoke": dict(n=3, game_steps=4, gan_steps=6, eval=100, per_peer=0, evaluator_epochs=1,
+                  where=['runtime.placement="workers"', "runtime.workers=1"]),
     "default": dict(n=5, game_steps=100, gan_steps=200, eval=500, per_peer=2000,
                     evaluator_epochs=2),
     "wide": dict(n=5, game_steps=150, gan_steps=300, eval=1000, per_peer=2000,
@@ -173,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, over in make(preset):
             if args.preset in SUBSETS and label not in SUBSETS[args.preset]:
                 continue
-            pt = Point(f"{method}:{label}", ROOT / "topologies" / scen, common(preset["n"]) + over)
+            where = preset.get("where", [])
+            pt = Point(f"{method}:{label}", ROOT / "topologies" / scen,
+                       common(preset["n"]) + where + over)
             pt.values = {"method": method, "point": label}
             points.append(pt)
     metrics = ["fid_all", "unseen_mass", "tv_to_ne", "bytes_sent", "steps_per_s"]

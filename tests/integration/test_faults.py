@@ -164,7 +164,7 @@ def test_with_curve_an_outside_subscriber_receives_nothing(tmp_path, monkeypatch
             time.sleep(0.2)
             super().close()
 
-    overrides = ['comm.transport="tcp"', "steps=1500"]
+    overrides = ['comm.transport="tcp"', "steps=800"]
     plain = launch.run(SCENARIO, overrides, out=tmp_path / "plain", progress=False)
     monkeypatch.setattr(launch, "ControlServer", Eavesdropped)
     drawn: list[str] = []
