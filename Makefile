@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data
 RUNS ?= runs
 
-.PHONY: demo test lint clean-runs
+.PHONY: demo test lint clean-runs polymnist
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/p2pgame data fetch mnist --root $(DATA)
 	$(BIN)/p2pgame run topologies/mnist-demo.toml --data $(DATA) --out $(RUNS)
+
+# PolyMNIST (issue 13): built from MNIST and scikit-image's photographs; the command
+# checks an existing build against its SHA-256 manifest and rebuilds only when needed.
+polymnist: $(STAMP)
+	$(BIN)/p2pgame data fetch mnist --root $(DATA)
+	$(BIN)/p2pgame data build polymnist --root $(DATA)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

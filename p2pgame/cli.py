@@ -99,6 +99,21 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from p2pgame.data import polymnist
+
+    if args.name.lower() != "polymnist":
+        print(f"error: data set {args.name!r} cannot be built; buildable: polymnist",
+              file=sys.stderr)
+        return 2
+    out = polymnist.build(Path(args.root), seed=args.seed,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.grid:
+        print(f"grid: {polymnist.grid(Path(args.root), Path(args.grid))}")
+    print(f"polymnist: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2pgame", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("names", nargs="+")
     f.add_argument("--root", default="data")
     f.set_defaults(func=cmd_data)
+    b = dsub.add_parser("build", help="build a derived data set from fetched ones: polymnist "
+                                      "(MNIST digits over five scikit-image photographs)")
+    b.add_argument("name")
+    b.add_argument("--root", default="data")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--grid", default=None, help="also write a 5 styles x 10 digits PNG here")
+    b.set_defaults(func=cmd_data_build)
     return p
 
 
