@@ -32,8 +32,11 @@ DEFAULT_COLUMNS = ["steps", "steps_per_s", "bytes_sent", "messages_dropped", "st
 def cmd_run(args: argparse.Namespace) -> int:
     from p2pgame.launch import run
 
+    if (args.scenario is None) == (args.resume is None):
+        print("error: give a scenario file, or --resume RUN_DIR (not both)", file=sys.stderr)
+        return 2
     result = run(args.scenario, args.set, out=args.out, data_root=args.data,
-                 progress=not args.quiet, run_dir=args.run_dir)
+                 progress=not args.quiet, run_dir=args.run_dir, resume=args.resume)
     s = result.summary
     extra = [c for c in s.get("table_columns", []) if c not in DEFAULT_COLUMNS]
     if s["peers"]:
@@ -119,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a scenario file")
-    r.add_argument("scenario", help="scenario TOML file, e.g. topologies/expfam-ring8.toml")
+    r.add_argument("scenario", nargs="?",
+                   help="scenario TOML file, e.g. topologies/expfam-ring8.toml")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run in its folder, from its resume states")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. --set comm.drop=0.1 (repeatable)")
     r.add_argument("--out", default="runs", help="folder that receives the run folder")

@@ -118,13 +118,37 @@ def curve_keys(scenario: Scenario, run_dir: Path) -> tuple[dict[int, dict], Curv
     public, secret = curve_keypair()
     peers = {i: pub for i, (pub, _) in pairs.items()}  # one object, shared by every launch
     folder = run_dir / "keys"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     (folder / "launcher.public").write_text(public + "\n")
     for i, pub in peers.items():
         (folder / f"peer-{i}.public").write_text(pub + "\n")
     launches = {i: {"curve_public": pub, "curve_secret": sec, "curve_peers": peers,
                     "curve_launcher": public} for i, (pub, sec) in pairs.items()}
     return launches, Curve(public, secret, frozenset(peers.values()))
+
+
+def _resumable(run_dir: Path):
+    """What ``--resume RUN_DIR`` continues: the run's own resolved scenario and each peer's
+    latest resume state (``resume/peer-<i>.json``; none: that peer starts from step 0)."""
+    where = f"--resume {run_dir}"
+    try:
+        rec = json.loads((run_dir / "resolved.json").read_text())
+    except (OSError, ValueError):
+        raise ScenarioError(f"{where}: no readable resolved.json: not a run folder") from None
+    scenario_path = run_dir / "scenario.toml"
+    scenario = resolve(rec["raw"], str(scenario_path))
+    if scenario.comm.mode != "async":
+        raise ScenarioError(f"{where}: a sync run cannot be resumed yet (each peer keeps only "
+                            "its latest state, and sync peers must resume at one common step)")
+    if not get_algorithm(scenario.algorithm_name).peer().resumable:
+        raise ScenarioError(f"{where}: algorithm {scenario.algorithm_name!r} cannot resume a "
+                            "peer yet (expfam can)")
+    states = {i: run_dir / "resume" / f"peer-{i}.json" for i in range(scenario.n)}
+    if not any(p.is_file() for p in states.values()):
+        raise ScenarioError(f"{where}: no resume states (resume/peer-*.json); a run saves "
+                            "them with runtime.checkpoint_every = K (or runtime.restart)")
+    resumed = {i: p.read_text() if p.is_file() else "" for i, p in states.items()}
+    return run_dir, scenario_path, rec.get("overrides", []), rec["raw"], scenario, resumed
 
 
 def backend_node_address(backend: Any) -> str:
@@ -176,32 +200,48 @@ def run(
     data_root: str | Path = "data",
     progress: bool = True,
     run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
 ) -> RunResult:
-    """Run one scenario; the public entry point of ``p2pgame run``."""
-    raw = apply_overrides(load_raw(scenario_path), overrides)
-    scenario = resolve(raw, str(scenario_path))  # every check before any process
+    """Run one scenario; the public entry point of ``p2pgame run``.
+
+    ``resume``: the folder of an interrupted run, continued in place from each peer's
+    latest resume state (``scenario_path`` and ``overrides`` are ignored: the run's own
+    resolved scenario is used)."""
+    resumed: dict[int, str] = {}
+    if resume is not None:
+        run_dir, scenario_path, overrides, raw, scenario, resumed = _resumable(Path(resume))
+    else:
+        raw = apply_overrides(load_raw(scenario_path), overrides)
+        scenario = resolve(raw, str(scenario_path))  # every check before any process
     info = get_algorithm(scenario.algorithm_name)
     hooks = info.hooks()(scenario)
     data_root = Path(data_root)
     # Where results go is checked before anything is prepared or started.
-    if run_dir is not None:
+    if resume is not None:
+        check_writable(run_dir, "--resume")
+        for name in ("summary.json", "links.csv", "endpoints.json"):
+            if (run_dir / name).exists():  # the interrupted run's, kept beside the new ones
+                (run_dir / name).replace(run_dir / name.replace(".", "-before-resume.", 1))
+    elif run_dir is not None:
         run_dir = Path(run_dir)
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise ScenarioError(
                 f"--run-dir {run_dir}: already exists and is not an empty folder (an earlier "
                 "run?); a run folder is never reused: name a new one, or omit --run-dir")
-    check_writable(run_dir if run_dir is not None else Path(out),
-                   "--run-dir" if run_dir is not None else "--out")
+    if resume is None:
+        check_writable(run_dir if run_dir is not None else Path(out),
+                       "--run-dir" if run_dir is not None else "--out")
     hooks.prepare(data_root, lambda m: print(m, file=sys.stderr, flush=True))
-    if run_dir is None:
-        run_dir = make_run_dir(Path(out), scenario.name)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(scenario_path, run_dir / "scenario.toml")
-    # The scenario exactly as run (file + --set overrides), re-loadable by scenario.resolve.
-    (run_dir / "resolved.json").write_text(json.dumps(
-        {"source": str(scenario_path), "overrides": list(overrides), "raw": raw}, indent=1))
-    (run_dir / "scenario.json").write_text(json.dumps(to_plain(scenario), indent=1))
+    if resume is None:
+        if run_dir is None:
+            run_dir = make_run_dir(Path(out), scenario.name)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(scenario_path, run_dir / "scenario.toml")
+        # The scenario exactly as run (file + --set overrides), re-loadable by resolve.
+        (run_dir / "resolved.json").write_text(json.dumps(
+            {"source": str(scenario_path), "overrides": list(overrides), "raw": raw}, indent=1))
+        (run_dir / "scenario.json").write_text(json.dumps(to_plain(scenario), indent=1))
     schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
     write_topology(run_dir, schedule)
     threads = threads_per_peer(scenario)
@@ -234,7 +274,7 @@ def run(
     tokens = {i: control_token(secret, i) for i in range(scenario.n)}
     curve_launch, launcher_curve = curve_keys(scenario, run_dir)
     server = ControlServer(comm.transport, host, sock_dir.resolve(), tokens, launcher_curve)
-    folder = RunFolder(run_dir)
+    folder = RunFolder(run_dir, append=resume is not None)
     launcher = Launcher(scenario, schedule, folder, backend, progress)
     plain_scenario, plain_schedule = to_plain(scenario), schedule_to_plain(schedule)
     t0 = time.monotonic()
@@ -250,7 +290,10 @@ def run(
             threads=threads, device=devices[i],
             bind_host=host if bind_node and not remote else "",
             token=tokens[i], launcher_pid=0 if remote else os.getpid(),
+            incarnation=1 if resume is not None else 0, resume=resumed.get(i, ""),
             **curve_launch.get(i, {})))) for i in range(scenario.n)}
+        for i, text in resumed.items():
+            launcher.step_of[i] = json.loads(text)["step"] if text else 0
         backend.start(dict(launcher.launches))
         asyncio.run(launcher.supervise(server))
     finally:
@@ -279,6 +322,8 @@ def run(
         "interrupted": bool(launcher.interrupted),
         "control_rejected": server.junk + launcher.bad_control,
         "restarts": {str(k): v for k, v in sorted(launcher.restarts.items())},
+        "resumed_from": ({str(i): json.loads(t)["step"] if t else 0 for i, t in resumed.items()}
+                         if resume is not None else None),
         "table_columns": list(hooks.table_columns),
         "peers": {str(i): launcher.summaries[i] for i in sorted(launcher.summaries)},
         "peer_files": {str(i): f for i, f in sorted(launcher.files.items()) if f},

@@ -46,8 +46,9 @@ def write_topology(run_dir: Path, schedule: Schedule) -> None:
 class RunFolder:
     """Appends what peers report: metrics lines, artifacts, failure logs."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, append: bool = False) -> None:
         self.path = Path(path)
+        self.append = append  # a resumed run adds to the metrics files it continues
         self._metrics: dict[int, Any] = {}
 
     def metrics(self, peer: int, lines: list[dict[str, Any]]) -> None:
@@ -55,7 +56,8 @@ class RunFolder:
         if f is None:
             folder = self.path / "metrics"
             folder.mkdir(exist_ok=True)
-            f = self._metrics[peer] = (folder / f"peer-{peer}.jsonl").open("w")
+            f = self._metrics[peer] = (folder / f"peer-{peer}.jsonl").open(
+                "a" if self.append else "w")
         for line in lines:
             f.write(json.dumps(line) + "\n")
         f.flush()  # readable while the run goes on

@@ -285,8 +285,10 @@ class PeerRuntime:
         period = self.scenario.comm.publish_every
         t_start = time.monotonic()
         rt = self.scenario.runtime
-        resume_every = (rt.checkpoint_every or max(1, steps // 20)) if (
-            rt.restart and self.algorithm.resumable) else 0
+        # Resume states: every checkpoint_every steps (for --resume), or by default every
+        # steps/20 when restarts are on.
+        resume_every = (rt.checkpoint_every or (max(1, steps // 20) if rt.restart else 0)
+                        ) if self.algorithm.resumable else 0
         for step in range(self.first_step, steps):
             if self.stop_requested:
                 break

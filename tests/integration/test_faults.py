@@ -243,3 +243,48 @@ def test_a_killed_peer_restarts_and_the_run_completes(tmp_path, monkeypatch, pla
         assert abs(p["ne_max_abs"] - clean.summary["peers"][i]["ne_max_abs"]) < 0.05, i
     # Its neighbours heard the new incarnation (they re-connected to its new endpoint).
     assert (res.run_dir / "resume" / "peer-1.json").is_file()
+
+
+def test_an_interrupted_run_resumes_in_its_folder(tmp_path):
+    """Ctrl-C a paced async run once its peers have saved resume states; `p2pgame run
+    --resume RUN_DIR` continues every peer from its own state, in the same folder."""
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
+         "--quiet", "--set", 'comm.mode="async"', "--set", "steps=3000",
+         "--set", "runtime.checkpoint_every=200", "--set", "runtime.step_delay_ms=2"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("*/resume/peer-*.json"))) < 4:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run_dir,) = out.iterdir()
+    before = json.loads((run_dir / "summary.json").read_text())
+    assert before["interrupted"] and all(p["steps"] < 3000 for p in before["peers"].values())
+    lines_before = len((run_dir / "metrics" / "peer-0.jsonl").read_text().splitlines())
+    res = launch.run(None, resume=run_dir, progress=False)
+    assert res.exit_code == 0, res.failures
+    assert res.run_dir == run_dir
+    s = res.summary
+    assert all(0 < step < 3000 for step in s["resumed_from"].values())
+    assert all(p["steps"] == 3000 for p in s["peers"].values())
+    assert all(p["ne_max_abs"] < 0.1 for p in s["peers"].values())
+    assert json.loads((run_dir / "summary-before-resume.json").read_text())["interrupted"]
+    lines = (run_dir / "metrics" / "peer-0.jsonl").read_text().splitlines()
+    assert len(lines) > lines_before and json.loads(lines[-1])["step"] == 2999
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path):
+    from p2pgame.config import ScenarioError
+
+    with pytest.raises(ScenarioError, match="not a run folder"):
+        launch.run(None, resume=tmp_path)
+    res = launch.run(SCENARIO, ["steps=20"], out=tmp_path, progress=False)  # sync
+    with pytest.raises(ScenarioError, match="sync run cannot be resumed"):
+        launch.run(None, resume=res.run_dir)
