@@ -301,6 +301,9 @@ class CommSpec:
     # Messages a PUB socket queues per subscriber before it drops for that subscriber
     # (a stalled listener cannot grow the publisher); 0: unlimited.
     send_hwm: int = 64
+    # Samples in one message on a samples topic, at most (more: refused as "samples"),
+    # so a valid header cannot make a receiver unpack millions of samples.
+    max_samples_per_message: int = 65536
     # "curve": every socket of the run encrypted, and only the run's peers admitted
     # (ZeroMQ CURVE, keys drawn per run); "none": plain (the README's decoder can listen).
     security: str = "none"
@@ -316,6 +319,7 @@ class CommSpec:
         at_least(self.publish_every, 1, "publish_every")
         at_least(self.max_message_bytes, 64, "max_message_bytes")
         at_least(self.send_hwm, 0, "send_hwm")
+        at_least(self.max_samples_per_message, 1, "max_samples_per_message")
         one_of(self.security, ("none", "curve"), "security")
         at_least(self.sync_timeout_s, 0.0, "sync_timeout_s", strict=True)
 

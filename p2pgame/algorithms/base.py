@@ -181,16 +181,22 @@ class AlgorithmInfo:
 
 def check_schema(env: Envelope, expected: dict[str, tuple[str, tuple[int, ...]]]) -> str | None:
     """Compare tensors to ``{field: (dtype, per-example shape)}``; leading dim is free."""
-    if set(env.tensors) != set(expected):
+    tensors = env.tensors
+    if set(tensors) != set(expected):
         return "schema"
+    # dtype and shape from the header's schema: a bit-packed tensor stays packed (it is
+    # unpacked, if ever, in the training step that uses it).
+    spec = getattr(tensors, "spec", None)
     n = None
     for name, (dtype, shape) in expected.items():
-        t = env.tensors[name]
-        if np.dtype(t.dtype).name != np.dtype(dtype).name or tuple(t.shape[1:]) != tuple(shape):
+        got_dtype, got_shape = spec(name) if spec is not None else (
+            tensors[name].dtype, tensors[name].shape)
+        if np.dtype(got_dtype).name != np.dtype(dtype).name or tuple(got_shape[1:]) != tuple(
+                shape):
             return "schema"
-        if n is not None and t.shape[0] != n:
+        if n is not None and got_shape[0] != n:
             return "schema"
-        n = t.shape[0]
+        n = got_shape[0]
     return None
 
 

@@ -35,7 +35,7 @@ STEP_WINDOW = 64
 
 class Delivery:
     def __init__(self, me: int, links: Mapping[int, Link], subscribed: Mapping[int, Iterable[str]],
-                 sync: bool, publish_every: int = 1) -> None:
+                 sync: bool, publish_every: int = 1, max_samples: int = 65536) -> None:
         self.me = me
         self.links = dict(links)
         self.subscribed = {j: frozenset(subscribed.get(j, ())) for j in self.links}
@@ -50,6 +50,7 @@ class Delivery:
         # Before a sender's first message its last step counts as -1; None (a restarted
         # peer, whose neighbours are far into the run) takes the first step as it comes.
         self.first_step: int | None = -1
+        self.max_samples = max_samples
 
     def rebase(self, j: int, from_step: int) -> None:
         """In-neighbour ``j`` restarted and resumes at ``from_step``: its steps go up from
@@ -71,6 +72,9 @@ class Delivery:
         if env.space not in self.subscribed[j]:
             self.rejected[j] += 1
             return "space"
+        if env.topic.kind == "samples" and _samples(env) > self.max_samples:
+            self.rejected[j] += 1
+            return "samples"
         reason = check(env)
         if reason:
             self.rejected[j] += 1
@@ -155,3 +159,15 @@ class Delivery:
         return [{"src": j, "dst": self.me, **link.counts(), "rejected": self.rejected[j],
                  "used": self.inbox.used[j]}
                 for j, link in sorted(self.links.items())]
+
+
+def _samples(env: Envelope) -> int:
+    """The leading dimension of a message's tensors (its samples), read from the header's
+    schema: a bit-packed tensor is not unpacked to learn it."""
+    tensors = env.tensors
+    spec = getattr(tensors, "spec", None)
+    n = 0
+    for name in tensors:
+        shape = spec(name)[1] if spec is not None else tensors[name].shape
+        n = max(n, shape[0] if shape else 1)
+    return n

@@ -168,7 +168,7 @@ class PeerRuntime:
         links = {j: Link(j, me, comm.link_of(j, me), scenario.seed) for j in self.in_peers}
         self.delivery = Delivery(me, links, {j: [t.space for t in ts]
                                              for j, ts in self.topics.items()},
-                                 self.sync, comm.publish_every)
+                                 self.sync, comm.publish_every, comm.max_samples_per_message)
         self.traffic = Traffic(me, comm.max_message_bytes)
         pace = scenario.player(me).pace
         self.pace = None if pace.is_natural else Pacer(pace, scenario.seed, me)

@@ -407,3 +407,19 @@ def test_a_message_claiming_another_sender_on_a_connection_is_spoofed():
     assert traffic.decode(frames, via=2) is None  # came on peer 2's connection
     assert traffic.rejected == {"spoofed": 1} and traffic.received.totals()["messages"] == 0
     assert traffic.decode(frames, via=0) is not None
+
+
+def test_too_many_samples_in_one_message_are_refused_without_unpacking():
+    """comm.max_samples_per_message: a valid header announcing more samples is refused
+    (read from the schema: the bit-packed payload is never unpacked for it)."""
+    d = _delivery()
+    d.max_samples = 8
+    assert _arrive(d, _env(step=0, x=np.zeros((8, 4), bool)), T0) is None
+    big = _env(step=1, x=np.ones((9, 4), bool))
+    got = Traffic(ME).decode(_frames(big))
+    assert got is not None
+    env, nbytes = got
+    assert d.accept(env, nbytes, T0, 0) == "samples"
+    if hasattr(env.tensors, "packed"):  # lazy tensors: nothing was unpacked
+        assert env.tensors.packed == ("x",)
+    assert d.rejected[0] == 1
