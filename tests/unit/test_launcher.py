@@ -43,3 +43,32 @@ def test_a_late_exit_after_reporting_is_a_warning_not_a_failure(tiny_raw):
     assert 0 not in launcher.failures and "stop_timeout_s" in launcher.warnings[0]
     assert sorted(launcher.failures) == list(range(1, scenario.n))
     assert all("-15" in launcher.failures[i] for i in range(1, scenario.n))
+
+
+def test_devices_go_round_robin_over_gpus_by_process(monkeypatch, tiny_raw):
+    """device = "auto" with two GPUs: one peer per process takes GPUs in turn; in workers,
+    a worker's peers share its GPU (each on its own stream), workers take GPUs in turn;
+    with no worker count given there is one worker per GPU."""
+    import torch
+
+    from p2pgame.algorithms import get_algorithm
+    from p2pgame.launch import n_workers, resolve_devices
+    from p2pgame.scenario import resolve
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    raw = dict(tiny_raw)
+    raw["topology"] = {**raw["topology"], "n": 6}
+    raw["runtime"] = {"device": "auto", "placement": "process"}
+    info = get_algorithm("expfam")
+    info_torch = type("Info", (), {"uses_torch": True})()  # expfam itself needs no torch
+    sc = resolve(raw, "s.toml")
+    assert resolve_devices(sc, info) == ["cpu"] * 6  # no torch, no GPU
+    assert resolve_devices(sc, info_torch) == ["cuda:0", "cuda:1"] * 3
+    raw["runtime"] = {"device": "auto", "placement": "workers", "workers": 3}
+    sc = resolve(raw, "s.toml")
+    assert resolve_devices(sc, info_torch) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1",
+                                               "cuda:0", "cuda:0"]
+    raw["runtime"] = {"device": "auto", "placement": "workers"}
+    assert n_workers(resolve(raw, "s.toml")) == 2
+    raw["runtime"] = {"device": "cpu", "placement": "workers"}
+    assert resolve_devices(resolve(raw, "s.toml"), info_torch) == ["cpu"] * 6
