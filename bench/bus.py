@@ -5,9 +5,21 @@ Per case (transport x payload x mode) the publisher binds, the subscriber connec
 a handshake on the ``hs/0/`` topic makes sure the subscription is live (no
 slow-joiner loss), then the publisher sends data messages for ``--seconds``.
 
-* ``p2pgame``: per message ``Envelope -> encode -> Transport.send`` (zmq.asyncio PUB,
-  ``send_multipart(copy=False)``); the subscriber runs ``Transport.recv_ready`` and
-  ``frame_sizes`` + ``decode`` on every message, as a peer does (``Traffic.decode`` in ``PeerBus.receive``).
+* ``p2pgame``: per message ``Envelope -> PeerBus.publish`` (encode, inline or in a
+  worker thread as the peer does, ``Transport.send``: a zmq PUB,
+  ``send_multipart(copy=False)``, and the sent-traffic count); the subscriber runs
+  ``PeerBus.receive`` (``Transport.recv_from``, then ``Traffic.decode``: decode, every
+  check, sender binding, the received-traffic count) on every message: the peer's
+  receive path, up to the algorithm's own check (not run here).  Since issue 11
+  decoding leaves bit-packed tensors packed: a peer unpacks one where it first
+  reads it, meant to be its training step (a worker thread), and only for the
+  message it trains on, so messages superseded by fresher ones are never
+  unpacked.  So the subscriber reads no tensor.  Before issue 11 this bench ran
+  ``frame_sizes`` + ``decode``, and ``decode`` unpacked every tensor at once.
+  ``--read-tensors`` makes the subscriber read (so unpack) every tensor of every
+  message on its receive loop: the old eager cost, and what a peer still pays
+  while its schema check (``algorithms.base.check_schema``) reads
+  ``env.tensors[name]`` for dtype and shape instead of ``env.tensors.spec(name)``.
 * ``raw``: the same frames, encoded once, sent from a plain zmq PUB socket
   (``send_multipart(copy=False)``) and received by a plain SUB
   (``recv_multipart(copy=False)``), no decoding.
@@ -22,7 +34,7 @@ between sent and delivered is reported as ``dropped``. Rate = delivered /
 both clocks are ``time.perf_counter`` (CLOCK_MONOTONIC, one clock per host).
 
 Usage: ``.venv/bin/python bench/bus.py [--seconds 2.5] [--repeats 3] [--smoke]
-[--profile ipc/binary200]``. The last stdout line is a JSON object.
+[--read-tensors] [--profile ipc/binary200]``. The last stdout line is a JSON object.
 """
 
 from __future__ import annotations
@@ -32,10 +44,12 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +60,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from p2pgame.bus.codec import Envelope, decode, encode, frame_sizes  # noqa: E402
+from p2pgame.bus.codec import Envelope, encode, frame_sizes  # noqa: E402
+from p2pgame.bus.endpoint import PeerBus  # noqa: E402
 from p2pgame.bus.topics import Topic  # noqa: E402
+from p2pgame.bus.traffic import Traffic  # noqa: E402
 from p2pgame.bus.transport import Transport  # noqa: E402
 
 DATA_TOPIC = "samples/0/bench"
 HS_TOPIC = str(Topic.handshake(0))
+_DATA = Topic.parse(DATA_TOPIC)
 WINDOW_BYTES = 96 * 2**20  # at most this much in flight (both modes)
 
 
@@ -66,7 +83,14 @@ def payloads(smoke: bool) -> dict[str, dict[str, np.ndarray]]:
 
 
 def make_env(tensors: dict[str, np.ndarray], step: int) -> Envelope:
-    return Envelope(sender=0, topic=DATA_TOPIC, step=step, tensors=tensors, last=True)
+    # a Topic, as the peer runtime gives it (a string would be parsed in the envelope)
+    return Envelope(sender=0, topic=_DATA, step=step, tensors=tensors, last=True)
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process so far, all its threads (ZeroMQ's I/O thread too)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def wire_bytes(frames) -> int:
@@ -91,6 +115,7 @@ def _raw_subscriber(endpoint: str, ack_ep: str, ack_every: int, timeout_s: float
     ready = False
     n = 0
     t_last = 0.0
+    cpu0 = _cpu_s()
     hs = HS_TOPIC.encode()
     try:
         while True:
@@ -100,6 +125,7 @@ def _raw_subscriber(endpoint: str, ack_ep: str, ack_every: int, timeout_s: float
             if frames[0].bytes.startswith(hs):
                 if not ready:
                     ready = True
+                    cpu0 = _cpu_s()  # the data phase starts
                     ack.send_json({"ready": True})
                 elif frames[1].bytes == b"end":
                     break
@@ -109,47 +135,57 @@ def _raw_subscriber(endpoint: str, ack_ep: str, ack_every: int, timeout_s: float
             if n % ack_every == 0:
                 ack.send_json({"n": n})
     finally:
+        cpu_s = _cpu_s() - cpu0
         ack.close()
         sub.close()
         ctx.term()
-    return {"delivered": n, "t_last": t_last}
+    return {"delivered": n, "t_last": t_last, "cpu_s": cpu_s}
 
 
 async def _p2p_subscriber_async(endpoint: str, ack_ep: str, ack_every: int,
-                                timeout_s: float) -> dict:
+                                timeout_s: float, read_tensors: bool = False) -> dict:
     tr = Transport(1)
     tr.connect({0: endpoint}, {0: [Topic.parse(DATA_TOPIC)]})
+    bus = PeerBus(tr, Traffic(1), {})
     ack = tr.ctx.socket(zmq.PUSH)
     ack.setsockopt(zmq.LINGER, 1000)
     ack.connect(ack_ep)
     ready = False
     n = 0
     t_last = 0.0
+    cpu0 = _cpu_s()
     end = False
+    loop = asyncio.get_running_loop()
     try:
-        while not end:
-            try:
-                batch = await asyncio.wait_for(tr.recv_ready(), timeout_s)
-            except TimeoutError:
-                break
-            for frames in batch:
-                frame_sizes(frames)  # the peer counts traffic before decoding
-                env = decode(frames)
-                if str(env.topic) == HS_TOPIC:
-                    if not ready:
-                        ready = True
-                        await ack.send_json({"ready": True})
-                    elif env.meta.get("end"):
-                        end = True
-                    continue
-                n += 1
-                t_last = time.perf_counter()
-                if n % ack_every == 0:
-                    await ack.send_json({"n": n})
+        # Give up after timeout_s without a message: one timer, moved on after each batch
+        # (a peer's receive loop has no timeout; wait_for would add a task per batch).
+        async with asyncio.timeout(timeout_s) as idle:
+            while not end:
+                batch = deque(await bus.receive())
+                idle.reschedule(loop.time() + timeout_s)
+                while batch:  # each message is let go once handled (its arrays with it)
+                    env, _nbytes = batch.popleft()
+                    if read_tensors:  # unpack everything on the receive loop (as before issue 11)
+                        list(env.tensors.values())
+                    if env.topic.is_handshake:
+                        if not ready:
+                            ready = True
+                            cpu0 = _cpu_s()  # the data phase starts
+                            await ack.send_json({"ready": True})
+                        elif env.meta.get("end"):
+                            end = True
+                        continue
+                    n += 1
+                    t_last = time.perf_counter()
+                    if n % ack_every == 0:
+                        await ack.send_json({"n": n})
+    except TimeoutError:
+        pass
     finally:
+        cpu_s = _cpu_s() - cpu0
         ack.close(linger=1000)
         tr.close()
-    return {"delivered": n, "t_last": t_last}
+    return {"delivered": n, "t_last": t_last, "cpu_s": cpu_s}
 
 
 def subscriber_main(conn) -> None:
@@ -168,7 +204,8 @@ def subscriber_main(conn) -> None:
             res = _raw_subscriber(cmd["endpoint"], cmd["ack"], cmd["ack_every"], cmd["timeout"])
         else:
             res = asyncio.run(_p2p_subscriber_async(cmd["endpoint"], cmd["ack"],
-                                                    cmd["ack_every"], cmd["timeout"]))
+                                                    cmd["ack_every"], cmd["timeout"],
+                                                    cmd.get("read_tensors", False)))
         if prof is not None:
             prof.disable()
             prof.dump_stats(cmd["profile"])
@@ -180,16 +217,17 @@ def subscriber_main(conn) -> None:
 
 async def _publish(mode: str, transport: str, tensors, seconds: float, max_msgs: int,
                    window: int, conn, ipc_dir: Path, ack_every: int, timeout: float,
-                   profile: str | None = None) -> dict:
+                   profile: str | None = None, read_tensors: bool = False) -> dict:
     actx = zmq.asyncio.Context()
     ack = actx.socket(zmq.PULL)
     ack.setsockopt(zmq.LINGER, 0)
     ack_ep = f"ipc://{ipc_dir}/ack.sock"
     ack.bind(ack_ep)
-    raw_ctx = sock = tr = None
+    raw_ctx = sock = tr = bus = None
     if mode == "p2pgame":
         tr = Transport(0, actx)
         endpoint = tr.bind(transport, "127.0.0.1", ipc_dir)
+        bus = PeerBus(tr, Traffic(0), {Topic.parse(DATA_TOPIC): (1,)})
         hs_frames = encode(Envelope(0, HS_TOPIC, 0, {}))
         end_frames = encode(Envelope(0, HS_TOPIC, 0, {}, meta={"end": True}))
     else:
@@ -206,7 +244,7 @@ async def _publish(mode: str, transport: str, tensors, seconds: float, max_msgs:
         hs_frames = [HS_TOPIC.encode(), b"hs"]
         end_frames = [HS_TOPIC.encode(), b"end"]
     conn.send({"mode": mode, "endpoint": endpoint, "ack": ack_ep, "ack_every": ack_every,
-               "timeout": timeout, "profile": profile})
+               "timeout": timeout, "profile": profile, "read_tensors": read_tensors})
 
     async def send(frames):
         if tr is not None:
@@ -233,7 +271,7 @@ async def _publish(mode: str, transport: str, tensors, seconds: float, max_msgs:
         prof.enable()
     acked = 0
     sent = 0
-    nbytes = 0
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     t_stop = t0 + seconds
     while sent < max_msgs and (sent == 0 or time.perf_counter() < t_stop):
@@ -242,15 +280,12 @@ async def _publish(mode: str, transport: str, tensors, seconds: float, max_msgs:
                 acked = max(acked, (await ack.recv_json()).get("n", 0))
             while await ack.poll(0):
                 acked = max(acked, (await ack.recv_json()).get("n", 0))
-        if tr is not None:
-            frames = encode(make_env(tensors, sent))
-            await tr.send(frames)
+        if bus is not None:
+            await bus.publish(make_env(tensors, sent))
         else:
-            frames = pre
-            sock.send_multipart(frames, copy=False)
+            sock.send_multipart(pre, copy=False)
         sent += 1
-        if sent == 1:
-            nbytes = wire_bytes(frames)
+    pub_cpu = _cpu_s() - cpu0
     if prof is not None:
         prof.disable()
         prof.dump_stats(profile + ".pub")
@@ -263,22 +298,25 @@ async def _publish(mode: str, transport: str, tensors, seconds: float, max_msgs:
         raw_ctx.term()
     ack.close(0)
     actx.term()
+    nbytes = wire_bytes(encode(make_env(tensors, 0)))
     dt = res["t_last"] - t0
     delivered = res["delivered"]
     rate = delivered / dt if dt > 0 and delivered else 0.0
     return {"sent": sent, "delivered": delivered, "dropped": sent - delivered,
             "seconds": dt, "msgs_per_s": rate, "mb_per_s": rate * nbytes / 1e6,
-            "msg_bytes": nbytes}
+            "msg_bytes": nbytes, "pub_cpu_us": pub_cpu / sent * 1e6,
+            "sub_cpu_us": res["cpu_s"] / delivered * 1e6 if delivered else 0.0}
 
 
-def run_case(mode, transport, tensors, seconds, conn, ipc_dir, profile=None) -> dict:
+def run_case(mode, transport, tensors, seconds, conn, ipc_dir, profile=None,
+             read_tensors=False) -> dict:
     nbytes = wire_bytes(encode(make_env(tensors, 0)))
     window = max(4, min(2000, WINDOW_BYTES // nbytes))
     ack_every = max(1, window // 4)
     max_msgs = 10**9
     return asyncio.run(_publish(mode, transport, tensors, seconds, max_msgs, window, conn,
                                 ipc_dir, ack_every, timeout=max(10.0, 4 * seconds),
-                                profile=profile))
+                                profile=profile, read_tensors=read_tensors))
 
 
 def print_profile(path: str, title: str, n: int = 18) -> None:
@@ -299,6 +337,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--transports", default="ipc,tcp")
     ap.add_argument("--payloads", default="binary200,float200,params1.5M")
     ap.add_argument("--smoke", action="store_true", help="tiny: 0.2 s per case, 1 repeat")
+    ap.add_argument("--read-tensors", action="store_true", help="the subscriber reads (so "
+                    "unpacks) every tensor of every message on its receive loop")
     ap.add_argument("--profile", default="", help="CASE (e.g. ipc/binary200): cProfile the "
                     "p2pgame mode of this case, both ends, and print the top functions")
     args = ap.parse_args(argv)
@@ -318,7 +358,7 @@ def main(argv=None) -> dict:
             transport, name = args.profile.split("/")
             path = str(ipc_dir / "prof")
             r = run_case("p2pgame", transport, pays[name], args.seconds, parent, ipc_dir,
-                         profile=path)
+                         profile=path, read_tensors=args.read_tensors)
             print(f"profiled {args.profile}: {r['msgs_per_s']:.0f} msgs/s (under cProfile)")
             print_profile(path + ".pub", "publisher (p2pgame)")
             print_profile(path, "subscriber (p2pgame)")
@@ -330,7 +370,8 @@ def main(argv=None) -> dict:
                     order = ("raw", "p2pgame") if rep % 2 == 0 else ("p2pgame", "raw")
                     for mode in order:
                         results[case][mode].append(
-                            run_case(mode, transport, pays[name], args.seconds, parent, ipc_dir))
+                            run_case(mode, transport, pays[name], args.seconds, parent, ipc_dir,
+                                     read_tensors=args.read_tensors))
     finally:
         parent.send(None)
         proc.join(10)
@@ -344,11 +385,14 @@ def main(argv=None) -> dict:
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
-    ratios, msgs, mbs, dropped = {}, {}, {}, {}
+    ratios, msgs, mbs, dropped, cpu = {}, {}, {}, {}, {}
     hdr = (f"{'case':<18}{'bytes/msg':>11}{'raw msg/s':>11}{'p2p msg/s':>11}"
-           f"{'raw MB/s':>10}{'p2p MB/s':>10}{'ratio':>7}{'drops':>7}")
+           f"{'raw MB/s':>10}{'p2p MB/s':>10}{'ratio':>7}{'drops':>7}"
+           f"{'raw cpu':>16}{'p2p cpu':>16}")
     print(f"bus throughput, median of {args.repeats} x {args.seconds:g} s per case "
-          f"(load average {os.getloadavg()[0]:.2f})")
+          f"(load average {os.getloadavg()[0]:.2f})"
+          + ("; the subscriber reads every tensor" if args.read_tensors else ""))
+    print("cpu: CPU microseconds per message, publisher + subscriber process (all threads)")
     print(hdr)
     print("-" * len(hdr))
     for case, modes in results.items():
@@ -358,13 +402,18 @@ def main(argv=None) -> dict:
         mbs[case] = {"raw": med(modes["raw"], "mb_per_s"),
                      "p2pgame": med(modes["p2pgame"], "mb_per_s")}
         dropped[case] = sum(r["dropped"] for m in modes.values() for r in m)
+        cpu[case] = {m: [round(med(modes[m], "pub_cpu_us"), 1), round(med(modes[m], "sub_cpu_us"), 1)]
+                     for m in ("raw", "p2pgame")}
+        cols = [f"{p:.0f}+{q:.0f}" for p, q in cpu[case].values()]
         print(f"{case:<18}{modes['raw'][0]['msg_bytes']:>11}{raw_r:>11.0f}{p2p_r:>11.0f}"
               f"{mbs[case]['raw']:>10.1f}{mbs[case]['p2pgame']:>10.1f}{ratios[case]:>7.2f}"
-              f"{dropped[case]:>7}")
+              f"{dropped[case]:>7}{cols[0]:>16}{cols[1]:>16}")
     out = {"ratios": {k: round(v, 4) for k, v in ratios.items()},
            "msgs_per_s": {k: {m: round(x, 1) for m, x in v.items()} for k, v in msgs.items()},
            "mb_per_s": {k: {m: round(x, 2) for m, x in v.items()} for k, v in mbs.items()},
-           "dropped": dropped, "seconds": args.seconds, "repeats": args.repeats,
+           "dropped": dropped, "cpu_us_per_msg": cpu,  # [publisher, subscriber]
+           "seconds": args.seconds, "repeats": args.repeats,
+           "read_tensors": args.read_tensors,
            "loadavg": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(out))
     return out

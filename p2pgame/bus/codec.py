@@ -20,12 +20,27 @@ Frames of a message (a ZeroMQ multipart message):
 2. one frame per schema entry, in schema order: the raw tensor bytes.
 
 Never pickle: a peer decodes only numbers and strings it can check.
+
+Decoding is lazy where it costs: :func:`decode` checks every frame against the
+header (its length against the schema's dtype and shape included, so a
+malformed message is refused at once, as a :class:`CodecError`), but a
+bit-packed ``bool`` tensor stays packed until a consumer first reads it
+(``env.tensors["x"]``): :class:`Tensors` unpacks it then and keeps the result.
+Why: a peer receives many more messages than it trains on (its inbox keeps the
+freshest per neighbour and space), and it trains in a worker thread.  Unpacking
+on first read moves that work off the event loop that receives, into the
+training thread, and a message superseded by a fresher one before it is used is
+never unpacked at all.  The other tensors are zero-copy views of the received
+frames, as before.  Code on the receive path (a schema check) should look at a
+tensor's dtype and shape with :meth:`Tensors.spec`, which does not unpack.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +64,7 @@ DTYPES: dict[str, np.dtype] = {
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
 HEADER_KEYS = ("v", "sender", "topic", "step", "time", "schema", "meta")  # and "last" from v2
+_HEADER_KEYSET = frozenset(HEADER_KEYS)
 
 
 class CodecError(ValueError):
@@ -59,12 +75,93 @@ class CodecError(ValueError):
         self.reason = reason
 
 
+class _Packed:
+    """A bit-packed ``bool`` tensor as received: its (checked) bytes and its shape."""
+
+    __slots__ = ("bits", "count", "shape")
+
+    def __init__(self, bits: np.ndarray, count: int, shape: tuple[int, ...]) -> None:
+        self.bits = bits  # uint8, exactly ceil(count / 8) bytes (checked by decode)
+        self.count = count
+        self.shape = shape
+
+    def unpack(self) -> np.ndarray:
+        # unpack every bit and keep the first ``count`` (a view): faster than count=
+        return np.unpackbits(self.bits)[: self.count].view(bool).reshape(self.shape)
+
+
+_BOOL = np.dtype(bool)
+
+
+class Tensors(Mapping[str, np.ndarray]):
+    """The tensors of a decoded envelope: a read-only mapping, name -> numpy array, in
+    schema order.
+
+    Bit-packed ``bool`` tensors are unpacked on first read (``[name]``, ``.get``,
+    ``.items()``, ``.values()``, ``==``) and the array is kept for later reads; names
+    (``in``, ``len``, iteration, ``set(...)``) and :meth:`spec` never unpack.  Two
+    threads reading the same packed tensor at once may both unpack it: they get equal
+    arrays, and later reads get one of them.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        # name -> ndarray, or a _Packed not unpacked yet (replaced by its array on first read)
+        self._items: dict[str, Any] = dict(items or {})
+
+    @classmethod
+    def _wrap(cls, items: dict[str, Any]) -> Tensors:
+        """Take ``items`` (decode's own dict) as it is, without a copy."""
+        t = cls.__new__(cls)
+        t._items = items
+        return t
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        v = self._items[name]
+        if type(v) is _Packed:
+            v = v.unpack()
+            self._items[name] = v  # replaces a value, never adds a key: safe while iterating
+        return v
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def spec(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+        """``(dtype, shape)`` of a tensor, without unpacking it."""
+        v = self._items[name]
+        if type(v) is _Packed:
+            return _BOOL, v.shape
+        return v.dtype, v.shape
+
+    @property
+    def packed(self) -> tuple[str, ...]:
+        """The names of the tensors still bit-packed (not read yet)."""
+        return tuple(k for k, v in self._items.items() if type(v) is _Packed)
+
+    def __repr__(self) -> str:
+        parts = []
+        for k, v in self._items.items():
+            if type(v) is _Packed:
+                parts.append(f"{k!r}: <bit-packed bool array {v.shape}, not unpacked yet>")
+            else:
+                parts.append(f"{k!r}: {v!r}")
+        return "Tensors({" + ", ".join(parts) + "})"
+
+
 @dataclass
 class Envelope:
     sender: int
     topic: Topic
     step: int
-    tensors: dict[str, np.ndarray]
+    # What was given (a dict, on the sending side) or a decoded :class:`Tensors`.
+    tensors: Mapping[str, Any]
     time: float = field(default_factory=time.time)
     last: bool = True  # the sender's last message of round ``step``
     meta: dict[str, Any] = field(default_factory=dict)
@@ -90,22 +187,63 @@ def _as_numpy(t: Any) -> np.ndarray:
     return np.asarray(t, order="C")  # keeps 0-d shapes (ascontiguousarray makes them 1-d)
 
 
+def encode_work(tensors: Mapping[str, Any], pack_bool: bool = True) -> int:
+    """Bytes that :func:`encode` must work through for these tensors, rather than pass
+    on as they are: ``bool`` arrays it bit-packs, arrays it copies (not C-contiguous,
+    big-endian), and anything that is not a numpy array (a torch tensor may have to
+    come from its device).  A C-contiguous little-endian array is sent zero-copy and
+    costs nothing here, whatever its size."""
+    work = 0
+    # (a decoded envelope's tensors: looked at as they are, without unpacking any)
+    values = tensors._items.values() if type(tensors) is Tensors else tensors.values()
+    for t in values:
+        if type(t) is _Packed:
+            work += t.count  # unpacked by encode, then packed again
+        elif type(t) is np.ndarray:
+            if (pack_bool and t.dtype == _BOOL) or not t.flags.c_contiguous \
+                    or t.dtype.byteorder == ">":
+                work += t.nbytes
+        else:
+            n = getattr(t, "nbytes", None)
+            if n is None and hasattr(t, "numel"):  # a torch tensor without ``nbytes``
+                n = t.numel() * t.element_size()
+            work += int(n or 0)
+    return work
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's msgpack packer (a packer is not shared between threads); the same
+    bytes as ``msgpack.packb``, without making a packer per message."""
+    try:
+        return _local.packer
+    except AttributeError:
+        _local.packer = msgpack.Packer()
+        return _local.packer
+
+
+_local = threading.local()
+_U8 = np.dtype(np.uint8)
+
+
 def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
     """Frames for ``env``: [topic, header, *buffers]."""
     schema = []
     buffers: list[bytes | memoryview] = []
     for name, t in env.tensors.items():
         arr = _as_numpy(t)
-        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-        if dt not in _NAMES:
-            raise CodecError("dtype", f"{name}: dtype {arr.dtype} is not on the wire")
-        dname = _NAMES[dt]
-        if dname == "bool" and pack_bool:
+        dname = _NAMES.get(arr.dtype)
+        if dname is None:
+            dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+            if dt not in _NAMES:
+                raise CodecError("dtype", f"{name}: dtype {arr.dtype} is not on the wire")
+            dname = _NAMES[dt]
+            arr = arr.astype(dt)
+        if pack_bool and dname == "bool":
             # packbits of the 0/1 bytes (a view) is the same bits, faster than of bools
-            buffers.append(np.packbits(arr.reshape(-1).view(np.uint8)).data)
+            buffers.append(np.packbits(arr.reshape(-1).view(_U8)).data)
             schema.append([name, dname, list(arr.shape), True])
         else:
-            buffers.append(arr.astype(dt, copy=False).reshape(-1).view(np.uint8).data)
+            buffers.append(arr.reshape(-1).view(_U8).data)
             schema.append([name, dname, list(arr.shape), False])
     topic = str(env.topic)
     header = {
@@ -118,19 +256,36 @@ def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
         "schema": schema,
         "meta": env.meta,
     }
-    return [topic.encode(), msgpack.packb(header), *buffers]
+    return [topic.encode(), _packer().pack(header), *buffers]
 
 
 def frame_sizes(frames: list[Any]) -> tuple[int, int]:
     """(header bytes, payload bytes) of a frame list: topic+header vs tensors."""
-    sizes = [f.nbytes if isinstance(f, memoryview) else len(f) for f in frames]
-    return sum(sizes[:2]), sum(sizes[2:])
+    header = payload = 0
+    for i, f in enumerate(frames):
+        n = f.nbytes if isinstance(f, memoryview) else len(f)
+        if i < 2:
+            header += n
+        else:
+            payload += n
+    return header, payload
 
 
 def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
-    """Decode and check a frame list; raises :class:`CodecError` on anything odd."""
-    bufs = [f.buffer if hasattr(f, "buffer") else memoryview(f) for f in frames]
-    total = sum(len(b) for b in bufs)
+    """Decode and check a frame list; raises :class:`CodecError` on anything odd.
+
+    Every frame is checked here; bit-packed tensors are unpacked later, on first read
+    (see :class:`Tensors`).
+    """
+    return decode_sized(frames, max_bytes)[0]
+
+
+def decode_sized(frames: list[Any], max_bytes: int = 64 * 2**20) -> tuple[Envelope, int, int]:
+    """:func:`decode`, and the message's (header bytes, payload bytes) as
+    :func:`frame_sizes` counts them: one pass over the frames for both."""
+    bufs = [memoryview(f) for f in frames]  # bytes, memoryviews, zmq frames: all buffers
+    sizes = [b.nbytes for b in bufs]
+    total = sum(sizes)
     if total > max_bytes:
         raise CodecError("oversized", f"{total} bytes > max_message_bytes {max_bytes}")
     if len(bufs) < 2:
@@ -139,13 +294,13 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
         header = msgpack.unpackb(bufs[1], raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several exception types
         raise CodecError("malformed", f"header is not msgpack ({type(e).__name__})") from None
-    if not isinstance(header, dict) or any(k not in header for k in HEADER_KEYS):
+    if type(header) is not dict or not header.keys() >= _HEADER_KEYSET:
         raise CodecError("malformed", "header lacks required keys")
     version = header["v"]
     if type(version) is not int or version not in READABLE_VERSIONS:
         raise CodecError("version", f"wire version {version!r}")
     try:
-        text = bytes(bufs[0]).decode()
+        text = str(bufs[0], "utf-8")
     except UnicodeDecodeError:
         raise CodecError("malformed", "topic is not UTF-8") from None
     if text != header["topic"]:
@@ -154,57 +309,57 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
         topic = Topic.parse(text)
     except TopicError as e:
         raise CodecError("topic", str(e)) from None
-    meta = header["meta"] if isinstance(header["meta"], dict) else {}
-    if version >= 2 and "last" not in header:
-        raise CodecError("malformed", "header lacks required keys")
+    meta = header["meta"] if type(header["meta"]) is dict else {}
     if version >= 2:
+        if "last" not in header:
+            raise CodecError("malformed", "header lacks required keys")
         last = header["last"]
     else:  # version 1 carried the flag in meta
+        last = meta.get("last", True)
         meta = {k: v for k, v in meta.items() if k != "last"}
-        last = header["meta"].get("last", True)
-    if not isinstance(last, bool):
+    if type(last) is not bool:
         raise CodecError("malformed", "last must be true or false")
     schema = header["schema"]
-    if not isinstance(schema, list) or len(schema) != len(bufs) - 2:
+    if type(schema) is not list or len(schema) != len(bufs) - 2:
         raise CodecError("malformed", "schema does not match the number of frames")
-    sender, step = header["sender"], header["step"]
+    sender, step, when = header["sender"], header["step"], header["time"]
     if type(sender) is not int or type(step) is not int:
         raise CodecError("malformed", "sender and step must be integers")
-    if isinstance(header["time"], bool) or not isinstance(header["time"], (int, float)):
+    if type(when) is not float and type(when) is not int:
         raise CodecError("malformed", "time must be a number")
-    tensors: dict[str, np.ndarray] = {}
-    for entry, buf in zip(schema, bufs[2:], strict=True):
-        if not (isinstance(entry, list) and len(entry) == 4):
+    tensors: dict[str, Any] = {}
+    for i, entry in enumerate(schema, 2):
+        buf, nbytes = bufs[i], sizes[i]
+        if type(entry) is not list or len(entry) != 4:
             raise CodecError("malformed", "schema entry is not [name, dtype, shape, packed]")
         name, dname, shape, packed = entry
-        if not isinstance(name, str) or not isinstance(dname, str):
+        if type(name) is not str or type(dname) is not str:
             raise CodecError("malformed", "schema name and dtype must be strings")
-        if dname not in DTYPES:
+        dt = DTYPES.get(dname)
+        if dt is None:
             raise CodecError("dtype", f"{name}: unknown dtype {dname!r}")
-        if not isinstance(shape, list) or not all(
-            isinstance(s, int) and s >= 0 for s in shape
-        ):
+        if type(shape) is not list:
             raise CodecError("malformed", f"{name}: bad shape {shape!r}")
+        for s in shape:
+            if type(s) is not int or s < 0:  # (a bool is not a size: numpy refuses it)
+                raise CodecError("malformed", f"{name}: bad shape {shape!r}")
         count = math.prod(shape)
         if packed:
             if dname != "bool":
                 raise CodecError("malformed", f"{name}: only bool tensors are bit-packed")
-            if len(buf) != (count + 7) // 8:
-                raise CodecError("truncated", f"{name}: {len(buf)} bytes for {count} bits")
-            # unpack every bit and keep the first ``count`` (a view): faster than count=
-            arr = np.unpackbits(np.frombuffer(buf, np.uint8))[:count].view(bool)
+            if nbytes != (count + 7) // 8:
+                raise CodecError("truncated", f"{name}: {nbytes} bytes for {count} bits")
+            if count:  # checked now, unpacked on first read (Tensors)
+                tensors[name] = _Packed(np.frombuffer(buf, np.uint8), count, tuple(shape))
+                continue
+            flat = np.zeros(0, bool)  # nothing to unpack: an empty array of that shape, now
         else:
-            dt = DTYPES[dname]
-            if len(buf) != count * dt.itemsize:
-                raise CodecError("truncated", f"{name}: {len(buf)} bytes for {count} x {dname}")
-            arr = np.frombuffer(buf, dt)
-        tensors[name] = arr.reshape(shape)
-    return Envelope(
-        sender=sender,
-        topic=topic,
-        step=step,
-        tensors=tensors,
-        time=float(header["time"]),
-        last=last,
-        meta=meta,
-    )
+            if nbytes != count * dt.itemsize:
+                raise CodecError("truncated", f"{name}: {nbytes} bytes for {count} x {dname}")
+            flat = np.frombuffer(buf, dt)
+        try:  # every size is at most ``count`` unless count is 0: then numpy may refuse it
+            tensors[name] = flat.reshape(shape)
+        except ValueError:  # "array is too big", "maximum allowed dimension exceeded"
+            raise CodecError("malformed", f"{name}: bad shape {shape!r}") from None
+    env = Envelope(sender, topic, step, Tensors._wrap(tensors), float(when), last, meta)
+    return env, sizes[0] + sizes[1], total - sizes[0] - sizes[1]

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pgame.bus.codec import CodecError, Envelope, decode, frame_sizes
+from p2pgame.bus.codec import CodecError, Envelope, decode_sized, frame_sizes
 
 
 @dataclass
@@ -66,9 +66,8 @@ class Traffic:
         ``via``: the in-neighbour whose connection the message came on; a message
         claiming another sender is refused (``spoofed``) before it is counted as received.
         """
-        header, payload = frame_sizes(frames)
         try:
-            env = decode(frames, self.max_message_bytes)
+            env, header, payload = decode_sized(frames, self.max_message_bytes)
         except CodecError as e:
             self.rejected[e.reason] += 1
             return None

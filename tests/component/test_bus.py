@@ -482,3 +482,70 @@ async def test_an_oversized_frame_is_refused_by_zeromq_before_it_is_received(tmp
     finally:
         pub.close()
         sub.close()
+
+
+async def test_publish_encodes_large_messages_in_a_thread_and_keeps_their_order(
+        tmp_path, transport_kind):
+    """Messages with more than encode_in_thread_bytes to pack are encoded in a worker
+    thread, the rest inline; either way they leave in the order of the publish calls, and
+    the receiver gets their bit-packed tensors still packed until it reads them."""
+    a, b = Transport(0), Transport(1)
+    topic = Topic("samples", 0, "x")
+    try:
+        a.bind(transport_kind, "127.0.0.1", tmp_path)
+        await _link(a, b, 0, [topic])
+        traffic = Traffic(0)
+        bus = PeerBus(a, traffic, {topic: (1,)}, encode_in_thread_bytes=1000)
+        sizes = [5000, 10, 5000, 5000, 10, 10, 5000, 10, 4000, 3]  # bools: 1 byte each
+        rng = np.random.default_rng(1)
+        sent = [rng.random(n) < 0.5 for n in sizes]
+        for step, x in enumerate(sent):
+            await bus.publish(Envelope(0, topic, step, {"x": x, "f": np.full(2, step, np.float32)},
+                                       last=step == len(sizes) - 1))
+        assert bus.encoded_in_thread == sum(n > 1000 for n in sizes)
+        assert bus.encode_s > 0 and bus.send_s > 0
+        assert traffic.sent.totals()["messages"] == len(sizes)
+
+        receiver = PeerBus(b, Traffic(1), {})
+        got: list[Envelope] = []
+        deadline = time.monotonic() + DEADLINE_S
+        while len(got) < len(sizes) and time.monotonic() < deadline:
+            got += [env for env, _ in await asyncio.wait_for(receiver.receive(), DEADLINE_S)
+                    if not env.topic.is_handshake]
+        assert [env.step for env in got] == list(range(len(sizes)))
+        for env, x in zip(got, sent, strict=True):
+            assert env.tensors.packed == ("x",)
+            np.testing.assert_array_equal(env.tensors["f"], np.full(2, env.step, np.float32))
+            np.testing.assert_array_equal(env.tensors["x"], x)
+        assert got[-1].last and not got[0].last
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_the_event_loop_runs_while_a_large_message_is_encoded(tmp_path):
+    """Encoding in a thread leaves the event loop free: a ticker task keeps ticking while
+    a message of 64 MiB of bools is packed (inline, it could not tick until the end)."""
+    a = Transport(0)
+    try:
+        a.bind("ipc", "127.0.0.1", tmp_path)
+        bus = PeerBus(a, Traffic(0), {})
+        big = np.ones(64 * 2**20, bool)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        await bus.publish(Envelope(0, Topic("samples", 0, "x"), 0, {"x": big}))
+        during = ticks - before
+        task.cancel()
+        assert bus.encoded_in_thread == 1
+        assert during > 3, f"the loop ticked {during} times while encoding"
+    finally:
+        a.close()

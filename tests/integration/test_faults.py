@@ -288,3 +288,83 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
     res = launch.run(SCENARIO, ["steps=20"], out=tmp_path, progress=False)  # sync
     with pytest.raises(ScenarioError, match="sync run cannot be resumed"):
         launch.run(None, resume=res.run_dir)
+
+
+class _ThreadWorkers:
+    """Peers hosted in threads of this process (as a Ray actor hosts them), so that a test
+    can make one of them lie.  Not a user-facing backend."""
+
+    def __init__(self) -> None:
+        self.threads: dict[int, object] = {}
+        self.codes: dict[int, int] = {}
+
+    def start(self, launches):
+        import threading
+
+        from p2pgame.peer import WorkerHandle, run_worker
+
+        for i, launch_data in launches.items():
+            data = {**launch_data, "launcher_pid": 0}  # not our child: do not watch us
+
+            def body(i=i, data=data):
+                self.codes[i] = run_worker([data], i, WorkerHandle())
+
+            t = threading.Thread(target=body, daemon=True)
+            t.start()
+            self.threads[i] = t
+
+    def alive(self, peer):
+        return self.threads[peer].is_alive()
+
+    def exit_code(self, peer):
+        return self.codes.get(peer)
+
+    def join(self, peer, timeout):
+        self.threads[peer].join(max(0.0, timeout))
+
+    def ask_stop(self, peer):
+        pass
+
+    terminate = kill = ask_stop
+
+    def close(self):
+        pass
+
+    def nodes(self):
+        return []
+
+
+def test_a_lying_neighbour_changes_nothing(tmp_path, monkeypatch):
+    """Peer 0 also publishes, on its own topic, a message claiming to come from peer 2
+    with an enormous step (once: a sync run would have stalled on it, or an async run's
+    staleness been poisoned, before sender binding).  Its out-neighbours refuse it as
+    spoofed, count it, and the run's results are those of a clean run."""
+    import numpy as np
+
+    from p2pgame.bus.codec import Envelope
+    from p2pgame.bus.topics import Topic
+    from p2pgame.peer.runtime import PeerRuntime
+
+    monkeypatch.setattr(launch, "make_backend", lambda *a, **k: _ThreadWorkers())
+    clean = launch.run(SCENARIO, [], out=tmp_path / "clean", progress=False)
+    honest_publish = PeerRuntime.publish
+    lied: list[int] = []
+
+    async def lying_publish(self, bus, step):
+        await honest_publish(self, bus, step)
+        if self.id == 0 and step == 5:
+            forged = Envelope(sender=2, topic=Topic("samples", 0, "x"), step=10**15,
+                              tensors={"x": np.ones((64, 8), bool)})
+            await bus.publish(forged)
+            lied.append(step)
+
+    monkeypatch.setattr(PeerRuntime, "publish", lying_publish)
+    res = launch.run(SCENARIO, [], out=tmp_path / "lied", progress=False)
+    assert lied and res.exit_code == 0, res.failures
+    for i in (1, 3):  # peer 0's out-neighbours on the ring
+        assert res.summary["peers"][str(i)]["rejected_reasons"] == {"spoofed": 1}, i
+    # (Peer 0's own counts include the lie it sent; what every peer learnt does not.)
+    for i in ("0", "1", "2", "3"):
+        want = clean.summary["peers"][i]
+        got = res.summary["peers"][i]
+        assert got["mu"] == want["mu"] and got["ne_max_abs"] == want["ne_max_abs"], i

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import msgpack
 import numpy as np
@@ -515,3 +516,145 @@ def test_topic_with_trailing_newline_is_rejected(good):
 
 def test_topic_with_a_superscript_digit_is_rejected(good):
     assert _reason(_with_topic(good, "samples/²/x")) == "topic"
+
+
+# --------------------------------------------------------------------------- lazy unpacking
+
+
+def _eager(frames, k: int, shape) -> np.ndarray:
+    """What the decoder used to return for packed tensor ``k``: every bit, unpacked now."""
+    count = math.prod(shape)
+    bits = np.unpackbits(np.frombuffer(bytes(frames[2 + k]), np.uint8), count=count)
+    return bits.view(bool).reshape(shape)
+
+
+def test_packed_tensor_is_unpacked_on_first_read_only():
+    x = RNG.random((200, 1, 28, 28)) < 0.2
+    y = RNG.standard_normal((200, 3)).astype(np.float32)
+    frames = _as_bytes(encode(_env({"x": x, "y": y})))
+    env = decode(frames)
+    tensors = env.tensors
+    assert tensors.packed == ("x",)  # checked, not unpacked
+    # Names, membership, sizes and specs never unpack.
+    assert list(tensors) == ["x", "y"] and len(tensors) == 2 and set(tensors) == {"x", "y"}
+    assert "x" in tensors and "z" not in tensors
+    assert tensors.spec("x") == (np.dtype(bool), (200, 1, 28, 28))
+    assert tensors.spec("y") == (np.dtype("<f4"), (200, 3))
+    assert "not unpacked" in repr(tensors)
+    assert tensors.packed == ("x",)
+    # The first read unpacks, equal to the eager result; later reads get the same array.
+    got = tensors["x"]
+    assert tensors.packed == ()
+    assert got.dtype == bool and got.shape == x.shape
+    np.testing.assert_array_equal(got, _eager(frames, 0, x.shape))
+    np.testing.assert_array_equal(got, x)
+    assert tensors["x"] is got
+    np.testing.assert_array_equal(tensors["y"], y)
+
+
+def test_unpacked_tensor_is_a_plain_writable_array():
+    x = RNG.random((3, 11)) < 0.5  # 33 bits: not a multiple of 8
+    got = decode(_as_bytes(encode(_env({"x": x})))).tensors["x"]
+    assert type(got) is np.ndarray and got.flags.writeable
+    np.testing.assert_array_equal(got, x)
+
+
+def test_tensors_mapping_supports_what_the_algorithms_do():
+    x = RNG.random((6, 1, 4, 4)) < 0.5
+    c = np.arange(6, dtype=np.int64)
+    env = decode(_as_bytes(encode(_env({"x": x, "c": c}))))
+    t = env.tensors
+    assert isinstance(t, Mapping)
+    assert set(t) == {"x", "c"}  # check_schema
+    assert t["x"].shape[0] == 6 and len(t["x"]) == 6  # game.py, expfam.py
+    pick = np.array([5, 0, 0, 3])
+    picked = {f: np.ascontiguousarray(a[pick]) for f, a in t.items()}  # game.py
+    np.testing.assert_array_equal(picked["x"], x[pick])
+    np.testing.assert_array_equal(picked["c"], c[pick])
+    assert [k for k, _ in t.items()] == ["x", "c"] and len(list(t.values())) == 2
+    assert t.get("x") is t["x"] and t.get("nope") is None
+    assert bool(t["x"].any()) and t["x"][0, 0, 0, 0] == x[0, 0, 0, 0]
+    assert dict(t).keys() == {"x", "c"}
+    assert t == dict(t)  # compared as a dict is
+    assert t != {"x": x}
+    with pytest.raises(TypeError):
+        t["x"] = x  # read-only
+    assert "array(" in repr(t)  # unpacked now: shown as arrays
+
+
+def test_tensors_read_from_threads_at_once_are_equal():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = RNG.random((64, 1, 28, 28)) < 0.5
+    frames = _as_bytes(encode(_env({"x": x})))
+    start = threading.Barrier(4)
+
+    def read(e: Envelope) -> np.ndarray:
+        start.wait()  # all four read the still-packed tensor at once
+        return e.tensors["x"]
+
+    for _ in range(20):
+        env = decode(frames)
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(read, [env] * 4))
+        for g in got:
+            np.testing.assert_array_equal(g, x)
+        assert env.tensors.packed == ()
+
+
+def test_malformed_packed_buffer_is_still_refused_at_decode():
+    x = np.ones((5, 3), bool)  # 15 bits: 2 bytes
+    frames = _as_bytes(encode(_env({"x": x})))
+    for bad in (frames[2][:-1], frames[2] + b"\x00", b""):
+        assert _reason([*frames[:2], bad]) == "truncated"
+    # A shape numpy cannot make is refused at decode, not when the tensor is read.
+    for shape in ([0, 2**63], [0, 2**40, 2**40], [True, 15], [5, -3]):
+        h = _header(frames)
+        h["schema"][0][2] = shape
+        out = [frames[0], msgpack.packb(h), b"" if 0 in shape else frames[2]]
+        assert _reason(out) == "malformed", shape
+
+
+def test_empty_packed_tensor_keeps_its_shape():
+    env = decode(_as_bytes(encode(_env({"x": np.zeros((0, 16), bool)}))))
+    assert env.tensors.packed == ()  # nothing to unpack
+    assert env.tensors["x"].shape == (0, 16) and env.tensors["x"].dtype == bool
+
+
+def test_decode_sized_counts_as_frame_sizes():
+    from p2pgame.bus.codec import decode_sized
+
+    frames = encode(_env({"x": RNG.random((7, 9)) < 0.5, "y": np.ones(4, np.float32)}))
+    for fr in (frames, _as_bytes(frames)):
+        env, header, payload = decode_sized(fr)
+        assert (header, payload) == frame_sizes(fr)
+        assert env.tensors.packed == ("x",)
+
+
+def test_version_1_with_meta_not_a_map_decodes_as_last():
+    frames = _as_v1(encode(_env({"x": np.ones(3, np.float32)})), meta_last=None)
+    h = _header(frames)
+    h["meta"] = [1, 2]
+    frames[1] = msgpack.packb(h)
+    env = decode(frames)  # it raised AttributeError (not a CodecError) before
+    assert env.last is True and env.meta == {}
+
+
+def test_encode_work_counts_what_encode_must_pack_or_copy():
+    from p2pgame.bus.codec import encode_work
+
+    b = np.ones((100, 10), bool)
+    f = np.ones((100, 10), np.float32)
+    assert encode_work({"f": f}) == 0  # sent zero-copy
+    assert encode_work({"b": b, "f": f}) == 1000
+    assert encode_work({"b": b}, pack_bool=False) == 0
+    assert encode_work({"f": f[:, ::2]}) == 2000  # not contiguous: copied
+    assert encode_work({"f": f.astype(">f4")}) == 4000  # byte-swapped
+
+    class FakeTensor:  # a torch tensor: may come from a device
+        nbytes = 123
+
+    assert encode_work({"t": FakeTensor()}) == 123
+    env = decode(_as_bytes(encode(_env({"b": b}))))
+    assert encode_work(env.tensors) == 1000 and env.tensors.packed == ("b",)  # not unpacked

@@ -2,7 +2,9 @@
 
 A peer's receive path must survive anything a socket can deliver, so ``decode`` may raise
 only :class:`CodecError` (whose ``reason`` becomes a rejection counter), and whatever it
-accepts must be a well-formed envelope that encodes back to the same frames.
+accepts must be a well-formed envelope that encodes back to the same frames.  Bit-packed
+tensors are unpacked when first read, after decoding: reading every tensor of an accepted
+envelope must never raise either, and must give the dtype and shape that were checked.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ def _decodes_or_refuses(frames) -> Envelope | None:
         return None
     assert isinstance(env.sender, int) and isinstance(env.step, int)
     assert isinstance(env.topic, Topic)
-    for t in env.tensors.values():
+    specs = {name: env.tensors.spec(name) for name in env.tensors}  # read without unpacking
+    for name in env.tensors:  # the first read unpacks: it must not fail, whatever arrived
+        t = env.tensors[name]
         assert isinstance(t, np.ndarray)
+        assert (t.dtype, t.shape) == specs[name]
+    assert env.tensors.packed == ()
     return env
 
 
@@ -90,3 +96,23 @@ def test_a_flipped_or_cut_frame_decodes_or_is_refused(which, at, junk):
     env = _decodes_or_refuses(frames)
     if env is not None:  # what is accepted re-encodes to what was received
         assert [bytes(x) for x in encode(env)] == frames or which >= 1
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(0, 20) | st.sampled_from([2**31, 2**62, 2**63, 2**64 - 1]),
+                      max_size=4),
+       dname=st.sampled_from(["bool", "uint8", "float32"]), packed=st.booleans(),
+       payload=st.binary(max_size=64), extra=st.integers(-1, 1))
+def test_any_packed_entry_decodes_or_is_refused_and_reads(shape, dname, packed, payload, extra):
+    """A bit-packed (or plain) tensor of any declared shape with a buffer of any length,
+    often the right one: refused at decode, or read without error later."""
+    frames = _valid_frames()
+    header = msgpack.unpackb(frames[1])
+    header["schema"][0] = ["x", dname, shape, packed]
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    size = (count + 7) // 8 if packed else count * np.dtype(dname).itemsize
+    if size + extra <= 64:  # the right length, or one off
+        payload = bytes(max(0, size + extra))
+    frames[1] = msgpack.packb(header)
+    frames[2] = payload
+    _decodes_or_refuses(frames)
