@@ -42,19 +42,6 @@ def shared(key: Hashable, build: Callable[[], T]) -> T:
         return value
 
 
-def clear() -> None:
-    """Forget every shared value (tests)."""
-    with _guard:
-        _values.clear()
-        _locks.clear()
-
-
-def size() -> int:
-    """How many values this process shares."""
-    with _guard:
-        return len(_values)
-
-
 def shared_with(anchor: Any, name: str, build: Callable[[], T]) -> T:
     """The value ``name`` of object ``anchor`` (e.g. the scenario the peers of a worker
     share), built once.  The entry holds ``anchor`` itself, so its id cannot be reused by

@@ -52,3 +52,51 @@ def placement_results(run_dir: Path) -> dict:
     for path in sorted((run_dir / "metrics").glob("peer-*.jsonl")):
         out["metrics"][path.stem] = strip([json.loads(x) for x in path.read_text().splitlines()])
     return out
+
+
+def hooked_control_server(hook):
+    """The launcher's ControlServer, calling ``hook(peer, msg, pids)`` on every message it
+    hands the launcher (``msg`` decoded; ``pids``: peer -> pid of its first Hello), so a
+    test can act at a chosen moment of a run: kill, freeze, listen."""
+    from p2pgame.bus.transport import ControlServer
+    from p2pgame.peer import control
+
+    pids: dict[int, int] = {}
+
+    class Hooked(ControlServer):
+        async def recv(self, timeout_s=None):
+            got = await super().recv(timeout_s)
+            if got is not None:
+                msg = control.decode(got[1])
+                if isinstance(msg, control.Hello):
+                    pids.setdefault(got[0], msg.pid)
+                hook(got[0], msg, pids)
+            return got
+
+    return Hooked
+
+
+def wait_for_progress(proc, at_least: int, timeout: float = 60.0) -> int:
+    """Block on a ``p2pgame run`` subprocess's stderr (``stderr=PIPE``, no ``--quiet``) until
+    its progress bar counts ``at_least`` peer steps; the count seen.  Reads wait on the pipe
+    (select), never sleep.  Drain the rest (``communicate``) if the process is to go on."""
+    import os
+    import re
+    import select
+    import time
+
+    fd = proc.stderr.fileno()
+    tail = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no progress to {at_least} steps within {timeout:g} s"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 1 << 16)
+        assert chunk, f"the run ended first: {tail[-2000:].decode(errors='replace')}"
+        tail = (tail + chunk)[-8192:]
+        counts = re.findall(rb"(\d+)/\d+ \[", tail)
+        if counts and int(counts[-1]) >= at_least:
+            return int(counts[-1])

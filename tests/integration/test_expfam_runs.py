@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from p2pgame import launch
-from p2pgame.bus.transport import ControlServer
 from p2pgame.launch import backends
 from p2pgame.peer import control
+from tests.helpers import hooked_control_server
 
 pytestmark = pytest.mark.integration
 
@@ -247,25 +247,15 @@ def test_bad_override_exits_2_without_spawning(tmp_path, monkeypatch, capsys):
 
 def test_killed_peer_is_reported(tmp_path, monkeypatch):
     victim = 1
-    pids: dict[int, int] = {}
     killed: list[int] = []
 
-    class KillingServer(ControlServer):
-        """The launcher's control server; SIGKILLs the victim at its first progress report."""
+    def kill(peer, msg, pids):
+        """SIGKILL the victim at its first progress report."""
+        if isinstance(msg, control.Progress) and peer == victim and not killed:
+            os.kill(pids[victim], signal.SIGKILL)
+            killed.append(pids[victim])
 
-        async def recv(self, timeout_s=None):
-            got = await super().recv(timeout_s)
-            if got is not None:
-                peer, data = got
-                msg = control.decode(data)
-                if isinstance(msg, control.Hello):
-                    pids[peer] = msg.pid
-                elif isinstance(msg, control.Progress) and peer == victim and not killed:
-                    os.kill(pids[victim], signal.SIGKILL)
-                    killed.append(pids[victim])
-            return got
-
-    monkeypatch.setattr(launch, "ControlServer", KillingServer)
+    monkeypatch.setattr(launch, "ControlServer", hooked_control_server(kill))
     steps = 1_000_000  # far more than can run: the kill is certainly mid-run
     result = _run(tmp_path, ["topology.n=3", f"steps={steps}"])
     assert killed, "the victim never reported progress"

@@ -16,7 +16,8 @@ import pytest
 from p2pgame import launch
 from p2pgame.bus.transport import ControlServer
 from p2pgame.peer import control
-from tests.helpers import placement_results
+from tests.conftest import _wait_for_exit
+from tests.helpers import hooked_control_server, placement_results, wait_for_progress
 
 pytestmark = pytest.mark.integration
 
@@ -62,23 +63,16 @@ def test_a_frozen_peer_is_named_within_the_peer_timeout(tmp_path, monkeypatch, p
     """Async mode: nobody waits for anybody, so only the launcher can notice that peer 2
     (SIGSTOPped at its first report) went silent.  It does, within runtime.peer_timeout_s,
     names it, and the stopped process is ended."""
-    pids: dict[int, int] = {}
     frozen: list[float] = []
+    pids: dict[int, int] = {}
 
-    class Freezing(ControlServer):
-        async def recv(self, timeout_s=None):
-            got = await super().recv(timeout_s)
-            if got is not None:
-                peer, data = got
-                msg = control.decode(data)
-                if isinstance(msg, control.Hello):
-                    pids[peer] = msg.pid
-                elif isinstance(msg, control.Progress) and peer == 2 and not frozen:
-                    os.kill(pids[2], signal.SIGSTOP)
-                    frozen.append(time.monotonic())
-            return got
+    def freeze(peer, msg, seen):
+        pids.update(seen)
+        if isinstance(msg, control.Progress) and peer == 2 and not frozen:
+            os.kill(seen[2], signal.SIGSTOP)
+            frozen.append(time.monotonic())
 
-    monkeypatch.setattr(launch, "ControlServer", Freezing)
+    monkeypatch.setattr(launch, "ControlServer", hooked_control_server(freeze))
     res = launch.run(SCENARIO, ['comm.mode="async"', "steps=10000000",
                                 "runtime.peer_timeout_s=3", f'runtime.placement="{placement}"',
                                 "runtime.workers=2", "runtime.stop_timeout_s=2"],
@@ -96,35 +90,35 @@ def test_a_frozen_peer_is_named_within_the_peer_timeout(tmp_path, monkeypatch, p
 
 
 @pytest.mark.parametrize("placement", ["process", "workers"])
-def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement, list_session_processes):
+def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement):
     out = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
-         "--quiet", "--set", "steps=10000000", "--set", f'runtime.placement="{placement}"'],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--set", "steps=10000000", "--set", f'runtime.placement="{placement}"'],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        endpoints = None
-        while endpoints is None:  # written once every peer said Hello
-            assert time.monotonic() < deadline, "the run never started"
-            assert proc.poll() is None
-            found = list(out.glob("*/endpoints.json"))
-            if found:
-                endpoints = json.loads(found[0].read_text())
-            time.sleep(0.2)
+        wait_for_progress(proc, at_least=40)  # into the measured phase
+        # endpoints.json was written before Go: every peer's (or worker's) pid.
+        endpoints = json.loads(next(out.glob("*/endpoints.json")).read_text())
         pids = {e["pid"] for e in endpoints.values()}
         assert len(pids) == (4 if placement == "process" else 2)
-        time.sleep(1.0)  # into the measured phase
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while pids & set(list_session_processes()):
-            assert time.monotonic() < deadline, "peers outlived their launcher"
-            time.sleep(0.1)
+        _wait_for_exit(pids, 10.0)  # on pidfds
+        assert not [p for p in pids if _alive(p)], "peers outlived their launcher"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stderr.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def test_with_curve_an_outside_subscriber_receives_nothing(tmp_path, monkeypatch):
@@ -138,35 +132,26 @@ def test_with_curve_an_outside_subscriber_receives_nothing(tmp_path, monkeypatch
     listeners: list = []
     hellos: dict[int, str] = {}
 
-    class Eavesdropped(ControlServer):
-        async def recv(self, timeout_s=None):
-            got = await super().recv(timeout_s)
-            if got is not None:
-                msg = control.decode(got[1])
-                if isinstance(msg, control.Hello):
-                    hellos[got[0]] = msg.endpoint
-                elif isinstance(msg, control.Progress) and got[0] == 0 and not listeners:
-                    ctx = zmq.Context.instance()
-                    bare = ctx.socket(zmq.SUB)
-                    keyed = ctx.socket(zmq.SUB)
-                    public, secret = zmq.curve_keypair()
-                    keyed.curve_publickey, keyed.curve_secretkey = public, secret
-                    key = next(out.glob("*/keys/peer-0.public")).read_text().strip()
-                    keyed.curve_serverkey = key.encode()
-                    for sub in (bare, keyed):
-                        sub.setsockopt(zmq.LINGER, 0)
-                        sub.connect(hellos[0])
-                        sub.subscribe(b"")
-                        listeners.append(sub)
-            return got
-
-        def close(self):
-            time.sleep(0.2)
-            super().close()
+    def eavesdrop(peer, msg, pids):
+        if isinstance(msg, control.Hello):
+            hellos[peer] = msg.endpoint
+        elif isinstance(msg, control.Progress) and peer == 0 and not listeners:
+            ctx = zmq.Context.instance()
+            bare = ctx.socket(zmq.SUB)
+            keyed = ctx.socket(zmq.SUB)
+            public, secret = zmq.curve_keypair()
+            keyed.curve_publickey, keyed.curve_secretkey = public, secret
+            key = next(out.glob("*/keys/peer-0.public")).read_text().strip()
+            keyed.curve_serverkey = key.encode()
+            for sub in (bare, keyed):
+                sub.setsockopt(zmq.LINGER, 0)
+                sub.connect(hellos[0])
+                sub.subscribe(b"")
+                listeners.append(sub)
 
     overrides = ['comm.transport="tcp"', "steps=800"]
     plain = launch.run(SCENARIO, overrides, out=tmp_path / "plain", progress=False)
-    monkeypatch.setattr(launch, "ControlServer", Eavesdropped)
+    monkeypatch.setattr(launch, "ControlServer", hooked_control_server(eavesdrop))
     drawn: list[str] = []
 
     def recording_keypair():
@@ -209,27 +194,18 @@ def test_a_killed_peer_restarts_and_the_run_completes(tmp_path, monkeypatch, pla
     """runtime.restart = 1, async: peer 1 is SIGKILLed a fifth of the way in.  It is started
     again from its latest resume state, rejoins (its neighbours re-connect to its new
     endpoint), and the run completes near the clean run's equilibrium."""
-    pids: dict[int, int] = {}
     killed: list[int] = []
     steps = RESTART_STEPS
 
-    class Killing(ControlServer):
-        async def recv(self, timeout_s=None):
-            got = await super().recv(timeout_s)
-            if got is not None:
-                peer, data = got
-                msg = control.decode(data)
-                if isinstance(msg, control.Hello):
-                    pids.setdefault(peer, msg.pid)
-                elif (isinstance(msg, control.Progress) and peer == 1 and not killed
-                      and msg.step > steps // 5):  # early: the others run on for seconds
-                    os.kill(pids[1], signal.SIGKILL)
-                    killed.append(msg.step)
-            return got
+    def kill(peer, msg, pids):
+        if (isinstance(msg, control.Progress) and peer == 1 and not killed
+                and msg.step > steps // 5):  # early: the others run on for seconds
+            os.kill(pids[1], signal.SIGKILL)
+            killed.append(msg.step)
 
     overrides = [*RESTART, f'runtime.placement="{placement}"']
     clean = clean_async_run  # (placement changes no result)
-    monkeypatch.setattr(launch, "ControlServer", Killing)
+    monkeypatch.setattr(launch, "ControlServer", hooked_control_server(kill))
     res = launch.run(SCENARIO, overrides, out=tmp_path / "killed", progress=False)
     assert killed, "peer 1 was never killed"
     assert res.exit_code == 0, res.failures
@@ -251,19 +227,21 @@ def test_an_interrupted_run_resumes_in_its_folder(tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
-         "--quiet", "--set", 'comm.mode="async"', "--set", "steps=3000",
+         "--set", 'comm.mode="async"', "--set", "steps=3000",
          "--set", "runtime.checkpoint_every=200", "--set", "runtime.step_delay_ms=2"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while len(list(out.glob("*/resume/peer-*.json"))) < 4:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
+        # 4 x 500 peer steps: each peer is well past step 200, and a peer's resume state
+        # goes to the launcher before the progress report that follows it.
+        wait_for_progress(proc, at_least=4 * 500)
+        assert len(list(out.glob("*/resume/peer-*.json"))) == 4
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 130
+        proc.communicate(timeout=30)  # drains its stderr while it stops
+        assert proc.returncode == 130
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     (run_dir,) = out.iterdir()
     before = json.loads((run_dir / "summary.json").read_text())
     assert before["interrupted"] and all(p["steps"] < 3000 for p in before["peers"].values())

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from p2pgame import launch
-from p2pgame.bus.transport import ControlServer
 from p2pgame.launch.backends import worker_blocks
 from p2pgame.peer import control
 from tests.fixtures.record_same_results import TINY_GAME
-from tests.helpers import placement_results
+from tests.helpers import hooked_control_server, placement_results
 
 pytestmark = pytest.mark.integration
 
@@ -75,23 +74,14 @@ def test_tiny_game_is_identical_in_processes_and_workers(tmp_path, tiny_mnist_ro
 def test_a_killed_worker_names_every_peer_it_hosted(tmp_path, monkeypatch):
     """SIGKILL one of two workers mid-run: its peers are the failed ones, the other worker's
     peers are stopped and still report."""
-    pids: dict[int, int] = {}
     killed: list[int] = []
 
-    class KillingServer(ControlServer):
-        async def recv(self, timeout_s=None):
-            got = await super().recv(timeout_s)
-            if got is not None:
-                peer, data = got
-                msg = control.decode(data)
-                if isinstance(msg, control.Hello):
-                    pids[peer] = msg.pid
-                elif isinstance(msg, control.Progress) and peer == 3 and not killed:
-                    os.kill(pids[3], signal.SIGKILL)
-                    killed.append(pids[3])
-            return got
+    def kill(peer, msg, pids):
+        if isinstance(msg, control.Progress) and peer == 3 and not killed:
+            os.kill(pids[3], signal.SIGKILL)
+            killed.append(pids[3])
 
-    monkeypatch.setattr(launch, "ControlServer", KillingServer)
+    monkeypatch.setattr(launch, "ControlServer", hooked_control_server(kill))
     res = launch.run(SCENARIO, ["steps=1000000", 'runtime.placement="workers"',
                                 "runtime.workers=2"], out=tmp_path, progress=False)
     assert killed, "peer 3 never reported progress"
