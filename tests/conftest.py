@@ -12,14 +12,14 @@ from __future__ import annotations
 import copy
 import math
 import os
-import select
 import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import wait_for_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -69,28 +69,6 @@ def session_processes() -> dict[int, str]:
     return out
 
 
-def _wait_for_exit(pids, timeout: float) -> None:
-    """Block until every pid has exited (its pidfd turns readable) or ``timeout`` passes."""
-    fds = []
-    for pid in pids:
-        try:
-            fds.append(os.pidfd_open(pid))
-        except OSError:  # already gone
-            pass
-    try:
-        deadline = time.monotonic() + timeout
-        pending = list(fds)
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            ready, _, _ = select.select(pending, [], [], remaining)
-            pending = [fd for fd in pending if fd not in ready]
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
 @pytest.fixture
 def no_leftover_processes():
     """Fail the test if a process it started is still alive afterwards."""
@@ -100,7 +78,7 @@ def no_leftover_processes():
     # allow a short grace period for processes that are in the middle of exiting.
     left = {p: c for p, c in session_processes().items() if p not in before}
     if left:
-        _wait_for_exit(left, 5.0)
+        wait_for_exit(left, 5.0)
         left = {p: c for p, c in session_processes().items() if p not in before}
     for pid in left:  # do not poison the next tests; these are ours
         try:

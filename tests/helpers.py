@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import select
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +83,7 @@ def wait_for_progress(proc, at_least: int, timeout: float = 60.0) -> int:
     """Block on a ``p2pgame run`` subprocess's stderr (``stderr=PIPE``, no ``--quiet``) until
     its progress bar counts ``at_least`` peer steps; the count seen.  Reads wait on the pipe
     (select), never sleep.  Drain the rest (``communicate``) if the process is to go on."""
-    import os
     import re
-    import select
-    import time
 
     fd = proc.stderr.fileno()
     tail = b""
@@ -100,3 +100,25 @@ def wait_for_progress(proc, at_least: int, timeout: float = 60.0) -> int:
         counts = re.findall(rb"(\d+)/\d+ \[", tail)
         if counts and int(counts[-1]) >= at_least:
             return int(counts[-1])
+
+
+def wait_for_exit(pids, timeout: float) -> None:
+    """Block until every pid has exited (its pidfd turns readable) or ``timeout`` passes."""
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except OSError:  # already gone
+            pass
+    try:
+        deadline = time.monotonic() + timeout
+        pending = list(fds)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            ready, _, _ = select.select(pending, [], [], remaining)
+            pending = [fd for fd in pending if fd not in ready]
+    finally:
+        for fd in fds:
+            os.close(fd)

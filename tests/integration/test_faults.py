@@ -16,8 +16,12 @@ import pytest
 from p2pgame import launch
 from p2pgame.bus.transport import ControlServer
 from p2pgame.peer import control
-from tests.conftest import _wait_for_exit
-from tests.helpers import hooked_control_server, placement_results, wait_for_progress
+from tests.helpers import (
+    hooked_control_server,
+    placement_results,
+    wait_for_exit,
+    wait_for_progress,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +108,7 @@ def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement):
         assert len(pids) == (4 if placement == "process" else 2)
         proc.kill()
         proc.wait()
-        _wait_for_exit(pids, 10.0)  # on pidfds
+        wait_for_exit(pids, 10.0)  # on pidfds
         assert not [p for p in pids if _alive(p)], "peers outlived their launcher"
     finally:
         if proc.poll() is None:
