@@ -19,7 +19,6 @@ control channel carries opaque bytes here; the typed messages are
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
@@ -141,6 +140,19 @@ class Transport:
         self.subs: dict[int, zmq.asyncio.Socket] = {}
         self._subs_now: dict[int, zmq.Socket] = {}
         self.poller = zmq.asyncio.Poller()
+        # In-neighbours that moved (restarted), applied by the receiving task between two
+        # polls: closing a socket that a pending poll is waiting on can leave that poll
+        # deaf to every other socket too (seen: a peer stopped receiving from everyone at
+        # a neighbour's restart).  A message on the inproc wake pair ends the pending poll.
+        self._moves: dict[int, tuple[str, list[Topic], str | None]] = {}
+        wake = f"inproc://p2pgame-wake-{peer_id}-{id(self):x}"
+        self._wake_in = self.ctx.socket(zmq.PAIR)
+        self._wake_in.bind(wake)
+        self._wake_out = self.ctx.socket(zmq.PAIR)
+        self._wake_out.connect(wake)
+        self._wake_out_now = zmq.Socket.shadow(self._wake_out.underlying)
+        self._wake_in_now = zmq.Socket.shadow(self._wake_in.underlying)
+        self.poller.register(self._wake_in, zmq.POLLIN)
         self._held: deque[tuple[int, list[zmq.Frame]]] = deque()  # taken, not yet returned
         # Synchronous views of the same sockets, for the calls that never block (below):
         # they skip zmq.asyncio's per-call future.
@@ -155,7 +167,17 @@ class Transport:
     def reconnect(self, j: int, endpoint: str, topics: list[Topic],
                   server_key: str | None = None) -> None:
         """In-neighbour ``j`` moved (it was restarted): drop its old connection, take the
-        same topics from its new endpoint."""
+        same topics from its new endpoint.  Done by the receiving task, before its next
+        poll (see ``_moves``); this only asks for it."""
+        self._moves[j] = (endpoint, topics, server_key)
+        self._wake_out_now.send(b"", flags=zmq.NOBLOCK)
+
+    def _apply_moves(self) -> None:
+        while self._moves:
+            j, (endpoint, topics, server_key) = self._moves.popitem()
+            self._move(j, endpoint, topics, server_key)
+
+    def _move(self, j: int, endpoint: str, topics: list[Topic], server_key: str | None) -> None:
         old = self.subs.pop(j, None)
         self._subs_now.pop(j, None)
         if old is not None:
@@ -207,13 +229,17 @@ class Transport:
         if self._held:
             out, self._held = list(self._held), deque()
             return out + self._drain()
-        if not self.subs:
-            await asyncio.Event().wait()  # nobody to hear from: wait until cancelled
         while True:
+            self._apply_moves()
             out = self._drain()
             if out:
                 return out
             await self.poller.poll()
+            while True:  # wake-ups carry nothing
+                try:
+                    self._wake_in_now.recv(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
 
     async def recv_ready(self) -> list[list[zmq.Frame]]:
         """Like :meth:`recv_from`, without the connections."""
@@ -231,6 +257,8 @@ class Transport:
 
     def close(self) -> None:
         self.pub.close(linger=0)
+        self._wake_in.close(linger=0)
+        self._wake_out.close(linger=0)
         for sub in self.subs.values():
             sub.close(linger=0)
         if self.auth is not None:

@@ -170,7 +170,8 @@ async def _worker(specs, threads: int, handle: WorkerHandle) -> int:
                                                  thread_name_prefix="p2pgame-step"))
     scenario = decode_scenario(specs[0].scenario)  # once for every peer here
     schedule = schedule_from_plain(specs[0].schedule)
-    sockets = sum(3 + len(schedule.union_in(s.peer_id)) for s in specs) + 16
+    # pub, control, a wake pair and one sub per in-neighbour, per peer
+    sockets = sum(5 + len(schedule.union_in(s.peer_id)) for s in specs) + 16
     context = shared_context(sockets)
     curve = specs[0].curve()
     # One ZAP handler for every peer of this worker (CURVE: admit the run's peers only).

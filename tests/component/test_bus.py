@@ -549,3 +549,34 @@ async def test_the_event_loop_runs_while_a_large_message_is_encoded(tmp_path):
         assert during > 3, f"the loop ticked {during} times while encoding"
     finally:
         a.close()
+
+
+async def test_reconnect_while_receiving_keeps_every_neighbour(tmp_path, transport_kind):
+    """A neighbour restarts (new endpoint) while the receiver's task waits in recv: the
+    receiver goes on hearing its other neighbour and hears the moved one at its new
+    endpoint.  (Closing the old socket under a pending poll once left a peer deaf to all.)"""
+    old, other, sub = Transport(1), Transport(2), Transport(0)
+    new = Transport(1)
+    try:
+        old.bind(transport_kind, "127.0.0.1", tmp_path)
+        other.bind(transport_kind, "127.0.0.1", tmp_path)
+        new.bind(transport_kind, "127.0.0.1", tmp_path, incarnation=1)
+        await _link(old, sub, 1, _x(1))
+        await _link(other, sub, 2, _x(2))
+        old.close()  # killed: its socket is gone, the receiver's connection to it retries
+        for _ in range(3):
+            pending = asyncio.create_task(_next_data(sub))
+            await asyncio.sleep(0)  # the receive is now waiting on its poll
+            sub.reconnect(1, new.endpoint, _x(1))
+            await asyncio.sleep(0.01)  # the move happens on the receiving task
+            await other.send(encode(Envelope(2, _x(2)[0], 5, {})))
+            env = await asyncio.wait_for(pending, DEADLINE_S)
+            assert env.sender == 2 and env.step == 5
+        # The moved neighbour is heard at its new endpoint (handshake, then data).
+        await _handshake(new, sub, 1)
+        await new.send(encode(Envelope(1, _x(1)[0], 9, {})))
+        env = await _next_data(sub)
+        assert (env.sender, env.step) == (1, 9)
+    finally:
+        for t in (other, sub, new):
+            t.close()
