@@ -62,18 +62,21 @@ class _Processes:
         self.ctx = mp.get_context("spawn")
         self.procs: dict[int, Any] = {}  # peer -> the process it lives in
 
+    # A peer whose start failed (spawning raised part-way) has no process: the launcher's
+    # shutdown still asks about every peer, and such a peer is simply not running.
     def alive(self, peer: int) -> bool:
-        return self.procs[peer].is_alive()
+        return peer in self.procs and self.procs[peer].is_alive()
 
     def exit_code(self, peer: int) -> int | None:
-        return self.procs[peer].exitcode
+        return self.procs[peer].exitcode if peer in self.procs else None
 
     def join(self, peer: int, timeout: float) -> None:
-        self.procs[peer].join(max(0.0, timeout))
+        if peer in self.procs:
+            self.procs[peer].join(max(0.0, timeout))
 
     def _signal(self, peer: int, sig: int) -> None:
-        p = self.procs[peer]
-        if p.pid is not None and p.exitcode is None:
+        p = self.procs.get(peer)
+        if p is not None and p.pid is not None and p.exitcode is None:
             try:
                 os.kill(p.pid, sig)
             except ProcessLookupError:
