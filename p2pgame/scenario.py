@@ -71,17 +71,38 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
+    """Set each ``key=value``; a key part ``name[k]`` is item k of the array of tables
+    ``name`` (``peers[1].algorithm.lr=1e-4``: the second ``[[peers]]`` group)."""
     out = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = out
         for part in path[:-1]:
-            nxt = node.setdefault(part, {})
+            name, index = _indexed(part, text)
+            nxt = node.setdefault(name, {})
+            if index is not None:
+                if not isinstance(nxt, list):
+                    raise ScenarioError(f"--set {text!r}: {name!r} is not an array of "
+                                        f"tables ([[{name}]])")
+                if not 0 <= index < len(nxt):
+                    raise ScenarioError(f"--set {text!r}: there are {len(nxt)} [[{name}]] "
+                                        f"table(s); no item {index}")
+                nxt = nxt[index]
             if not isinstance(nxt, dict):
                 raise ScenarioError(f"--set {text!r}: {part!r} is not a table")
             node = nxt
         node[path[-1]] = value
     return out
+
+
+def _indexed(part: str, text: str) -> tuple[str, int | None]:
+    """``"peers[1]"`` -> ("peers", 1); ``"comm"`` -> ("comm", None)."""
+    if not part.endswith("]"):
+        return part, None
+    name, _, index = part[:-1].partition("[")
+    if not name or not index.isdigit():
+        raise ScenarioError(f"--set {text!r}: {part!r}: expected name[index], e.g. peers[0]")
+    return name, int(index)
 
 
 def load_raw(path: str | Path) -> dict:

@@ -34,6 +34,7 @@ from p2pgame.algorithms.base import (
 )
 from p2pgame.algorithms.equilibrium import solve_equilibrium
 from p2pgame.algorithms.players import (
+    CS,
     HVAE,
     IMAGES,
     PAIRS,
@@ -49,9 +50,13 @@ from p2pgame.topology import Schedule, Topology, build_schedule
 
 EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
              "unseen_mass", "ne_class_mass", "ne_own_mass", "tv_to_ne", "own_classes",
-             "accuracy", "prior", "tv_prior_to_ne")
+             "accuracy", "accuracy_style", "prior", "tv_prior_to_ne")
 JOINT_MODELS = ("joint-cx",)
 JOINT_KEYS = ("capacity", "method", "learn_prior", "prior_lr", "noise_std")
+# PolyMNIST's players (models/poly.py); each key applies to the models named.
+POLY_MODELS = ("cs-vae", "cs-data", "poly-main", "poly-classifier")
+POLY_KEYS = {"gibbs_steps": ("cs-vae",), "gibbs_sweeps": ("poly-main",),
+             "infer_sweeps": ("poly-main",), "eval_test": ("poly-main", "poly-classifier")}
 
 
 @dataclass(frozen=True)
@@ -74,12 +79,18 @@ class GameConfig:
     learn_prior: bool = False  # learn p(c) (a categorical) instead of a fixed uniform one
     prior_lr: float = 0.0  # 0: lr
     noise_std: float = 0.01  # Gaussian noise on own gray images, every step
+    # PolyMNIST only:
+    gibbs_steps: int = 100  # cs-vae: Gibbs steps behind each published "limiting" sample
+    gibbs_sweeps: int = 10  # poly-main: sweeps completing each example's missing variables
+    infer_sweeps: int = 100  # poly-main: sweeps of the inference that classifies a test image
+    eval_test: int = 0  # poly-*: test images scored (0: the whole test split)
 
     def __post_init__(self) -> None:
         from p2pgame.models import MODELS
         from p2pgame.models.joint import CAPACITIES, METHODS
 
-        known = sorted(k for k in MODELS if k.startswith(("hvae", "vae", "joint")))
+        known = sorted({k for k in MODELS if k.startswith(("hvae", "vae", "joint"))}
+                       | set(POLY_MODELS))
         if self.model not in known:
             raise config_error("model", f"{self.model!r} is not known; allowed: "
                                         f"{', '.join(known)}")
@@ -88,7 +99,7 @@ class GameConfig:
                 raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
         if self.batch < 0:
             raise config_error("batch", f"must be >= 0 (0: the whole local set), got {self.batch}")
-        for key in ("lr", "eval_every", "prior_lr", "noise_std"):
+        for key in ("lr", "eval_every", "prior_lr", "noise_std", "gibbs_steps", "eval_test"):
             if getattr(self, key) < 0:
                 raise config_error(key, f"must be >= 0, got {getattr(self, key)}")
         if self.capacity not in CAPACITIES:
@@ -102,6 +113,14 @@ class GameConfig:
                 if getattr(self, key) != defaults[key].default:
                     raise config_error(key, f"applies only to {', '.join(JOINT_MODELS)} "
                                             f"players, not {self.model!r}")
+        for key in ("gibbs_sweeps", "infer_sweeps"):
+            if getattr(self, key) < 1:
+                raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
+        defaults = GameConfig.__dataclass_fields__
+        for key, models in POLY_KEYS.items():
+            if self.model not in models and getattr(self, key) != defaults[key].default:
+                raise config_error(key, f"applies only to {', '.join(models)} players, "
+                                        f"not {self.model!r}")
 
 
 def player_class(cfg: GameConfig) -> type[Player]:
@@ -146,7 +165,7 @@ class SyntheticGame(Algorithm):
         self.device = torch.device(ctx.device)
         self.player = player_class(self.config)(self.config, ctx, self.device)
         self.probe_every = self.config.eval_every
-        self.schemas = schemas(self.config)
+        self.schemas = player_class(self.config).reads(self.config)
         self.learns = ctx.player.learns
         # Most informative first: a neighbour's tuples (or pairs) before its bare images.
         self.preference = [s for s in learnable(self.config) if s in self.learns]
@@ -197,7 +216,7 @@ class SyntheticGame(Algorithm):
             if env is None:
                 missing += w
                 continue
-            m = env.tensors["x"].shape[0]
+            m = _examples(env.tensors)
             if k == 0 or m == 0:
                 continue
             pick = torch.randint(0, m, (k,), generator=self.player.data_gen).numpy()
@@ -263,14 +282,22 @@ class SyntheticGame(Algorithm):
         return self.player.state_dict() if self.config.checkpoint else None
 
 
+def _examples(tensors) -> int:
+    """How many examples a message holds (its first field's length), read from the header
+    where the mapping can (nothing unpacked)."""
+    name = next(iter(tensors))
+    spec = getattr(tensors, "spec", None)
+    return spec(name)[1][0] if spec else len(tensors[name])
+
+
 class GameHooks(RunHooks):
     @property
     def table_columns(self) -> tuple[str, ...]:
         models = {p.algorithm.model for p in self.scenario.players}
         cols: tuple[str, ...] = ()
-        if models - set(JOINT_MODELS):
+        if models - set(JOINT_MODELS) - set(POLY_MODELS):
             cols += ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne")
-        if models & set(JOINT_MODELS):
+        if models & {*JOINT_MODELS, "poly-main", "poly-classifier"}:
             cols += ("accuracy",)
             if any(p.algorithm.learn_prior for p in self.scenario.players):
                 cols += ("tv_prior_to_ne",)
@@ -359,13 +386,22 @@ class GameHooks(RunHooks):
         (run_dir / "evaluation.json").write_text(json.dumps(
             {p: {k: s.get(k) for k in EVAL_KEYS} for p, s in summary["peers"].items()},
             indent=1))
+        styled = {p: s["accuracy_style"] for p, s in sorted(summary["peers"].items())
+                  if s.get("accuracy_style")}
+        if styled:  # PolyMNIST: the paper's table, one row per scoring peer
+            lines = ["peer,model," + ",".join(f"m{k}" for k in range(5)) + ",avg"]
+            for p, acc in styled.items():
+                model = self.scenario.player(int(p)).algorithm.model
+                lines.append(f"{p},{model}," + ",".join(f"{a:.4f}" for a in acc)
+                             + f",{float(np.nanmean(acc)):.4f}")
+            (run_dir / "accuracy_per_style.csv").write_text("\n".join(lines) + "\n")
 
 
 INFO = AlgorithmInfo(
     name="game",
     config=GameConfig,
     data=ImageDataSpec,
-    spaces={HVAE: "samples", IMAGES: "samples", PAIRS: "samples"},
+    spaces={HVAE: "samples", IMAGES: "samples", PAIRS: "samples", CS: "samples"},
     default_spaces=default_spaces,
     schemas=schemas,
     learnable=learnable,

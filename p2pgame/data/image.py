@@ -16,6 +16,10 @@ from p2pgame.rng import generator
 
 from .datasets import KNOWN_DATASETS, load_images
 
+# Built locally from MNIST (``p2pgame data build polymnist``), not fetched: its examples
+# are (c, d, s, x), loaded by :func:`poly_part`; ``load_split`` gives (x, c).
+POLYMNIST = "polymnist"
+
 
 @dataclass(frozen=True)
 class ImageDataSpec:
@@ -27,9 +31,10 @@ class ImageDataSpec:
     per_peer: int = 0  # cap on images per peer (0: all of its part)
 
     def __post_init__(self) -> None:
-        if self.dataset not in KNOWN_DATASETS:
+        if self.dataset not in (*KNOWN_DATASETS, POLYMNIST):
             raise ScenarioError(
-                f"dataset = {self.dataset!r} is not known; allowed: {', '.join(KNOWN_DATASETS)}"
+                f"dataset = {self.dataset!r} is not known; allowed: "
+                f"{', '.join((*KNOWN_DATASETS, POLYMNIST))}"
             )
         if self.split not in ("train", "test", "all"):
             raise ScenarioError(f"split = {self.split!r}; allowed: train, test, all")
@@ -65,7 +70,40 @@ def class_histograms(spec: ImageDataSpec, labels: np.ndarray, n: int, seed: int,
 
 
 def load_split(spec: ImageDataSpec, root: Path, split: str | None = None):
+    """(images, int64 labels) of a split; PolyMNIST's images are its colour ``x``."""
+    if spec.dataset == POLYMNIST:
+        import torch
+
+        arrays = _poly_split(root, split or spec.split)
+        return torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["c"].astype(np.int64))
     return load_images(spec.dataset, root, split or spec.split)
+
+
+def _poly_split(root: Path, split: str) -> dict[str, np.ndarray]:
+    from p2pgame.shared import shared
+
+    from . import polymnist
+
+    def load() -> dict[str, np.ndarray]:
+        if split == "all":
+            a, b = polymnist.load(root, "train"), polymnist.load(root, "test")
+            return {k: np.concatenate([a[k], b[k]]) for k in a}
+        return polymnist.load(root, split)
+
+    # One copy per process: the peers of a worker share it (read-only).
+    return shared(("polymnist", str(Path(root).resolve()), split), load)
+
+
+def poly_part(spec: ImageDataSpec, n: int, seed: int, peer: int, root: Path,
+              split: str | None = None) -> dict[str, np.ndarray]:
+    """One peer's PolyMNIST examples: ``c``, ``d`` (uint8 [m]), ``s`` (bool [m, 28, 28]),
+    ``x`` (uint8 [m, 28, 28, 3]); the whole ``split`` when it is given (evaluation)."""
+    arrays = _poly_split(root, split or spec.split)
+    if split is not None:
+        return arrays
+    parts = partition_indices(spec, arrays["c"].astype(np.int64), n, seed)
+    idx = np.asarray(parts[peer], dtype=np.int64)
+    return {k: v[idx] for k, v in arrays.items()}
 
 
 def peer_part(spec: ImageDataSpec, n: int, seed: int, peer: int, root: Path):

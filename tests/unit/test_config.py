@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,23 @@ def _error(path, overrides=()) -> str:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("path", sorted(ROOT_TOPOLOGIES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_resolves(path):
+    """Every file in topologies/ (sweep files aside) is a valid scenario, its exchange
+    included: a shipped scenario must never stop at its first check."""
+    import tomllib
+
+    from p2pgame.algorithms import get_algorithm
+    from p2pgame.scenario import check_exchange
+    from p2pgame.topology import build_schedule
+
+    if "grid" in tomllib.loads(path.read_text()):  # a sweep file
+        return
+    s = load_scenario(path)
+    check_exchange(s, get_algorithm(s.algorithm_name), build_schedule(s.topology, s.steps,
+                                                                      s.seed))
 
 
 def test_shipped_expfam_scenarios_load():
@@ -560,3 +578,16 @@ def test_config_module_imports_nothing_from_p2pgame():
                 arg = node.args[0]
                 assert not (isinstance(arg, ast.Constant)
                             and str(arg.value).startswith("p2pgame")), ast.unparse(node)
+
+
+def test_overrides_index_arrays_of_tables():
+    raw = {"peers": [{"ids": [0]}, {"ids": [1], "algorithm": {"lr": 1.0}}]}
+    out = apply_overrides(raw, ["peers[1].algorithm.lr=0.5", "peers[0].algorithm.lr=2"])
+    assert out["peers"][1]["algorithm"] == {"lr": 0.5}
+    assert out["peers"][0]["algorithm"] == {"lr": 2}
+    assert raw["peers"][1]["algorithm"] == {"lr": 1.0}  # not in place
+    for text, needle in (("peers[2].x=1", "2 [[peers]] table(s); no item 2"),
+                         ("peers[x].y=1", "expected name[index]"),
+                         ("comm[0].x=1", "'comm' is not an array of tables")):
+        with pytest.raises(ScenarioError, match=re.escape(needle)):
+            apply_overrides({**raw, "comm": {}}, [text])
