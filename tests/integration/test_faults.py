@@ -225,12 +225,13 @@ def test_a_killed_peer_restarts_and_the_run_completes(tmp_path, monkeypatch, pla
             i, p["ne_max_abs"], clean.summary["peers"][i]["ne_max_abs"])
     # Nobody went deaf at the restart: the new incarnation's messages reached both its
     # out-neighbours (on its edges `arrived` counts both incarnations, `sent` the last),
-    # and edges away from peer 1 lost nothing beyond the last few steps of the run.
+    # and edges away from peer 1 lost only what was sent after their receiver finished
+    # (a few dozen steps on a loaded machine; a deaf peer lost the last two thirds).
     rows = {(r["src"], r["dst"]): r for r in s["links"]}
     for r in (0, 2):
-        assert rows[(1, r)]["arrived"] >= rows[(1, r)]["sent"] - 50, rows[(1, r)]
+        assert rows[(1, r)]["arrived"] >= 0.9 * rows[(1, r)]["sent"], rows[(1, r)]
     for edge in ((0, 3), (2, 3), (3, 0), (3, 2)):
-        assert rows[edge]["in_transport"] <= 50, rows[edge]
+        assert rows[edge]["in_transport"] <= 0.1 * rows[edge]["sent"], rows[edge]
     # Its neighbours heard the new incarnation (they re-connected to its new endpoint).
     assert (res.run_dir / "resume" / "peer-1.json").is_file()
 
