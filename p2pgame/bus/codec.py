@@ -46,6 +46,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from zmq import Frame as _Frame
 
 from p2pgame.bus.topics import Topic, TopicError
 
@@ -230,7 +231,8 @@ def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
     schema = []
     buffers: list[bytes | memoryview] = []
     for name, t in env.tensors.items():
-        arr = _as_numpy(t)
+        # (a C-contiguous numpy array, the usual case, is taken as it is)
+        arr = t if type(t) is np.ndarray and t.flags.c_contiguous else _as_numpy(t)
         dname = _NAMES.get(arr.dtype)
         if dname is None:
             dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
@@ -239,24 +241,27 @@ def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
             dname = _NAMES[dt]
             arr = arr.astype(dt)
         if pack_bool and dname == "bool":
-            # packbits of the 0/1 bytes (a view) is the same bits, faster than of bools
-            buffers.append(np.packbits(arr.reshape(-1).view(_U8)).data)
+            # packbits of the 0/1 bytes (a view) is the same bits, faster than of bools;
+            # packbits flattens a C-contiguous array without a copy
+            buffers.append(np.packbits(arr.view(_U8)).data)
             schema.append([name, dname, list(arr.shape), True])
         else:
             buffers.append(arr.reshape(-1).view(_U8).data)
             schema.append([name, dname, list(arr.shape), False])
-    topic = str(env.topic)
+    topic = env.topic
+    text = str(topic)
     header = {
         "v": WIRE_VERSION,
         "sender": int(env.sender),
-        "topic": topic,
+        "topic": text,
         "step": int(env.step),
         "time": float(env.time),
         "last": bool(env.last),
         "schema": schema,
         "meta": env.meta,
     }
-    return [topic.encode(), _packer().pack(header), *buffers]
+    return [topic.wire if type(topic) is Topic else text.encode(), _packer().pack(header),
+            *buffers]
 
 
 def frame_sizes(frames: list[Any]) -> tuple[int, int]:
@@ -283,8 +288,17 @@ def decode(frames: list[Any], max_bytes: int = 64 * 2**20) -> Envelope:
 def decode_sized(frames: list[Any], max_bytes: int = 64 * 2**20) -> tuple[Envelope, int, int]:
     """:func:`decode`, and the message's (header bytes, payload bytes) as
     :func:`frame_sizes` counts them: one pass over the frames for both."""
-    bufs = [memoryview(f) for f in frames]  # bytes, memoryviews, zmq frames: all buffers
-    sizes = [b.nbytes for b in bufs]
+    # bytes, memoryviews, zmq frames: all buffers.  Bytes and zmq frames (what a socket
+    # gives) are used as they are, their len() is their size in bytes; anything else
+    # is looked at through a memoryview.
+    bufs: list[Any] = frames
+    for f in frames:
+        if type(f) is not _Frame and type(f) is not bytes:
+            bufs = [memoryview(f) for f in frames]
+            sizes = [b.nbytes for b in bufs]
+            break
+    else:
+        sizes = [len(f) for f in frames]
     total = sum(sizes)
     if total > max_bytes:
         raise CodecError("oversized", f"{total} bytes > max_message_bytes {max_bytes}")

@@ -44,8 +44,10 @@ class Topic:
                 raise TopicError("a handshake topic has no space")
         elif not _SPACE.fullmatch(self.space):
             raise TopicError(f"space {self.space!r}: letters, digits, '_', '.' or '-' only")
-        # The text is what goes on the wire with every message: format it once.
-        object.__setattr__(self, "_text", f"{self.kind}/{self.peer}/{self.space}")
+        # The text is what goes on the wire with every message: format (and encode) it once.
+        text = f"{self.kind}/{self.peer}/{self.space}"
+        object.__setattr__(self, "_text", text)
+        object.__setattr__(self, "wire", text.encode())  # the topic frame, UTF-8
 
     @classmethod
     def handshake(cls, peer: int) -> Topic:
@@ -60,7 +62,7 @@ class Topic:
 
     def subscription(self) -> bytes:
         """The ZeroMQ subscription prefix that selects exactly this topic."""
-        return str(self).encode()
+        return self.wire
 
     @classmethod
     def parse(cls, text: str) -> Topic:

@@ -19,6 +19,7 @@ control channel carries opaque bytes here; the typed messages are
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -137,23 +138,30 @@ class Transport:
         # One SUB socket per in-neighbour, connected to that neighbour's endpoint alone:
         # the socket a message arrives on says who sent it, whatever its header claims
         # (the receiver checks the two agree: sender binding).
-        self.subs: dict[int, zmq.asyncio.Socket] = {}
-        self._subs_now: dict[int, zmq.Socket] = {}
-        self.poller = zmq.asyncio.Poller()
+        self.subs: dict[int, zmq.Socket] = {}
+        # The receive side is plain (synchronous) sockets of the same context, watched
+        # through their file descriptors (:meth:`recv_from`): zmq.asyncio's Poller costs a
+        # few futures and callbacks per wake-up, about as much as decoding a message.
+        self._sync_ctx = zmq.Context.shadow(self.ctx.underlying)
         # In-neighbours that moved (restarted), applied by the receiving task between two
-        # polls: closing a socket that a pending poll is waiting on can leave that poll
-        # deaf to every other socket too (seen: a peer stopped receiving from everyone at
-        # a neighbour's restart).  A message on the inproc wake pair ends the pending poll.
+        # waits: closing a socket that a pending wait is watching can leave that wait
+        # deaf to every other socket too (seen with zmq.asyncio's Poller: a peer stopped
+        # receiving from everyone at a neighbour's restart).  A message on the inproc wake
+        # pair ends the pending wait.
         self._moves: dict[int, tuple[str, list[Topic], str | None]] = {}
         wake = f"inproc://p2pgame-wake-{peer_id}-{id(self):x}"
-        self._wake_in = self.ctx.socket(zmq.PAIR)
+        self._wake_in = self._sync_ctx.socket(zmq.PAIR)
         self._wake_in.bind(wake)
-        self._wake_out = self.ctx.socket(zmq.PAIR)
+        self._wake_out = self._sync_ctx.socket(zmq.PAIR)
         self._wake_out.connect(wake)
-        self._wake_out_now = zmq.Socket.shadow(self._wake_out.underlying)
-        self._wake_in_now = zmq.Socket.shadow(self._wake_in.underlying)
-        self.poller.register(self._wake_in, zmq.POLLIN)
         self._held: deque[tuple[int, list[zmq.Frame]]] = deque()  # taken, not yet returned
+        # Receiving: the sockets that may have a message (drained until empty), the loop
+        # whose reader callbacks watch the sockets' descriptors, and the future the
+        # receiving task waits on while nothing is ready.
+        self._ready: dict[int, zmq.Socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False  # the wake socket signalled: empty it
         # Synchronous views of the same sockets, for the calls that never block (below):
         # they skip zmq.asyncio's per-call future.
         self._pub_now = zmq.Socket.shadow(self.pub.underlying)
@@ -168,9 +176,9 @@ class Transport:
                   server_key: str | None = None) -> None:
         """In-neighbour ``j`` moved (it was restarted): drop its old connection, take the
         same topics from its new endpoint.  Done by the receiving task, before its next
-        poll (see ``_moves``); this only asks for it."""
+        wait (see ``_moves``); this only asks for it."""
         self._moves[j] = (endpoint, topics, server_key)
-        self._wake_out_now.send(b"", flags=zmq.NOBLOCK)
+        self._wake_out.send(b"", flags=zmq.NOBLOCK)
 
     def _apply_moves(self) -> None:
         while self._moves:
@@ -179,9 +187,9 @@ class Transport:
 
     def _move(self, j: int, endpoint: str, topics: list[Topic], server_key: str | None) -> None:
         old = self.subs.pop(j, None)
-        self._subs_now.pop(j, None)
+        self._ready.pop(j, None)
         if old is not None:
-            self.poller.unregister(old)
+            self._unwatch(old)
             old.close(linger=0)
         self.connect({j: endpoint}, {j: topics},
                      {j: server_key} if server_key is not None else None)
@@ -191,7 +199,7 @@ class Transport:
         """Subscribe to ``topics[j]`` of every in-neighbour j, plus j's handshake topic
         (with CURVE, ``server_keys[j]`` is j's public key)."""
         for j, ep in sorted(endpoints.items()):
-            sub = self.ctx.socket(zmq.SUB)
+            sub = self._sync_ctx.socket(zmq.SUB)
             _options(sub)
             if self.curve:
                 self.curve.client(sub, (server_keys or {})[j])
@@ -202,25 +210,89 @@ class Transport:
             for topic in (*sorted(topics.get(j, ())), Topic.handshake(j)):
                 sub.setsockopt(zmq.SUBSCRIBE, topic.subscription())
             self.subs[j] = sub
-            self._subs_now[j] = zmq.Socket.shadow(sub.underlying)
-            self.poller.register(sub, zmq.POLLIN)
+            self._ready[j] = sub  # drained at the next receive, then watched
+            if self._loop is not None:
+                self._watch(j, sub)
 
     async def send(self, frames: list[Any]) -> None:
         # A PUB socket never blocks (at a subscriber's HWM it drops for that subscriber),
         # so send at once; the awaitable path stays for the case that it ever reports EAGAIN.
+        # Frame by frame with the backend's send and plain int flags: pyzmq's
+        # send_multipart adds a Python wrapper and two enum operations per frame.
+        for f in frames:  # every frame a buffer, checked before any is queued (as pyzmq does)
+            if type(f) is not bytes and type(f) is not memoryview and type(f) is not zmq.Frame:
+                memoryview(f)  # raises TypeError for what is not a buffer
+        pub = self._pub_now
         try:
-            self._pub_now.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
+            _send(pub, frames[0], _MORE_NOW if len(frames) > 1 else _NOW, False)
+        except zmq.Again:  # nothing of the message was queued
             await self.pub.send_multipart(frames, copy=False)
+            return
+        # The rest of a multipart message is always taken once its first frame is.
+        last = frames[-1]
+        for f in frames[1:-1]:
+            _send(pub, f, _MORE_NOW, False)
+        if len(frames) > 1:
+            _send(pub, last, _NOW, False)
+
+    def _watch(self, key: Any, sock: zmq.Socket) -> None:
+        """Call :meth:`_readable` whenever ``sock``'s descriptor signals (ZeroMQ's
+        descriptor is edge-triggered: it signals when the socket's state may have
+        changed; the callback asks the socket whether a message is waiting)."""
+        assert self._loop is not None
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._readable, key, sock)
+
+    def _unwatch(self, sock: zmq.Socket) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(sock.getsockopt(zmq.FD))
+
+    def _readable(self, key: Any, sock: zmq.Socket) -> None:
+        if sock.closed:
+            return
+        if key is _WAKE:
+            self._woken = True
+        else:
+            self._ready[key] = sock  # at worst, one receive finds nothing
+        w = self._waiter
+        if w is not None and not w.done():
+            # The receiving task drains the socket next, to EAGAIN, which processes its
+            # pending commands and so clears its descriptor.
+            w.set_result(None)
+        else:
+            # Nobody receives now: reading EVENTS processes the commands and clears the
+            # descriptor (asyncio's selector is level-triggered: else this would run again
+            # at every turn of the loop until the receiving task drains the socket).
+            _get(sock, _EVENTS)
+
+    def _start_watching(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:  # (a new event loop: move the readers to it)
+            for sock in (self._wake_in, *self.subs.values()):
+                self._unwatch(sock)
+        self._loop = loop
+        self._watch(_WAKE, self._wake_in)
+        for j, sock in self.subs.items():
+            self._watch(j, sock)
+            self._ready[j] = sock
 
     def _drain(self) -> list[tuple[int, list[zmq.Frame]]]:
+        """Every message queued on the sockets that may have one; a socket found empty
+        is left out until its descriptor signals again."""
         out = []
-        for j, sock in self._subs_now.items():
+        for j, sock in list(self._ready.items()):
             while True:  # whole messages only: ZeroMQ delivers multipart messages atomically
                 try:
-                    out.append((j, sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)))
+                    f = _recv(sock, _NOW, False)
                 except zmq.Again:
+                    del self._ready[j]
                     break
+                frames = [f]
+                while f.more:
+                    f = _recv(sock, _NOW, False)
+                    frames.append(f)
+                out.append((j, frames))
         return out
 
     async def recv_from(self) -> list[tuple[int, list[zmq.Frame]]]:
@@ -229,17 +301,24 @@ class Transport:
         if self._held:
             out, self._held = list(self._held), deque()
             return out + self._drain()
+        self._start_watching()
         while True:
             self._apply_moves()
             out = self._drain()
             if out:
                 return out
-            await self.poller.poll()
-            while True:  # wake-ups carry nothing
-                try:
-                    self._wake_in_now.recv(flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            self._waiter = w = self._loop.create_future()
+            try:
+                await w
+            finally:
+                self._waiter = None
+            if self._woken:  # wake-ups carry nothing
+                self._woken = False
+                while True:
+                    try:
+                        _recv(self._wake_in, _NOW, True)
+                    except zmq.Again:
+                        break
 
     async def recv_ready(self) -> list[list[zmq.Frame]]:
         """Like :meth:`recv_from`, without the connections."""
@@ -256,6 +335,10 @@ class Transport:
                              self.curve if server_key else None, server_key)
 
     def close(self) -> None:
+        for sock in (self._wake_in, *self.subs.values()):
+            if not sock.closed:
+                self._unwatch(sock)
+        self._ready.clear()
         self.pub.close(linger=0)
         self._wake_in.close(linger=0)
         self._wake_out.close(linger=0)
@@ -265,6 +348,16 @@ class Transport:
             self.auth.stop()
         if self._own_ctx:
             self.ctx.term()
+
+
+# The backend's calls, without pyzmq's Python-level wrappers (flags as plain ints).
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+_NOW = int(zmq.NOBLOCK)
+_MORE_NOW = int(zmq.NOBLOCK | zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_WAKE = object()  # the key of the wake socket in reader callbacks
 
 
 def _options(sock: zmq.Socket) -> None:

@@ -171,6 +171,43 @@ async def test_recv_ready_takes_everything_queued(pair):
     assert got == ["samples/0/x"] * 5 + ["samples/0/end"]
 
 
+async def test_no_message_waits_for_a_later_one(tmp_path, transport_kind):
+    """The receive path watches the sockets' descriptors (edge-triggered: they signal a
+    change, not a level) and skips a socket found empty until it signals again.  Every
+    message must still be received without waiting for a later one to arrive, whether it
+    arrived while the receiving task waited, while it was busy elsewhere (the event loop
+    ran the reader callbacks with nobody waiting), or on another neighbour's socket."""
+    a, c, b = Transport(0), Transport(2), Transport(1)
+    try:
+        a.bind(transport_kind, "127.0.0.1", tmp_path)
+        c.bind(transport_kind, "127.0.0.1", tmp_path)
+        await _link(a, b, 0, _x(0))
+        await _link(c, b, 2, _x(2))
+        while True:  # let the handshakes and probes still queued go by
+            try:
+                await asyncio.wait_for(b.recv_ready(), 0.1)
+            except TimeoutError:
+                break
+        rng = np.random.default_rng(0)
+        for step in range(60):
+            sender = (a, c)[step % 2]
+            me = 0 if sender is a else 2
+            how = step % 3
+            if how == 0:  # the receiver waits already
+                pending = asyncio.create_task(_next_data(b, timeout=2.0))
+                await asyncio.sleep(0)
+                await sender.send(encode(Envelope(me, _x(me)[0], step, {})))
+            else:  # the message arrives while nobody receives; the loop turns meanwhile
+                await sender.send(encode(Envelope(me, _x(me)[0], step, {})))
+                await asyncio.sleep(float(rng.uniform(0, 0.005)) if how == 1 else 0)
+                pending = asyncio.create_task(_next_data(b, timeout=2.0))
+            env = await pending
+            assert (env.sender, env.step) == (me, step)
+    finally:
+        for t in (a, c, b):
+            t.close()
+
+
 # --------------------------------------------------------------------------- topic filtering
 
 
