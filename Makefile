@@ -24,8 +24,12 @@ polymnist: $(STAMP)
 	$(BIN)/p2pgame data fetch mnist --root $(DATA)
 	$(BIN)/p2pgame data build polymnist --root $(DATA)
 
+# Two test processes (pytest-xdist), whole files each (their module fixtures run once):
+# integration tests wait on peer processes much of the time.  TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pgame tests bench
