@@ -97,6 +97,22 @@ async def _link(pub: Transport, sub: Transport, sender: int, topics: list[Topic]
                 break
 
 
+def _next_turn() -> asyncio.Future:
+    """Resolves at the event loop's next turn: every task ready now has run a step."""
+    loop = asyncio.get_running_loop()
+    turn = loop.create_future()
+    loop.call_soon(turn.set_result, None)
+    return turn
+
+
+async def _until(condition, what: str) -> None:
+    """Let the loop turn until ``condition()`` holds (within DEADLINE_S)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await _next_turn()
+
+
 def _is_noise(frames: list) -> bool:
     """Handshakes and probes that may still be queued after _link."""
     first = bytes(frames[0])
@@ -195,11 +211,12 @@ async def test_no_message_waits_for_a_later_one(tmp_path, transport_kind):
             how = step % 3
             if how == 0:  # the receiver waits already
                 pending = asyncio.create_task(_next_data(b, timeout=2.0))
-                await asyncio.sleep(0)
+                await _until(lambda: b._waiter is not None, "the receiver waits")
                 await sender.send(encode(Envelope(me, _x(me)[0], step, {})))
             else:  # the message arrives while nobody receives; the loop turns meanwhile
                 await sender.send(encode(Envelope(me, _x(me)[0], step, {})))
-                await asyncio.sleep(float(rng.uniform(0, 0.005)) if how == 1 else 0)
+                for _ in range(int(rng.integers(1, 20)) if how == 1 else 1):
+                    await _next_turn()  # a random number of loop turns later
                 pending = asyncio.create_task(_next_data(b, timeout=2.0))
             env = await pending
             assert (env.sender, env.step) == (me, step)
@@ -574,10 +591,10 @@ async def test_the_event_loop_runs_while_a_large_message_is_encoded(tmp_path):
             nonlocal ticks
             while True:
                 ticks += 1
-                await asyncio.sleep(0)
+                await _next_turn()
 
         task = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
+        await _until(lambda: ticks > 0, "the ticker ticks")
         before = ticks
         await bus.publish(Envelope(0, Topic("samples", 0, "x"), 0, {"x": big}))
         during = ticks - before
@@ -603,9 +620,9 @@ async def test_reconnect_while_receiving_keeps_every_neighbour(tmp_path, transpo
         old.close()  # killed: its socket is gone, the receiver's connection to it retries
         for _ in range(3):
             pending = asyncio.create_task(_next_data(sub))
-            await asyncio.sleep(0)  # the receive is now waiting on its poll
+            await _until(lambda: sub._waiter is not None, "the receive waits")
             sub.reconnect(1, new.endpoint, _x(1))
-            await asyncio.sleep(0.01)  # the move happens on the receiving task
+            await _until(lambda: not sub._moves, "the receiving task applies the move")
             await other.send(encode(Envelope(2, _x(2)[0], 5, {})))
             env = await asyncio.wait_for(pending, DEADLINE_S)
             assert env.sender == 2 and env.step == 5
