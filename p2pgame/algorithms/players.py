@@ -358,10 +358,7 @@ class CSPlayer(Player):
 
     def __init__(self, cfg: Any, ctx: Any, device: torch.device) -> None:
         super().__init__(cfg, ctx, device)
-        from p2pgame.data.image import poly_part
-
-        sc = ctx.scenario
-        part = poly_part(sc.data, sc.n, sc.seed, ctx.peer_id, ctx.data_root)
+        part = _poly_part(ctx)
         self.c = torch.from_numpy(part["c"].astype(np.int64)).to(device)
         self.s = torch.from_numpy(part["s"]).unsqueeze(1).to(device)  # bool [m, 1, 28, 28]
         self.own_classes = sorted(int(v) for v in self.c.unique())
@@ -452,10 +449,7 @@ class PolyPlayer(Player):
 
     def __init__(self, cfg: Any, ctx: Any, device: torch.device) -> None:
         super().__init__(cfg, ctx, device)
-        from p2pgame.data.image import poly_part
-
-        sc = ctx.scenario
-        part = poly_part(sc.data, sc.n, sc.seed, ctx.peer_id, ctx.data_root)
+        part = _poly_part(ctx)
         self.c = torch.from_numpy(part["c"].astype(np.int64)).to(device)
         self.d = torch.from_numpy(part["d"].astype(np.int64)).to(device)
         self.x = _colour(part["x"]).to(device)
@@ -519,10 +513,7 @@ class PolyPlayer(Player):
 
     # -- evaluation --------------------------------------------------------------------
     def test_set(self, n: int | None = None) -> tuple[torch.Tensor, ...]:
-        from p2pgame.data.image import poly_part
-
-        sc = self.ctx.scenario
-        a = poly_part(sc.data, sc.n, sc.seed, self.ctx.peer_id, self.ctx.data_root, "test")
+        a = _poly_part(self.ctx, "test")
         k = min(n or len(a["c"]), len(a["c"]))
         return (_colour(a["x"][:k]).to(self.device),
                 torch.from_numpy(a["c"][:k].astype(np.int64)).to(self.device),
@@ -550,13 +541,10 @@ class PolyPlayer(Player):
         if self.alone:
             return metrics, self.x[:50]
         # 5 styles (rows) x 10 digits: completed from received (c, s), else own test masks.
-        from p2pgame.data.image import poly_part
-
         if self.last_cs is not None:
             c_all, s_all = self.last_cs
         else:
-            sc = self.ctx.scenario
-            a = poly_part(sc.data, sc.n, sc.seed, self.ctx.peer_id, self.ctx.data_root, "test")
+            a = _poly_part(self.ctx, "test")
             c_all = torch.from_numpy(a["c"][:2000].astype(np.int64)).to(self.device)
             s_all = torch.from_numpy(a["s"][:2000]).unsqueeze(1).float().to(self.device)
         picks = []
@@ -576,7 +564,17 @@ class PolyPlayer(Player):
 
 def _colour(x: np.ndarray) -> torch.Tensor:
     """uint8 [m, 28, 28, 3] -> float [m, 3, 28, 28] in [0, 1]."""
-    return torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
+    from p2pgame.models.poly import image_tensors
+
+    return image_tensors(x)[0]
+
+
+def _poly_part(ctx: Any, split: str | None = None) -> dict[str, np.ndarray]:
+    """This peer's PolyMNIST examples (or a whole ``split``): see ``data.image.poly_part``."""
+    from p2pgame.data.image import poly_part
+
+    sc = ctx.scenario
+    return poly_part(sc.data, sc.n, sc.seed, ctx.peer_id, ctx.data_root, split)
 
 
 FAMILIES: dict[str, type[Player]] = {c.family: c for c in (
