@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from p2pgame.bus.codec import Envelope, encode, frame_sizes  # noqa: E402
+from p2pgame.bus.codec import Envelope, encode, frame_sizes, pack_bools  # noqa: E402
 from p2pgame.bus.endpoint import PeerBus  # noqa: E402
 from p2pgame.bus.topics import Topic  # noqa: E402
 from p2pgame.bus.traffic import Traffic  # noqa: E402
@@ -75,8 +75,14 @@ WINDOW_BYTES = 96 * 2**20  # at most this much in flight (both modes)
 def payloads(smoke: bool) -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     n_params = 150_000 if smoke else 1_500_000
+    bits = rng.random((200, 1, 28, 28)) < 0.2
     return {
-        "binary200": {"x": rng.random((200, 1, 28, 28)) < 0.2},
+        # What a peer hands its bus: bits packed by the producer (a game peer packs its
+        # samples in its training thread, ``PeerRuntime._draw_messages``), as raw's are.
+        "binary200": pack_bools({"x": bits}),
+        # The bool array itself, packed by ``encode`` on the event loop for every message
+        # (a peer before session 8, or a producer that does not pack).
+        "binary200-bool": {"x": bits},
         "float200": {"x": rng.random((200, 1, 28, 28), dtype=np.float32)},
         "params1.5M": {"w": rng.standard_normal(n_params, dtype=np.float32)},
     }
@@ -335,7 +341,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seconds", type=float, default=2.5, help="sending time per case")
     ap.add_argument("--repeats", type=int, default=3, help="runs per case (median reported)")
     ap.add_argument("--transports", default="ipc,tcp")
-    ap.add_argument("--payloads", default="binary200,float200,params1.5M")
+    ap.add_argument("--payloads", default="binary200,binary200-bool,float200,params1.5M")
     ap.add_argument("--smoke", action="store_true", help="tiny: 0.2 s per case, 1 repeat")
     ap.add_argument("--read-tensors", action="store_true", help="the subscriber reads (so "
                     "unpacks) every tensor of every message on its receive loop")

@@ -33,6 +33,11 @@ training thread, and a message superseded by a fresher one before it is used is
 never unpacked at all.  The other tensors are zero-copy views of the received
 frames, as before.  Code on the receive path (a schema check) should look at a
 tensor's dtype and shape with :meth:`Tensors.spec`, which does not unpack.
+
+The sending side mirrors it: a peer packs its ``bool`` samples in the thread that
+drew them (:func:`pack_bools`), and :func:`encode` sends a :class:`PackedBits` as it
+is, so the packing pass is off the event loop that sends.  The bytes on the wire
+are the same either way.
 """
 
 from __future__ import annotations
@@ -76,22 +81,62 @@ class CodecError(ValueError):
         self.reason = reason
 
 
-class _Packed:
-    """A bit-packed ``bool`` tensor as received: its (checked) bytes and its shape."""
+_BOOL = np.dtype(bool)
+_U8 = np.dtype(np.uint8)
+
+
+class PackedBits:
+    """A ``bool`` array, bit-packed as on the wire: its bytes, its element count and shape.
+
+    :func:`decode` gives one for each packed tensor (unpacked on first read, see
+    :class:`Tensors`).  A producer may also hand one to :func:`encode`
+    (:meth:`pack`, or :func:`pack_bools` for a whole mapping): encode then sends its
+    bytes as they are.  A peer packs its samples this way in the thread that drew
+    them, so the event loop never runs the packing pass, and a relay passes received
+    bits on without unpacking and packing them again.
+    """
 
     __slots__ = ("bits", "count", "shape")
+    dtype = _BOOL  # what it holds: ``dtype`` and ``shape`` describe it as the array would
 
     def __init__(self, bits: np.ndarray, count: int, shape: tuple[int, ...]) -> None:
         self.bits = bits  # uint8, exactly ceil(count / 8) bytes (checked by decode)
         self.count = count
         self.shape = shape
 
+    @classmethod
+    def pack(cls, arr: np.ndarray) -> PackedBits:
+        """Pack a ``bool`` array (MSB first, zero-padded to a whole byte, as encode does)."""
+        arr = np.asarray(arr, order="C")
+        if arr.dtype != _BOOL:
+            raise TypeError(f"PackedBits.pack takes a bool array, not {arr.dtype}")
+        # packbits of the 0/1 bytes (a view) is the same bits, faster than of bools;
+        # packbits flattens a C-contiguous array without a copy
+        return cls(np.packbits(arr.view(_U8)), arr.size, tuple(arr.shape))
+
     def unpack(self) -> np.ndarray:
         # unpack every bit and keep the first ``count`` (a view): faster than count=
         return np.unpackbits(self.bits)[: self.count].view(bool).reshape(self.shape)
 
 
-_BOOL = np.dtype(bool)
+def pack_bools(tensors: Mapping[str, Any], memo: dict[int, PackedBits] | None = None
+               ) -> dict[str, Any]:
+    """``tensors`` with every ``bool`` numpy array replaced by its :class:`PackedBits`
+    (the rest as they are): what a producer calls off the event loop before publishing.
+    ``memo`` (array id -> packed), shared by the calls for one round's messages, packs
+    an array that several messages carry once."""
+    memo = {} if memo is None else memo
+    out = {}
+    for k, v in tensors.items():
+        if type(v) is np.ndarray and v.dtype == _BOOL:
+            packed = memo.get(id(v))
+            if packed is None:
+                packed = memo[id(v)] = PackedBits.pack(v)
+            v = packed
+        out[k] = v
+    return out
+
+
 
 
 class Tensors(Mapping[str, np.ndarray]):
@@ -108,7 +153,7 @@ class Tensors(Mapping[str, np.ndarray]):
     __slots__ = ("_items",)
 
     def __init__(self, items: Mapping[str, Any] | None = None) -> None:
-        # name -> ndarray, or a _Packed not unpacked yet (replaced by its array on first read)
+        # name -> ndarray, or a PackedBits not unpacked yet (replaced by its array on first read)
         self._items: dict[str, Any] = dict(items or {})
 
     @classmethod
@@ -120,7 +165,7 @@ class Tensors(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         v = self._items[name]
-        if type(v) is _Packed:
+        if type(v) is PackedBits:
             v = v.unpack()
             self._items[name] = v  # replaces a value, never adds a key: safe while iterating
         return v
@@ -137,19 +182,19 @@ class Tensors(Mapping[str, np.ndarray]):
     def spec(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         """``(dtype, shape)`` of a tensor, without unpacking it."""
         v = self._items[name]
-        if type(v) is _Packed:
+        if type(v) is PackedBits:
             return _BOOL, v.shape
         return v.dtype, v.shape
 
     @property
     def packed(self) -> tuple[str, ...]:
         """The names of the tensors still bit-packed (not read yet)."""
-        return tuple(k for k, v in self._items.items() if type(v) is _Packed)
+        return tuple(k for k, v in self._items.items() if type(v) is PackedBits)
 
     def __repr__(self) -> str:
         parts = []
         for k, v in self._items.items():
-            if type(v) is _Packed:
+            if type(v) is PackedBits:
                 parts.append(f"{k!r}: <bit-packed bool array {v.shape}, not unpacked yet>")
             else:
                 parts.append(f"{k!r}: {v!r}")
@@ -198,8 +243,9 @@ def encode_work(tensors: Mapping[str, Any], pack_bool: bool = True) -> int:
     # (a decoded envelope's tensors: looked at as they are, without unpacking any)
     values = tensors._items.values() if type(tensors) is Tensors else tensors.values()
     for t in values:
-        if type(t) is _Packed:
-            work += t.count  # unpacked by encode, then packed again
+        if type(t) is PackedBits:
+            if not pack_bool:
+                work += t.count  # unpacked by encode, a byte per bool
         elif type(t) is np.ndarray:
             if (pack_bool and t.dtype == _BOOL) or not t.flags.c_contiguous \
                     or t.dtype.byteorder == ">":
@@ -223,14 +269,21 @@ def _packer() -> msgpack.Packer:
 
 
 _local = threading.local()
-_U8 = np.dtype(np.uint8)
 
 
 def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
     """Frames for ``env``: [topic, header, *buffers]."""
     schema = []
     buffers: list[bytes | memoryview] = []
-    for name, t in env.tensors.items():
+    tensors = env.tensors
+    # (a decoded envelope's tensors as they are: packed ones are passed on, not unpacked)
+    for name, t in (tensors._items if type(tensors) is Tensors else tensors).items():
+        if type(t) is PackedBits:
+            if pack_bool:  # packed where it was made: its bytes as they are
+                buffers.append(t.bits.data)
+                schema.append([name, "bool", list(t.shape), True])
+                continue
+            t = t.unpack()
         # (a C-contiguous numpy array, the usual case, is taken as it is)
         arr = t if type(t) is np.ndarray and t.flags.c_contiguous else _as_numpy(t)
         dname = _NAMES.get(arr.dtype)
@@ -241,9 +294,7 @@ def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
             dname = _NAMES[dt]
             arr = arr.astype(dt)
         if pack_bool and dname == "bool":
-            # packbits of the 0/1 bytes (a view) is the same bits, faster than of bools;
-            # packbits flattens a C-contiguous array without a copy
-            buffers.append(np.packbits(arr.view(_U8)).data)
+            buffers.append(PackedBits.pack(arr).bits.data)
             schema.append([name, dname, list(arr.shape), True])
         else:
             buffers.append(arr.reshape(-1).view(_U8).data)
@@ -364,7 +415,7 @@ def decode_sized(frames: list[Any], max_bytes: int = 64 * 2**20) -> tuple[Envelo
             if nbytes != (count + 7) // 8:
                 raise CodecError("truncated", f"{name}: {nbytes} bytes for {count} bits")
             if count:  # checked now, unpacked on first read (Tensors)
-                tensors[name] = _Packed(np.frombuffer(buf, np.uint8), count, tuple(shape))
+                tensors[name] = PackedBits(np.frombuffer(buf, np.uint8), count, tuple(shape))
                 continue
             flat = np.zeros(0, bool)  # nothing to unpack: an empty array of that shape, now
         else:

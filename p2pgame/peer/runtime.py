@@ -35,7 +35,7 @@ from typing import Any
 import p2pgame.peer.control as ctl
 from p2pgame.algorithms import AlgorithmInfo, decode_scenario, get_algorithm
 from p2pgame.algorithms.base import PeerContext
-from p2pgame.bus.codec import Envelope
+from p2pgame.bus.codec import Envelope, pack_bools
 from p2pgame.bus.endpoint import PeerBus
 from p2pgame.bus.links import Link
 from p2pgame.bus.topics import Topic
@@ -266,9 +266,18 @@ class PeerRuntime:
                 pass
 
     # -- publishing ----------------------------------------------------------------------
+    def _draw_messages(self, step: int) -> dict[str, Any]:
+        """The algorithm's messages of ``step``, their ``bool`` tensors bit-packed here
+        (the training thread of a heavy algorithm) rather than on the event loop."""
+        messages = self.algorithm.publish(step)
+        if not self.scenario.comm.pack_bool:
+            return messages
+        memo: dict = {}  # (the arrays stay alive in ``messages``: their ids are stable)
+        return {space: pack_bools(tensors, memo) for space, tensors in messages.items()}
+
     async def publish(self, bus: PeerBus, step: int) -> None:
         t0 = time.perf_counter()
-        messages = await self._call(self.algorithm.publish, step)
+        messages = await self._call(self._draw_messages, step)
         self.timers["sample"] += time.perf_counter() - t0
         items = list(messages.items())
         for k, (space, tensors) in enumerate(items):

@@ -37,7 +37,8 @@ def run_script(name: str, *args: str, timeout: float = 120) -> dict:
 @pytest.mark.timeout(120)
 def test_bus_smoke():
     out = run_script("bus.py", "--smoke")
-    cases = {f"{t}/{p}" for t in ("ipc", "tcp") for p in ("binary200", "float200", "params1.5M")}
+    cases = {f"{t}/{p}" for t in ("ipc", "tcp")
+             for p in ("binary200", "binary200-bool", "float200", "params1.5M")}
     assert set(out["ratios"]) == cases
     for case in cases:
         assert out["ratios"][case] > 0

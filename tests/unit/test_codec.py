@@ -657,4 +657,49 @@ def test_encode_work_counts_what_encode_must_pack_or_copy():
 
     assert encode_work({"t": FakeTensor()}) == 123
     env = decode(_as_bytes(encode(_env({"b": b}))))
-    assert encode_work(env.tensors) == 1000 and env.tensors.packed == ("b",)  # not unpacked
+    # received bits are passed on as they are (nothing to do), unless bools go as bytes
+    assert encode_work(env.tensors) == 0 and env.tensors.packed == ("b",)  # not unpacked
+    assert encode_work(env.tensors, pack_bool=False) == 1000 and env.tensors.packed == ("b",)
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (9,), (3, 5, 7), (64, 1, 28, 28)])
+def test_bits_packed_by_the_producer_go_on_the_wire_as_encode_would_pack_them(shape):
+    from p2pgame.bus.codec import PackedBits, encode_work, pack_bools
+
+    rng = np.random.default_rng(sum(shape))
+    b = rng.random(shape) < 0.3
+    f = rng.random(3).astype(np.float32)
+    ours = pack_bools({"b": b, "f": f})
+    assert type(ours["b"]) is PackedBits and ours["f"] is f
+    assert encode_work(ours) == 0  # nothing left for encode to pack
+    assert _as_bytes(encode(_env(ours))) == _as_bytes(encode(_env({"b": b, "f": f})))
+    got = decode(_as_bytes(encode(_env(ours))))
+    assert got.tensors["b"].dtype == bool and np.array_equal(got.tensors["b"], b)
+    # pack_bool=False: sent a byte per bool, the same bytes as from the array
+    assert _as_bytes(encode(_env(ours), pack_bool=False)) == \
+        _as_bytes(encode(_env({"b": b, "f": f}), pack_bool=False))
+
+
+def test_pack_bools_packs_an_array_shared_by_two_messages_once():
+    from p2pgame.bus.codec import pack_bools
+
+    b = np.ones(10, bool)
+    memo: dict = {}
+    one, two = pack_bools({"x": b}, memo), pack_bools({"x": b, "y": b}, memo)
+    assert one["x"] is two["x"] is two["y"] and len(memo) == 1
+
+
+def test_packed_bits_refuse_a_non_bool_array():
+    from p2pgame.bus.codec import PackedBits
+
+    with pytest.raises(TypeError, match="bool array, not uint8"):
+        PackedBits.pack(np.ones(3, np.uint8))
+
+
+def test_a_relayed_envelope_passes_its_bits_on_without_unpacking():
+    b = np.random.default_rng(1).random((20, 3)) < 0.5
+    first = _as_bytes(encode(_env({"b": b})))
+    env = decode(first)
+    again = _as_bytes(encode(_env(env.tensors)))
+    assert env.tensors.packed == ("b",)  # passed on as it came
+    assert again == first
