@@ -10,6 +10,8 @@ the learner and of what is exchanged can be compared quickly, at the same budget
 * ``probs``: the decoder's Bernoulli means exchanged (learnt with soft targets: the same
   expected decoder gradient with less noise, at 16 bits a pixel instead of 1);
 * ``cos``: learning rate on a cosine schedule to 0;  ``lat32``: 32 latent dimensions;
+* ``ref1``: one 3x3 convolution more in the decoder (``ConvVAEConfig.refine = 1``);
+  ``lr2``: Adam 2e-3 instead of 1e-3;
 * ``central``: one model on all digits (the floor).
 
 Variants combine with ``-`` (``probs-cos``).  Evaluation as the game's: 10 000 decoder means
@@ -54,12 +56,15 @@ def main() -> None:
     own = [list(range(10))] if central else [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     data = [x_all[torch.isin(tr_y, torch.tensor(c))] for c in own]
     g = torch.Generator().manual_seed(0)
-    peers = [ConvVAE(ConvVAEConfig(latent=latent), seed=i) for i in range(len(own))]
-    opts = [torch.optim.Adam(p.parameters(), lr=1e-3) for p in peers]
+    refine = 1 if "ref1" in variant.split("-") else 0
+    lr0 = 2e-3 if "lr2" in variant.split("-") else 1e-3
+    peers = [ConvVAE(ConvVAEConfig(latent=latent, refine=refine), seed=i)
+             for i in range(len(own))]
+    opts = [torch.optim.Adam(p.parameters(), lr=lr0) for p in peers]
     half = 128 if central else 64
     t0 = time.time()
     for t in range(steps):
-        lr = 1e-3 * (0.5 * (1 + math.cos(math.pi * t / steps)) if "cos" in variant else 1.0)
+        lr = lr0 * (0.5 * (1 + math.cos(math.pi * t / steps)) if "cos" in variant else 1.0)
         msgs = []
         if not central:
             for p in peers:

@@ -14,7 +14,8 @@ Families (``algorithm.model``):
 
 * ``hvae-mlp`` / ``hvae-conv``: binary HVAE, symmetric learning; tuples on ``hvae``
   (only between identical architectures), images on ``x``;
-* ``vae-conv``: convolutional VAE trained by the ELBO; images on ``x``;
+* ``vae-conv``: convolutional VAE trained by the ELBO; images on ``x``, or their
+  Bernoulli means on ``px`` (below);
 * ``joint-cx``: the paper's Fashion-MNIST player (``models/joint.py``), gray images;
   labelled pairs on ``cx``, images on ``x``.  Its ``x`` carries gray float16 images,
   so it cannot share ``x`` with the binary families (the scenario check says so).
@@ -46,6 +47,12 @@ from p2pgame.data.image import load_split, peer_images, peer_part
 from p2pgame.shared import shared
 
 HVAE, IMAGES, PAIRS, CS = "hvae", "x", "cx", "cs"
+# "px": for each z drawn from the prior, the decoder's Bernoulli means p(x = 1 | z) as
+# float16, instead of one binary draw x of them.  A learner trained by maximum
+# likelihood on factorised Bernoulli pixels learns from them as soft targets: the
+# expected loss over the draws of x given z, without their pixel noise.  16 bits a pixel
+# instead of 1 (bench/RESULTS.md, section 9: the demo's exchange).
+MEANS = "px"
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 
@@ -222,19 +229,33 @@ class VAEPlayer(BinaryImagePlayer):
 
     @staticmethod
     def schemas(cfg: Any) -> dict[str, Schema]:
-        return {IMAGES: {"x": ("bool", (1, 28, 28))}}
+        return {IMAGES: {"x": ("bool", (1, 28, 28))}, MEANS: {"x": ("float16", (1, 28, 28))}}
 
     @staticmethod
     def learnable(cfg: Any) -> tuple[str, ...]:
-        return (IMAGES,)
+        return (MEANS, IMAGES)
+
+    @classmethod
+    def default_spaces(cls, cfg: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (IMAGES,), (IMAGES,)  # images, as every binary family; ``px`` when asked
 
     def sample(self, n: int, spaces: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
-        x = self.model.sample(n, self.gen, mean=self.cfg.sample_mode == "mean")["x"]
-        return {s: {"x": x.cpu().numpy()} for s in spaces}
+        if MEANS not in spaces:
+            x = self.model.sample(n, self.gen, mean=self.cfg.sample_mode == "mean")["x"]
+            return {s: {"x": x.cpu().numpy()} for s in spaces}
+        # both spaces from the same z: the images are draws (or thresholds) of the means
+        means = self.model.sample_means(n, self.gen)
+        out = {MEANS: {"x": means.to(torch.float16).cpu().numpy()}}
+        if IMAGES in spaces:
+            x = means > 0.5 if self.cfg.sample_mode == "mean" else torch.bernoulli(
+                means, generator=self.gen).bool()
+            out[IMAGES] = {"x": x.cpu().numpy()}
+        return out
 
     def learn(self, own_idx: torch.Tensor, received: list[Received]) -> dict[str, float]:
-        real = self.images[own_idx.to(self.images.device)]
-        parts = [real, *(r.tensors["x"].to(real.device, real.dtype) for r in received)]
+        real = self.images[own_idx.to(self.images.device)].float()
+        # binary images and means (``px``, soft targets of the same Bernoulli likelihood)
+        parts = [real, *(r.tensors["x"].to(real.device, torch.float32) for r in received)]
         loss = self.learner.step(torch.cat(parts), self.gen)
         return {"elbo_loss": loss, "n_synthetic": float(sum(len(p) for p in parts[1:]))}
 

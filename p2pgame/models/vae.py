@@ -3,7 +3,8 @@
 Encoder: two stride-2 convolutions (28 -> 14 -> 7) and a linear layer to the
 mean and log-variance of a Gaussian latent ``z``.  Decoder: a linear layer and
 two stride-2 transposed convolutions back to Bernoulli logits of a
-``1 x 28 x 28`` image.  One Adam step per batch on the negative ELBO
+``1 x 28 x 28`` image (``refine`` 3x3 convolutions between them, none by
+default).  One Adam step per batch on the negative ELBO
 (reparametrised), summed over pixels and averaged over the batch.
 
 As a player of the synthetic-data game it learns from images alone: its own
@@ -28,9 +29,13 @@ class ConvVAEConfig:
     channels: tuple[int, int] = (32, 64)
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
+    # 3x3 convolutions (with ReLU) added to the decoder at 14 x 14, before its last layer:
+    # sharper decoder means for about 1.4x the step time (bench/RESULTS.md, section 9)
+    refine: int = 0
 
     def __post_init__(self) -> None:
-        if self.latent < 1 or len(self.channels) != 2 or min(self.channels) < 1:
+        if self.latent < 1 or len(self.channels) != 2 or min(self.channels) < 1 \
+                or self.refine < 0:
             raise ValueError(f"bad ConvVAEConfig: {self}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
@@ -52,9 +57,10 @@ class ConvVAE(nn.Module):
             nn.Conv2d(c1, c2, 4, 2, 1), nn.ReLU(), nn.Flatten())
         self.to_stats = nn.Linear(c2 * 7 * 7, 2 * cfg.latent)
         self.from_z = nn.Linear(cfg.latent, c2 * 7 * 7)
+        refine = [m for _ in range(cfg.refine) for m in (nn.Conv2d(c1, c1, 3, 1, 1), nn.ReLU())]
         self.dec = nn.Sequential(
             nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
-            nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(), *refine,
             nn.ConvTranspose2d(c1, 1, 4, 2, 1))
 
     @property

@@ -189,7 +189,41 @@ def test_mixed_families_exchange_images(tmp_path, tiny_mnist_root) -> None:
     assert all(math.isfinite(x["elbo_loss"]) and x["n_synthetic"] == 16 for x in lines)
 
 
+MEANS_GAME = SCENARIO.replace("steps = 12", "steps = 6").replace(
+    'model = "hvae-mlp"', 'model = "vae-conv"') + """
+checkpoint = false
+
+[[peers]]
+ids = [0]
+publishes = ["px", "x"]
+learns = ["px"]
+
+[[peers]]
+ids = [1]
+publishes = ["px"]
+learns = ["px"]
+"""
+
+
+def test_vae_players_exchange_decoder_means(tmp_path, tiny_mnist_root) -> None:
+    """``px``: conv VAEs send their decoders' Bernoulli means (float16, 2 bytes a pixel) and
+    learn from them as soft targets; nobody subscribed to peer 0's ``x``, so none is sent."""
+    res, p0, p1 = _run_text(tmp_path, MEANS_GAME, tiny_mnist_root, "means.toml")
+    assert {r["topic"] for r in p0["traffic_in"]} == {"samples/1/px"}
+    assert {r["topic"] for r in p1["traffic_in"]} == {"samples/0/px"}
+    assert {r["topic"] for r in p0["traffic_out"]} == {"samples/0/px"}
+    for p in (p0, p1):
+        row = p["traffic_in"][0]
+        assert row["messages"] == 6 and row["payload_bytes"] == 6 * 16 * 784 * 2
+        assert p["messages_rejected"] == 0 and math.isfinite(p["fid_all"])
+    lines = [json.loads(x) for x in (res.run_dir / "metrics" / "peer-1.jsonl").read_text()
+             .splitlines()]
+    assert all(math.isfinite(x["elbo_loss"]) and x["n_synthetic"] == 16 for x in lines)
+
+
 @pytest.mark.parametrize("change, words", [
+    # an HVAE learns binary images (and tuples), not decoder means
+    ('learns = ["px"]', ["peer 1 cannot learn from 'px'"]),
     # a VAE has no latents to offer or to take in tuples
     ('algorithm = { model = "vae-conv" }\nlearns = ["hvae"]', ["peer 1 cannot learn from 'hvae'"]),
     ('algorithm = { model = "vae-conv" }\npublishes = ["hvae", "x"]\nlearns = ["x"]',
