@@ -54,10 +54,12 @@ EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "
              "accuracy", "accuracy_style", "prior", "tv_prior_to_ne")
 JOINT_MODELS = ("joint-cx",)
 JOINT_KEYS = ("capacity", "method", "learn_prior", "prior_lr", "noise_std")
-# PolyMNIST's players (models/poly.py); each key applies to the models named.
+# PolyMNIST's players (models/poly.py).
 POLY_MODELS = ("cs-vae", "cs-data", "poly-main", "poly-classifier")
-POLY_KEYS = {"gibbs_steps": ("cs-vae",), "gibbs_sweeps": ("poly-main",),
-             "infer_sweeps": ("poly-main",), "eval_test": ("poly-main", "poly-classifier")}
+# Keys of one family or a few: each applies to the models named, and is refused elsewhere.
+MODEL_KEYS = {"gibbs_steps": ("cs-vae",), "gibbs_sweeps": ("poly-main",),
+              "infer_sweeps": ("poly-main",), "eval_test": ("poly-main", "poly-classifier"),
+              "refine": ("vae-conv",)}
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class GameConfig:
     gibbs_sweeps: int = 10  # poly-main: sweeps completing each example's missing variables
     infer_sweeps: int = 100  # poly-main: sweeps of the inference that classifies a test image
     eval_test: int = 0  # poly-*: test images scored (0: the whole test split)
+    # vae-conv only: 3x3 convolutions added to the decoder at 14 x 14 (models/vae.py)
+    refine: int = 0
 
     def __post_init__(self) -> None:
         from p2pgame.models import MODELS
@@ -100,7 +104,8 @@ class GameConfig:
                 raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
         if self.batch < 0:
             raise config_error("batch", f"must be >= 0 (0: the whole local set), got {self.batch}")
-        for key in ("lr", "eval_every", "prior_lr", "noise_std", "gibbs_steps", "eval_test"):
+        for key in ("lr", "eval_every", "prior_lr", "noise_std", "gibbs_steps", "eval_test",
+                    "refine"):
             if getattr(self, key) < 0:
                 raise config_error(key, f"must be >= 0, got {getattr(self, key)}")
         if self.capacity not in CAPACITIES:
@@ -118,7 +123,7 @@ class GameConfig:
             if getattr(self, key) < 1:
                 raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
         defaults = GameConfig.__dataclass_fields__
-        for key, models in POLY_KEYS.items():
+        for key, models in MODEL_KEYS.items():
             if self.model not in models and getattr(self, key) != defaults[key].default:
                 raise config_error(key, f"applies only to {', '.join(models)} players, "
                                         f"not {self.model!r}")

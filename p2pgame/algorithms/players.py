@@ -220,7 +220,7 @@ class VAEPlayer(BinaryImagePlayer):
     def __init__(self, cfg: Any, ctx: Any, device: torch.device) -> None:
         from p2pgame.models import VAELearner, make_model
 
-        overrides: dict[str, Any] = {"seed": ctx.seed("model-init")}
+        overrides: dict[str, Any] = {"seed": ctx.seed("model-init"), "refine": cfg.refine}
         if cfg.lr:
             overrides["lr_p"] = cfg.lr
         self.model = make_model(cfg.model, **overrides).to(device)

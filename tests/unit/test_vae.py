@@ -56,3 +56,35 @@ def test_mean_samples_are_the_thresholded_decoder_means() -> None:
     x = m.sample(6, torch.Generator().manual_seed(2), mean=True)["x"]
     means = m.sample_means(6, torch.Generator().manual_seed(2))
     assert x.dtype == torch.bool and torch.equal(x, means > 0.5)
+
+
+def test_refine_adds_decoder_convolutions_and_learns_soft_targets() -> None:
+    plain, refined = ConvVAE(seed=0), ConvVAE(ConvVAEConfig(latent=4, refine=2), seed=0)
+    convs = [m for m in refined.dec if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 and all(c.kernel_size == (3, 3) for c in convs)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in plain.dec)  # default unchanged
+    means = refined.sample_means(3, torch.Generator().manual_seed(0))
+    assert means.shape == (3, 1, 28, 28)
+    # soft targets (another VAE's means, as on the game's ``px``) lower the same loss
+    learner = VAELearner(refined)
+    x = _patterns().float() * 0.8 + 0.1
+    g = torch.Generator().manual_seed(0)
+    # the loss cannot go below the targets' own entropy: what is learnt is the excess
+    floor = float(-(x * x.log() + (1 - x) * (1 - x).log()).sum() / len(x))
+    first = learner.step(x, g) - floor
+    for _ in range(60):
+        last = learner.step(x, g) - floor
+    assert last < 0.5 * first
+    with pytest.raises(ValueError):
+        ConvVAEConfig(refine=-1)
+
+
+def test_refine_is_a_vae_conv_key() -> None:
+    from p2pgame.algorithms.game import GameConfig
+    from p2pgame.config import ScenarioError
+
+    assert GameConfig(model="vae-conv", refine=1).refine == 1
+    with pytest.raises(ScenarioError, match="refine: applies only to vae-conv"):
+        GameConfig(model="hvae-mlp", refine=1)
+    with pytest.raises(ScenarioError, match="refine: must be >= 0"):
+        GameConfig(model="vae-conv", refine=-1)
