@@ -26,10 +26,11 @@ polymnist: $(STAMP)
 
 # Two test processes (pytest-xdist), whole files each (their module fixtures run once):
 # integration tests wait on peer processes much of the time.  TEST_WORKERS=0: serial.
+# --no-loadscope-reorder: files go out longest first, as tests/conftest.py orders them.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pgame tests bench

@@ -33,6 +33,62 @@ os.environ[SESSION_VAR] = SESSION_TAG  # set before any process is started
 _IGNORED_CMDLINES = ("multiprocessing.resource_tracker",)
 
 
+# --------------------------------------------------------------------------- xdist
+
+# `make test` runs two xdist workers, whole files each (--dist loadfile): the run ends when
+# the busier worker does.  Files go out in the order collected (--no-loadscope-reorder, in
+# the Makefile), so the longest are collected first and the short ones fill in at the end:
+# longest first, as measured with --durations on 2 cores, except test_ray.py, which is slow
+# to start its cluster and its game when starved of CPU (its game has timed out beside the
+# multi-peer files), so it goes out after them, beside the unit tests.  A file not listed
+# keeps its collected place after these.
+LONGEST_FIRST = (
+    "integration/test_game_run.py",
+    "integration/test_faults.py",
+    "integration/test_placement.py",
+    "integration/test_joint_run.py",
+    "bench/test_bench_smoke.py",
+    "bench/test_frontier_smoke.py",
+    "integration/test_diffgan_run.py",
+    "integration/test_expfam_runs.py",
+    "integration/test_sweep_report.py",
+    "integration/test_same_results.py",
+    "integration/test_polymnist_run.py",
+    "integration/test_ray.py",
+    "unit/test_joint.py",
+    "integration/test_network.py",
+    "unit/test_eval.py",
+    "unit/test_codec_fuzz.py",
+)
+
+
+def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        # A worker's own torch work (unit tests, the launcher's evaluator) gets its share
+        # of the cores: torch's default, one thread per core in every worker, oversubscribes
+        # them, and its threads then wait on each other (a unit test 2-3x slower).
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # (a serial run keeps the collected order)
+    here = Path(__file__).resolve().parent
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def key(item) -> int:
+        try:
+            rel = item.path.resolve().relative_to(here).as_posix()
+        except ValueError:
+            return len(rank)
+        return rank.get(rel, len(rank))
+
+    items.sort(key=key)  # stable: within a file, and among the others, the collected order
+
+
 # --------------------------------------------------------------------------- processes
 
 
