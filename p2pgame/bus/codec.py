@@ -137,8 +137,6 @@ def pack_bools(tensors: Mapping[str, Any], memo: dict[int, PackedBits] | None = 
     return out
 
 
-
-
 class Tensors(Mapping[str, np.ndarray]):
     """The tensors of a decoded envelope: a read-only mapping, name -> numpy array, in
     schema order.
@@ -181,9 +179,7 @@ class Tensors(Mapping[str, np.ndarray]):
 
     def spec(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         """``(dtype, shape)`` of a tensor, without unpacking it."""
-        v = self._items[name]
-        if type(v) is PackedBits:
-            return _BOOL, v.shape
+        v = self._items[name]  # (a PackedBits has the dtype and shape of its array)
         return v.dtype, v.shape
 
     @property

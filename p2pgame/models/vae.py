@@ -30,7 +30,7 @@ class ConvVAEConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     # 3x3 convolutions (with ReLU) added to the decoder at 14 x 14, before its last layer:
-    # sharper decoder means for about 1.4x the step time (bench/RESULTS.md, section 9)
+    # sharper decoder means for about 1.26x the step time (bench/RESULTS.md, section 9)
     refine: int = 0
 
     def __post_init__(self) -> None:

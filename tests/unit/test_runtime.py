@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from p2pgame.algorithms import get_algorithm
@@ -83,3 +84,19 @@ def test_runtime_rejects_what_its_player_does_not_learn(spaces) -> None:
         rt.on_envelope(env, 100, now=0.0)
     assert dict(rt.traffic.rejected) == {"space": 1}
     assert rt.delivery.admitted == 1
+
+
+@pytest.mark.parametrize("pack_bool", [True, False])
+def test_runtime_packs_bool_samples_before_they_reach_the_bus(pack_bool) -> None:
+    """Bernoulli samples are bools: packed by the runtime (in the drawing thread of a heavy
+    algorithm), so the bus only sends bytes; as arrays when the scenario sends bytes."""
+    from p2pgame.bus.codec import PackedBits
+
+    sc = load_scenario(SPACES, ["steps=20", "algorithm.dim=4", "algorithm.n_data=50",
+                                'algorithm.family="bernoulli"', f"comm.pack_bool={pack_bool}".lower()])
+    bus = FakeBus()
+    asyncio.run(_runtime(sc, build_schedule(sc.topology, sc.steps, sc.seed), 0).publish(bus, 7))
+    x = {str(e.topic): e for e in bus.sent}["samples/0/x"].tensors["x"]
+    assert type(x) is (PackedBits if pack_bool else np.ndarray) and x.dtype == bool
+    mu = {str(e.topic): e for e in bus.sent}["params/0/mu"].tensors["mu"]
+    assert type(mu) is np.ndarray  # only bools are packed
