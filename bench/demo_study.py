@@ -12,7 +12,14 @@ the learner and of what is exchanged can be compared quickly, at the same budget
 * ``cos``: learning rate on a cosine schedule to 0;  ``lat32``: 32 latent dimensions;
 * ``ref1``: one 3x3 convolution more in the decoder (``ConvVAEConfig.refine = 1``);
   ``lr2``: Adam 2e-3 instead of 1e-3;
-* ``central``: one model on all digits (the floor).
+* ``central``: one model on all digits (the floor);
+* ``emapub``: each peer publishes from an exponential moving average of its weights (decay
+  0.995) instead of its current weights;  ``tail``: learning rate to 0, linearly, over the
+  last quarter of the steps.
+
+Every run also keeps moving averages of each peer's weights (decays 0.995 and 0.999) and
+evaluates them beside the current weights (``ema995``, ``ema999``), at every ``--eval-at``
+step and at the end.
 
 Variants combine with ``-`` (``probs-cos``).  Evaluation as the game's: 10 000 decoder means
 thresholded at 0.5, classifier-FID to all test digits, class-mass TV to the equilibrium.
@@ -42,6 +49,7 @@ def main() -> None:
     ap.add_argument("variant")
     ap.add_argument("steps", type=int)
     ap.add_argument("--data", type=Path, default=Path("data"))
+    ap.add_argument("--eval-at", default="", help="comma-separated steps to evaluate at too")
     args = ap.parse_args()
     torch.set_num_threads(1)
     variant, steps = args.variant, args.steps
@@ -61,15 +69,24 @@ def main() -> None:
     peers = [ConvVAE(ConvVAEConfig(latent=latent, refine=refine), seed=i)
              for i in range(len(own))]
     opts = [torch.optim.Adam(p.parameters(), lr=lr0) for p in peers]
+    emas = {d: [torch.optim.swa_utils.AveragedModel(
+        p, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(d)) for p in peers]
+        for d in (0.995, 0.999)}
+    publishers = emas[0.995] if "emapub" in variant.split("-") else peers
     half = 128 if central else 64
+    eval_at = {int(s) for s in args.eval_at.split(",") if s}
     t0 = time.time()
     for t in range(steps):
         lr = lr0 * (0.5 * (1 + math.cos(math.pi * t / steps)) if "cos" in variant else 1.0)
+        if "tail" in variant.split("-"):
+            lr = lr0 * min(1.0, 4 * (steps - t) / steps)
+        if t in eval_at:
+            evaluate(variant, t, peers, emas, fid, own, central, t0)
         msgs = []
         if not central:
-            for p in peers:
+            for p in publishers:
                 with torch.no_grad():
-                    m = p.sample_means(half, g)
+                    m = getattr(p, "module", p).sample_means(half, g)
                     msgs.append(m if "probs" in variant else torch.bernoulli(m, generator=g))
         for i, (p, o) in enumerate(zip(peers, opts, strict=True)):
             for group in o.param_groups:
@@ -79,17 +96,27 @@ def main() -> None:
             o.zero_grad()
             p.loss(x, g).backward()
             o.step()
+            for d in emas:
+                emas[d][i].update_parameters(p)
+    evaluate(variant, steps, peers, emas, fid, own, central, t0)
+
+
+def evaluate(variant, steps, peers, emas, fid, own, central, t0) -> None:
     ne = np.array([2 / 15] * 5 + [1 / 15] * 5)
-    for i, p in enumerate(peers):
-        p.eval()
-        with torch.no_grad():
-            images = (p.sample_means(10000, torch.Generator().manual_seed(1)) > 0.5).float()
-        m = fid.evaluate(images, own[i])
-        mass = np.array(m["class_mass"])
-        target = np.full(10, 0.1) if central else (ne if i == 0 else ne[::-1])
-        print(f"{variant} steps={steps} peer={i} fid_all={m['fid_all']:.1f} "
-              f"own_mass={m['own_mass']:.3f} tv_to_ne={0.5 * np.abs(mass - target).sum():.3f} "
-              f"wall={time.time() - t0:.0f}s", flush=True)
+    models = {"now": peers} | {f"ema{str(d)[2:]}": [e.module for e in m] for d, m in emas.items()}
+    for which, ps in models.items():
+        for i, p in enumerate(ps):
+            p.eval()
+            with torch.no_grad():
+                images = (p.sample_means(10000, torch.Generator().manual_seed(1)) > 0.5).float()
+            p.train()
+            m = fid.evaluate(images, own[i])
+            mass = np.array(m["class_mass"])
+            target = np.full(10, 0.1) if central else (ne if i == 0 else ne[::-1])
+            print(f"{variant} steps={steps} {which} peer={i} fid_all={m['fid_all']:.1f} "
+                  f"own_mass={m['own_mass']:.3f} "
+                  f"tv_to_ne={0.5 * np.abs(mass - target).sum():.3f} "
+                  f"wall={time.time() - t0:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -66,22 +66,25 @@ class RssMonitor:
 
     @staticmethod
     def children(ppid: int) -> list[int]:
-        out = []
+        """The peer (or worker) processes under ``ppid``: the children of its fork server
+        (p2pgame.launch.backends), and any spawned child of its own (Ray aside)."""
+        parent: dict[int, int] = {}
+        cmds: dict[int, bytes] = {}
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
             try:
                 with open(f"/proc/{name}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) != ppid:
-                    continue
                 with open(f"/proc/{name}/cmdline", "rb") as f:
-                    cmd = f.read()
+                    cmds[int(name)] = f.read()
+                parent[int(name)] = int(fields[1])
             except (OSError, IndexError, ValueError):
                 continue
-            if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
-                out.append(int(name))
-        return out
+        servers = {p for p, c in cmds.items()
+                   if parent.get(p) == ppid and b"multiprocessing.forkserver" in c}
+        return [p for p, c in cmds.items() if b"resource_tracker" not in c and (
+            parent.get(p) in servers or (parent.get(p) == ppid and b"spawn_main" in c))]
 
     def _loop(self) -> None:
         me = os.getpid()

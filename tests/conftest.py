@@ -28,9 +28,13 @@ SESSION_VAR = "P2PGAME_TEST_SESSION"
 SESSION_TAG = uuid.uuid4().hex
 os.environ[SESSION_VAR] = SESSION_TAG  # set before any process is started
 
-# The spawn start method runs one resource tracker per launching process; it is
-# not a peer and it lives as long as its launcher.
+# multiprocessing runs one resource tracker per launching process; it is not a peer
+# and it lives as long as its launcher.
 _IGNORED_CMDLINES = ("multiprocessing.resource_tracker",)
+# So does the fork server that peers are forked from (p2pgame.launch.backends), when the
+# launcher ran in this process: it is then our own child.  Peers forked from it carry the
+# same command line but are its children, and a CLI subprocess's server ends with it.
+_FORK_SERVER = "multiprocessing.forkserver"
 
 
 # --------------------------------------------------------------------------- xdist
@@ -100,6 +104,14 @@ def _proc_state(pid: int) -> str | None:
         return None
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def session_processes() -> dict[int, str]:
     """Live processes (not zombies) started by this test session: {pid: cmdline}."""
     needle = f"{SESSION_VAR}={SESSION_TAG}".encode()
@@ -120,6 +132,8 @@ def session_processes() -> dict[int, str]:
         if _proc_state(pid) in (None, "Z", "X"):
             continue
         if any(s in cmd for s in _IGNORED_CMDLINES):
+            continue
+        if _FORK_SERVER in cmd and _parent(pid) == me:
             continue
         out[pid] = cmd
     return out

@@ -77,6 +77,16 @@ def threads_per_peer(scenario: Scenario) -> int:
     return max(1, cpu_count() // n_workers(scenario))
 
 
+def peer_modules(info: AlgorithmInfo) -> list[str]:
+    """What a peer of this algorithm imports, for the fork server to load once: the
+    runtime, and for a torch algorithm its module and the evaluation (torchvision, and
+    torch._dynamo with it, which a first optimiser step would import anyway)."""
+    modules = ["p2pgame.peer.runtime"]
+    if info.uses_torch:
+        modules += [info.peer().__module__, "p2pgame.eval", "torch._dynamo"]
+    return modules
+
+
 def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
     """``auto``: CUDA when present, else the CPU.  Processes go round-robin over the GPUs:
     one per peer, or with placement ``workers`` one per worker (its peers share that GPU,
@@ -265,7 +275,7 @@ def run(
               "comm.security is 'none': anyone there can listen to the run and reach its "
               "sockets; set comm.security = \"curve\"", file=sys.stderr)
     placement = placement_of(scenario)
-    backend = make_backend(rt, placement, workers, bind_node)
+    backend = make_backend(rt, placement, workers, bind_node, peer_modules(info))
     host = comm.host
     if bind_node:  # the launcher listens on this machine's own address
         host = backend_node_address(backend)

@@ -46,7 +46,8 @@ def _peer_log(pid: int) -> Callable[[str], None]:
 
 
 def peer_main(launch: dict) -> None:
-    """Entry point of a peer process (spawn start method); ``launch`` is a PeerLaunch as data."""
+    """Entry point of a peer process (forked from the launcher's fork server, or spawned);
+    ``launch`` is a PeerLaunch as data."""
     from p2pgame.peer.runtime import PeerLaunch
 
     spec = PeerLaunch(**launch)

@@ -71,7 +71,7 @@ class PeerLaunch:
     device: str = "cpu"
     bind_host: str = ""  # the address to bind tcp on ("": comm.host), e.g. a Ray node's
     token: str = ""  # this peer's credential on the control channel (never logged)
-    launcher_pid: int = 0  # the parent to outlive never (0: not our parent, e.g. on Ray)
+    launcher_pid: int = 0  # the process to outlive never (0: on another machine, e.g. on Ray)
     # comm.security = "curve": this peer's key pair, every peer's public key, the
     # launcher's (Z85 text; the secret is never logged or reported).
     curve_public: str = ""
@@ -352,16 +352,30 @@ class PeerRuntime:
             await asyncio.sleep(PROGRESS_EVERY_S)
 
     async def watch_launcher(self) -> None:
-        """Exit when the launcher is gone (this process was re-parented): a killed launcher
-        must not leave its peers running, waiting for a Shutdown that never comes."""
-        parent = self.launch.launcher_pid
-        if not parent:  # not our parent (a Ray actor): Ray ends actors with their driver
+        """Exit when the launcher is gone: a killed launcher must not leave its peers
+        running, waiting for a Shutdown that never comes.
+
+        The launcher is not our parent (we are forked from its fork server), so we hold a
+        pidfd of it, which becomes readable when it exits: no polling, and no confusion with
+        a later process given the same pid."""
+        launcher = self.launch.launcher_pid
+        if not launcher:  # not on this machine (a Ray actor): Ray ends actors with their driver
             return
-        while True:
-            if os.getppid() != parent:
-                self.log(f"the launcher (pid {parent}) is gone: exiting")
-                os._exit(3)
-            await asyncio.sleep(1.0)
+        try:
+            fd = os.pidfd_open(launcher)
+        except ProcessLookupError:
+            fd = None
+        if fd is not None:
+            loop = asyncio.get_running_loop()
+            exited = asyncio.Event()
+            loop.add_reader(fd, exited.set)
+            try:
+                await exited.wait()
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        self.log(f"the launcher (pid {launcher}) is gone: exiting")
+        os._exit(3)
 
     async def report(self, control: ControlClient, *extra: Any) -> None:
         """Send buffered metrics lines and artifacts, then ``extra`` messages."""
@@ -527,8 +541,9 @@ class PeerRuntime:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux: VmHWM, which a spawned child does
-    not inherit from its parent, unlike ``ru_maxrss``)."""
+    """This process's peak resident memory so far (Linux: VmHWM, which counts from the
+    process's own start, or from its size when it was forked, unlike ``ru_maxrss``, which a
+    child inherits from its parent)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:

@@ -53,6 +53,9 @@ def test_workers_on_two_nodes_give_the_results_of_processes(tmp_path, two_nodes)
         f"peer-{i}.jsonl" for i in range(4)]
 
 
+# A hang guard, not a timing check: quiet, this takes about 30 s, but its Ray workers are
+# fresh interpreters that import torch, and on two loaded cores that has taken over 120 s.
+@pytest.mark.timeout(300)
 def test_a_game_on_ray_sends_its_checkpoints_home(tmp_path, two_nodes, tiny_mnist_root):
     scenario = tmp_path / "game.toml"
     scenario.write_text(TINY_GAME.replace("checkpoint = false", "checkpoint = true"))

@@ -88,3 +88,18 @@ def test_refine_is_a_vae_conv_key() -> None:
         GameConfig(model="hvae-mlp", refine=1)
     with pytest.raises(ScenarioError, match="refine: must be >= 0"):
         GameConfig(model="vae-conv", refine=-1)
+
+
+@pytest.mark.parametrize("m,k", [(64, 64), (64, 10), (5, 12), (1, 3)])
+def test_received_examples_are_used_once_before_any_twice(m: int, k: int) -> None:
+    # A step's k received examples from a message of m: every example once before any
+    # twice, so k = m uses the whole message (with replacement, about 37 % of it would be
+    # left out and others repeated).
+    from p2pgame.algorithms.game import pick_received
+
+    pick = pick_received(m, k, torch.Generator().manual_seed(0))
+    counts = torch.bincount(pick, minlength=m)
+    assert len(pick) == k and int(pick.min()) >= 0 and int(pick.max()) < m
+    assert int(counts.max()) - int(counts.min()) <= 1
+    same = pick_received(m, k, torch.Generator().manual_seed(0))
+    assert torch.equal(pick, same)  # drawn from the player's generator alone
