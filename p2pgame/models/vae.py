@@ -49,6 +49,10 @@ class ConvVAE(nn.Module):
         self.config = cfg = config or ConvVAEConfig()
         with seeded(seed):
             self._build(cfg)
+        # Convolution weights channels-last: the CPU's oneDNN kernels then keep activations
+        # in that layout through the network, and a training step takes about 15 % less time
+        # on one core (the same arithmetic, in another order: results differ in the last bits).
+        self.to(memory_format=torch.channels_last)
 
     def _build(self, cfg: ConvVAEConfig) -> None:
         c1, c2 = cfg.channels
