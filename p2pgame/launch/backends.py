@@ -68,9 +68,11 @@ def start_context(preload: Sequence[str] = ()) -> Any:
     thread that a child needs, or initialise CUDA (importing torch does none of these).
 
     The server is one per launching process and lives as long as it (multiprocessing's
-    own); its preload is fixed when it starts, at the first run, so a later run of another
-    algorithm in the same process may find its modules not preloaded and imports them in
-    each peer, as ``spawn`` did.
+    own); what it preloads, its environment variables and its working directory are fixed
+    when it starts, at the first run.  So a later run of another algorithm in the same
+    process may find its modules not preloaded (its peers import them, as with ``spawn``),
+    and peers see the environment of the first run's time (every path a peer is given is
+    absolute, and a peer sets its own torch thread count).
     """
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(list(preload))
