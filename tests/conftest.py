@@ -96,20 +96,23 @@ def pytest_collection_modifyitems(config, items):
 # --------------------------------------------------------------------------- processes
 
 
-def _proc_state(pid: int) -> str | None:
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state, parent pid, ...);
+    empty when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
+
+
+def _proc_state(pid: int) -> str | None:
+    return (_stat(pid) or [None])[0]
 
 
 def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def session_processes() -> dict[int, str]:

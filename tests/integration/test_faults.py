@@ -95,6 +95,8 @@ def test_a_frozen_peer_is_named_within_the_peer_timeout(tmp_path, monkeypatch, p
 
 @pytest.mark.parametrize("placement", ["process", "workers"])
 def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement):
+    """Peers (and workers) are forked from the launcher's fork server, not its children: each
+    watches the launcher through a pidfd, and exits on its own when it is SIGKILLed."""
     out = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
