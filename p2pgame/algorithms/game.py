@@ -59,7 +59,7 @@ POLY_MODELS = ("cs-vae", "cs-data", "poly-main", "poly-classifier")
 # Keys of one family or a few: each applies to the models named, and is refused elsewhere.
 MODEL_KEYS = {"gibbs_steps": ("cs-vae",), "gibbs_sweeps": ("poly-main",),
               "infer_sweeps": ("poly-main",), "eval_test": ("poly-main", "poly-classifier"),
-              "refine": ("vae-conv",)}
+              "refine": ("vae-conv",), "prior_components": ("vae-conv",)}
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,8 @@ class GameConfig:
     eval_test: int = 0  # poly-*: test images scored (0: the whole test split)
     # vae-conv only: 3x3 convolutions added to the decoder at 14 x 14 (models/vae.py)
     refine: int = 0
+    # vae-conv only: 0, the prior p(z) is N(0, I); K > 0, a learnt mixture of K Gaussians
+    prior_components: int = 0
 
     def __post_init__(self) -> None:
         from p2pgame.models import MODELS
@@ -105,7 +107,7 @@ class GameConfig:
         if self.batch < 0:
             raise config_error("batch", f"must be >= 0 (0: the whole local set), got {self.batch}")
         for key in ("lr", "eval_every", "prior_lr", "noise_std", "gibbs_steps", "eval_test",
-                    "refine"):
+                    "refine", "prior_components"):
             if getattr(self, key) < 0:
                 raise config_error(key, f"must be >= 0, got {getattr(self, key)}")
         if self.capacity not in CAPACITIES:

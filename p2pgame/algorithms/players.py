@@ -220,7 +220,8 @@ class VAEPlayer(BinaryImagePlayer):
     def __init__(self, cfg: Any, ctx: Any, device: torch.device) -> None:
         from p2pgame.models import VAELearner, make_model
 
-        overrides: dict[str, Any] = {"seed": ctx.seed("model-init"), "refine": cfg.refine}
+        overrides: dict[str, Any] = {"seed": ctx.seed("model-init"), "refine": cfg.refine,
+                                     "prior_components": cfg.prior_components}
         if cfg.lr:
             overrides["lr_p"] = cfg.lr
         self.model = make_model(cfg.model, **overrides).to(device)

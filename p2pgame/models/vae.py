@@ -32,10 +32,13 @@ class ConvVAEConfig:
     # 3x3 convolutions (with ReLU) added to the decoder at 14 x 14, before its last layer:
     # sharper decoder means for about 1.26x the step time (bench/RESULTS.md, section 9)
     refine: int = 0
+    # 0: the prior p(z) is N(0, I).  K > 0: a learnt mixture of K diagonal Gaussians, trained
+    # with the rest by the ELBO (its KL term then estimated from the one reparametrised z).
+    prior_components: int = 0
 
     def __post_init__(self) -> None:
         if self.latent < 1 or len(self.channels) != 2 or min(self.channels) < 1 \
-                or self.refine < 0:
+                or self.refine < 0 or self.prior_components < 0:
             raise ValueError(f"bad ConvVAEConfig: {self}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
@@ -66,6 +69,11 @@ class ConvVAE(nn.Module):
             nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
             nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(), *refine,
             nn.ConvTranspose2d(c1, 1, 4, 2, 1))
+        if cfg.prior_components:
+            k = cfg.prior_components
+            self.prior_mu = nn.Parameter(torch.randn(k, cfg.latent))
+            self.prior_logvar = nn.Parameter(torch.zeros(k, cfg.latent))
+            self.prior_logits = nn.Parameter(torch.zeros(k))
 
     @property
     def device(self) -> torch.device:
@@ -81,11 +89,28 @@ class ConvVAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device)
         z = mu + eps * torch.exp(0.5 * logvar)
         rec = F.binary_cross_entropy_with_logits(self.logits(z), x, reduction="sum")
-        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        if self.config.prior_components:
+            # log q(z|x) - log p(z) at the drawn z (the constants cancel)
+            log_q = -0.5 * (logvar + eps.pow(2)).sum(1)
+            log_p = torch.logsumexp(self._log_components(z), dim=1)
+            kl = torch.sum(log_q - log_p)
+        else:
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
         return (rec + kl) / x.shape[0]
 
+    def _log_components(self, z: torch.Tensor) -> torch.Tensor:
+        """[n, K]: log pi_k + log N(z; mu_k, diag exp(logvar_k)), without the 2 pi term."""
+        d = z.unsqueeze(1) - self.prior_mu  # [n, K, latent]
+        log_n = -0.5 * (self.prior_logvar + d.pow(2) * torch.exp(-self.prior_logvar)).sum(2)
+        return torch.log_softmax(self.prior_logits, 0) + log_n
+
     def _z(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.randn((n, self.config.latent), generator=generator, device=self.device)
+        eps = torch.randn((n, self.config.latent), generator=generator, device=self.device)
+        if not self.config.prior_components:
+            return eps
+        k = torch.multinomial(torch.softmax(self.prior_logits.detach(), 0), n, replacement=True,
+                              generator=generator)
+        return self.prior_mu.detach()[k] + eps * torch.exp(0.5 * self.prior_logvar.detach()[k])
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,

@@ -90,6 +90,67 @@ def test_refine_is_a_vae_conv_key() -> None:
         GameConfig(model="vae-conv", refine=-1)
 
 
+def test_mixture_prior_kl_estimate_is_unbiased() -> None:
+    """One component at N(0, I): the loss, whose KL term is then estimated from the drawn z,
+    averages to the loss with the closed-form KL (same weights, same draws)."""
+    plain = ConvVAE(ConvVAEConfig(latent=4), seed=0)
+    mixture = ConvVAE(ConvVAEConfig(latent=4, prior_components=1), seed=0)
+    with torch.no_grad():
+        mixture.prior_mu.zero_()
+        mixture.prior_logvar.zero_()
+    x = _patterns(8)
+    diffs = []
+    with torch.no_grad():
+        for seed in range(2000):
+            a = plain.loss(x, torch.Generator().manual_seed(seed))
+            b = mixture.loss(x, torch.Generator().manual_seed(seed))
+            diffs.append(float(b - a))
+    mean = sum(diffs) / len(diffs)
+    spread = (sum((d - mean) ** 2 for d in diffs) / len(diffs)) ** 0.5
+    assert spread > 0  # an estimate, not the closed form
+    assert abs(mean) < 4 * spread / len(diffs) ** 0.5
+
+
+def test_mixture_prior_samples_its_components() -> None:
+    model = ConvVAE(ConvVAEConfig(latent=2, prior_components=2), seed=0)
+    with torch.no_grad():
+        model.prior_mu.copy_(torch.tensor([[-10.0, 0.0], [10.0, 0.0]]))
+        model.prior_logvar.fill_(-4.0)
+        model.prior_logits.copy_(torch.tensor([0.0, torch.log(torch.tensor(3.0))]))
+    z = model._z(4000, torch.Generator().manual_seed(0))
+    right = (z[:, 0] > 0).float().mean()
+    assert abs(float(right) - 0.75) < 0.03  # weights 1 : 3
+    assert float((z[:, 0].abs() - 10).abs().max()) < 1.0  # each z near its component's mean
+    means = model.sample_means(5, torch.Generator().manual_seed(1))
+    assert means.shape == (5, 1, 28, 28)
+
+
+def test_mixture_prior_is_learnt_with_the_rest() -> None:
+    model = ConvVAE(ConvVAEConfig(latent=4, prior_components=3), seed=0)
+    learner = VAELearner(model)
+    before = model.prior_mu.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    x = _patterns()
+    first = learner.step(x, g)
+    for _ in range(60):
+        last = learner.step(x, g)
+    assert last < first
+    assert not torch.equal(before, model.prior_mu.detach())
+    with pytest.raises(ValueError):
+        ConvVAEConfig(prior_components=-1)
+
+
+def test_prior_components_is_a_vae_conv_key() -> None:
+    from p2pgame.algorithms.game import GameConfig
+    from p2pgame.config import ScenarioError
+
+    assert GameConfig(model="vae-conv", prior_components=10).prior_components == 10
+    with pytest.raises(ScenarioError, match="prior_components: applies only to vae-conv"):
+        GameConfig(model="hvae-mlp", prior_components=10)
+    with pytest.raises(ScenarioError, match="prior_components: must be >= 0"):
+        GameConfig(model="vae-conv", prior_components=-1)
+
+
 @pytest.mark.parametrize("m,k", [(64, 64), (64, 10), (5, 12), (1, 3)])
 def test_received_examples_are_used_once_before_any_twice(m: int, k: int) -> None:
     # A step's k received examples from a message of m: every example once before any
