@@ -57,6 +57,24 @@ def test_every_shipped_scenario_resolves(path):
                                                                       s.seed))
 
 
+@pytest.mark.parametrize("path", sorted(ROOT_TOPOLOGIES.glob("*sweep*.toml")),
+                         ids=lambda p: p.name)
+def test_every_point_of_a_shipped_sweep_resolves(path):
+    """Each point of a shipped sweep, baselines included, is a valid scenario with its
+    overrides: a sweep must not fail at its fifth point."""
+    from p2pgame.algorithms import get_algorithm
+    from p2pgame.scenario import check_exchange
+    from p2pgame.sweep import load_sweep
+    from p2pgame.topology import build_schedule
+
+    spec = load_sweep(path)
+    assert spec.points
+    for point in spec.points:
+        s = load_scenario(point.scenario, point.overrides)
+        check_exchange(s, get_algorithm(s.algorithm_name),
+                       build_schedule(s.topology, s.steps, s.seed))
+
+
 def test_shipped_expfam_scenarios_load():
     for name in ("expfam-ring8.toml", "expfam-ring8-async.toml", "expfam-timevarying.toml"):
         s = load_scenario(ROOT_TOPOLOGIES / name)
