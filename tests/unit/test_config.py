@@ -40,39 +40,44 @@ def _error(path, overrides=()) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-@pytest.mark.parametrize("path", sorted(ROOT_TOPOLOGIES.glob("*.toml")), ids=lambda p: p.name)
-def test_every_shipped_scenario_resolves(path):
-    """Every file in topologies/ (sweep files aside) is a valid scenario, its exchange
-    included: a shipped scenario must never stop at its first check."""
+def _is_sweep(path: Path) -> bool:
     import tomllib
 
+    return "grid" in tomllib.loads(path.read_text())
+
+
+SHIPPED = sorted(ROOT_TOPOLOGIES.glob("*.toml"))
+SHIPPED_SWEEPS = [p for p in SHIPPED if _is_sweep(p)]
+
+
+def _check_resolves(scenario) -> None:
+    """The checks a launch makes before any process starts, the exchange included."""
     from p2pgame.algorithms import get_algorithm
     from p2pgame.scenario import check_exchange
     from p2pgame.topology import build_schedule
 
-    if "grid" in tomllib.loads(path.read_text()):  # a sweep file
-        return
-    s = load_scenario(path)
-    check_exchange(s, get_algorithm(s.algorithm_name), build_schedule(s.topology, s.steps,
-                                                                      s.seed))
+    check_exchange(scenario, get_algorithm(scenario.algorithm_name),
+                   build_schedule(scenario.topology, scenario.steps, scenario.seed))
 
 
-@pytest.mark.parametrize("path", sorted(ROOT_TOPOLOGIES.glob("*sweep*.toml")),
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p not in SHIPPED_SWEEPS],
                          ids=lambda p: p.name)
+def test_every_shipped_scenario_resolves(path):
+    """Every scenario file in topologies/ is valid, its exchange included: a shipped
+    scenario must never stop at its first check."""
+    _check_resolves(load_scenario(path))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SWEEPS, ids=lambda p: p.name)
 def test_every_point_of_a_shipped_sweep_resolves(path):
     """Each point of a shipped sweep, baselines included, is a valid scenario with its
     overrides: a sweep must not fail at its fifth point."""
-    from p2pgame.algorithms import get_algorithm
-    from p2pgame.scenario import check_exchange
     from p2pgame.sweep import load_sweep
-    from p2pgame.topology import build_schedule
 
     spec = load_sweep(path)
     assert spec.points
     for point in spec.points:
-        s = load_scenario(point.scenario, point.overrides)
-        check_exchange(s, get_algorithm(s.algorithm_name),
-                       build_schedule(s.topology, s.steps, s.seed))
+        _check_resolves(load_scenario(point.scenario, point.overrides))
 
 
 def test_shipped_expfam_scenarios_load():

@@ -79,15 +79,16 @@ def test_refine_adds_decoder_convolutions_and_learns_soft_targets() -> None:
         ConvVAEConfig(refine=-1)
 
 
-def test_refine_is_a_vae_conv_key() -> None:
+@pytest.mark.parametrize("key,value", [("refine", 1), ("prior_components", 10)])
+def test_vae_conv_keys_are_refused_elsewhere(key: str, value: int) -> None:
     from p2pgame.algorithms.game import GameConfig
     from p2pgame.config import ScenarioError
 
-    assert GameConfig(model="vae-conv", refine=1).refine == 1
-    with pytest.raises(ScenarioError, match="refine: applies only to vae-conv"):
-        GameConfig(model="hvae-mlp", refine=1)
-    with pytest.raises(ScenarioError, match="refine: must be >= 0"):
-        GameConfig(model="vae-conv", refine=-1)
+    assert getattr(GameConfig(model="vae-conv", **{key: value}), key) == value
+    with pytest.raises(ScenarioError, match=f"{key}: applies only to vae-conv"):
+        GameConfig(model="hvae-mlp", **{key: value})
+    with pytest.raises(ScenarioError, match=f"{key}: must be >= 0"):
+        GameConfig(model="vae-conv", **{key: -1})
 
 
 def test_mixture_prior_kl_estimate_is_unbiased() -> None:
@@ -138,17 +139,6 @@ def test_mixture_prior_is_learnt_with_the_rest() -> None:
     assert not torch.equal(before, model.prior_mu.detach())
     with pytest.raises(ValueError):
         ConvVAEConfig(prior_components=-1)
-
-
-def test_prior_components_is_a_vae_conv_key() -> None:
-    from p2pgame.algorithms.game import GameConfig
-    from p2pgame.config import ScenarioError
-
-    assert GameConfig(model="vae-conv", prior_components=10).prior_components == 10
-    with pytest.raises(ScenarioError, match="prior_components: applies only to vae-conv"):
-        GameConfig(model="hvae-mlp", prior_components=10)
-    with pytest.raises(ScenarioError, match="prior_components: must be >= 0"):
-        GameConfig(model="vae-conv", prior_components=-1)
 
 
 @pytest.mark.parametrize("m,k", [(64, 64), (64, 10), (5, 12), (1, 3)])
