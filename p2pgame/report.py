@@ -29,19 +29,56 @@ TABLE_KEYS = ("steps", "steps_per_s", "bytes_sent", "bytes_received", "messages_
               "fid_other", "unseen_mass", "tv_to_ne", "accuracy", "tv_prior_to_ne")
 
 
+def _json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; ScenarioError naming the file (and line) when it is not."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ScenarioError(f"{path}: not valid JSON ({what}): {e}") from None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """The metrics lines of ``path``; a truncated last line (a run killed while writing
+    it) is skipped, any other bad line is an error naming it."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"{path}: cannot read the metrics: {e}") from None
+    rows = []
+    for k, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            if k == len(lines):
+                continue
+            raise ScenarioError(f"{path}: line {k} is not valid JSON: {e}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+            raise ScenarioError(f"{path}: line {k} is not a metrics record (no step)")
+        rows.append(row)
+    return rows
+
+
 def load_run(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     path = run_dir / "summary.json"
     if not path.is_file():
         raise ScenarioError(f"{run_dir}: not a finished run folder (no summary.json)")
-    summary = json.loads(path.read_text())
+    summary = _json(path, "the run's summary")
+    if not isinstance(summary, dict) or not isinstance(summary.get("peers"), dict) or not all(
+            isinstance(p, dict) for p in summary["peers"].values()):
+        raise ScenarioError(f"{path}: not a run's summary (no 'peers' table); {run_dir} is "
+                            "not a finished run folder")
     metrics = {}
     for f in sorted((run_dir / "metrics").glob("peer-*.jsonl")):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        metrics[f.stem.split("-", 1)[1]] = rows
+        metrics[f.stem.split("-", 1)[1]] = _jsonl(f)
     topo = run_dir / "topology.json"
+    topology = _json(topo, "the run's topology") if topo.is_file() else {}
     return {"dir": run_dir, "summary": summary, "metrics": metrics,
-            "topology": json.loads(topo.read_text()) if topo.is_file() else {}}
+            "topology": topology if isinstance(topology, dict) else {}}
 
 
 def _fmt(v: Any) -> str:
@@ -143,14 +180,19 @@ def _staleness_plot(runs: list[dict], path: Path) -> bool:
 
 
 def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
+    from p2pgame.launch import check_writable
+
     if not run_dirs:
         raise ScenarioError("report: give at least one run folder")
-    runs = [load_run(d) for d in run_dirs]
     if out is None:
-        if len(runs) > 1:
+        if len(run_dirs) > 1:
             raise ScenarioError("report: several runs need --out DIR for the report folder")
-        out = Path(run_dirs[0]) / "report"
-    out = Path(out)
+        if Path(run_dirs[0]).is_dir():  # (else load_run says it is no run folder)
+            check_writable(Path(run_dirs[0]) / "report", "RUN_DIR")  # the default --out
+    else:
+        check_writable(Path(out), "--out")  # before anything is read or written
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(run_dirs[0]) / "report" if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for k, run in enumerate(runs):
         run["label"] = f"{k}:{run['summary'].get('scenario', run['dir'].name)}"

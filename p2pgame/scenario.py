@@ -6,8 +6,8 @@ Config and data spec are looked up in the registry, per-peer settings
 (``[[peers]]``) become one :class:`PlayerSpec` per peer, and the checks that
 need several sections at once run last (the topology and its weights, link
 overrides on real edges, which peer learns which space from whom, the
-algorithm's own checks).  Errors are :class:`ScenarioError` naming the file,
-the key and what is allowed.
+algorithm's own checks).  Errors are :class:`ScenarioError` naming the file
+(or the ``--set`` override that causes them), the key and what is allowed.
 
 The scenario file's layout stays flat where users expect it: the first
 graph's keys sit in ``[topology]`` and the default link's keys in ``[comm]``;
@@ -19,12 +19,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import re
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
-from p2pgame.algorithms import AlgorithmInfo, get_algorithm
+from p2pgame.algorithms import ALGORITHMS, AlgorithmInfo, get_algorithm
 from p2pgame.bus.topics import TopicError, check_space_names
 from p2pgame.config import (
     GRAPH_KEYS,
@@ -43,6 +44,9 @@ from p2pgame.config import (
     at_least,
     build,
     check_value,
+    clip,
+    one_of,
+    short,
 )
 from p2pgame.topology import Schedule, build_schedule
 
@@ -58,22 +62,46 @@ PEER_KEYS = ("ids", "publishes", "learns", "algorithm", "runtime")
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=c`` -> (["a", "b"], value) with the value read as a TOML literal."""
     if "=" not in text:
-        raise ScenarioError(f"--set {text!r}: expected key=value, e.g. comm.drop=0.1")
+        raise ScenarioError(f"{_option(text)}: expected key=value, e.g. comm.drop=0.1")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ScenarioError(f"--set {text!r}: empty key")
+        raise ScenarioError(f"{_option(text)}: empty key")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()  # a bare word is a string
+    except (ValueError, RecursionError) as e:  # an integer of 5000 digits; deep nesting
+        raise ScenarioError(f"{_option(text)}: not a value p2pgame can read "
+                            f"({_unreadable(e)})") from None
     return key.split("."), value
+
+
+def _option(text: str) -> str:
+    """``--set key=value`` as an error message names it: short, and on one line."""
+    return f"--set {clip(text) if text.isprintable() else short(text)}"
+
+
+def _unreadable(e: Exception) -> str:
+    return "nested too deeply" if isinstance(e, RecursionError) else clip(str(e), 80)
+
+
+class Overridden(dict):
+    """A raw scenario with ``--set`` overrides applied (what :func:`apply_overrides`
+    returns).  It keeps the file's own table and the overrides, so that :func:`resolve`
+    blames an error on the override that causes it rather than on the file."""
+
+    base: dict
+    overrides: tuple[str, ...]
 
 
 def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
     """Set each ``key=value``; a key part ``name[k]`` is item k of the array of tables
     ``name`` (``peers[1].algorithm.lr=1e-4``: the second ``[[peers]]`` group)."""
-    out = copy.deepcopy(raw)
+    overrides = tuple(overrides)
+    out = Overridden(copy.deepcopy(raw))
+    out.base = getattr(raw, "base", raw)
+    out.overrides = getattr(raw, "overrides", ()) + overrides
     for text in overrides:
         path, value = parse_override(text)
         node = out
@@ -82,14 +110,14 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
             nxt = node.setdefault(name, {})
             if index is not None:
                 if not isinstance(nxt, list):
-                    raise ScenarioError(f"--set {text!r}: {name!r} is not an array of "
-                                        f"tables ([[{name}]])")
+                    raise ScenarioError(f"{_option(text)}: {short(name)} is not an array "
+                                        f"of tables ([[{clip(name)}]])")
                 if not 0 <= index < len(nxt):
-                    raise ScenarioError(f"--set {text!r}: there are {len(nxt)} [[{name}]] "
-                                        f"table(s); no item {index}")
+                    raise ScenarioError(f"{_option(text)}: there are {len(nxt)} "
+                                        f"[[{clip(name)}]] table(s); no item {index}")
                 nxt = nxt[index]
             if not isinstance(nxt, dict):
-                raise ScenarioError(f"--set {text!r}: {part!r} is not a table")
+                raise ScenarioError(f"{_option(text)}: {short(part)} is not a table")
             node = nxt
         node[path[-1]] = value
     return out
@@ -101,7 +129,8 @@ def _indexed(part: str, text: str) -> tuple[str, int | None]:
         return part, None
     name, _, index = part[:-1].partition("[")
     if not name or not index.isdigit():
-        raise ScenarioError(f"--set {text!r}: {part!r}: expected name[index], e.g. peers[0]")
+        raise ScenarioError(f"{_option(text)}: {short(part)}: expected name[index], "
+                            "e.g. peers[0]")
     return name, int(index)
 
 
@@ -114,6 +143,14 @@ def load_raw(path: str | Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not valid TOML: not UTF-8 text (byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # an integer of 5000 digits; deep nesting
+        raise ScenarioError(f"{path}: not a scenario p2pgame can read ({_unreadable(e)})"
+                            ) from None
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read the scenario file: {e.strerror or e}"
+                            ) from None
 
 
 def load_scenario(path: str | Path, overrides: typing.Iterable[str] = ()) -> Scenario:
@@ -126,11 +163,11 @@ def load_scenario(path: str | Path, overrides: typing.Iterable[str] = ()) -> Sce
 
 def _table(value: Any, where: str, allowed: tuple[str, ...]) -> dict:
     if not isinstance(value, dict):
-        raise ScenarioError(f"{where}: expected a table, got {value!r}")
-    unknown = sorted(set(value) - set(allowed))
+        raise ScenarioError(f"{where}: expected a table, got {short(value)}")
+    unknown = sorted(set(value) - set(allowed), key=str)
     if unknown:
         raise ScenarioError(
-            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+            f"{where}: unknown key {short(unknown[0])}; allowed: {', '.join(sorted(allowed))}")
     return value
 
 
@@ -166,7 +203,7 @@ def resolve_comm(table: Any, n: int) -> CommSpec:
             raise ScenarioError(f"{w}: missing key {e.args[0]!r}") from None
         for name, v in (("src", src), ("dst", dst)):
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
-                raise ScenarioError(f"{w}.{name} = {v!r} is not a peer id in 0..{n - 1}")
+                raise ScenarioError(f"{w}.{name} = {short(v)} is not a peer id in 0..{n - 1}")
         for k, e in enumerate(edges):
             if (e.src, e.dst) == (src, dst):
                 raise ScenarioError(f"{w}: {src} -> {dst} is already overridden by comm.edges[{k}]")
@@ -183,10 +220,10 @@ def _spaces(value: Any, where: str, info: AlgorithmInfo) -> tuple[str, ...]:
     for s in names:
         if s not in info.spaces:
             raise ScenarioError(
-                f"{where}: space {s!r} is not known for algorithm {info.name!r}; "
+                f"{where}: space {short(s)} is not known for algorithm {info.name!r}; "
                 f"allowed: {', '.join(sorted(info.spaces))}")
     if len(set(names)) != len(names):
-        raise ScenarioError(f"{where}: a space is listed twice in {list(names)}")
+        raise ScenarioError(f"{where}: a space is listed twice in {short(list(names))}")
     return names
 
 
@@ -204,6 +241,19 @@ def check_restart(scenario: Scenario, info: AlgorithmInfo) -> None:
     if not info.peer().resumable:
         raise ScenarioError(f"runtime.restart: algorithm {scenario.algorithm_name!r} cannot "
                             "resume a peer yet (expfam can)")
+
+
+def check_checkpoints(scenario: Scenario, info: AlgorithmInfo) -> None:
+    """``runtime.checkpoint_every``: resume states are only worth saving if ``--resume``
+    can continue from them (launch._resumable)."""
+    if scenario.comm.mode != "async":
+        raise ScenarioError(
+            'runtime.checkpoint_every needs comm.mode = "async": a sync run cannot be resumed '
+            "(each peer keeps only its latest state, and sync peers must resume at one "
+            "common step)")
+    if not info.peer().resumable:
+        raise ScenarioError(f"runtime.checkpoint_every: algorithm {scenario.algorithm_name!r} "
+                            "cannot resume a peer yet (expfam can)")
 
 
 def resolve_runtime(table: Any) -> RuntimeSpec:
@@ -322,73 +372,114 @@ def _schema_text(schema: dict) -> str:
 
 
 def resolve(raw: dict, source: str = "<scenario>") -> Scenario:
-    """Build and fully validate a scenario (topology weights included)."""
-    try:
-        _table(raw, "", TOP_KEYS)
-    except ScenarioError as e:
-        raise ScenarioError(f"{source}{e}") from None
-    try:
-        kwargs: dict[str, Any] = {"source": source}
-        for key in ("name", "seed", "steps"):
-            if key in raw:
-                kwargs[key] = check_value(raw[key], {"name": str}.get(key, int), key)
-        kwargs.setdefault("name", Path(source).stem)
-        at_least(kwargs.get("steps", 1000), 1, "steps")
-        if "topology" not in raw:
-            raise ScenarioError("missing section [topology]")
-        if "algorithm" not in raw:
-            raise ScenarioError("missing section [algorithm]")
-        topology = resolve_topology(raw["topology"])
-        n = topology.n
-        algo = check_value(raw["algorithm"], dict, "algorithm")
-        name = algo.get("name")
-        if not isinstance(name, str):
-            from p2pgame.algorithms import ALGORITHMS
+    """Build and fully validate a scenario (topology weights included).
 
-            raise ScenarioError(
-                f"algorithm.name is required; allowed: {', '.join(sorted(ALGORITHMS))}")
-        info = get_algorithm(name)
-        table = {k: v for k, v in algo.items() if k != "name"}
-        runtime = resolve_runtime(raw.get("runtime", {}))
-        base, players = resolve_players(raw.get("peers", ()), table, n, info, runtime.pace)
-        if info.data is None:
-            if "data" in raw:
-                raise ScenarioError(f"data: algorithm {name!r} takes no [data] section")
-            data = None
-        else:
-            data = build(info.data, raw.get("data", {}), "data")
-        scenario = Scenario(
-            algorithm_name=name,
-            topology=topology,
-            algorithm=base,
-            players=players,
-            comm=resolve_comm(raw.get("comm", {}), n),
-            data=data,
-            runtime=runtime,
-            **kwargs,
-        )
-        # Deeper checks that need several sections at once.
-        if scenario.runtime.restart:
-            check_restart(scenario, info)
-        if scenario.runtime.backend == "ray" and importlib.util.find_spec("ray") is None:
-            raise ScenarioError('runtime.backend = "ray": Ray is not installed; '
-                                'pip install "p2pgame[ray]" (or ".[ray]" in a checkout)')
-        if scenario.runtime.backend == "ray" and scenario.comm.transport != "tcp":
-            raise ScenarioError(
-                'runtime.backend = "ray" needs comm.transport = "tcp": peers on different '
-                "machines cannot reach each other's ipc sockets (and comm.host = \"node\" "
-                "to bind on each node's own address when the cluster spans machines)")
-        schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
-        all_edges = {tuple(e) for t in schedule.topologies for e in t.edges}
-        for k, e in enumerate(scenario.comm.edges):
-            if (e.src, e.dst) not in all_edges:
-                raise ScenarioError(
-                    f"comm.edges[{k}]: {e.src} -> {e.dst} is not an edge of the topology "
-                    "(an override applies to a link that exists)")
-        check_exchange(scenario, info, schedule)
-        info.hooks()(scenario).validate(schedule)
+    An error names the file, or the ``--set`` override that causes it when ``raw`` came
+    from :func:`apply_overrides`."""
+    try:
+        return _resolve(raw, source)
     except ScenarioError as e:
-        raise ScenarioError(f"{source}: {e}") from None
+        msg = str(e)
+    culprit = _culprit(raw, source, msg) if isinstance(raw, Overridden) else None
+    blame = source if culprit is None else _option(culprit)
+    raise ScenarioError(f"{blame}{msg}" if msg.startswith(": ") else f"{blame}: {msg}")
+
+
+def _culprit(raw: Overridden, source: str, msg: str) -> str | None:
+    """The override that causes error ``msg``: the first whose addition to the file (and
+    to the overrides before it) gives that error.  None: the file alone gives it."""
+    for k in range(len(raw.overrides)):
+        try:
+            _resolve(apply_overrides(raw.base, raw.overrides[:k]), source)
+        except ScenarioError as e:
+            if str(e) == msg:
+                return None if k == 0 else raw.overrides[k - 1]
+    return raw.overrides[-1] if raw.overrides else None
+
+
+# A run folder's prefix: one file name, not a path.
+NAME_RE = re.compile(r"[^/\\\x00-\x1f\x7f]{1,100}")
+
+
+MAX_EPOCHS = 10000  # topology epochs (redrawn graphs) a run may have
+
+
+def _resolve(raw: dict, source: str) -> Scenario:
+    """:func:`resolve` without the blame: errors name the key, not the file."""
+    _table(raw, "", TOP_KEYS)
+    kwargs: dict[str, Any] = {"source": source}
+    for key in ("name", "seed", "steps"):
+        if key in raw:
+            kwargs[key] = check_value(raw[key], {"name": str}.get(key, int), key,
+                                      Scenario.__dataclass_fields__[key].metadata)
+    if "name" in raw and (not NAME_RE.fullmatch(kwargs["name"]) or kwargs["name"] in (".", "..")):
+        raise ScenarioError(f"name = {short(kwargs['name'])}: the run folder's prefix must be "
+                            "a file name of 1 to 100 characters (no '/', no control "
+                            "characters)")
+    kwargs.setdefault("name", Path(source).stem)
+    at_least(kwargs.get("steps", 1000), 1, "steps")
+    if "topology" not in raw:
+        raise ScenarioError("missing section [topology]")
+    if "algorithm" not in raw:
+        raise ScenarioError("missing section [algorithm]")
+    topology = resolve_topology(raw["topology"])
+    n = topology.n
+    steps = kwargs.get("steps", Scenario.__dataclass_fields__["steps"].default)
+    if topology.redraw_every and steps / topology.redraw_every > MAX_EPOCHS:
+        raise ScenarioError(
+            f"topology.redraw_every = {topology.redraw_every} with steps = {steps} draws "
+            f"{-(-steps // topology.redraw_every)} graphs; at most {MAX_EPOCHS}: raise "
+            "redraw_every")
+    algo = raw["algorithm"]
+    if not isinstance(algo, dict):  # (its keys are the algorithm Config's to check)
+        raise ScenarioError(f"algorithm: expected a table, got {short(algo)}")
+    name = algo.get("name")
+    if not isinstance(name, str):
+        raise ScenarioError(
+            f"algorithm.name is required; allowed: {', '.join(sorted(ALGORITHMS))}")
+    one_of(name, sorted(ALGORITHMS), "algorithm.name")
+    info = get_algorithm(name)
+    table = {k: v for k, v in algo.items() if k != "name"}
+    runtime = resolve_runtime(raw.get("runtime", {}))
+    base, players = resolve_players(raw.get("peers", ()), table, n, info, runtime.pace)
+    if info.data is None:
+        if "data" in raw:
+            raise ScenarioError(f"data: algorithm {name!r} takes no [data] section")
+        data = None
+    else:
+        data = build(info.data, raw.get("data", {}), "data")
+    scenario = Scenario(
+        algorithm_name=name,
+        topology=topology,
+        algorithm=base,
+        players=players,
+        comm=resolve_comm(raw.get("comm", {}), n),
+        data=data,
+        runtime=runtime,
+        **kwargs,
+    )
+    # Deeper checks that need several sections at once.
+    if scenario.runtime.restart:
+        check_restart(scenario, info)
+    if scenario.runtime.checkpoint_every:
+        check_checkpoints(scenario, info)
+    if scenario.runtime.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ScenarioError('runtime.backend = "ray": Ray is not installed; '
+                            'pip install "p2pgame[ray]" (or ".[ray]" in a checkout)')
+    if scenario.runtime.backend == "ray" and scenario.comm.transport != "tcp":
+        raise ScenarioError(
+            'runtime.backend = "ray" needs comm.transport = "tcp": peers on different '
+            "machines cannot reach each other's ipc sockets (and comm.host = \"node\" "
+            "to bind on each node's own address when the cluster spans machines)")
+    schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
+    all_edges = {tuple(e) for t in schedule.topologies for e in t.edges}
+    for k, e in enumerate(scenario.comm.edges):
+        if (e.src, e.dst) not in all_edges:
+            raise ScenarioError(
+                f"comm.edges[{k}]: {e.src} -> {e.dst} is not an edge of the topology "
+                "(an override applies to a link that exists)")
+    check_exchange(scenario, info, schedule)
+    info.hooks()(scenario).validate(schedule)
     return scenario
 
 

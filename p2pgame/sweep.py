@@ -42,7 +42,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from p2pgame.config import ScenarioError
+from p2pgame.config import ScenarioError, clip, short
 from p2pgame.scenario import apply_overrides, load_raw, resolve
 
 SWEEP_KEYS = ("name", "scenario", "set", "grid", "baseline", "plot", "metrics")
@@ -77,12 +77,14 @@ def _toml_literal(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_literal(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table, e.g. a data.partition
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_literal(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
 
 def _strings(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ScenarioError(f"{where}: expected a list of strings, got {value!r}")
+        raise ScenarioError(f"{where}: expected a list of strings, got {short(value)}")
     return list(value)
 
 
@@ -95,16 +97,25 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not valid TOML: not UTF-8 text (byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # an integer of 5000 digits; deep nesting
+        why = "nested too deeply" if isinstance(e, RecursionError) else clip(str(e), 80)
+        raise ScenarioError(f"{path}: not a sweep p2pgame can read ({why})") from None
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read the sweep file: {e.strerror or e}") from None
     where = str(path)
     unknown = sorted(set(raw) - set(SWEEP_KEYS))
     if unknown:
-        raise ScenarioError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(SWEEP_KEYS)}")
+        raise ScenarioError(f"{where}: unknown key {short(unknown[0])}; allowed: "
+                            f"{', '.join(SWEEP_KEYS)}")
     grid = raw.get("grid", {})
     if not isinstance(grid, dict) or not grid:
         raise ScenarioError(f"{where}: [grid] must map at least one key to a list of values")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ScenarioError(f"{where}: grid.{key!r} is an empty range; give a list of values")
+            raise ScenarioError(f"{where}: grid.{short(key)} is an empty range; give a list of "
+                                "values")
     files = grid.get("scenario")
     if files is not None:
         _strings(files, f"{where}: grid.scenario")
@@ -118,7 +129,7 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
         values = dict(zip(keys, combo, strict=True))
         base = (path.parent / values.get("scenario", raw.get("scenario"))).resolve()
         if not base.is_file():
-            raise ScenarioError(f"{where}: scenario file {base} not found")
+            raise ScenarioError(f"{where}: scenario file {clip(str(base), 200)} not found")
         label = ",".join(f"{k}={_toml_literal(v)}" for k, v in values.items())
         over = common + [f"{k}={_toml_literal(v)}" for k, v in values.items() if k != "scenario"]
         points.append(Point(label, base, over, values))
@@ -131,7 +142,7 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
             raise ScenarioError(f"{bw}: expected a table")
         unknown = sorted(set(b) - set(BASELINE_KEYS))
         if unknown:
-            raise ScenarioError(f"{bw}: unknown key {unknown[0]!r}; allowed: "
+            raise ScenarioError(f"{bw}: unknown key {short(unknown[0])}; allowed: "
                                 f"{', '.join(BASELINE_KEYS)}")
         if not isinstance(b.get("label"), str) or not isinstance(b.get("scenario"), str):
             raise ScenarioError(f"{bw}: 'label' and 'scenario' are required strings")
@@ -143,15 +154,20 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
         raise ScenarioError(f"{where}: plot must be a table")
     unknown = sorted(set(plot) - set(PLOT_KEYS))
     if unknown:
-        raise ScenarioError(f"{where}: plot: unknown key {unknown[0]!r}; allowed: "
+        raise ScenarioError(f"{where}: plot: unknown key {short(unknown[0])}; allowed: "
                             f"{', '.join(PLOT_KEYS)}")
     for key in ("x", "series") if plot else ():
         if (key == "x" or key in plot) and plot.get(key) not in grid:
             raise ScenarioError(f"{where}: plot.{key} must be one of the grid keys: "
                                 f"{', '.join(keys)}")
     metrics = _strings(raw.get("metrics", list(DEFAULT_METRICS)), f"{where}: metrics")
-    for p in points:  # refuse bad points before anything runs
-        resolve(apply_overrides(load_raw(p.scenario), p.overrides), str(p.scenario))
+    for k, p in enumerate(points):  # refuse bad points before anything runs
+        try:
+            resolve(apply_overrides(load_raw(p.scenario), p.overrides), str(p.scenario))
+        except ScenarioError as e:  # which point: its grid values (or baseline label)
+            what = "baseline" if p.baseline else "point"
+            raise ScenarioError(f"{where}: {what} {k + 1}/{len(points)} "
+                                f"({clip(p.label, 120)}): {e}") from None
     return SweepSpec(raw.get("name", path.stem), path, points, metrics, plot)
 
 
@@ -173,11 +189,19 @@ def point_row(point: Point, summary: dict | None, metrics: list[str]) -> dict[st
 def run_sweep(spec: SweepSpec, out: Path, data_root: Path, progress: bool = True,
               log=print) -> Path:
     """Run every point; return the sweep folder (sweep.csv, sweep.json, sweep.png)."""
-    from p2pgame.launch import run
+    from p2pgame.launch import check_writable, run
 
+    check_writable(Path(out), "--out")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    sweep_dir = Path(out) / f"{spec.name}-{stamp}"
-    sweep_dir.mkdir(parents=True, exist_ok=False)
+    base = Path(out) / f"{spec.name}-{stamp}"
+    sweep_dir, k = base, 1
+    while True:  # a new folder, never an earlier sweep's (two started in one second)
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=False)
+            break
+        except FileExistsError:
+            k += 1
+            sweep_dir = Path(f"{base}-{k}")
     records = []
     for k, point in enumerate(spec.points):
         log(f"[{k + 1}/{len(spec.points)}] {point.label}")
@@ -308,6 +332,9 @@ def _plot_per_peer(sweep_dir: Path, spec: SweepSpec, records: list[dict], plt) -
 
 
 def main_sweep(args) -> int:
+    from p2pgame.launch import check_writable
+
+    check_writable(Path(args.out), "--out")  # before anything is checked or prepared
     spec = load_sweep(args.sweep, args.set)
     print(f"{spec.name}: {len(spec.points)} points", file=sys.stderr)
     out = run_sweep(spec, Path(args.out), Path(args.data), progress=not args.quiet,

@@ -14,6 +14,7 @@ one (see ``topologies/mnist-centralized.toml``).
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,6 +345,9 @@ class GameHooks(RunHooks):
         part = self.scenario.data.partition
         if part.get("kind") == "classes":
             sets = part.get("classes", [])
+            if not isinstance(sets, list) or not all(isinstance(c, list) for c in sets):
+                raise ScenarioError("data.partition.classes: expected a list of lists of "
+                                    "class numbers, one per peer")
             self._check_relays([i for i, c in enumerate(sets) if not c], schedule,
                                lambda i: f"data.partition.classes[{i}] is empty")
 
@@ -394,8 +398,13 @@ class GameHooks(RunHooks):
                 raise ScenarioError(f"{path}: no checkpoint (run with algorithm.checkpoint = true)")
             ctx = PeerContext(i, sc, player, schedule, Path(data_root))
             peer = SyntheticGame(ctx)
-            peer.player.load_state_dict(torch.load(path, map_location=peer.device,
-                                                   weights_only=True))
+            try:
+                state = torch.load(path, map_location=peer.device, weights_only=True)
+                peer.player.load_state_dict(state)
+            except (RuntimeError, EOFError, OSError, ValueError, KeyError,
+                    pickle.UnpicklingError) as e:
+                raise ScenarioError(f"{path}: not a readable checkpoint of this run's "
+                                    f"players ({' '.join(str(e).split())[:120]})") from None
             n = options.get("samples") or player.algorithm.eval_samples
             log(f"peer {i}: evaluating {n} samples")
             out[str(i)], _ = peer.final_metrics(n, options.get("inception"))

@@ -53,12 +53,23 @@ class PeerBus:
         else:
             frames = encode(env, pack_bool=self.pack_bool)
         t1 = time.perf_counter()
+        limit = self.traffic.max_message_bytes
+        if limit > 0 and (big := max(map(_nbytes, frames))) > limit:
+            # Its receivers' ZeroMQ would cut the connection on it (MAXMSGSIZE): say so.
+            raise ValueError(f"a message of peer {env.sender} on {env.topic} has a frame of "
+                             f"{big} bytes, above comm.max_message_bytes = {limit}; raise "
+                             "that key or send fewer samples per message")
         await self.transport.send(frames)
         self.encode_s += t1 - t0
         self.send_s += time.perf_counter() - t1
         receivers = self.subscribers.get(env.topic)
-        if receivers and not env.topic.is_handshake:
+        if receivers and not env.topic.is_control:
             self.traffic.count_sent(env, frames, receivers)
+
+    def publish_now(self, env: Envelope) -> None:
+        """Encode and send a small bus message (a resync marker) at once, from a callback
+        of the receiving task; never counted as traffic."""
+        self.transport.send_now(encode(env, pack_bool=self.pack_bool))
 
     async def receive(self) -> list[tuple[Envelope, int]]:
         """Wait for messages; the decodable ones with their size (the rest are counted).
@@ -73,3 +84,7 @@ class PeerBus:
             if got is not None:
                 out.append(got)
         return out
+
+
+def _nbytes(frame) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)

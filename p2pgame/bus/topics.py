@@ -21,6 +21,10 @@ from dataclasses import dataclass
 
 KINDS = ("samples", "params")
 HANDSHAKE = "hs"
+# ``rs/<peer>/<receiver>``: the receiver's (re)subscription tells the publisher that the
+# receiver's connection is (again) live; the publisher answers on the same topic with
+# the newest round it has published (a resync marker, :class:`Topic.resync`).
+RESYNC = "rs"
 _SPACE = re.compile(r"[A-Za-z0-9_.-]+")  # used with fullmatch: no trailing newline
 
 
@@ -30,12 +34,12 @@ class TopicError(ValueError):
 
 @dataclass(frozen=True, order=True)
 class Topic:
-    kind: str  # samples | params | hs (handshake)
+    kind: str  # samples | params | hs (handshake) | rs (resync)
     peer: int  # the sender
     space: str  # the sample space or parameter part ("" for a handshake)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS and self.kind != HANDSHAKE:
+        if self.kind not in KINDS and self.kind not in (HANDSHAKE, RESYNC):
             raise TopicError(f"topic kind {self.kind!r}; allowed: {', '.join(KINDS)}")
         if isinstance(self.peer, bool) or not isinstance(self.peer, int) or self.peer < 0:
             raise TopicError(f"topic peer {self.peer!r} is not a peer id")
@@ -53,9 +57,20 @@ class Topic:
     def handshake(cls, peer: int) -> Topic:
         return cls(HANDSHAKE, peer, "")
 
+    @classmethod
+    def resync(cls, peer: int, receiver: int) -> Topic:
+        """Peer ``peer``'s resync topic for ``receiver`` (its space is the receiver's id;
+        a prefix subscription to ``rs/3/5`` also matches ``rs/3/50``: receivers check)."""
+        return cls(RESYNC, peer, str(receiver))
+
     @property
     def is_handshake(self) -> bool:
         return self.kind == HANDSHAKE
+
+    @property
+    def is_control(self) -> bool:
+        """Handshakes and resync markers: the bus's own messages, not traffic."""
+        return self.kind == HANDSHAKE or self.kind == RESYNC
 
     def __str__(self) -> str:
         return self._text

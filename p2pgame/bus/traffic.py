@@ -81,7 +81,7 @@ class Traffic:
         if via is not None and env.sender != via:
             self.rejected["spoofed"] += 1
             return None
-        if not env.topic.is_handshake:  # handshakes precede the measured phase
+        if not env.topic.is_control:  # handshakes and resync markers are not traffic
             row = self.received.table[(env.sender, self.me, str(env.topic))]
             row[0] += 1
             row[1] += header

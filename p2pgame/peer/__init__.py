@@ -19,6 +19,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 
 def _main_thread() -> bool:
@@ -36,6 +37,12 @@ def _setup_process(threads: int, algorithm_name: str, torch_threads: int) -> Non
         import torch
 
         torch.set_num_threads(torch_threads)
+
+
+def _failure_line(e: BaseException) -> str:
+    from p2pgame.peer.runtime import failure_line
+
+    return failure_line(e)
 
 
 def _peer_log(pid: int) -> Callable[[str], None]:
@@ -57,7 +64,7 @@ def peer_main(launch: dict) -> None:
         _setup_process(spec.threads, spec.scenario["algorithm_name"], spec.threads)
         code = asyncio.run(_single(spec, log))
     except BaseException as e:  # report any failure, then exit non-zero
-        log(f"failed: {type(e).__name__}: {e}")
+        log(f"failed: {_failure_line(e)}")
         code = 1
     sys.exit(code)
 
@@ -143,7 +150,7 @@ def run_worker(launches: list[dict], worker: int, handle: WorkerHandle | None = 
         raise_open_files(len(specs))
         return asyncio.run(_worker(specs, threads, handle or WorkerHandle()))
     except BaseException as e:
-        print(f"[worker {worker}] failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        print(f"[worker {worker}] failed: {_failure_line(e)}", file=sys.stderr, flush=True)
         return 1
 
 
@@ -171,8 +178,8 @@ async def _worker(specs, threads: int, handle: WorkerHandle) -> int:
                                                  thread_name_prefix="p2pgame-step"))
     scenario = decode_scenario(specs[0].scenario)  # once for every peer here
     schedule = schedule_from_plain(specs[0].schedule)
-    # pub, control, a wake pair and one sub per in-neighbour, per peer
-    sockets = sum(5 + len(schedule.union_in(s.peer_id)) for s in specs) + 16
+    # pub, control, a wake pair and, per in-neighbour, a sub and its monitor pair, per peer
+    sockets = sum(5 + 3 * len(schedule.union_in(s.peer_id)) for s in specs) + 16
     context = shared_context(sockets)
     curve = specs[0].curve()
     # One ZAP handler for every peer of this worker (CURVE: admit the run's peers only).
@@ -189,7 +196,7 @@ async def _worker(specs, threads: int, handle: WorkerHandle) -> int:
                 runtime = await _build(spec, log, scenario=scenario, schedule=schedule,
                                        context=context)
             except Exception as e:
-                log(f"failed: {type(e).__name__}: {e}")
+                log(f"failed: {_failure_line(e)}")
                 codes.append(1)
                 continue
             runtimes.append(runtime)
@@ -216,5 +223,35 @@ async def _hosted(runtime, log) -> int:
     try:
         return await runtime.run()
     except Exception as e:
-        log(f"failed: {type(e).__name__}: {e}")
+        log(f"failed: {_failure_line(e)}")
         return 1
+
+
+def refuse_launches(launches: list[dict[str, Any]], why: str) -> None:
+    """These peers do not start, for ``why``: a line each on stderr and, where the launcher
+    can be reached, an ``Error`` on the control channel (the reason in ``failures``)."""
+    import asyncio
+    import contextlib
+
+    from p2pgame.bus.transport import ControlClient, control_context
+    from p2pgame.peer import control as ctl
+    from p2pgame.peer.runtime import PeerLaunch
+
+    for launch in launches:
+        print(f"[peer {launch.get('peer_id')}] failed: {why}", file=sys.stderr, flush=True)
+
+    async def report() -> None:
+        ctx = control_context()
+        try:
+            for launch in launches:
+                spec = PeerLaunch(**launch)
+                client = ControlClient(spec.peer_id, spec.control_endpoint, ctx, spec.token,
+                                       spec.curve() if spec.curve_launcher else None,
+                                       spec.curve_launcher)
+                await client.send(ctl.encode(ctl.Error(why)))
+                client.close()
+        finally:
+            ctx.term()  # (each message lingers until delivered, at most 2 s)
+
+    with contextlib.suppress(Exception):  # best effort: the stderr line is said already
+        asyncio.run(report())

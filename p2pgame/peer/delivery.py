@@ -28,14 +28,14 @@ from p2pgame.algorithms.base import Inbox
 from p2pgame.bus.codec import Envelope
 from p2pgame.bus.links import Link
 
-# How far beyond the last step seen on a topic a sender's next step may lie (in units of
-# publish_every).  Legitimate steps come one publish_every apart (Diffusion GAN: two).
-STEP_WINDOW = 64
-
 
 class Delivery:
+    """``steps``: the run's length; a sender's step lies in ``[0, steps)`` (None: unbounded,
+    for tests that do not care)."""
+
     def __init__(self, me: int, links: Mapping[int, Link], subscribed: Mapping[int, Iterable[str]],
-                 sync: bool, publish_every: int = 1, max_samples: int = 65536) -> None:
+                 sync: bool, publish_every: int = 1, max_samples: int = 65536,
+                 steps: int | None = None) -> None:
         self.me = me
         self.links = dict(links)
         self.subscribed = {j: frozenset(subscribed.get(j, ())) for j in self.links}
@@ -47,16 +47,45 @@ class Delivery:
         self._seen: dict[int, dict[int, set[str]]] = {j: defaultdict(set) for j in self.links}
         self.rejected: Counter[int] = Counter()  # per in-neighbour: refused by a check
         self.last_step: dict[tuple[int, str], int] = {}  # per (sender, space): newest step
-        # Before a sender's first message its last step counts as -1; None (a restarted
-        # peer, whose neighbours are far into the run) takes the first step as it comes.
-        self.first_step: int | None = -1
         self.max_samples = max_samples
+        self.steps = steps
+        # Per in-neighbour: every round up to this one is complete once what we took of it
+        # is released (the rest was lost in transport: :meth:`resync`).
+        self.given_up: dict[int, int] = {j: -1 for j in self.links}
+        self.cuts: Counter[int] = Counter()  # per in-neighbour: connections cut and re-made
 
     def rebase(self, j: int, from_step: int) -> None:
         """In-neighbour ``j`` restarted and resumes at ``from_step``: its steps go up from
         there again (they would be refused as replays)."""
         for space in self.subscribed.get(j, ()):
             self.last_step[(j, space)] = from_step - 1
+
+    def resync(self, j: int, newest: int, cut: bool = True) -> None:
+        """In-neighbour ``j``'s connection to us was (re)made, and ``j`` says it has
+        published every message of its rounds up to ``newest``.
+
+        The marker comes after everything ``j`` sent us on the new connection, so what
+        of those rounds we have not taken by now was lost in transport (sent while the
+        connection was down): a sync barrier must not wait for it.  ``cut``: the old
+        connection was cut under us (ZeroMQ cuts one that brings a frame above
+        ``comm.max_message_bytes``), which refused that frame: counted as a rejection of
+        ``j``'s, as it was sent and never taken.
+        """
+        if j not in self.links:
+            return
+        if cut:
+            self.rejected[j] += 1
+            self.cuts[j] += 1
+        for space in self.subscribed[j]:  # j sends nothing of those rounds again
+            key = (j, space)
+            self.last_step[key] = max(self.last_step.get(key, -1), newest)
+        self.given_up[j] = max(self.given_up[j], newest)
+        held = {p.env.step for p in self.links[j].pending}
+        for r in sorted(self._seen[j]):
+            if r <= newest and r not in held:
+                self._complete(j, r)
+        if newest not in held:
+            self._complete(j, newest)
 
     # -- arrival --------------------------------------------------------------------------
     def accept(self, env: Envelope, nbytes: int, now: float, step: int,
@@ -79,19 +108,21 @@ class Delivery:
         if reason:
             self.rejected[j] += 1
             return reason
-        # The transport is ordered and lossless, so a sender's steps on a topic only go
-        # up, by publish_every at a time: a step at or below the last one is a replay, and
-        # one far beyond it (an enormous step would stall a sync barrier or poison the
-        # staleness) is refused.
-        last = self.last_step.get((j, env.space), self.first_step)
-        if last is None:  # a restarted peer joins a run in progress: the first step sets it
-            last = env.step - 1
-        if env.step <= last:
+        # What the step check still has to catch.  The connection a message came on names
+        # its sender (sender binding, checked before this), so only j itself can put a
+        # message here; on one connection j's steps only go up.  So a step at or below the
+        # last one taken is a replay (a restarted j is rebased first, :meth:`rebase`), and a
+        # step outside the run, [0, steps), is one no honest peer publishes (it would
+        # resolve every round of a sync barrier at once, or poison the staleness).  Gaps
+        # are legitimate and never refused: the transport drops whole messages for a
+        # receiver that fell behind (the publisher's high-water mark), a link may lose
+        # them, and a sender may publish only every publish_every steps.
+        if env.step < 0 or (self.steps is not None and env.step >= self.steps):
+            self.rejected[j] += 1
+            return "step-range"
+        if env.step <= self.last_step.get((j, env.space), -1):
             self.rejected[j] += 1
             return "replayed"
-        if env.step > last + STEP_WINDOW * self.publish_every:
-            self.rejected[j] += 1
-            return "step-window"
         self.last_step[(j, env.space)] = env.step
         self.links[j].offer(env, nbytes, now, step, self.sync)
         return None
@@ -103,10 +134,17 @@ class Delivery:
             return
         seen = self._seen[j][r]
         seen.add(env.space)
-        if env.last or seen >= self.subscribed[j]:
-            self.resolved[j] = r
-            for old in [q for q in self._seen[j] if q <= r]:
-                del self._seen[j][old]
+        if (env.last or seen >= self.subscribed[j]
+                or (r <= self.given_up[j]
+                    and not any(p.env.step == r for p in self.links[j].pending))):
+            self._complete(j, r)
+
+    def _complete(self, j: int, r: int) -> None:
+        if r <= self.resolved[j]:
+            return
+        self.resolved[j] = r
+        for old in [q for q in self._seen[j] if q <= r]:
+            del self._seen[j][old]
 
     # -- release ---------------------------------------------------------------------------
     def release(self, step: int, now: float) -> float | None:

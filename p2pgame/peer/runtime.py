@@ -38,7 +38,7 @@ from p2pgame.algorithms.base import PeerContext
 from p2pgame.bus.codec import Envelope, pack_bools
 from p2pgame.bus.endpoint import PeerBus
 from p2pgame.bus.links import Link
-from p2pgame.bus.topics import Topic
+from p2pgame.bus.topics import RESYNC, Topic
 from p2pgame.bus.traffic import Traffic
 from p2pgame.bus.transport import ControlClient, Curve, Transport
 from p2pgame.config import PaceSpec, Scenario
@@ -168,7 +168,8 @@ class PeerRuntime:
         links = {j: Link(j, me, comm.link_of(j, me), scenario.seed) for j in self.in_peers}
         self.delivery = Delivery(me, links, {j: [t.space for t in ts]
                                              for j, ts in self.topics.items()},
-                                 self.sync, comm.publish_every, comm.max_samples_per_message)
+                                 self.sync, comm.publish_every, comm.max_samples_per_message,
+                                 scenario.steps)
         self.traffic = Traffic(me, comm.max_message_bytes)
         pace = scenario.player(me).pace
         self.pace = None if pace.is_natural else Pacer(pace, scenario.seed, me)
@@ -177,15 +178,14 @@ class PeerRuntime:
         self.step = 0
         self.steps_done = 0
         self.first_step = 0
-        if launch.incarnation:
-            # Its neighbours are far into the run: take each one's first step as it comes.
-            self.delivery.first_step = None
         if launch.resume:
             state = json.loads(launch.resume)
             self.algorithm.load_resume_state(state["algorithm"])
             self.first_step = self.steps_done = self.step = int(state["step"])
         self.wall = 0.0
         self.heard: set[int] = set()
+        self.published = -1  # our newest round whose every message has been sent
+        self.rewired: set[int] = set()  # in-neighbours re-connected on purpose (restarted)
         self.stop_requested = False
         self.wakeup = asyncio.Event()
         self.heard_all = asyncio.Event()
@@ -224,6 +224,17 @@ class PeerRuntime:
 
     # -- receiving -----------------------------------------------------------------------
     def on_envelope(self, env: Envelope, nbytes: int, now: float) -> None:
+        if env.topic.kind == RESYNC:
+            # (A prefix subscription to rs/j/5 also takes rs/j/50's markers.)
+            if env.topic.space == str(self.id) and env.topic.peer == env.sender:
+                j = env.sender
+                cut = j not in self.rewired  # a re-connection we did not make ourselves
+                self.rewired.discard(j)
+                self.delivery.resync(j, env.step, cut=cut)
+                if cut:
+                    self.traffic.reject("connection-cut")
+                self.wakeup.set()
+            return
         if env.topic.is_handshake:
             self.heard.add(env.sender)
             if self.heard >= set(self.in_peers):
@@ -242,6 +253,18 @@ class PeerRuntime:
             for env, nbytes in batch:
                 self.on_envelope(env, nbytes, now)
             self.timers["receive_decode"] += time.perf_counter() - t0
+
+    def on_subscribe(self, bus: PeerBus, data: bytes) -> None:
+        """A receiver (re)subscribed to its resync topic in the measured phase: its
+        connection to us was cut and re-made (or it re-connected to us after our restart).
+        Tell it the newest round we have published in full, so that it gives up what it
+        lost meanwhile instead of waiting for it."""
+        try:
+            topic = Topic.parse(data.decode())
+        except (UnicodeDecodeError, ValueError):
+            return
+        if topic.kind == RESYNC and topic.peer == self.id:
+            bus.publish_now(Envelope(self.id, topic, self.published, {}))
 
     async def barrier(self, step: int) -> None:
         """Sync mode: wait until every active in-neighbour's needed round is complete."""
@@ -286,6 +309,7 @@ class PeerRuntime:
                                   f"does not publish ({', '.join(self.my_topics) or 'nothing'})")
             await bus.publish(Envelope(sender=self.id, topic=self.my_topics[space], step=step,
                                        tensors=tensors, last=k == len(items) - 1))
+        self.published = step
 
     # -- the measured phase ----------------------------------------------------------------
     async def train_loop(self, bus: PeerBus, control: ControlClient) -> None:
@@ -407,6 +431,7 @@ class PeerRuntime:
         keys = self.launch.curve_peers or {}
         self.transport.reconnect(j, msg.endpoint, self.topics[j], keys.get(j))
         self.delivery.rebase(j, msg.from_step)
+        self.rewired.add(j)  # its resync marker on the new connection is expected
     def request_stop(self) -> None:
         self.stop_requested = True
         self.wakeup.set()
@@ -509,6 +534,10 @@ class PeerRuntime:
                 if not isinstance(go_task.result(), ctl.Go):
                     recv_task.cancel()
                     return 0
+                # Subscriptions of the start are no news; from now on a subscription to
+                # our resync topic is a receiver that re-connected.
+                transport.take_subscriptions()
+                transport.on_subscribe = lambda data: self.on_subscribe(bus, data)
                 ctl_task = tg.create_task(self.control_loop(control))
                 beat_task = tg.create_task(self.heartbeat_loop(control))
                 await self.train_loop(bus, control)
@@ -556,11 +585,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def failure_line(e: BaseException) -> str:
+    """One line naming what failed: the exceptions inside a (nested) group, not the group
+    ("ExceptionGroup: unhandled errors in a TaskGroup" names no cause)."""
+    leaves: list[BaseException] = []
+
+    def walk(x: BaseException) -> None:
+        if isinstance(x, BaseExceptionGroup):
+            for sub in x.exceptions:
+                walk(sub)
+        else:
+            leaves.append(x)
+
+    walk(e)
+    return "; ".join(" ".join("".join(traceback.format_exception_only(x)).split())
+                     for x in leaves)
+
+
 def error_message(e: BaseException) -> ctl.Error:
     """One line naming the failure (every sub-exception of a group), and the traceback."""
-    if isinstance(e, BaseExceptionGroup):
-        detail = "; ".join("".join(traceback.format_exception_only(x)).strip()
-                           for x in e.exceptions)
-    else:
-        detail = "".join(traceback.format_exception_only(e)).strip()
-    return ctl.Error(detail, "".join(traceback.format_exception(e)))
+    return ctl.Error(failure_line(e), "".join(traceback.format_exception(e)))

@@ -317,10 +317,11 @@ def test_handshake_topic_is_subscribed_last(tmp_path):
     try:
         t.connect({0: endpoint}, {0: [Topic("samples", 0, "x"), Topic("params", 0, "D")]})
         subs = []
-        while len(subs) < 3:
+        while len(subs) < 4:
             assert xpub.poll(int(DEADLINE_S * 1000)), f"only got subscriptions {subs}"
             subs.append(xpub.recv())
-        assert sorted(subs) == sorted([b"\x01hs/0/", b"\x01samples/0/x", b"\x01params/0/D"])
+        assert sorted(subs) == sorted([b"\x01hs/0/", b"\x01samples/0/x", b"\x01params/0/D",
+                                       b"\x01rs/0/1"])  # and our own resync topic
         assert subs[-1] == b"\x01hs/0/", f"subscription order {subs}"
         assert not xpub.poll(0), "subscribed to more than asked"
     finally:

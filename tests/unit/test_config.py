@@ -293,9 +293,11 @@ def test_load_scenario_with_overrides(tiny_raw, write_scenario):
     s = load_scenario(p, ["comm.drop=0.2", "comm.mode=async", "topology.graph=complete"])
     assert (s.comm.link.drop, s.comm.mode, s.topology.base_graph.graph) == (
         0.2, "async", "complete")
-    # An override is checked like the file: an unknown key is named.
+    # An override is checked like the file: an unknown key is named, and so is the
+    # override (not the file).
     msg = _error(p, ["comm.dorp=0.2"])
-    assert str(p) in msg and "'dorp'" in msg and "allowed" in msg
+    assert msg.startswith("--set comm.dorp=0.2: ") and str(p) not in msg
+    assert "'dorp'" in msg and "allowed" in msg
     msg = _error(p, ["comm.drop=lots"])
     assert "comm.drop" in msg and "expected a number" in msg
 
@@ -614,3 +616,232 @@ def test_overrides_index_arrays_of_tables():
                          ("comm[0].x=1", "'comm' is not an array of tables")):
         with pytest.raises(ScenarioError, match=re.escape(needle)):
             apply_overrides({**raw, "comm": {}}, [text])
+
+
+# --------------------------------------------------------------------------- issue 22
+
+
+@pytest.mark.parametrize("key", ["runtime.peer_timeout_s", "runtime.start_timeout_s",
+                                 "runtime.stop_timeout_s", "comm.sync_timeout_s",
+                                 "comm.jitter_ms", "runtime.step_delay_ms", "comm.latency_ms",
+                                 "topology.self_weight", "algorithm.lr"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_float_key_is_finite(tiny_raw, write_scenario, key, value):
+    """No float key takes nan or inf (a frozen peer never detected, a step delay that
+    never ends): one check of every float, blamed on the --set that gives it."""
+    p = write_scenario(tiny_raw)
+    msg = _error(p, [f"{key}={value}"])
+    assert msg == f"--set {key}={value}: {key}: expected a finite number, got {value}"
+
+
+def test_every_float_key_is_finite_in_the_file_too(tiny_raw, write_scenario):
+    tiny_raw["comm"]["jitter_ms"] = "INF"  # (dump_toml writes no inf; patched below)
+    p = write_scenario(tiny_raw)
+    p.write_text(p.read_text().replace('"INF"', "inf"))
+    assert _error(p) == f"{p}: comm.jitter_ms: expected a finite number, got inf"
+    tiny_raw["comm"]["jitter_ms"] = 0.0
+    tiny_raw["peers"] = [{"ids": [0], "algorithm": {"data_mean": [0.5, 0.5, 0.5, 0.5]}}]
+    p = write_scenario(tiny_raw)
+    p.write_text(p.read_text().replace("0.5, 0.5, 0.5, 0.5", "0.5, nan, 0.5, 0.5"))
+    assert "peers[0].algorithm.data_mean[1]: expected a finite number, got nan" in _error(p)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("comm.send_hwm=9223372036854775808", "comm.send_hwm: 9223372036854775808 is out of "
+                                          "range; allowed: -2147483648..2147483647"),
+    ("comm.send_hwm=2147483648", "comm.send_hwm: 2147483648 is out of range"),
+    ("steps=2147483648", "steps: 2147483648 is out of range"),
+    ("comm.delay_steps=-9223372036854775809", "comm.delay_steps: -9223372036854775809 is out"),
+    ("topology.edges=[[0, 18446744073709551616]]", "topology.edges[0][1]: 18446744073709551616"),
+    ("seed=18446744073709551616", "seed: 18446744073709551616 is out of range; allowed: "
+                                  "-9223372036854775808..9223372036854775807"),
+    ("comm.max_message_bytes=9223372036854775808", "comm.max_message_bytes: 92233720368547758"),
+    ("comm.latency_ms=" + "9" * 400, "comm.latency_ms: expected a finite number, got <an "
+                                     "integer of 1329 bits>"),
+])
+def test_every_int_key_fits_its_c_type(tiny_raw, write_scenario, override, needle):
+    """An int fits the C type it reaches: a C int (zmq's SNDHWM: a larger one crashed every
+    peer with OverflowError) unless its field says wider (seeds, byte counts)."""
+    msg = _error(write_scenario(tiny_raw), [override])
+    assert msg.startswith(f"--set {override[:40]}") and needle in msg
+
+
+def test_wide_int_keys_take_64_bit_values(tiny_raw):
+    s = scenario_from_dict(apply_overrides(tiny_raw, [
+        "seed=9223372036854775807", "comm.max_message_bytes=8589934592"]))
+    assert (s.seed, s.comm.max_message_bytes) == (2**63 - 1, 2**33)
+
+
+def test_number_rules_follow_field_metadata():
+    """A field may declare inf meaningful, or a wider int; the default is neither."""
+    from dataclasses import dataclass, field
+
+    from p2pgame.config import INT64, build
+
+    @dataclass(frozen=True)
+    class Spec:
+        limit: float = field(default=1.0, metadata={"inf": True})
+        count: int = field(default=0, metadata={"int_range": INT64})
+        other: float = 0.0
+
+    assert build(Spec, {"limit": float("inf"), "count": 2**40}, "s") == Spec(float("inf"),
+                                                                             2**40)
+    for table, needle in (({"limit": float("nan")}, "s.limit: expected a finite number"),
+                          ({"other": float("inf")}, "s.other: expected a finite number"),
+                          ({"count": 2**63}, "s.count: 9223372036854775808 is out of range")):
+        with pytest.raises(ScenarioError, match=re.escape(needle)):
+            build(Spec, table, "s")
+
+
+@pytest.mark.parametrize("where", [("name",), ("comm", "mode"), ("algorithm", "family"),
+                                   ("comm", "pack_bool"), ("topology", "x" * 10**6)])
+def test_a_huge_value_is_quoted_short(tiny_raw, write_scenario, where):
+    """A 1 MB value comes back as one short line, not a 1 MB one."""
+    node = tiny_raw
+    for part in where[:-1]:
+        node = node[part]
+    node[where[-1]] = "x" * 10**6
+    p = write_scenario(tiny_raw)
+    msg = _error(p)
+    assert msg.startswith(f"{p}: ") and "..." in msg
+    assert len(msg.split("; allowed: ")[0]) < len(str(p)) + 200 and "\n" not in msg
+    msg = _error(p, ["comm.drop=" + '"' + "y" * 10**6 + '"'])
+    assert len(msg.split("; allowed: ")[0]) < len(str(p)) + 200
+
+
+def test_an_algorithms_own_check_is_not_prefixed_twice(tiny_raw):
+    """ "algorithm: algorithm.family: ..." was the error of an algorithm's own check."""
+    tiny_raw["algorithm"]["family"] = "nope"
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_dict(tiny_raw, "x.toml")
+    assert str(info.value) == ("x.toml: algorithm.family: 'nope' is not known; "
+                               "allowed: bernoulli, gaussian")
+    tiny_raw["algorithm"]["family"] = "bernoulli"
+    tiny_raw["peers"] = [{"ids": [1], "algorithm": {"lr": 2.0}}]
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_dict(tiny_raw, "x.toml")
+    assert str(info.value).startswith("x.toml: peers[0].algorithm.lr: lr and lr_end")
+
+
+def test_an_error_of_an_override_is_blamed_on_it(tiny_raw, write_scenario):
+    """Not on the file: the file alone is valid."""
+    p = write_scenario(tiny_raw)
+    msg = _error(p, ["comm.drop=0.1", "comm.jitter_ms=-1", "steps=10"])
+    assert msg == "--set comm.jitter_ms=-1: comm: jitter_ms = -1.0 must be >= 0.0"
+    assert str(p) not in msg
+    # Overrides valid alone, refused together: the one that completes the combination.
+    tiny_raw["comm"]["mode"] = "async"
+    msg = _error(write_scenario(tiny_raw), ["runtime.restart=1", 'comm.mode="sync"'])
+    assert msg.startswith('--set comm.mode="sync": runtime.restart needs comm.mode = "async"')
+    # The file's own error stays the file's, whatever the overrides.
+    tiny_raw["comm"]["drop"] = 2.0
+    p = write_scenario(tiny_raw)
+    assert _error(p, ["steps=10"]) == f"{p}: comm: drop = 2.0 must lie in [0, 1)"
+    assert _error(p, ["comm.dorp=1"]).startswith("--set comm.dorp=1: comm: unknown key 'dorp'")
+
+
+def test_cli_refuses_a_bad_override_in_one_line(tiny_raw, write_scenario, tmp_path, capsys):
+    """``p2pgame run``: exit 2, one line naming the --set, nothing prepared or started."""
+    from p2pgame.cli import main
+
+    p = write_scenario(tiny_raw)
+    for override in ("comm.jitter_ms=inf", "comm.send_hwm=9223372036854775808",
+                     "runtime.step_delay_ms=inf", "runtime.peer_timeout_s=nan"):
+        code = main(["run", str(p), "--set", override, "--out", str(tmp_path / "runs")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: --set {override}: ")
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoints_only_where_a_run_can_be_resumed(tiny_raw):
+    """runtime.checkpoint_every saves resume states for --resume, which continues async
+    runs of resumable algorithms only: a sync run was accepted, then could not resume."""
+    tiny_raw["runtime"]["checkpoint_every"] = 10
+    with pytest.raises(ScenarioError, match=re.escape(
+            'x.toml: runtime.checkpoint_every needs comm.mode = "async": a sync run cannot '
+            "be resumed")):
+        scenario_from_dict(tiny_raw, "x.toml")
+    tiny_raw["comm"]["mode"] = "async"
+    assert scenario_from_dict(tiny_raw).runtime.checkpoint_every == 10
+    game = load_raw(ROOT_TOPOLOGIES / "mnist-demo.toml")
+    game["comm"] = {**game.get("comm", {}), "mode": "async"}
+    game.setdefault("runtime", {})["checkpoint_every"] = 10
+    with pytest.raises(ScenarioError, match="checkpoint_every: algorithm 'game' cannot resume"):
+        scenario_from_dict(game, "g.toml")
+
+
+def test_cuda_device_refused_when_none_is_visible(monkeypatch):
+    """``runtime.device = "cuda"`` without a visible GPU: refused before any peer starts
+    (every peer failed on its own torch error)."""
+    import torch
+
+    from p2pgame.algorithms import get_algorithm
+    from p2pgame.launch import resolve_devices
+
+    def devices(device: str, count: int) -> list[str]:
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        s = load_scenario(ROOT_TOPOLOGIES / "mnist-demo.toml", [f'runtime.device="{device}"'])
+        return resolve_devices(s, get_algorithm(s.algorithm_name))
+
+    for device in ("cuda", "cuda:0", "cuda:3"):
+        with pytest.raises(ScenarioError, match=re.escape(
+                f"runtime.device = '{device}': no CUDA device is visible")):
+            devices(device, 0)
+    with pytest.raises(ScenarioError, match=r"'cuda:2': only 2 CUDA device\(s\) are visible"):
+        devices("cuda:2", 2)
+    assert devices("cuda:1", 2) == ["cuda:1", "cuda:1"]
+    assert devices("auto", 0) == ["cpu", "cpu"]
+
+
+@pytest.mark.parametrize("device", ["cudax", "cuda:", "cuda:-1", "cuda:1:2", "CPU"])
+def test_device_names_are_checked(tiny_raw, device):
+    tiny_raw["runtime"]["device"] = device
+    with pytest.raises(ScenarioError, match="allowed: auto, cpu, cuda, cuda:N"):
+        scenario_from_dict(tiny_raw)
+
+
+def test_a_bad_sweep_point_is_named(tiny_raw, write_scenario, tmp_path, capsys):
+    from p2pgame.cli import main
+    from p2pgame.sweep import load_sweep
+
+    write_scenario(tiny_raw, "base.toml")
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('scenario = "base.toml"\nset = ["steps=10"]\n'
+                     '[grid]\n"comm.jitter_ms" = [0.0, 1.0]\n"comm.drop" = [0.0, 1.5]\n')
+    with pytest.raises(ScenarioError) as info:
+        load_sweep(sweep)
+    assert str(info.value) == (
+        f"{sweep}: point 2/4 (comm.jitter_ms=0.0,comm.drop=1.5): --set comm.drop=1.5: "
+        "comm: drop = 1.5 must lie in [0, 1)")
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {sweep}: point 2/4") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("v = " + "9" * 5000, "not a scenario p2pgame can read (Exceeds the limit"),
+    ("v = " + "[" * 3000 + "]" * 3000, "not a scenario p2pgame can read (nested too deeply)"),
+    (b"name = \"\xff\"", "not valid TOML: not UTF-8 text (byte 8)"),
+])
+def test_unreadable_scenario_files_are_refused(tmp_path, text, needle):
+    p = tmp_path / "s.toml"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    msg = _error(p)
+    assert msg.startswith(f"{p}: ") and needle in msg and len(msg) < 300
+
+
+@pytest.mark.parametrize("literal, needle", [
+    ("9" * 5000, "not a value p2pgame can read"), ("[" * 3000, "nested too deeply")])
+def test_unreadable_override_values_are_refused(literal, needle):
+    with pytest.raises(ScenarioError, match=needle) as info:
+        parse_override(f"comm.drop={literal}")
+    assert str(info.value).startswith("--set comm.drop=") and len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere", "a/b", "", "x" * 101, "..", "tab\there"])
+def test_run_name_is_a_file_name(tiny_raw, name):
+    """``name`` is the run folder's prefix: never a path out of --out."""
+    tiny_raw["name"] = name
+    with pytest.raises(ScenarioError, match="the run folder's prefix must be a file name"):
+        scenario_from_dict(tiny_raw)

