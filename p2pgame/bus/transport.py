@@ -197,9 +197,11 @@ class Transport:
         self._moves[j] = (endpoint, topics, server_key)
         self._wake_out.send(b"", flags=zmq.NOBLOCK)
 
-    def _reconnect_cut(self) -> None:
-        """Re-make the connections whose monitors report a disconnection."""
+    def _reconnect_cut(self) -> list[tuple[int, list[zmq.Frame]]]:
+        """Re-make the connections whose monitors report a disconnection; what the old
+        sockets still held (taken before the cut), in order."""
         cut, self._cut = self._cut, set()
+        taken: list[tuple[int, list[zmq.Frame]]] = []
         for j in sorted(cut):
             mon = self._monitors.get(j)
             if mon is None or j in self._moves:  # (moving anyway)
@@ -213,7 +215,11 @@ class Transport:
                 events += 1
             if events:
                 self.cuts += 1
+                old = self.subs.get(j)
+                if old is not None:
+                    taken += [(j, frames) for frames in _drain_one(old)]
                 self._move(j, *self._conns[j])
+        return taken
 
     def _apply_moves(self) -> None:
         while self._moves:
@@ -377,12 +383,11 @@ class Transport:
             return out + self._drain()
         self._start_watching()
         while True:
-            if self._cut:
-                self._reconnect_cut()
+            out = self._reconnect_cut() if self._cut else []
             self._apply_moves()
             if self._pub_ready:
                 self.take_subscriptions()
-            out = self._drain()
+            out += self._drain()
             if out:
                 return out
             self._waiter = w = self._loop.create_future()
@@ -440,6 +445,21 @@ _EVENTS = int(zmq.EVENTS)
 _WAKE = object()  # the key of the wake socket in reader callbacks
 _PUB = object()  # the key of our XPUB (its subscriptions) in reader callbacks
 _MON = object()  # (_MON, j): the key of j's SUB monitor in reader callbacks
+
+
+def _drain_one(sock: zmq.Socket) -> list[list[zmq.Frame]]:
+    """Every whole message queued on ``sock``."""
+    out = []
+    while True:
+        try:
+            f = _recv(sock, _NOW, False)
+        except zmq.Again:
+            return out
+        frames = [f]
+        while f.more:
+            f = _recv(sock, _NOW, False)
+            frames.append(f)
+        out.append(frames)
 
 
 def _options(sock: zmq.Socket) -> None:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -36,29 +37,33 @@ def readme_decoder() -> str:
 
 @pytest.mark.timeout(120)
 def test_readme_decoder_reads_a_live_peer() -> None:
-    # A short run folder keeps the ipc sockets in it (run/sock/peer-<i>.sock), so peer 0's
-    # endpoint is known before the run starts: the decoder connects first and ZeroMQ links
-    # it up when the peer binds.  Its recv waits for the first message; nothing polls.
-    run_dir = Path(tempfile.mkdtemp(prefix="p2pg-rd-", dir="/tmp"))
-    endpoint = f"ipc://{run_dir}/sock/peer-0.sock"
-    code = f"endpoint = {endpoint!r}\n" + readme_decoder()
-    decoder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=run_dir)
+    # As the README says: read peer 0's endpoint from the run folder's endpoints.json
+    # (written before the measured phase), then connect; the run goes on for long, so
+    # the decoder's first message comes whenever it joins.  Its recv waits; nothing polls.
+    run_dir = Path(tempfile.mkdtemp(prefix="p2pg-rd-", dir="/tmp")) / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--quiet",
          "--run-dir", str(run_dir), "--set", "steps=100000000", "--set", "topology.n=2",
          "--set", 'topology.graph="complete"', "--set", "runtime.stop_timeout_s=5.0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    decoder = None
     try:
+        endpoints_file = run_dir / "endpoints.json"
+        deadline = time.monotonic() + 60
+        while not endpoints_file.is_file():  # (written whole, then renamed into place)
+            assert proc.poll() is None and time.monotonic() < deadline, "no endpoints.json"
+            time.sleep(0.05)
+        endpoint = json.loads(endpoints_file.read_text())["0"]["endpoint"]
+        assert endpoint.startswith("ipc://") and "/sock-" in endpoint, endpoint
+        code = f"endpoint = {endpoint!r}\n" + readme_decoder()
+        decoder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, cwd=run_dir.parent)
         out, err = decoder.communicate(timeout=90)
         assert decoder.returncode == 0, err
         # The test scenario's peers publish 64 samples of 8 bits on samples/0/x.
         assert "samples/0/x" in out and "x (64, 8)" in out, out
-        # What the README tells a reader to use: endpoints.json names the same endpoint.
-        endpoints = json.loads((run_dir / "endpoints.json").read_text())
-        assert endpoints["0"]["endpoint"] == endpoint
     finally:
-        if decoder.returncode is None:
+        if decoder is not None and decoder.returncode is None:
             decoder.kill()
             decoder.communicate()
         proc.send_signal(signal.SIGINT)  # as a user would: Ctrl-C
@@ -67,5 +72,5 @@ def test_readme_decoder_reads_a_live_peer() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
     assert proc.returncode == 130
