@@ -66,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                  progress=not args.quiet, run_dir=args.run_dir, resume=args.resume)
     s = result.summary
     extra = [c for c in s.get("table_columns", []) if c not in DEFAULT_COLUMNS]
+    if any(p.get("messages_rejected") for p in s["peers"].values()):
+        extra.insert(0, "messages_rejected")  # (refused_edges: a warning line each, above)
     if s["peers"]:
         print(_table(s, DEFAULT_COLUMNS + extra))
     print(f"wall {s['wall_s']:.1f} s, mode {s['mode']}, {s['n_peers']} peers")

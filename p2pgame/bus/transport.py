@@ -165,7 +165,9 @@ class Transport:
         self._conns: dict[int, tuple[str, list[Topic], str | None]] = {}
         self._monitors: dict[int, zmq.Socket] = {}
         self._cut: set[int] = set()
-        self.cuts = 0  # connections re-made after a cut
+        # Per in-neighbour: connections re-made after a cut whose resync marker has not
+        # been taken yet (:meth:`take_cut`).
+        self.cuts: dict[int, int] = {}
         wake = f"inproc://p2pgame-wake-{peer_id}-{id(self):x}"
         self._wake_in = self._sync_ctx.socket(zmq.PAIR)
         self._wake_in.bind(wake)
@@ -195,6 +197,7 @@ class Transport:
         same topics from its new endpoint.  Done by the receiving task, before its next
         wait (see ``_moves``); this only asks for it."""
         self._moves[j] = (endpoint, topics, server_key)
+        self.cuts.pop(j, None)  # (its old connection ended with its process: no cut)
         self._wake_out.send(b"", flags=zmq.NOBLOCK)
 
     def _reconnect_cut(self) -> list[tuple[int, list[zmq.Frame]]]:
@@ -214,12 +217,20 @@ class Transport:
                     break
                 events += 1
             if events:
-                self.cuts += 1
+                self.cuts[j] = self.cuts.get(j, 0) + 1
                 old = self.subs.get(j)
                 if old is not None:
                     taken += [(j, frames) for frames in _drain_one(old)]
                 self._move(j, *self._conns[j])
         return taken
+
+    def take_cut(self, j: int) -> bool:
+        """Whether j's connection was cut and re-made since the last call that said so (a
+        resync marker from j answers either such a re-connection, or a first one)."""
+        if self.cuts.get(j, 0) <= 0:
+            return False
+        self.cuts[j] -= 1
+        return True
 
     def _apply_moves(self) -> None:
         while self._moves:

@@ -111,6 +111,9 @@ def resolve_devices(scenario: Scenario, info: AlgorithmInfo) -> list[str]:
     each on its own stream).  On Ray a worker with a GPU bundle sees only its own GPU."""
     rt = scenario.runtime
     want = rt.device
+    if want.startswith("cuda") and not info.uses_torch:
+        raise ScenarioError(f"runtime.device = {want!r}: algorithm {scenario.algorithm_name!r} "
+                            'computes with numpy on the CPU, not torch; use "auto" or "cpu"')
     if want == "cpu" or not info.uses_torch:
         return ["cpu"] * scenario.n
     if rt.backend == "ray":

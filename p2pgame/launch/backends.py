@@ -282,7 +282,15 @@ def connect_ray(address: str = "") -> Any:
         raise RuntimeError('runtime.backend = "ray" needs Ray: pip install "p2pgame[ray]"'
                            ) from None
     if not ray.is_initialized():
-        ray.init(address=address or None, log_to_driver=True)
+        try:
+            ray.init(address=address or None, log_to_driver=True)
+        except ConnectionError as e:  # e.g. "auto" with no cluster running
+            where = (f"runtime.ray_address = {address!r}" if address
+                     else "RAY_ADDRESS = " + repr(os.environ.get("RAY_ADDRESS", "")))
+            raise ScenarioError(
+                f"{where}: no Ray cluster there ({' '.join(str(e).split())[:160]}); start "
+                "one with `ray start --head`, or leave runtime.ray_address empty for a local "
+                "Ray of this run's own") from None
         _ray_ours = True
     return ray
 

@@ -188,8 +188,6 @@ class Launcher:
                 self._restart_failed()
             if (self.failures or self.interrupted or self.folder.error) and not stop_sent:
                 stop_sent = True
-                if self.folder.error:
-                    self.log(f"error: {self.folder.error}; stopping the peers")
                 stop_deadline = self.stop_deadline = (
                     time.monotonic() + self.scenario.runtime.stop_timeout_s)
                 await self._send_all(server, ctl.Stop(), [

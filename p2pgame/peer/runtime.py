@@ -185,7 +185,6 @@ class PeerRuntime:
         self.wall = 0.0
         self.heard: set[int] = set()
         self.published = -1  # our newest round whose every message has been sent
-        self.rewired: set[int] = set()  # in-neighbours re-connected on purpose (restarted)
         self.stop_requested = False
         self.wakeup = asyncio.Event()
         self.heard_all = asyncio.Event()
@@ -228,8 +227,8 @@ class PeerRuntime:
             # (A prefix subscription to rs/j/5 also takes rs/j/50's markers.)
             if env.topic.space == str(self.id) and env.topic.peer == env.sender:
                 j = env.sender
-                cut = j not in self.rewired  # a re-connection we did not make ourselves
-                self.rewired.discard(j)
+                # A cut connection we re-made, or a first one (after j's restart or ours)?
+                cut = self.transport.take_cut(j)
                 self.delivery.resync(j, env.step, cut=cut)
                 if cut:
                     self.traffic.reject("connection-cut")
@@ -431,7 +430,6 @@ class PeerRuntime:
         keys = self.launch.curve_peers or {}
         self.transport.reconnect(j, msg.endpoint, self.topics[j], keys.get(j))
         self.delivery.rebase(j, msg.from_step)
-        self.rewired.add(j)  # its resync marker on the new connection is expected
     def request_stop(self) -> None:
         self.stop_requested = True
         self.wakeup.set()

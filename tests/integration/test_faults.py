@@ -236,6 +236,11 @@ def test_a_killed_peer_restarts_and_the_run_completes(tmp_path, monkeypatch, pla
         assert rows[edge]["in_transport"] <= 0.1 * rows[edge]["sent"], rows[edge]
     # Its neighbours heard the new incarnation (they re-connected to its new endpoint).
     assert (res.run_dir / "resume" / "peer-1.json").is_file()
+    # And nobody refused a legitimate message: not the restarted incarnation, whose
+    # neighbours are far into the run, nor they its steps (rebased at the rewire).
+    for i, p in s["peers"].items():
+        assert p["messages_rejected"] == 0, (i, p["rejected_reasons"])
+    assert s["refused_edges"] == []
 
 
 def test_an_interrupted_run_resumes_in_its_folder(tmp_path):

@@ -794,6 +794,31 @@ def test_cuda_device_refused_when_none_is_visible(monkeypatch):
     assert devices("auto", 0) == ["cpu", "cpu"]
 
 
+def test_cuda_device_refused_for_an_algorithm_without_torch():
+    """expfam computes with numpy: cuda there used to run on the CPU in silence."""
+    from p2pgame.algorithms import get_algorithm
+    from p2pgame.launch import resolve_devices
+
+    s = load_scenario(ROOT_TOPOLOGIES / "expfam-ring8.toml", ['runtime.device="cuda"'])
+    with pytest.raises(ScenarioError, match="'expfam' computes with numpy"):
+        resolve_devices(s, get_algorithm(s.algorithm_name))
+
+
+def test_a_ray_address_with_no_cluster_is_one_line(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from p2pgame.launch import backends
+
+    def no_cluster(**kw):
+        raise ConnectionError("Could not find any running Ray instance.\nPlease start one")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(ScenarioError, match=r"runtime.ray_address = 'auto': no Ray cluster "
+                                            r"there .*ray start --head") as e:
+        backends.connect_ray("auto")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("device", ["cudax", "cuda:", "cuda:-1", "cuda:1:2", "CPU"])
 def test_device_names_are_checked(tiny_raw, device):
     tiny_raw["runtime"]["device"] = device

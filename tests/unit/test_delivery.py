@@ -438,3 +438,30 @@ def test_too_many_samples_in_one_message_are_refused_without_unpacking():
     if hasattr(env.tensors, "packed"):  # lazy tensors: nothing was unpacked
         assert env.tensors.packed == ("x",)
     assert d.rejected[0] == 1
+
+
+def test_a_resync_gives_up_the_rounds_lost_while_the_connection_was_down():
+    """Sync: peer 0's rounds 1 and 2 were sent while its connection to us was cut; its
+    resync marker (newest round sent in full: 2) makes the barrier give them up, once
+    what we did take of them is released (here nothing), and counts the cut."""
+    d = _delivery(in_peers=(0,))
+    assert _arrive(d, _env(sender=0, step=0), T0) is None
+    d.release(0, T0)
+    assert d.missing(1, [0]) == [0]  # round 1 never came
+    d.resync(0, newest=2)
+    assert d.missing(1, [0]) == [] and d.missing(2, [0]) == []
+    assert d.missing(3, [0]) == [0]  # later rounds are waited for as before
+    assert d.rejected[0] == 1 and d.cuts[0] == 1
+    assert _arrive(d, _env(sender=0, step=2), T0) == "replayed"  # j sends none of them again
+    assert _arrive(d, _env(sender=0, step=3), T0, step=3) is None
+
+
+def test_a_resync_waits_for_what_is_still_on_the_link():
+    """A round whose message we took but the link still holds (latency) completes when
+    that message is released, not at the marker: it was not lost."""
+    d = _delivery(LinkSpec(latency_ms=100.0), in_peers=(0,))
+    assert _arrive(d, _env(sender=0, step=0), T0) is None
+    d.resync(0, newest=0, cut=False)
+    assert d.missing(0, [0]) == [0] and d.rejected[0] == 0
+    d.release(0, T0 + 0.2)
+    assert d.missing(0, [0]) == []
