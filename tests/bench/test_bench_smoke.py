@@ -89,3 +89,15 @@ def test_faults_smoke():
     cases = run_script("faults.py", "--smoke")["cases"]
     assert cases["spoof"]["survived"] and "spoofed" in cases["spoof"]["detail"]
     assert cases["intruder"]["survived"]
+
+
+@pytest.mark.timeout(180)
+def test_probe_smoke(tmp_path):
+    """bench/probe.py's quick cases (the whole probe takes minutes): each did its fault and
+    computed whether it held."""
+    out = run_script("probe.py", "--cases", "oversized-frame,decoy-package,data-verify",
+                     "--out", str(tmp_path), timeout=170)
+    assert set(out["cases"]) == {"oversized-frame", "decoy-package", "data-verify"}
+    for name, case in out["cases"].items():
+        assert case["rows"] and case["held"], (name, case["rows"])
+    assert out["held"] and out["not_held"] == []
