@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -448,3 +449,38 @@ def test_one_oversized_frame_does_not_end_a_sync_run(tmp_path, monkeypatch):
     assert rows[(0, 1)]["rejected"] == 1 and rows[(0, 3)]["rejected"] == 1
     for i in ("0", "2"):
         assert s["peers"][i]["rejected_reasons"] == {}, i
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_run_whose_peer_refused_much_of_a_neighbour_says_so(tmp_path, monkeypatch, mode):
+    """Peer 0 sends every message twice (a buggy neighbour): its out-neighbours refuse the
+    copies as replays, half of what arrived from it.  The run says so, per edge, in
+    ``refused_edges`` and a warning (async: the results stand) or a failure of each
+    receiver (sync: every refused message is a round it did without); never exit 0 in
+    silence."""
+    from p2pgame.peer.runtime import PeerRuntime
+
+    monkeypatch.setattr(launch, "make_backend", lambda *a, **k: _ThreadWorkers())
+    honest_publish = PeerRuntime.publish
+
+    async def twice(self, bus, step):
+        await honest_publish(self, bus, step)
+        if self.id == 0:
+            await honest_publish(self, bus, step)
+
+    monkeypatch.setattr(PeerRuntime, "publish", twice)
+    res = launch.run(SCENARIO, [f'comm.mode="{mode}"', "steps=100"], out=tmp_path,
+                     progress=False)
+    s = res.summary
+    refused = {(e["src"], e["dst"]): e for e in s["refused_edges"]}
+    assert set(refused) == {(0, 1), (0, 3)}, s["refused_edges"]
+    for e in refused.values():  # (a receiver that finished first misses the last copies)
+        assert e["rejected"] >= 95 and abs(e["share"] - 0.5) < 0.01, e
+    for i in ("1", "3"):
+        said = (s["failures"] if mode == "sync" else s["warnings"])[i]
+        assert re.search(r"refused \d+ of the \d+ messages that arrived from peer 0 "
+                         r"\(\d+\.\d %; its reasons: replayed \d+\)", said), said
+    if mode == "sync":
+        assert res.exit_code == 1 and s["failed_peers"] == [1, 3]
+    else:
+        assert res.exit_code == 0 and s["failed_peers"] == []
