@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -260,8 +261,14 @@ class Transport:
             if self.curve:
                 self.curve.client(sub, (server_keys or {})[j])
             sub.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-            address = f"inproc://p2pgame-mon-{self.peer_id}-{j}-{id(sub):x}"
-            sub.monitor(address, zmq.EVENT_DISCONNECTED)
+            # (A name never used before in this process: a closed socket's monitor endpoint
+            # lingers until ZeroMQ's reaper gets to it, and id() values are reused.)
+            address = f"inproc://p2pgame-mon-{self.peer_id}-{j}-{next(_MONITORS)}"
+            try:
+                sub.monitor(address, zmq.EVENT_DISCONNECTED)
+            except zmq.ZMQError:
+                sub.close(linger=0)  # (an open socket would hold the context's term)
+                raise
             mon = self._sync_ctx.socket(zmq.PAIR)
             mon.setsockopt(zmq.LINGER, 0)
             mon.connect(address)
@@ -456,6 +463,7 @@ _EVENTS = int(zmq.EVENTS)
 _WAKE = object()  # the key of the wake socket in reader callbacks
 _PUB = object()  # the key of our XPUB (its subscriptions) in reader callbacks
 _MON = object()  # (_MON, j): the key of j's SUB monitor in reader callbacks
+_MONITORS = itertools.count()  # numbers the monitors' inproc endpoints
 
 
 def _drain_one(sock: zmq.Socket) -> list[list[zmq.Frame]]:
