@@ -91,7 +91,7 @@ def test_ctrl_c_with_a_frozen_peer_waits_once_and_exits_130(tmp_path):
     """Peer 2 is SIGSTOPped; Ctrl-C asks everyone to stop, waits runtime.stop_timeout_s
     (once, not twice) for the frozen one, ends it, and says it did so: a warning, not a
     failure of the peer's own."""
-    stop_s = 3.0
+    stop_s = 5.0
     proc = _run(tmp_path, "steps=10000000", 'comm.mode="async"', f"runtime.stop_timeout_s={stop_s}")
     try:
         wait_for_progress(proc, at_least=40)
@@ -112,7 +112,9 @@ def test_ctrl_c_with_a_frozen_peer_waits_once_and_exits_130(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["failed_peers"] == []
     assert "ended by the launcher" in summary["warnings"]["2"]
-    assert took < 2 * stop_s + 2, took  # (terminate, then kill: 2 s more at most)
+    # Once: stop_s, then 2 s from SIGTERM to SIGKILL (a stopped process cannot take the
+    # SIGTERM), then the summary; twice would be past 2 * stop_s + 2.
+    assert took < 2 * stop_s, took
 
 
 def test_a_killed_launchers_private_folder_is_removed_at_the_next_start(tmp_path):
