@@ -309,18 +309,13 @@ def case_two_runs(tmp: Path, tag: str) -> list[dict]:
 def case_oversized_frame(tmp: Path, tag: str) -> list[dict]:
     from p2pgame import launch
     from p2pgame.peer.runtime import PeerRuntime
+    from tests.helpers import publishing_one_oversized_frame
     from tests.integration.test_faults import _ThreadWorkers
 
     honest_publish = PeerRuntime.publish
     saved_backend = launch.make_backend
     sent: list[int] = []
-
-    async def oversized_publish(self, bus, step):
-        await honest_publish(self, bus, step)
-        if self.id == 0 and step == 20:
-            topic = self.my_topics["x"].wire
-            await bus.transport.send([topic, b"\x00" * 64, b"\x00" * (1 << 20)])
-            sent.append(step)
+    oversized_publish = publishing_one_oversized_frame(honest_publish, sent)
 
     overrides = ["comm.max_message_bytes=65536", "comm.sync_timeout_s=15"]
     PeerRuntime.publish = oversized_publish
@@ -695,37 +690,12 @@ def case_killed_launcher_leftovers(tmp: Path, tag: str) -> list[dict]:
 # --------------------------------------------------------------------------- 10
 
 
-# Sends one frame of argv[3] MiB under the peer's own auth frame, then an authentic
-# Progress(1) on the same connection (tests/component/test_control_cap.py's approach:
-# another process, so that its bytes are not counted in this one's memory).
-_SENDER = """
-import sys, zmq
-endpoint, token, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
-from p2pgame.peer import control as ctl
-ctx = zmq.Context()
-s = ctx.socket(zmq.DEALER)
-s.setsockopt(zmq.LINGER, -1)
-s.connect(endpoint)
-s.send_multipart([b"0:" + token.encode(), bytes(mib << 20)])
-s.send_multipart([b"0:" + token.encode(), ctl.encode(ctl.Progress(1))])
-s.close()
-ctx.term()
-"""
-
-
-def _kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 async def _control_frame(tmp: Path, tag: str, frame_mib: int = 256) -> dict:
     import zmq.asyncio
 
     from p2pgame.bus.transport import CONTROL_FRAME_BYTES, ControlClient, ControlServer
     from p2pgame.peer import control as ctl
+    from tests.helpers import CONTROL_SENDER, reset_peak_memory, status_kib
 
     server = ControlServer("ipc", "127.0.0.1", tmp, tokens={0: "t"})
     ctx = zmq.asyncio.Context()
@@ -733,11 +703,11 @@ async def _control_frame(tmp: Path, tag: str, frame_mib: int = 256) -> dict:
     try:
         await peer.send(ctl.encode(ctl.Progress(0)))
         warm = await server.recv(20)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
-        rss0, hwm0 = _kib("VmRSS"), _kib("VmHWM")
-        sender = subprocess.Popen([sys.executable, "-c", _SENDER, server.endpoint, "t",
-                                   str(frame_mib)], cwd=ROOT, env=_env(tag),
+        reset_peak_memory()
+        rss0, hwm0 = status_kib("VmRSS"), status_kib("VmHWM")
+        # The big frame under the peer's own auth frame (a peer gone mad, not a stranger).
+        sender = subprocess.Popen([sys.executable, "-c", CONTROL_SENDER, server.endpoint,
+                                   "0:t", "t", str(frame_mib)], cwd=ROOT, env=_env(tag),
                                   start_new_session=True)
         got = []
         t0 = time.monotonic()
@@ -752,7 +722,7 @@ async def _control_frame(tmp: Path, tag: str, frame_mib: int = 256) -> dict:
                     end = time.monotonic() + 2.0
         finally:
             code, _ = finish(sender, 30)
-        rss1, hwm1 = _kib("VmRSS"), _kib("VmHWM")
+        rss1, hwm1 = status_kib("VmRSS"), status_kib("VmHWM")
         await peer.send(ctl.encode(ctl.Progress(2)))
         after = await server.recv(10)
         legit = after is not None and ctl.decode(after[1]) == ctl.Progress(2)

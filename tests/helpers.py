@@ -79,27 +79,37 @@ def hooked_control_server(hook):
     return Hooked
 
 
-def wait_for_progress(proc, at_least: int, timeout: float = 60.0) -> int:
-    """Block on a ``p2pgame run`` subprocess's stderr (``stderr=PIPE``, no ``--quiet``) until
-    its progress bar counts ``at_least`` peer steps; the count seen.  Reads wait on the pipe
-    (select), never sleep.  Drain the rest (``communicate``) if the process is to go on."""
-    import re
-
+def wait_for_output(proc, found, timeout: float = 60.0, what: str = "the output"):
+    """Block on a subprocess's stderr (``stderr=PIPE``) until ``found(tail)`` (the last 8 kB
+    read) returns something true; that value.  Reads wait on the pipe (select), never
+    sleep.  Drain the rest (``communicate``) if the process is to go on."""
     fd = proc.stderr.fileno()
     tail = b""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no progress to {at_least} steps within {timeout:g} s"
+        assert remaining > 0, f"no {what} within {timeout:g} s: {tail[-2000:]!r}"
         ready, _, _ = select.select([fd], [], [], remaining)
         if not ready:
             continue
         chunk = os.read(fd, 1 << 16)
-        assert chunk, f"the run ended first: {tail[-2000:].decode(errors='replace')}"
+        assert chunk, f"the process ended first: {tail[-2000:].decode(errors='replace')}"
         tail = (tail + chunk)[-8192:]
+        got = found(tail)
+        if got:
+            return got
+
+
+def wait_for_progress(proc, at_least: int, timeout: float = 60.0) -> int:
+    """Block on a ``p2pgame run`` subprocess's stderr (no ``--quiet``) until its progress
+    bar counts ``at_least`` peer steps; the count seen (:func:`wait_for_output`)."""
+    import re
+
+    def counted(tail: bytes) -> int:
         counts = re.findall(rb"(\d+)/\d+ \[", tail)
-        if counts and int(counts[-1]) >= at_least:
-            return int(counts[-1])
+        return int(counts[-1]) if counts and int(counts[-1]) >= at_least else 0
+
+    return wait_for_output(proc, counted, timeout, f"progress to {at_least} steps")
 
 
 def wait_for_exit(pids, timeout: float) -> None:
@@ -122,3 +132,52 @@ def wait_for_exit(pids, timeout: float) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def publishing_one_oversized_frame(honest_publish, sent: list[int], peer: int = 0,
+                                   at_step: int = 20):
+    """``PeerRuntime.publish`` that also sends, once, a 1 MiB frame on ``peer``'s own ``x``
+    topic, below the bus's checks (as a buggy neighbour or a squatter would); each step it
+    did so goes to ``sent``."""
+
+    async def publish(self, bus, step):
+        await honest_publish(self, bus, step)
+        if self.id == peer and step == at_step:
+            topic = self.my_topics["x"].wire
+            await bus.transport.send([topic, b"\x00" * 64, b"\x00" * (1 << 20)])
+            sent.append(step)
+
+    return publish
+
+
+# Run as ``python -c CONTROL_SENDER ENDPOINT BIG_AUTH TOKEN MIB``: one frame of MIB MiB
+# under the auth frame BIG_AUTH, then peer 0's authentic Progress(1), on one connection
+# (FIFO: once the Progress has come, the big frame was dealt with, received or refused).
+# Another process, so that its bytes are not counted in the receiver's memory.
+CONTROL_SENDER = """
+import sys, zmq
+endpoint, big_auth, token, mib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+from p2pgame.peer import control as ctl
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.setsockopt(zmq.LINGER, -1)
+s.connect(endpoint)
+s.send_multipart([big_auth.encode(), bytes(mib << 20)])
+s.send_multipart([b"0:" + token.encode(), ctl.encode(ctl.Progress(1))])
+s.close()
+ctx.term()
+"""
+
+
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_memory() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # (Linux >= 4.0) VmHWM := VmRSS

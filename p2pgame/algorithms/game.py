@@ -14,7 +14,6 @@ one (see ``topologies/mnist-centralized.toml``).
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,8 +400,8 @@ class GameHooks(RunHooks):
             try:
                 state = torch.load(path, map_location=peer.device, weights_only=True)
                 peer.player.load_state_dict(state)
-            except (RuntimeError, EOFError, OSError, ValueError, KeyError,
-                    pickle.UnpicklingError) as e:
+            except Exception as e:  # (a file the user's run folder holds: any failure to
+                # read it, torch's UnpicklingError of a weights-only load included, is theirs)
                 raise ScenarioError(f"{path}: not a readable checkpoint of this run's "
                                     f"players ({' '.join(str(e).split())[:120]})") from None
             n = options.get("samples") or player.algorithm.eval_samples

@@ -17,7 +17,6 @@ against its pinned SHA-256 and only then renamed into place, all four together.
 from __future__ import annotations
 
 import bz2
-import errno
 import gzip
 import hashlib
 import importlib.util
@@ -33,6 +32,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+from p2pgame.writable import why_unwritable
 
 from .datasets import (
     DATASETS,
@@ -550,26 +551,12 @@ def fetch_datasets(
 
 
 def _check_writable(raw: Path) -> None:
-    """DataError (one line) unless ``raw`` can be created and written: tried for real in
-    its nearest existing folder (``os.access`` passes for root on /proc, /sys and
-    read-only file systems), leaving nothing behind."""
-    probe = Path(raw).absolute()
-    while not os.path.exists(probe) and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise DataError(f"--root: cannot create {raw}: {probe} is a file, not a folder")
-    made = None
-    try:
-        made = tempfile.mkdtemp(prefix=".p2pgame-write-test-", dir=probe)
-        Path(made, "file").touch()
-    except OSError as e:
-        why = ("it takes no new folders (a virtual file system, as /proc is)"
-               if e.errno == errno.ENOENT else (e.strerror or str(e)).lower())
-        raise DataError(f"--root: cannot create {raw}: cannot write in {probe}: {why}; "
-                        "choose a --root you can write to") from None
-    finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+    """DataError (one line) unless ``raw`` can be created and written (tried for real:
+    :func:`p2pgame.writable.why_unwritable`)."""
+    why = why_unwritable(raw)
+    if why is not None:
+        raise DataError(f"--root: cannot create {raw}: {why}; choose a --root you can "
+                        "write to")
 
 
 # --------------------------------------------------------------------------- verify

@@ -29,6 +29,7 @@ from p2pgame.peer import raise_open_files
 from p2pgame.peer.runtime import PeerLaunch
 from p2pgame.scenario import apply_overrides, load_raw, resolve
 from p2pgame.topology import build_schedule, schedule_to_plain
+from p2pgame.writable import why_unwritable
 
 __all__ = ["RunResult", "run", "threads_per_peer", "n_workers", "placement_of",
            "resolve_devices", "cpu_count"]
@@ -199,42 +200,11 @@ def backend_node_address(backend: Any) -> str:
 
 def check_writable(path: Path, option: str) -> None:
     """Can the run folder be created at or under ``path``?  ScenarioError (one line,
-    naming ``option``, ``path`` and why) if not.
-
-    ``os.access`` cannot tell: for root it passes on /proc, /sys and read-only file
-    systems, where creating a folder then fails.  So this tries it: a uniquely named
-    folder, with an empty file in it, is created in the nearest existing folder of
-    ``path`` (``path`` itself when it exists) and removed again; nothing is left behind.
-    """
-    import errno
-
-    probe = Path(path).absolute()
-    while not os.path.exists(probe):  # (False also when it cannot be looked at: go up)
-        if os.path.islink(probe):
-            raise ScenarioError(f"{option} {path}: {probe} is a broken symbolic link; "
-                                "remove it or choose another folder")
-        if probe == probe.parent:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ScenarioError(f"{option} {path}: {probe} is a file, not a folder")
-    made = None
-    try:
-        made = tempfile.mkdtemp(prefix=".p2pgame-write-test-", dir=probe)
-        Path(made, "file").touch()
-    except OSError as e:
-        why = {errno.EROFS: "read-only file system",
-               errno.EACCES: "permission denied",
-               errno.EPERM: "operation not permitted",
-               errno.ENOSPC: "no space left on the device",
-               errno.EDQUOT: "disk quota exceeded",
-               errno.ENOENT: "it takes no new folders (a virtual file system, as /proc is)",
-               }.get(e.errno, e.strerror or type(e).__name__)
-        raise ScenarioError(f"{option} {path}: cannot create a folder in {probe}: {why}; "
-                            "choose a folder you can write to") from None
-    finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+    naming ``option``, ``path`` and why) if not (:func:`p2pgame.writable.why_unwritable`:
+    tried for real, nothing left behind)."""
+    why = why_unwritable(path)
+    if why is not None:
+        raise ScenarioError(f"{option} {path}: {why}; choose a folder you can write to")
 
 
 # A peer's counters of what it sent and received: after --resume, the summary gives the

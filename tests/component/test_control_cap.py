@@ -17,40 +17,10 @@ import zmq.asyncio
 
 from p2pgame.bus.transport import CONTROL_FRAME_BYTES, ControlClient, ControlServer, control_token
 from p2pgame.peer import control as ctl
+from tests.helpers import CONTROL_SENDER, reset_peak_memory, status_kib
 
 DEADLINE_S = 20.0
 MiB = 2**20
-
-# Sends one frame of argv[3] MiB under a stranger's auth frame, then a peer's authentic
-# Progress(1), both on one connection (FIFO): once the Progress has come, the big frame
-# was dealt with, received or refused.
-_SENDER = """
-import sys, time, zmq
-endpoint, token, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
-from p2pgame.peer import control as ctl
-ctx = zmq.Context()
-s = ctx.socket(zmq.DEALER)
-s.setsockopt(zmq.LINGER, -1)
-s.connect(endpoint)
-s.send_multipart([b"7:not-a-token", bytes(mib << 20)])
-s.send_multipart([b"0:" + token.encode(), ctl.encode(ctl.Progress(1))])
-s.close()
-ctx.term()
-"""
-
-
-def _kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # (Linux >= 4.0) VmHWM := VmRSS
-
 
 async def test_an_oversized_frame_never_reaches_the_launchers_memory(tmp_path):
     frame_mib = 8 * CONTROL_FRAME_BYTES // MiB
@@ -62,10 +32,10 @@ async def test_an_oversized_frame_never_reaches_the_launchers_memory(tmp_path):
         # The server's buffers and this test's imports are in place before the peak is reset.
         await peer.send(ctl.encode(ctl.Progress(0)))
         assert await server.recv(DEADLINE_S) == (0, ctl.encode(ctl.Progress(0)))
-        _reset_peak()
-        before = _kib("VmHWM")
-        sender = subprocess.Popen([sys.executable, "-c", _SENDER, server.endpoint, tokens[0],
-                                   str(frame_mib)])
+        reset_peak_memory()
+        before = status_kib("VmHWM")
+        sender = subprocess.Popen([sys.executable, "-c", CONTROL_SENDER, server.endpoint,
+                                   "7:not-a-token", tokens[0], str(frame_mib)])
         try:
             got = await server.recv(DEADLINE_S)
             assert sender.wait(DEADLINE_S) == 0
@@ -73,7 +43,7 @@ async def test_an_oversized_frame_never_reaches_the_launchers_memory(tmp_path):
             if sender.poll() is None:
                 sender.kill()
                 sender.wait()
-        grown_mib = (_kib("VmHWM") - before) / 1024
+        grown_mib = (status_kib("VmHWM") - before) / 1024
         assert got == (0, ctl.encode(ctl.Progress(1))), got
         assert grown_mib < frame_mib / 8, (
             f"peak memory grew {grown_mib:.0f} MiB for a {frame_mib} MiB frame")

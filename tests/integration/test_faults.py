@@ -20,6 +20,7 @@ from p2pgame.peer import control
 from tests.helpers import (
     hooked_control_server,
     placement_results,
+    publishing_one_oversized_frame,
     wait_for_exit,
     wait_for_progress,
 )
@@ -431,17 +432,9 @@ def test_one_oversized_frame_does_not_end_a_sync_run(tmp_path, monkeypatch):
     from p2pgame.peer.runtime import PeerRuntime
 
     monkeypatch.setattr(launch, "make_backend", lambda *a, **k: _ThreadWorkers())
-    honest_publish = PeerRuntime.publish
     sent: list[int] = []
-
-    async def oversized_publish(self, bus, step):
-        await honest_publish(self, bus, step)
-        if self.id == 0 and step == 20:
-            topic = self.my_topics["x"].wire
-            await bus.transport.send([topic, b"\x00" * 64, b"\x00" * (1 << 20)])
-            sent.append(step)
-
-    monkeypatch.setattr(PeerRuntime, "publish", oversized_publish)
+    monkeypatch.setattr(PeerRuntime, "publish",
+                        publishing_one_oversized_frame(PeerRuntime.publish, sent))
     res = launch.run(SCENARIO, ["comm.max_message_bytes=65536", "comm.sync_timeout_s=15"],
                      out=tmp_path, progress=False)
     assert sent and res.exit_code == 0, res.failures

@@ -103,6 +103,21 @@ def test_eval_command_reevaluates_checkpoints(game_run) -> None:
     assert "results:" in out.stdout
 
 
+
+def test_eval_of_a_corrupt_checkpoint_is_one_line(game_run, tmp_path) -> None:
+    import shutil
+
+    root, res = game_run
+    run_dir = shutil.copytree(res.run_dir, tmp_path / "run")
+    (run_dir / "checkpoints" / "peer-1.pt").write_bytes(b"not a checkpoint" * 10)
+    out = subprocess.run(
+        [sys.executable, "-m", "p2pgame.cli", "eval", str(run_dir), "--data", str(root),
+         "--samples", "50"], capture_output=True, text=True, timeout=120)
+    lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(lines) == 1 and "peer-1.pt: not a readable checkpoint" in lines[0], lines
+
+
 IMAGES_ONLY = SCENARIO.replace("steps = 12", "steps = 6") + """
 checkpoint = false
 

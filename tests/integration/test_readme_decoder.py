@@ -15,10 +15,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import wait_for_progress
 
 pytestmark = pytest.mark.integration
 
@@ -38,22 +39,18 @@ def readme_decoder() -> str:
 @pytest.mark.timeout(120)
 def test_readme_decoder_reads_a_live_peer() -> None:
     # As the README says: read peer 0's endpoint from the run folder's endpoints.json
-    # (written before the measured phase), then connect; the run goes on for long, so
-    # the decoder's first message comes whenever it joins.  Its recv waits; nothing polls.
+    # (written before the measured phase: once progress shows, it is there), then connect;
+    # the run goes on for long, so the decoder's first message comes whenever it joins.
     run_dir = Path(tempfile.mkdtemp(prefix="p2pg-rd-", dir="/tmp")) / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--quiet",
+        [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO),
          "--run-dir", str(run_dir), "--set", "steps=100000000", "--set", "topology.n=2",
          "--set", 'topology.graph="complete"', "--set", "runtime.stop_timeout_s=5.0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     decoder = None
     try:
-        endpoints_file = run_dir / "endpoints.json"
-        deadline = time.monotonic() + 60
-        while not endpoints_file.is_file():  # (written whole, then renamed into place)
-            assert proc.poll() is None and time.monotonic() < deadline, "no endpoints.json"
-            time.sleep(0.05)
-        endpoint = json.loads(endpoints_file.read_text())["0"]["endpoint"]
+        wait_for_progress(proc, at_least=1)  # (endpoints.json is written before Go)
+        endpoint = json.loads((run_dir / "endpoints.json").read_text())["0"]["endpoint"]
         assert endpoint.startswith("ipc://") and "/sock-" in endpoint, endpoint
         code = f"endpoint = {endpoint!r}\n" + readme_decoder()
         decoder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,

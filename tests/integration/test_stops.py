@@ -4,6 +4,7 @@ user meets it: the exit status, one line of error, no traceback, the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from p2pgame.launch import hold
-from tests.helpers import wait_for_progress
+from tests.helpers import wait_for_output, wait_for_progress
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +30,20 @@ def _run(out: Path, *overrides: str, **kw) -> subprocess.Popen:
         args += ["--set", o]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             **kw)
+
+
+@contextlib.contextmanager
+def _running(out: Path, *overrides: str):
+    """A ``p2pgame run`` in its measured phase (40 peer steps in), killed if the test
+    leaves it running."""
+    proc = _run(out, *overrides)
+    try:
+        wait_for_progress(proc, at_least=40)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture
@@ -65,19 +80,17 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_what_was_written(tiny
     assert lines > 1000  # (the disk held thousands before it filled)
 
 
-@pytest.mark.parametrize("gap_s", [0.0, 0.05])
-def test_ctrl_c_twice_still_writes_the_summary(tmp_path, gap_s):
-    proc = _run(tmp_path, "steps=10000000")
-    try:
-        wait_for_progress(proc, at_least=40)
+@pytest.mark.parametrize("second", ["at-once", "once-the-first-is-handled"])
+def test_ctrl_c_twice_still_writes_the_summary(tmp_path, second):
+    """The second Ctrl-C comes with the first, or once the launcher has said it is
+    stopping the peers (when one used to land between two writes of the summary)."""
+    with _running(tmp_path, "steps=10000000") as proc:
         proc.send_signal(signal.SIGINT)
-        time.sleep(gap_s)
+        if second != "at-once":
+            wait_for_output(proc, lambda tail: b"stopping: asking peers to stop" in tail,
+                            what="the launcher's stopping line")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     err = err.decode()
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
@@ -92,9 +105,8 @@ def test_ctrl_c_with_a_frozen_peer_waits_once_and_exits_130(tmp_path):
     (once, not twice) for the frozen one, ends it, and says it did so: a warning, not a
     failure of the peer's own."""
     stop_s = 5.0
-    proc = _run(tmp_path, "steps=10000000", 'comm.mode="async"', f"runtime.stop_timeout_s={stop_s}")
-    try:
-        wait_for_progress(proc, at_least=40)
+    with _running(tmp_path, "steps=10000000", 'comm.mode="async"',
+                  f"runtime.stop_timeout_s={stop_s}") as proc:
         (run_dir,) = tmp_path.iterdir()
         endpoints = json.loads((run_dir / "endpoints.json").read_text())
         os.kill(endpoints["2"]["pid"], signal.SIGSTOP)
@@ -102,10 +114,6 @@ def test_ctrl_c_with_a_frozen_peer_waits_once_and_exits_130(tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     err = err.decode()
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
@@ -121,9 +129,7 @@ def test_a_killed_launchers_private_folder_is_removed_at_the_next_start(tmp_path
     """The fork server's socket and the run's ipc sockets live in the launcher's private
     folder; a SIGKILLed launcher leaves it, and the next start removes it."""
     out = tmp_path / "runs"
-    proc = _run(out, "steps=10000000")
-    try:
-        wait_for_progress(proc, at_least=40)
+    with _running(out, "steps=10000000") as proc:
         mine = [p for p in Path(hold.tempfile.gettempdir()).glob(f"{hold.PREFIX}{proc.pid}-*")]
         assert len(mine) == 1, mine
         socks = {p.name for p in mine[0].rglob("*.sock")}
@@ -131,10 +137,6 @@ def test_a_killed_launchers_private_folder_is_removed_at_the_next_start(tmp_path
         assert not list(out.rglob("*.sock")), "sockets in the run folder"
         proc.kill()
         proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert mine[0].exists()
     removed = hold.sweep()
     assert mine[0] in removed and not mine[0].exists()
