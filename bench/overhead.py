@@ -12,10 +12,13 @@
    as the peer does before publishing; then the same random pick). Run as
    ``n`` concurrent processes (like the peers: the baseline) and as 1 process.
 
-ratio = mean peer steps/s / mean bare steps/s (n processes).
+ratio = mean peer steps/s / mean bare steps/s (n processes).  With ``--repeats R`` the
+whole measurement (bare loops, then the run) is made R times in a row and the ratio
+reported is the median of the R ratios (each repeat's ratio, rates and load average are
+in the JSON too): on a shared machine one repeat can land on a busy moment.
 
-Usage: ``.venv/bin/python bench/overhead.py [--steps 300] [--data data] [--set k=v ...]
-[--smoke]``. The last stdout line is a JSON object.
+Usage: ``.venv/bin/python bench/overhead.py [--steps 300] [--repeats 3] [--data data]
+[--set k=v ...] [--smoke]``. The last stdout line is a JSON object.
 """
 
 from __future__ import annotations
@@ -53,11 +56,12 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
     from p2pgame.topology import build_schedule
 
     scenario = resolve(raw, source)
-    cfg = scenario.player(peer).algorithm
+    player = scenario.player(peer)
+    cfg = player.learner if hasattr(player, "learner") else player.algorithm
     overrides = {"seed": derive_seed(scenario.seed, "peer", peer, "model-init")}
     if cfg.lr:
         overrides.update(lr_p=cfg.lr, lr_q=cfg.lr)
-    model = make_model(cfg.model, **overrides)
+    model = make_model(getattr(cfg, "model", None) or cfg.kind, **overrides)  # (learner: kind)
     learner = SymmetricLearner(model)
     images, _ = peer_images(scenario.data, scenario.n, scenario.seed, peer, Path(data_root))
     row = build_schedule(scenario.topology, scenario.steps, scenario.seed).at(0).row(peer)
@@ -66,13 +70,13 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
     spm = scenario.comm.samples_per_message or cfg.batch
     gen = torch.Generator().manual_seed(derive_seed(scenario.seed, "peer", peer, "sampling"))
     data_gen = torch.Generator().manual_seed(derive_seed(scenario.seed, "peer", peer, "order"))
-    t_sample = t_train = 0.0
+    t_sample = t_train = cpu_train = 0.0
     barrier.wait()
     t0 = time.perf_counter()
     for _ in range(steps):
         a = time.perf_counter()
         tuples = {k: v.cpu().numpy() for k, v in model.sample(spm, gen).items()}  # publish
-        b = time.perf_counter()
+        b, cb = time.perf_counter(), time.thread_time()
         syn = None
         if n_syn:
             pick = torch.randint(0, spm, (n_syn,), generator=data_gen).numpy()
@@ -81,9 +85,11 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
         learner.step(images[idx], syn, gen, q_batch=n_own if n_own else None)
         t_sample += b - a
         t_train += time.perf_counter() - b
+        cpu_train += time.thread_time() - cb
     wall = time.perf_counter() - t0
     queue.put({"peer": peer, "steps_per_s": steps / wall, "wall_s": wall,
-               "time_split_s": {"train": round(t_train, 4), "sample": round(t_sample, 4)}})
+               "time_split_s": {"train": round(t_train, 4), "sample": round(t_sample, 4),
+                                "train_cpu": round(cpu_train, 4)}})
 
 
 class _Sequential:
@@ -129,35 +135,13 @@ def run_bare(n_procs: int, raw: dict, source: str, data_root: str, threads: int,
     return sorted(out, key=lambda r: r["peer"])
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenario", default=str(ROOT / "topologies" / "mnist-2peers.toml"))
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--eval-samples", type=int, default=500)
-    ap.add_argument("--data", default=str(ROOT / "data"))
-    ap.add_argument("--set", dest="overrides", action="append", default=[],
-                    help="extra scenario override (both the run and the bare loop)")
-    ap.add_argument("--out", default="", help="run folder parent (default: a temp dir)")
-    ap.add_argument("--no-bare1", action="store_true", help="skip the 1-process bare loop")
-    ap.add_argument("--bare-inprocess", action="store_true",
-                    help="run the bare loops one after the other in this process (smoke)")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny: 6 steps, batch 64, 64 eval samples, no 1-process bare loop")
-    args = ap.parse_args(argv)
-    if args.smoke:
-        args.steps, args.eval_samples, args.no_bare1, args.bare_inprocess = 6, 64, True, True
-        args.overrides = ["algorithm.batch=64", "comm.samples_per_message=32", *args.overrides]
-    from p2pgame.launch import run, threads_per_peer
-    from p2pgame.scenario import apply_overrides, load_raw, resolve
+def one_repeat(args, raw: dict, overrides: list[str], scenario, threads: int) -> dict:
+    """One measurement: the bare loops (n processes), the peer run, the 1-process bare
+    loop; prints its table, returns its numbers."""
+    from p2pgame.launch import run
 
-    overrides = [f"steps={args.steps}", f"algorithm.eval_samples={args.eval_samples}",
-                 "algorithm.checkpoint=false", 'runtime.device="cpu"', *args.overrides]
-    raw = apply_overrides(load_raw(args.scenario), overrides)
-    scenario = resolve(raw, args.scenario)
     n = scenario.n
-    threads = threads_per_peer(scenario)
     load = {}
-
     phase: dict[str, float] = {}
     t = time.monotonic()
     load["bare_n"] = os.getloadavg()[0]
@@ -193,9 +177,6 @@ def main(argv=None) -> dict:
              for k in SPLIT_KEYS}
     peer_wall = statistics.mean(p["steps"] / p["steps_per_s"] for p in peers.values())
 
-    print(f"overhead: {scenario.name}, {n} peers, {args.steps} steps, batch "
-          f"{raw['algorithm'].get('batch')}, {threads} thread(s) per process, "
-          f"cpus {os.cpu_count()}")
     print(f"{'what':<28}{'steps/s':>9}{'wall s':>9}{'load avg':>10}")
     for i, p in sorted(peers.items()):
         print(f"{'peer ' + i + ' (2-peer run)':<28}{p['steps_per_s']:>9.2f}"
@@ -216,17 +197,77 @@ def main(argv=None) -> dict:
                   for k in ("train", "sample")}
     print(f"bare {n}-proc split: train {bare_split['train']:.2f} s, "
           f"sample {bare_split['sample']:.2f} s")
-    out = {"ratio": round(ratio, 4), "peer_steps_per_s": round(peer_sps, 3),
-           "bare_steps_per_s": round(bare_sps, 3),
-           "bare_1proc_steps_per_s": round(bare1_sps, 3) if bare_1 else None,
-           "ratio_vs_1proc": round(peer_sps / bare1_sps, 4) if bare_1 else None,
-           "time_split_s": {k: round(v, 4) for k, v in split.items()},
-           "bare_time_split_s": {k: round(v, 4) for k, v in bare_split.items()},
+    # CPU time of the training thread: work, whatever the waits for a core (with one
+    # torch thread a process, all of a step's compute).
+    cpu = {"peer_train": statistics.mean(p["time_split_s"].get("train_cpu", 0.0)
+                                         for p in peers.values()),
+           "peer_train_handoff": statistics.mean(p["time_split_s"].get("train_handoff", 0.0)
+                                                 for p in peers.values()),
+           "bare_train": statistics.mean(r["time_split_s"]["train_cpu"] for r in bare_n)}
+    print(f"train thread CPU s: peer {cpu['peer_train']:.2f} (hand-off "
+          f"{cpu['peer_train_handoff']:.3f} s wall), bare {cpu['bare_train']:.2f}")
+    return {"ratio": round(ratio, 4), "peer_steps_per_s": round(peer_sps, 3),
+            "bare_steps_per_s": round(bare_sps, 3),
+            "bare_1proc_steps_per_s": round(bare1_sps, 3) if bare_1 else None,
+            "ratio_vs_1proc": round(peer_sps / bare1_sps, 4) if bare_1 else None,
+            "time_split_s": {k: round(v, 4) for k, v in split.items()},
+            "bare_time_split_s": {k: round(v, 4) for k, v in bare_split.items()},
+            "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
+            "phase_s": {k: round(v, 1) for k, v in phase.items()},
+            "loadavg": {k: round(v, 2) for k, v in load.items()}}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", default=str(ROOT / "topologies" / "mnist-2peers.toml"))
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--eval-samples", type=int, default=500)
+    ap.add_argument("--data", default=str(ROOT / "data"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="extra scenario override (both the run and the bare loop)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="measure this many times; the ratio reported is the median")
+    ap.add_argument("--out", default="", help="run folder parent (default: a temp dir)")
+    ap.add_argument("--no-bare1", action="store_true", help="skip the 1-process bare loop")
+    ap.add_argument("--bare-inprocess", action="store_true",
+                    help="run the bare loops one after the other in this process (smoke)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny: 6 steps, batch 64, 64 eval samples, no 1-process bare loop")
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    if args.smoke:
+        args.steps, args.eval_samples, args.no_bare1, args.bare_inprocess = 6, 64, True, True
+        args.overrides = ["algorithm.batch=64", "comm.samples_per_message=32", *args.overrides]
+    from p2pgame.launch import threads_per_peer
+    from p2pgame.scenario import apply_overrides, load_raw, resolve
+
+    overrides = [f"steps={args.steps}", f"algorithm.eval_samples={args.eval_samples}",
+                 "algorithm.checkpoint=false", 'runtime.device="cpu"', *args.overrides]
+    raw = apply_overrides(load_raw(args.scenario), overrides)
+    scenario = resolve(raw, args.scenario)
+    n = scenario.n
+    threads = threads_per_peer(scenario)
+    batch = raw.get("algorithm", raw.get("learner", {})).get("batch")
+    print(f"overhead: {scenario.name}, {n} peers, {args.steps} steps, batch {batch}, "
+          f"{threads} thread(s) per process, cpus {os.cpu_count()}, {args.repeats} repeat(s)")
+    reps = []
+    for k in range(args.repeats):
+        if args.repeats > 1:
+            print(f"-- repeat {k + 1}/{args.repeats}")
+        reps.append(one_repeat(args, raw, overrides, scenario, threads))
+    ratios = [r["ratio"] for r in reps]
+    med = statistics.median(ratios)
+    mid = min(reps, key=lambda r: abs(r["ratio"] - med))  # (the median repeat's details)
+    if args.repeats > 1:
+        print(f"ratio per repeat: {', '.join(f'{x:.3f}' for x in ratios)}; median {med:.3f}")
+    out = {**mid, "ratio": round(med, 4), "ratios": ratios,
+           "peer_steps_per_s_per_repeat": [r["peer_steps_per_s"] for r in reps],
+           "bare_steps_per_s_per_repeat": [r["bare_steps_per_s"] for r in reps],
+           "loadavg_per_repeat": [r["loadavg"] for r in reps],
            "bare_mode": "in-process sequential" if args.bare_inprocess else f"{n} processes",
-           "threads_per_peer": threads, "steps": args.steps, "n_peers": n,
-           "batch": raw["algorithm"].get("batch"), "phase_s": {k: round(v, 1) for k, v in
-                                                               phase.items()},
-           "loadavg": {k: round(v, 2) for k, v in load.items()}}
+           "threads_per_peer": threads, "steps": args.steps, "n_peers": n, "batch": batch,
+           "repeats": args.repeats}
     print(json.dumps(out))
     return out
 

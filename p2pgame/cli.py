@@ -5,18 +5,26 @@ named) is one line ``error: ...`` on stderr naming what was wrong and where, and
 status 2, before anything is prepared.  Anything else escaping a command is a bug in
 p2pgame: one line ``internal error: ...`` naming the file the full traceback was
 written to (``P2PGAME_TRACEBACK=1`` prints it instead), and exit status 1.
+
+What a command prints is its output and its own errors (``print``, here only); what
+the work says on the way (progress of a preparation, warnings, a run's error) goes
+through :mod:`logging`, which :func:`main` sets up once
+(:func:`p2pgame.launch.logs.setup_logging`: the same lines on stderr as always).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
 from p2pgame.config import ScenarioError
+
+log = logging.getLogger(__name__)
 
 MAX_EVAL_SAMPLES = 100_000  # --samples: FID-50k fits; more is surely a typo
 
@@ -92,13 +100,13 @@ def _new_file(folder: Path, stem: str, suffix: str):
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from p2pgame.algorithms import get_algorithm
-    from p2pgame.algorithms.base import RunHooks
-    from p2pgame.launch import check_writable
+    from p2pgame.launch import check_writable, method_of
+    from p2pgame.launch.rundir import RunLayout
     from p2pgame.scenario import resolve
 
     run_dir = Path(args.run_dir)
-    resolved = run_dir / "resolved.json"
+    layout = RunLayout(run_dir)
+    resolved = layout.resolved
     if not resolved.is_file():
         raise ScenarioError(f"{run_dir}: not a run folder (no resolved.json)")
     try:
@@ -109,9 +117,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ScenarioError(f"{resolved}: not a run's resolved.json ({why}); "
                             f"{run_dir} is not a run folder p2pgame can evaluate") from None
     scenario = resolve(raw, source)
-    hooks = get_algorithm(scenario.algorithm_name).hooks()(scenario)
+    hooks = method_of(scenario).hooks()(scenario)
     # Every option is checked before any work (models, data, evaluator).
-    if type(hooks).evaluate_run is not RunHooks.evaluate_run:  # (else it says why not)
+    if hooks.can_evaluate():  # (else evaluate_run says why not)
         if not Path(args.data).is_dir():
             raise ScenarioError(f"--data {args.data}: no such folder (the data sets root "
                                 "the run used; p2pgame data fetch)")
@@ -121,11 +129,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                 "downloaded)")
         check_writable(run_dir, "RUN_DIR")  # the evaluation is written into it
     options = {"samples": args.samples, "inception": args.inception}
-    peers = hooks.evaluate_run(run_dir, Path(args.data), options,
-                               lambda m: print(m, file=sys.stderr, flush=True))
+    peers = hooks.evaluate_run(run_dir, Path(args.data), options, log.info)
     # Keep the end-of-run evaluation and every earlier re-evaluation: write beside them.
-    stem = "evaluation" if not (run_dir / "evaluation.json").exists() else "evaluation-rerun"
-    out, f = _new_file(run_dir, stem, ".json")
+    stem = layout.evaluation.stem
+    if layout.evaluation.exists():
+        stem += "-rerun"
+    out, f = _new_file(run_dir, stem, layout.evaluation.suffix)
     with f:
         f.write(json.dumps(peers, indent=1))
     cols = [c for c in (*hooks.table_columns, "fid_inception")
@@ -194,8 +203,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     except ScenarioError:
         if polymnist.check(root, args.seed) is not None:  # a build would have to write
             raise
-    out = polymnist.build(root, seed=args.seed,
-                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = polymnist.build(root, seed=args.seed, log=log.info)
     if args.grid:
         print(f"grid: {polymnist.grid(root, Path(args.grid))}")
     print(f"polymnist: {out}")
@@ -358,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error (one line, status 2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     from p2pgame.data import DataError
+    from p2pgame.launch.logs import setup_logging
 
+    setup_logging()
     try:
         return args.func(args)
     except (ScenarioError, DataError) as e:

@@ -549,14 +549,14 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class PlayerSpec:
-    """What one peer runs: its algorithm settings and the spaces it publishes and learns.
+    """What one peer runs: its learner's settings and the spaces it publishes and learns.
 
-    ``algorithm`` is the algorithm's own frozen Config (the scenario's
-    ``[algorithm]`` with the peer's ``[[peers]]`` overrides applied).
+    ``learner`` is the learner family's own frozen Config (the scenario's ``[learner]``
+    with the peer's ``[[peers]]`` overrides applied).
     """
 
     peer: int
-    algorithm: Any
+    learner: Any
     publishes: tuple[str, ...] = ()
     learns: tuple[str, ...] = ()
     pace: PaceSpec = PaceSpec()
@@ -567,20 +567,27 @@ class Scenario:
     """A resolved scenario: every key typed and checked, one player per peer."""
 
     name: str
-    algorithm_name: str
     topology: TopologySpec
-    algorithm: Any  # the algorithm's Config (the default of every player)
+    exchange: Any  # the exchange's Config ([exchange]: what travels, how it is combined)
+    learner: Any  # the learner's Config ([learner]: the default of every player)
     players: tuple[PlayerSpec, ...] = ()
     seed: int = field(default=0, metadata=WIDE)  # only ever hashed (rng.derive_seed)
     steps: int = 1000
     comm: CommSpec = field(default_factory=CommSpec)
-    data: Any = None  # the algorithm's data spec (e.g. data.image.ImageDataSpec), or None
+    data: Any = None  # the learner's data spec (e.g. data.image.ImageDataSpec), or None
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     source: str = ""  # the file it came from, for error messages
+    preset: str = ""  # the old [algorithm] name the file used (game, diffgan, expfam), if any
 
     @property
     def n(self) -> int:
         return self.topology.n
+
+    @property
+    def method_name(self) -> str:
+        """``<exchange> x <learner>``, for messages."""
+        kinds = sorted({p.learner.kind for p in self.players} or {self.learner.kind})
+        return f"{self.exchange.kind} x {', '.join(kinds)}"
 
     def player(self, peer: int) -> PlayerSpec:
         return self.players[peer]

@@ -8,12 +8,16 @@ folder (``RUN_DIR/report`` for one run; ``--out`` for several).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from p2pgame.config import ScenarioError
 from p2pgame.sweep import mean_finite
+
+# (Nothing is said on the way yet: the report's path is the command's output.)
+log = logging.getLogger(__name__)
 
 # Per-step series worth plotting when present in the metrics, with their axis label.
 SERIES = {
@@ -63,8 +67,13 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
+    """What a report reads of a finished run folder: its summary, every peer's metrics
+    lines and the topology; ScenarioError naming the file that is not what it should be."""
+    from p2pgame.launch.rundir import RunLayout
+
     run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
+    layout = RunLayout(run_dir)
+    path = layout.summary
     if not path.is_file():
         raise ScenarioError(f"{run_dir}: not a finished run folder (no summary.json)")
     summary = _json(path, "the run's summary")
@@ -72,10 +81,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
             isinstance(p, dict) for p in summary["peers"].values()):
         raise ScenarioError(f"{path}: not a run's summary (no 'peers' table); {run_dir} is "
                             "not a finished run folder")
-    metrics = {}
-    for f in sorted((run_dir / "metrics").glob("peer-*.jsonl")):
-        metrics[f.stem.split("-", 1)[1]] = _jsonl(f)
-    topo = run_dir / "topology.json"
+    metrics = {peer: _jsonl(f) for peer, f in layout.metrics_files().items()}
+    topo = layout.topology
     topology = _json(topo, "the run's topology") if topo.is_file() else {}
     return {"dir": run_dir, "summary": summary, "metrics": metrics,
             "topology": topology if isinstance(topology, dict) else {}}
@@ -181,6 +188,7 @@ def _staleness_plot(runs: list[dict], path: Path) -> bool:
 
 def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     from p2pgame.launch import check_writable
+    from p2pgame.launch.rundir import RunLayout
 
     if not run_dirs:
         raise ScenarioError("report: give at least one run folder")
@@ -188,11 +196,11 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         if len(run_dirs) > 1:
             raise ScenarioError("report: several runs need --out DIR for the report folder")
         if Path(run_dirs[0]).is_dir():  # (else load_run says it is no run folder)
-            check_writable(Path(run_dirs[0]) / "report", "RUN_DIR")  # the default --out
+            check_writable(RunLayout(Path(run_dirs[0])).report_dir, "RUN_DIR")  # default --out
     else:
         check_writable(Path(out), "--out")  # before anything is read or written
     runs = [load_run(d) for d in run_dirs]
-    out = Path(run_dirs[0]) / "report" if out is None else Path(out)
+    out = RunLayout(Path(run_dirs[0])).report_dir if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for k, run in enumerate(runs):
         run["label"] = f"{k}:{run['summary'].get('scenario', run['dir'].name)}"

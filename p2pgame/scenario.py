@@ -19,13 +19,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import json
 import re
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
-from p2pgame.algorithms import ALGORITHMS, AlgorithmInfo, get_algorithm
 from p2pgame.bus.topics import TopicError, check_space_names
 from p2pgame.config import (
     GRAPH_KEYS,
@@ -48,12 +48,17 @@ from p2pgame.config import (
     one_of,
     short,
 )
+from p2pgame.exchange import EXCHANGES, exchange_class, method
+from p2pgame.learners import config_class, known, learner_class
+from p2pgame.learners.base import schema_text
 from p2pgame.topology import Schedule, build_schedule
 
-TOP_KEYS = ("name", "seed", "steps", "topology", "comm", "algorithm", "data", "runtime", "peers")
+TOP_KEYS = ("name", "seed", "steps", "topology", "comm", "exchange", "learner", "data", "runtime",
+            "peers", "algorithm")
 TOPOLOGY_KEYS = ("n", *GRAPH_KEYS, "weights", "self_weight", "matrix", "schedule", "redraw_every")
 COMM_KEYS = tuple(k for k in CommSpec.__dataclass_fields__ if k not in ("link",)) + LINK_KEYS
-PEER_KEYS = ("ids", "publishes", "learns", "algorithm", "runtime")
+PEER_KEYS = ("ids", "publishes", "learns", "learner", "runtime")
+PRESETS = ("game", "diffgan", "expfam")
 
 
 # --------------------------------------------------------------------------- raw files
@@ -215,13 +220,14 @@ def resolve_comm(table: Any, n: int) -> CommSpec:
     return build(CommSpec, {**rest, "link": link, "edges": tuple(edges)}, "comm")
 
 
-def _spaces(value: Any, where: str, info: AlgorithmInfo) -> tuple[str, ...]:
+def _spaces(value: Any, where: str, allowed: dict[str, Any], who: str, verb: str,
+            what: str) -> tuple[str, ...]:
     names = check_value(value, tuple[str, ...], where)
     for s in names:
-        if s not in info.spaces:
+        if s not in allowed:
             raise ScenarioError(
-                f"{where}: space {short(s)} is not known for algorithm {info.name!r}; "
-                f"allowed: {', '.join(sorted(info.spaces))}")
+                f"{where}: {who} cannot {verb} {short(s)}: {what} can {verb} only "
+                f"{', '.join(allowed) or 'nothing'}")
     if len(set(names)) != len(names):
         raise ScenarioError(f"{where}: a space is listed twice in {short(list(names))}")
     return names
@@ -230,7 +236,7 @@ def _spaces(value: Any, where: str, info: AlgorithmInfo) -> tuple[str, ...]:
 RUNTIME_KEYS = tuple(k for k in RuntimeSpec.__dataclass_fields__ if k != "pace") + PACE_KEYS
 
 
-def check_restart(scenario: Scenario, info: AlgorithmInfo) -> None:
+def check_restart(scenario: Scenario) -> None:
     """``runtime.restart``: what a restarted peer needs to rejoin a run in progress."""
     if scenario.comm.mode != "async":
         raise ScenarioError(
@@ -238,12 +244,12 @@ def check_restart(scenario: Scenario, info: AlgorithmInfo) -> None:
             "checkpoint, and in sync mode it would need rounds its neighbours have moved past")
     if scenario.runtime.backend != "local":
         raise ScenarioError('runtime.restart works with runtime.backend = "local" only (yet)')
-    if not info.peer().resumable:
-        raise ScenarioError(f"runtime.restart: algorithm {scenario.algorithm_name!r} cannot "
-                            "resume a peer yet (expfam can)")
+    if not method(scenario).resumable:
+        raise ScenarioError(f"runtime.restart: learner {_kinds(scenario)} cannot resume a "
+                            "peer yet (the expfam learners can)")
 
 
-def check_checkpoints(scenario: Scenario, info: AlgorithmInfo) -> None:
+def check_checkpoints(scenario: Scenario) -> None:
     """``runtime.checkpoint_every``: resume states are only worth saving if ``--resume``
     can continue from them (launch._resumable)."""
     if scenario.comm.mode != "async":
@@ -251,9 +257,13 @@ def check_checkpoints(scenario: Scenario, info: AlgorithmInfo) -> None:
             'runtime.checkpoint_every needs comm.mode = "async": a sync run cannot be resumed '
             "(each peer keeps only its latest state, and sync peers must resume at one "
             "common step)")
-    if not info.peer().resumable:
-        raise ScenarioError(f"runtime.checkpoint_every: algorithm {scenario.algorithm_name!r} "
-                            "cannot resume a peer yet (expfam can)")
+    if not method(scenario).resumable:
+        raise ScenarioError(f"runtime.checkpoint_every: learner {_kinds(scenario)} cannot "
+                            "resume a peer yet (the expfam learners can)")
+
+
+def _kinds(scenario: Scenario) -> str:
+    return ", ".join(repr(k) for k in sorted({p.learner.kind for p in scenario.players}))
 
 
 def resolve_runtime(table: Any) -> RuntimeSpec:
@@ -264,13 +274,53 @@ def resolve_runtime(table: Any) -> RuntimeSpec:
     return dataclasses.replace(build(RuntimeSpec, rest, "runtime"), pace=pace)
 
 
-def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo,
+def _learner_config(table: Any, where: str) -> Any:
+    """A learner table (``kind`` and the family's own keys) -> its frozen Config."""
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where}: expected a table, got {short(table)}")
+    kind = table.get("kind")
+    if not isinstance(kind, str):
+        raise ScenarioError(f"{where}.kind is required; allowed: {', '.join(known())}")
+    one_of(kind, known(), f"{where}.kind")
+    fields = config_class(kind).__dataclass_fields__
+    for key in table:
+        if key not in fields:
+            owners = [k for k in known() if key in _fields_of(k)]
+            if owners:  # a key of another family: say whose
+                raise ScenarioError(f"{where}.{key}: applies only to {', '.join(owners)} "
+                                    f"learners, not {kind!r}")
+    return build(config_class(kind), table, where)
+
+
+def _fields_of(kind: str) -> tuple[str, ...]:
+    try:
+        return tuple(config_class(kind).__dataclass_fields__)
+    except ScenarioError:  # a plugin that cannot be loaded owns nothing here
+        return ()
+
+
+def resolve_players(raw_peers: Any, table: dict, n: int, exchange: Any,
                     pace: PaceSpec | None = None) -> tuple:
-    """One PlayerSpec per peer: the [algorithm] defaults, then each [[peers]] group's settings
-    (its ``runtime`` table may set the pace keys: a straggler)."""
+    """One PlayerSpec per peer: the [learner] defaults, then each [[peers]] group's settings
+    (its ``learner`` table may change any key, ``kind`` included; its ``runtime`` table may
+    set the pace keys: a straggler)."""
     pace = pace or PaceSpec()
-    base = build(info.config, table, "algorithm")
-    pub, learn = info.default_spaces(base)
+    ecls = exchange_class(exchange.kind)
+    base = _learner_config(table, "learner")
+
+    def spaces_of(cfg: Any, group: dict, where: str, who: str
+                  ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        lcls = learner_class(cfg.kind)
+        ecls.validate_pair(exchange, lcls, cfg, where)
+        d_pub, d_learn = ecls.default_spaces(exchange, lcls, cfg)
+        what = f"its learner ({cfg.kind}) under exchange {exchange.kind!r}"
+        publishes = _spaces(group.get("publishes", d_pub), f"{where}.publishes",
+                            ecls.spaces(exchange, lcls, cfg), who, "publish", what)
+        learns = _spaces(group.get("learns", d_learn), f"{where}.learns",
+                         ecls.reads(exchange, lcls, cfg), who, "learn from", what)
+        return publishes, learns
+
+    pub, learn = spaces_of(base, {}, "learner", "a peer")
     players: dict[int, PlayerSpec] = {}
     groups = check_value(raw_peers, tuple[Any, ...], "peers")
     for k, group in enumerate(groups):
@@ -284,15 +334,22 @@ def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo,
         twice = sorted({i for i in ids if ids.count(i) > 1})
         if twice:
             raise ScenarioError(f"{where}.ids: peer {twice[0]} is listed twice")
-        overrides = _table(group.get("algorithm", {}), f"{where}.algorithm",
-                           tuple(info.config.__dataclass_fields__))
-        cfg = build(info.config, {**table, **overrides}, f"{where}.algorithm")
+        overrides = group.get("learner", {})
+        if not isinstance(overrides, dict):
+            raise ScenarioError(f"{where}.learner: expected a table, got {short(overrides)}")
+        merged = {**table, **overrides}
+        if overrides.get("kind", table.get("kind")) != table.get("kind") and isinstance(
+                overrides.get("kind"), str) and overrides["kind"] in known():
+            # Another family for this group: of [learner] it inherits the keys its family
+            # knows (batch, lr, ...), not the default family's own ones.
+            mine = _fields_of(overrides["kind"])
+            merged = {**{k: v for k, v in table.items() if k in mine}, **overrides}
+        cfg = _learner_config(merged, f"{where}.learner")
         own_pace = _table(group.get("runtime", {}), f"{where}.runtime", PACE_KEYS)
         group_pace = build(PaceSpec, {**dataclasses.asdict(pace), **own_pace},
                            f"{where}.runtime")
-        d_pub, d_learn = info.default_spaces(cfg)
-        publishes = _spaces(group.get("publishes", d_pub), f"{where}.publishes", info)
-        learns = _spaces(group.get("learns", d_learn), f"{where}.learns", info)
+        who = f"peer{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+        publishes, learns = spaces_of(cfg, group, where, who)
         for i in ids:
             if not 0 <= i < n:
                 raise ScenarioError(f"{where}.ids: {i} is not a peer id in 0..{n - 1}")
@@ -302,38 +359,62 @@ def resolve_players(raw_peers: Any, table: dict, n: int, info: AlgorithmInfo,
     return base, tuple(players.get(i, PlayerSpec(i, base, pub, learn, pace)) for i in range(n))
 
 
+def resolve_exchange(table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ScenarioError(f"exchange: expected a table, got {short(table)}")
+    kind = table.get("kind")
+    if not isinstance(kind, str):
+        raise ScenarioError(f"exchange.kind is required; allowed: {', '.join(EXCHANGES)}")
+    one_of(kind, EXCHANGES, "exchange.kind")
+    return build(exchange_class(kind).Config, table, "exchange")
+
+
 # --------------------------------------------------------------------------- checks
 
 
-def check_exchange(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule) -> None:
-    """Who learns what from whom: every weighted edge carries a space its receiver learns."""
+def check_exchange(scenario: Scenario, schedule: Schedule) -> None:
+    """Who learns what from whom: every weighted edge carries a space its receiver learns,
+    with the schema the receiver reads it with."""
+    ecls = exchange_class(scenario.exchange.kind)
+    ex = scenario.exchange
     try:
-        check_space_names(info.spaces)
+        check_space_names(method(scenario).spaces)
     except TopicError as e:
-        raise ScenarioError(f"algorithm {info.name!r}: {e}") from None
+        raise ScenarioError(f"exchange {ex.kind!r}: {e}") from None
+
+    def declared(p: Any) -> dict:
+        return ecls.spaces(ex, learner_class(p.learner.kind), p.learner)
+
+    def reads(p: Any) -> dict:
+        return ecls.reads(ex, learner_class(p.learner.kind), p.learner)
+
+    # Spaces whose content only the same kind of learner can read (an HVAE's tuples
+    # carry its latents, which mean something only to the same architecture).
+    users: dict[str, tuple[int, str]] = {}
     for p in scenario.players:
-        can_learn = info.learnable(p.algorithm) if info.learnable else None
-        can_publish = tuple(info.schemas(p.algorithm)) if info.schemas else None
-        for verb, spaces, can in (("learn from", p.learns, can_learn),
-                                  ("publish", p.publishes, can_publish)):
-            bad = [s for s in spaces if can is not None and s not in can]
-            if bad:
-                raise ScenarioError(f"peers: peer {p.peer} cannot {verb} {bad[0]!r}: its "
-                                    f"player can {verb} only {', '.join(can)}")
-    if info.schemas is not None:
-        # Every publisher of a space publishes the same fields, dtypes and shapes.
-        first: dict[str, tuple[int, Any]] = {}
-        for p in scenario.players:
-            declared = info.schemas(p.algorithm)
-            for s in p.publishes:
-                schema = declared[s]
-                if s not in first:
-                    first[s] = (p.peer, schema)
-                elif first[s][1] != schema:
-                    raise ScenarioError(
-                        f"peers: peers {first[s][0]} and {p.peer} both publish {s!r} but with "
-                        f"different schemas ({_schema_text(first[s][1])} vs "
-                        f"{_schema_text(schema)})")
+        bound = learner_class(p.learner.kind).kind_bound_spaces(p.learner)
+        for s in {*p.publishes, *p.learns} & set(bound):
+            if s not in users:
+                users[s] = (p.peer, p.learner.kind)
+            elif users[s][1] != p.learner.kind:
+                j, kind = users[s]
+                raise ScenarioError(
+                    f"peers: peers {j} ({kind}) and {p.peer} ({p.learner.kind}) both use "
+                    f"{s!r}, whose content only identical learners share; exchange another "
+                    "space (e.g. 'x', images) between different learners")
+    # Every publisher of a space publishes the same fields, dtypes and shapes.
+    first: dict[str, tuple[int, Any]] = {}
+    for p in scenario.players:
+        mine = declared(p)
+        for s in p.publishes:
+            if s not in first:
+                first[s] = (p.peer, mine[s])
+            elif first[s][1] != mine[s]:
+                j, theirs = first[s]
+                raise ScenarioError(
+                    f"peers: peers {j} ({scenario.player(j).learner.kind}) and {p.peer} "
+                    f"({p.learner.kind}) both publish {s!r} but with different schemas "
+                    f"({schema_text(theirs)} vs {schema_text(mine[s])})")
     for i in range(scenario.n):
         me = scenario.player(i)
         in_peers = schedule.union_in(i)
@@ -342,33 +423,31 @@ def check_exchange(scenario: Scenario, info: AlgorithmInfo, schedule: Schedule) 
                 raise ScenarioError(
                     f"peers: peer {i} learns {s!r} but none of its in-neighbours "
                     f"{list(in_peers)} publishes it")
+        my_reads = reads(me)
         for j in in_peers:
             them = scenario.player(j)
             common = [s for s in them.publishes if s in me.learns]
-            if info.schemas is not None:
-                # A learner reads a space with its own schema of it (e.g. gray float16
-                # images are not binary ones, though both travel on 'x').
-                mine, theirs = info.schemas(me.algorithm), info.schemas(them.algorithm)
-                for s in common:
-                    if s in mine and mine[s] != theirs[s]:
-                        raise ScenarioError(
-                            f"peers: peer {i} learns {s!r} as {_schema_text(mine[s])} but its "
-                            f"in-neighbour peer {j} publishes {s!r} as {_schema_text(theirs[s])}")
+            # A learner reads a space with its own schema of it (e.g. gray float16 images
+            # are not binary ones, though both travel on 'x').
+            theirs = declared(them)
+            for s in common:
+                if my_reads[s] != theirs[s]:
+                    raise ScenarioError(
+                        f"peers: peer {i} ({me.learner.kind}) learns {s!r} as "
+                        f"{schema_text(my_reads[s])} but its in-neighbour peer {j} "
+                        f"({them.learner.kind}) publishes {s!r} as {schema_text(theirs[s])}")
             weighted = any(t.weights[i, j] > 0 for t in schedule.topologies)
             if weighted and them.publishes and not common:
                 raise ScenarioError(
                     f"peers: peer {i} gives weight to peer {j} but learns none of the spaces "
                     f"it publishes ({', '.join(them.publishes)}; peer {i} learns "
                     f"{', '.join(me.learns) or 'nothing'})")
-            if info.partial_rounds and common and set(common) != set(them.publishes):
+            if ecls.partial_rounds and common and set(common) != set(them.publishes):
                 raise ScenarioError(
                     f"peers: peer {i} learns only {common} of peer {j}'s spaces "
-                    f"{list(them.publishes)}; {info.name} publishes a varying subset per "
-                    "round, so a receiver must take all of them to know a round is complete")
-
-
-def _schema_text(schema: dict) -> str:
-    return ", ".join(f"{k}: {dt}{list(shape)}" for k, (dt, shape) in schema.items())
+                    f"{list(them.publishes)}; exchange {ex.kind!r} publishes a varying subset "
+                    "per round, so a receiver must take all of them to know a round is "
+                    "complete")
 
 
 def resolve(raw: dict, source: str = "<scenario>") -> Scenario:
@@ -407,6 +486,16 @@ MAX_EPOCHS = 10000  # topology epochs (redrawn graphs) a run may have
 def _resolve(raw: dict, source: str) -> Scenario:
     """:func:`resolve` without the blame: errors name the key, not the file."""
     _table(raw, "", TOP_KEYS)
+    if "algorithm" in raw:
+        raw, preset = expand_preset(raw)
+        try:
+            return dataclasses.replace(_resolve_sections(raw, source), preset=preset)
+        except ScenarioError as e:  # named as the file names them: algorithm.<key>
+            raise ScenarioError(_preset_names(str(e))) from None
+    return _resolve_sections(raw, source)
+
+
+def _resolve_sections(raw: dict, source: str) -> Scenario:
     kwargs: dict[str, Any] = {"source": source}
     for key in ("name", "seed", "steps"):
         if key in raw:
@@ -420,8 +509,6 @@ def _resolve(raw: dict, source: str) -> Scenario:
     at_least(kwargs.get("steps", 1000), 1, "steps")
     if "topology" not in raw:
         raise ScenarioError("missing section [topology]")
-    if "algorithm" not in raw:
-        raise ScenarioError("missing section [algorithm]")
     topology = resolve_topology(raw["topology"])
     n = topology.n
     steps = kwargs.get("steps", Scenario.__dataclass_fields__["steps"].default)
@@ -430,28 +517,32 @@ def _resolve(raw: dict, source: str) -> Scenario:
             f"topology.redraw_every = {topology.redraw_every} with steps = {steps} draws "
             f"{-(-steps // topology.redraw_every)} graphs; at most {MAX_EPOCHS}: raise "
             "redraw_every")
-    algo = raw["algorithm"]
-    if not isinstance(algo, dict):  # (its keys are the algorithm Config's to check)
-        raise ScenarioError(f"algorithm: expected a table, got {short(algo)}")
-    name = algo.get("name")
-    if not isinstance(name, str):
-        raise ScenarioError(
-            f"algorithm.name is required; allowed: {', '.join(sorted(ALGORITHMS))}")
-    one_of(name, sorted(ALGORITHMS), "algorithm.name")
-    info = get_algorithm(name)
-    table = {k: v for k, v in algo.items() if k != "name"}
+    for key in ("exchange", "learner"):
+        if key not in raw:
+            raise ScenarioError(f"missing section [{key}] (see README, \"Writing a "
+                                "scenario\": [exchange] kind = ..., [learner] kind = ...)")
+    exchange = resolve_exchange(raw["exchange"])
+    table = raw["learner"]
+    if not isinstance(table, dict):  # (its keys are the learner Config's to check)
+        raise ScenarioError(f"learner: expected a table, got {short(table)}")
     runtime = resolve_runtime(raw.get("runtime", {}))
-    base, players = resolve_players(raw.get("peers", ()), table, n, info, runtime.pace)
-    if info.data is None:
+    base, players = resolve_players(raw.get("peers", ()), table, n, exchange, runtime.pace)
+    data_specs = {learner_class(p.learner.kind).data for p in players}
+    if len(data_specs) > 1:
+        kinds = sorted({p.learner.kind for p in players})
+        raise ScenarioError(f"peers: learners {', '.join(kinds)} read different kinds of "
+                            "[data]; one scenario has one data section")
+    spec = data_specs.pop()
+    if spec is None:
         if "data" in raw:
-            raise ScenarioError(f"data: algorithm {name!r} takes no [data] section")
+            raise ScenarioError(f"data: learner {base.kind!r} takes no [data] section")
         data = None
     else:
-        data = build(info.data, raw.get("data", {}), "data")
+        data = build(spec, raw.get("data", {}), "data")
     scenario = Scenario(
-        algorithm_name=name,
         topology=topology,
-        algorithm=base,
+        exchange=exchange,
+        learner=base,
         players=players,
         comm=resolve_comm(raw.get("comm", {}), n),
         data=data,
@@ -460,9 +551,9 @@ def _resolve(raw: dict, source: str) -> Scenario:
     )
     # Deeper checks that need several sections at once.
     if scenario.runtime.restart:
-        check_restart(scenario, info)
+        check_restart(scenario)
     if scenario.runtime.checkpoint_every:
-        check_checkpoints(scenario, info)
+        check_checkpoints(scenario)
     if scenario.runtime.backend == "ray" and importlib.util.find_spec("ray") is None:
         raise ScenarioError('runtime.backend = "ray": Ray is not installed; '
                             'pip install "p2pgame[ray]" (or ".[ray]" in a checkout)')
@@ -478,9 +569,148 @@ def _resolve(raw: dict, source: str) -> Scenario:
             raise ScenarioError(
                 f"comm.edges[{k}]: {e.src} -> {e.dst} is not an edge of the topology "
                 "(an override applies to a link that exists)")
-    check_exchange(scenario, info, schedule)
-    info.hooks()(scenario).validate(schedule)
+    check_exchange(scenario, schedule)
+    method(scenario).hooks()(scenario).validate(schedule)
     return scenario
 
 
 scenario_from_dict = resolve  # the name the tests and older scripts know
+
+
+# --------------------------------------------------------------------------- presets
+#
+# The old form names an "algorithm" that fuses what is exchanged with who learns:
+# [algorithm] name = "game" | "diffgan" | "expfam".  Each is a preset for an
+# (exchange, learner) pair; a file in that form runs as the pair, and the launcher tells
+# how to write it now (:func:`preset_notice`).
+
+EXPFAM_FAMILIES = ("bernoulli", "gaussian")
+
+
+def expand_preset(raw: dict) -> tuple[dict, str]:
+    """``raw`` with [algorithm] (and [[peers]] algorithm tables) as [exchange] + [learner]."""
+    for key in ("exchange", "learner"):
+        if key in raw:
+            raise ScenarioError(f"[algorithm] (the old form) and [{key}] cannot be used "
+                                "together: write [exchange] and [learner] alone")
+    algo = raw["algorithm"]
+    if not isinstance(algo, dict):
+        raise ScenarioError(f"algorithm: expected a table, got {short(algo)}")
+    name = algo.get("name")
+    if not isinstance(name, str):
+        raise ScenarioError(f"algorithm.name is required; allowed: {', '.join(PRESETS)} (or "
+                            "write [exchange] kind = ... and [learner] kind = ...)")
+    one_of(name, PRESETS, "algorithm.name")
+    table = {k: v for k, v in algo.items() if k != "name"}
+    out = {k: v for k, v in raw.items() if k != "algorithm"}
+    peers = [dict(g) if isinstance(g, dict) else g for g in raw.get("peers", ()) or ()]
+    if name == "game":
+        exchange = {"kind": "samples"}
+        learner = _renamed(table, "model", "hvae-mlp")
+    elif name == "expfam":
+        exchange = {"kind": "samples", "missing": "renormalise"}
+        learner = _expfam_table(table, "algorithm")
+    else:
+        combine = table.pop("combine", True)
+        if not isinstance(combine, bool):
+            raise ScenarioError(f"algorithm.combine: expected true or false, got "
+                                f"{short(combine)}")
+        exchange = {"kind": "params" if combine else "none"}
+        for key in ("wire_dtype", "snapshots"):
+            if key in table:
+                value = table.pop(key)
+                if combine:
+                    exchange[key] = value
+        peer_models = table.pop("peer_models", {})
+        learner = _renamed(table, "model", "dcgan-mlp")
+        peers = _peer_models(peer_models, peers, out)
+    for k, group in enumerate(peers):
+        if isinstance(group, dict) and "algorithm" in group:
+            own = group.pop("algorithm")
+            if not isinstance(own, dict):
+                raise ScenarioError(f"peers[{k}].algorithm: expected a table, got {short(own)}")
+            group["learner"] = (_expfam_table(own, f"peers[{k}].algorithm", partial=True)
+                                if name == "expfam" else _renamed(own, "model", None))
+    out["exchange"], out["learner"] = exchange, learner
+    if peers:
+        out["peers"] = peers
+    return out, name
+
+
+def _renamed(table: dict, old: str, default: str | None) -> dict:
+    """``table`` with its ``old`` key (the model's name) as ``kind``."""
+    out = {k: v for k, v in table.items() if k != old}
+    if old in table:
+        out["kind"] = table[old]
+    elif default is not None:
+        out["kind"] = default
+    return {"kind": out.pop("kind"), **out} if "kind" in out else out
+
+
+def _expfam_table(table: dict, where: str, partial: bool = False) -> dict:
+    out = {k: v for k, v in table.items() if k != "family"}
+    if "family" in table or not partial:
+        family = table.get("family", "bernoulli")
+        if family not in EXPFAM_FAMILIES:
+            raise ScenarioError(f"{where}.family: {short(family)} is not known; allowed: "
+                                f"{', '.join(EXPFAM_FAMILIES)}")
+        out = {"kind": f"expfam-{family}", **out}
+    return out
+
+
+def _peer_models(peer_models: Any, peers: list, raw: dict) -> list:
+    """Diffusion GAN's ``peer_models`` as [[peers]] groups with a learner kind each."""
+    if not isinstance(peer_models, dict):
+        raise ScenarioError(f"algorithm.peer_models: expected a table, got {short(peer_models)}")
+    n = raw.get("topology", {}).get("n") if isinstance(raw.get("topology"), dict) else None
+    for key, model in peer_models.items():
+        if not (key.isdigit() and (not isinstance(n, int) or int(key) < n)):
+            bound = f" in 0..{n - 1}" if isinstance(n, int) else ""
+            raise ScenarioError(f"algorithm.peer_models.{clip(key, 20)}: is not a peer "
+                                f"id{bound}")
+        i = int(key)
+        for k, group in enumerate(peers):
+            ids = group.get("ids", []) if isinstance(group, dict) else []
+            if isinstance(ids, list) and i in ids:
+                if ids != [i]:
+                    raise ScenarioError(
+                        f"algorithm.peer_models.{key}: peer {i} is in the group peers[{k}] "
+                        f"with others; write peers = [{{ ids = [{i}], learner = {{ kind = "
+                        f"{json.dumps(model)} }} }}] in the new form")
+                group.setdefault("algorithm", {})["model"] = model
+                break
+        else:
+            peers.append({"ids": [i], "algorithm": {"model": model}})
+    return peers
+
+
+_PRESET_NAMES = (("exchange.wire_dtype", "algorithm.wire_dtype"),
+                 ("exchange.snapshots", "algorithm.snapshots"),
+                 ("learner.kind", "algorithm.model"), ("learner", "algorithm"))
+
+
+def _preset_names(msg: str) -> str:
+    """An error of the expanded scenario, naming keys as an old-form file writes them."""
+    for new, old in _PRESET_NAMES:
+        # only as a key: "learner.lr:", "[learner]", "peers[0].learner.kind ="
+        msg = re.sub(rf"(?<![A-Za-z_]){re.escape(new)}(?=[.:\]]| =)", old, msg)
+    return msg
+
+
+def preset_notice(raw: dict) -> str | None:
+    """For a file in the old form, how to write it now (None: it is in the new form)."""
+    if not isinstance(raw, dict) or "algorithm" not in raw:
+        return None
+    try:
+        new, name = expand_preset(raw)
+    except ScenarioError:
+        return None
+    lines = [f"[algorithm] name = {json.dumps(name)} is the old form: it runs as "
+             f"exchange {new['exchange']['kind']!r} x learner {new['learner'].get('kind')!r}."
+             " Write it now as:"]
+    for section in ("exchange", "learner"):
+        body = ", ".join(f"{k} = {json.dumps(v)}" for k, v in new[section].items())
+        lines.append(f"  [{section}] {body}")
+    if any(isinstance(g, dict) and "learner" in g for g in new.get("peers", ())):
+        lines.append("  and in [[peers]], learner = { ... } instead of algorithm = { ... }")
+    return "\n".join(lines)

@@ -33,10 +33,11 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import math
-import sys
 import tomllib
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +45,8 @@ from typing import Any
 
 from p2pgame.config import ScenarioError, clip, short
 from p2pgame.scenario import apply_overrides, load_raw, resolve
+
+log = logging.getLogger(__name__)
 
 SWEEP_KEYS = ("name", "scenario", "set", "grid", "baseline", "plot", "metrics")
 BASELINE_KEYS = ("label", "scenario", "set")
@@ -187,10 +190,15 @@ def point_row(point: Point, summary: dict | None, metrics: list[str]) -> dict[st
 
 
 def run_sweep(spec: SweepSpec, out: Path, data_root: Path, progress: bool = True,
-              log=print) -> Path:
-    """Run every point; return the sweep folder (sweep.csv, sweep.json, sweep.png)."""
+              log: Callable[[str], None] | None = None) -> Path:
+    """Run every point; return the sweep folder (sweep.csv, sweep.json, sweep.png).
+    ``log``: where a line per point goes (default: this module's logger, on stderr)."""
     from p2pgame.launch import check_writable, run
+    from p2pgame.launch.logs import setup_logging
 
+    setup_logging()
+    if log is None:
+        log = logging.getLogger(__name__).info
     check_writable(Path(out), "--out")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(out) / f"{spec.name}-{stamp}"
@@ -336,17 +344,17 @@ def main_sweep(args) -> int:
 
     check_writable(Path(args.out), "--out")  # before anything is checked or prepared
     spec = load_sweep(args.sweep, args.set)
-    print(f"{spec.name}: {len(spec.points)} points", file=sys.stderr)
-    out = run_sweep(spec, Path(args.out), Path(args.data), progress=not args.quiet,
-                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    log.info(f"{spec.name}: {len(spec.points)} points")
+    out = run_sweep(spec, Path(args.out), Path(args.data), progress=not args.quiet)
     records = json.loads((out / "sweep.json").read_text())["points"]
     cols = ["label", "status", *spec.metrics]
     widths = [max(len(c), 10) for c in cols]
+    # (print: the table and the folder are the command's output, on stdout)
     print("  ".join(c[:w].rjust(w) for c, w in zip(cols, widths, strict=True)))
     for r in records:
         vals = [r["label"], r["status"], *[r["row"].get(m) for m in spec.metrics]]
         cells = [f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
                  for v in vals]
-        print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
-    print(f"results: {out}")
+        print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))  # (output)
+    print(f"results: {out}")  # (the command's output)
     return 0 if all(r["status"] == "ok" for r in records) else 1

@@ -16,6 +16,13 @@ Every process a peer lives in runs the launcher's own ``p2pgame`` (the fork
 server resolves imports as the launcher does; a peer checks the package it got,
 a Ray worker its source digest), and a backend that cannot start its peers
 raises :class:`BackendError`, one line, before any peer runs.
+
+What differs between backends beyond starting and ending is theirs to say, so that
+the launcher never asks which backend it has (:class:`Backend`): whether peers may
+live on other machines (:attr:`~Backend.remote`), the address this machine is
+reached at, and, before any backend object exists (:func:`backend_class`), the
+placement ``auto`` means, the worker count, the threads per process and the
+devices of the peers.  ``RayBackend`` is the only place that knows Ray.
 """
 
 from __future__ import annotations
@@ -40,7 +47,39 @@ class BackendError(RuntimeError):
 
 
 class Backend(Protocol):
-    """Where peers live.  Every method takes the peer id."""
+    """Where peers live.  Every method takes the peer id.
+
+    The class also answers, before any instance exists (the launcher asks
+    :func:`backend_class`), what the run needs to know of it: see the classmethods."""
+
+    # Peers may live on other machines: no disk shared with the launcher (it writes every
+    # file they report) and no launcher pid to watch.
+    remote: bool = False
+
+    @classmethod
+    def auto_placement(cls, scenario: Any) -> str:
+        """What ``runtime.placement = "auto"`` means here: ``process`` or ``workers``."""
+
+    @classmethod
+    def n_workers(cls, scenario: Any, placement: str) -> int:
+        """How many processes host the peers; ScenarioError if that cannot be placed."""
+
+    @classmethod
+    def threads_per_peer(cls, scenario: Any, placement: str, workers: int | None) -> int:
+        """Threads of a process peers live in, unless the scenario sets them."""
+
+    @classmethod
+    def devices(cls, scenario: Any, placement: str) -> list[str]:
+        """Each peer's torch device for ``runtime.device`` other than ``cpu``;
+        ScenarioError for one that cannot be had."""
+
+    @classmethod
+    def create(cls, runtime: Any, placement: str, workers: int, bind_node: bool = False,
+               preload: Sequence[str] = ()) -> Backend:
+        """The backend object of a run (nothing started yet)."""
+
+    def node_address(self) -> str:
+        """The address this machine is reached at (``comm.host = "node"``)."""
 
     def start(self, launches: dict[int, dict[str, Any]]) -> None:
         """Start every peer with its PeerLaunch (plain data; peers share one scenario
@@ -163,7 +202,7 @@ def _same_package(launcher: str, launches: list[dict[str, Any]]) -> bool:
 
 def _peer_process(launcher: dict[str, Any], launch: dict[str, Any]) -> None:
     """A peer's process (placement ``process``): the launcher's environment taken back and
-    its package checked (``launcher``: :meth:`_Processes._spawn`), then
+    its package checked (``launcher``: :meth:`LocalBackend._spawn`), then
     :func:`p2pgame.peer.peer_main`."""
     _restore_env(launcher["env"])
     if not _same_package(launcher["package"], [launch]):
@@ -180,8 +219,29 @@ def _worker_process(launcher: dict[str, Any], launches: list[dict[str, Any]],
     worker_main(launches, worker)
 
 
-class _Processes:
-    """Signals and joins for the processes peers live in, by peer."""
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _gpu_count() -> int:
+    """CUDA devices visible here (0: torch missing or broken)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # torch missing or broken: none
+        return 0
+
+
+class LocalBackend:
+    """Peers in processes of this machine: signals and joins for them, by peer (the
+    placements are its subclasses), and what this machine's cores and GPUs decide."""
+
+    remote = False  # peers share this machine's disk and watch the launcher's pid
 
     def __init__(self, preload: Sequence[str] = ()) -> None:
         self.ctx = start_context(preload)
@@ -235,8 +295,74 @@ class _Processes:
     def nodes(self) -> list[dict[str, Any]]:
         return []  # all on this machine
 
+    # -- what this machine's cores and GPUs decide (asked before any backend exists) --
 
-class LocalSpawnBackend(_Processes):
+    @classmethod
+    def auto_placement(cls, scenario: Any) -> str:
+        """One process per peer up to max(8, 2 x cores) peers (each its own interpreter:
+        isolation, no shared GIL), workers beyond (one interpreter, data set and
+        evaluator per worker instead of per peer)."""
+        return "process" if scenario.n <= max(8, 2 * cpu_count()) else "workers"
+
+    @classmethod
+    def n_workers(cls, scenario: Any, placement: str) -> int:
+        """One per peer (placement ``process``); else as set, or one per core (one per GPU
+        when peers run on GPUs), never more than the peers."""
+        if placement != "workers":
+            return scenario.n
+        rt = scenario.runtime
+        want = rt.workers
+        if not want:
+            want = cpu_count()
+            if rt.device != "cpu":
+                want = _gpu_count() or want
+        return max(1, min(want, scenario.n))
+
+    @classmethod
+    def threads_per_peer(cls, scenario: Any, placement: str, workers: int | None) -> int:
+        """Cores // processes, at least 1 (``workers``: :meth:`n_workers`, if known)."""
+        return max(1, cpu_count() // (workers or cls.n_workers(scenario, placement)))
+
+    @classmethod
+    def devices(cls, scenario: Any, placement: str) -> list[str]:
+        """``auto``: CUDA when present, else the CPU.  Processes go round-robin over the
+        GPUs: one per peer, or with placement ``workers`` one per worker (its peers share
+        that GPU, each on its own stream).  ``cuda[:N]`` is refused here, before any peer
+        starts, when this machine has no such device (else each peer fails on its own
+        torch error)."""
+        want = scenario.runtime.device
+        n_gpu = _gpu_count()
+        if want != "auto":
+            index = int(want.partition(":")[2] or 0)
+            if not n_gpu:
+                raise ScenarioError(f"runtime.device = {want!r}: no CUDA device is visible on "
+                                    'this machine; use "auto" or "cpu"')
+            if index >= n_gpu:
+                raise ScenarioError(f"runtime.device = {want!r}: only {n_gpu} CUDA device(s) "
+                                    f"are visible (cuda:0..cuda:{n_gpu - 1})")
+            return [want] * scenario.n
+        if not n_gpu:
+            return ["cpu"] * scenario.n
+        process_of = list(range(scenario.n))
+        if placement == "workers":
+            for w, block in enumerate(worker_blocks(list(range(scenario.n)),
+                                                    cls.n_workers(scenario, placement))):
+                for i in block:
+                    process_of[i] = w
+        return [f"cuda:{process_of[i] % n_gpu}" for i in range(scenario.n)]
+
+    @classmethod
+    def create(cls, runtime: Any, placement: str, workers: int, bind_node: bool = False,
+               preload: Sequence[str] = ()) -> Backend:
+        if placement == "workers":
+            return WorkerBackend(workers, preload)
+        return LocalSpawnBackend(preload)
+
+    def node_address(self) -> str:
+        return node_address()
+
+
+class LocalSpawnBackend(LocalBackend):
     """One OS process per peer (placement ``process``)."""
 
     def start(self, launches: dict[int, dict[str, Any]]) -> None:
@@ -252,7 +378,7 @@ def worker_blocks(peers: list[int], workers: int) -> list[list[int]]:
             for w in range(workers)]
 
 
-class WorkerBackend(_Processes):
+class WorkerBackend(LocalBackend):
     """W worker processes, each hosting a block of peers (placement ``workers``)."""
 
     def __init__(self, workers: int, preload: Sequence[str] = ()) -> None:
@@ -375,6 +501,8 @@ class RayBackend:
     started (``start`` failed) is simply not running.
     """
 
+    remote = True  # actors on any node of the cluster: no shared disk, no launcher pid
+
     def __init__(self, workers: int, address: str = "", strategy: str = "spread",
                  cpus: float = 1.0, gpus: float = 0.0, bind_node: bool = False) -> None:
         self.ray = connect_ray(address)
@@ -485,11 +613,50 @@ class RayBackend:
             self.ray.shutdown()
             _ray_ours = False
 
+    def node_address(self) -> str:
+        """Ray's view of this node."""
+        return self.ray.util.get_node_ip_address()
+
     def nodes(self) -> list[dict[str, Any]]:
         if not self.node_ids:  # never started (or its start failed)
             return []
         return [{"worker": w, "node": node, "peers": block}
                 for w, (node, block) in enumerate(zip(self.node_ids, self.blocks, strict=True))]
+
+    # -- what the cluster decides (asked before any backend exists) ---------------------
+
+    @classmethod
+    def auto_placement(cls, scenario: Any) -> str:
+        """``workers``: as many as the cluster holds (this machine's cores say nothing of
+        the cluster)."""
+        return "workers"
+
+    @classmethod
+    def n_workers(cls, scenario: Any, placement: str) -> int:
+        """The actors are the workers: one per peer with placement ``process``, else as
+        set, or as many as the cluster's nodes have room for (``worker_cpus``,
+        ``worker_gpus`` each); a count that cannot be placed is refused (ScenarioError).
+        Connects to Ray."""
+        return ray_workers(scenario.runtime, scenario.n, one_per_peer=placement == "process")
+
+    @classmethod
+    def threads_per_peer(cls, scenario: Any, placement: str, workers: int | None) -> int:
+        """A worker's CPUs (``runtime.worker_cpus``)."""
+        return max(1, int(scenario.runtime.worker_cpus))
+
+    @classmethod
+    def devices(cls, scenario: Any, placement: str) -> list[str]:
+        """A worker with a GPU bundle sees only its own GPU: ``auto`` is ``cuda:0`` there."""
+        rt = scenario.runtime
+        if rt.device == "auto":
+            return ["cuda:0" if rt.worker_gpus > 0 else "cpu"] * scenario.n
+        return [rt.device] * scenario.n
+
+    @classmethod
+    def create(cls, runtime: Any, placement: str, workers: int, bind_node: bool = False,
+               preload: Sequence[str] = ()) -> Backend:
+        return cls(workers, runtime.ray_address, runtime.ray_strategy, runtime.worker_cpus,
+                   runtime.worker_gpus, bind_node)
 
 
 def _ray_host_class() -> type:
@@ -567,16 +734,21 @@ def node_address() -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
+BACKENDS: dict[str, type] = {"local": LocalBackend, "ray": RayBackend}
+
+
+def backend_class(runtime: Any) -> Any:
+    """The backend class of a resolved ``[runtime]`` (:class:`p2pgame.config.RuntimeSpec`):
+    its classmethods answer what the launcher must know before a backend exists."""
+    try:
+        return BACKENDS[runtime.backend]
+    except KeyError:
+        raise ValueError(f"runtime.backend = {runtime.backend!r} is not known") from None
+
+
 def make_backend(runtime: Any, placement: str, workers: int, bind_node: bool = False,
                  preload: Sequence[str] = ()) -> Backend:
-    """The backend of a resolved ``[runtime]`` (:class:`p2pgame.config.RuntimeSpec`) for a
-    placement (``process`` or ``workers``: ``auto`` decided by the caller); ``preload``: the
-    modules its peers import, loaded once by the fork server (:func:`start_context`)."""
-    if runtime.backend == "ray":
-        return RayBackend(workers, runtime.ray_address, runtime.ray_strategy,
-                          runtime.worker_cpus, runtime.worker_gpus, bind_node)
-    if runtime.backend != "local":
-        raise ValueError(f"runtime.backend = {runtime.backend!r} is not known")
-    if placement == "workers":
-        return WorkerBackend(workers, preload)
-    return LocalSpawnBackend(preload)
+    """The backend of a resolved ``[runtime]`` for a placement (``process`` or ``workers``:
+    ``auto`` decided by the caller); ``preload``: the modules its peers import, loaded once
+    by the fork server (:func:`start_context`)."""
+    return backend_class(runtime).create(runtime, placement, workers, bind_node, preload)

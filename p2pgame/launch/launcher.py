@@ -3,18 +3,21 @@
 It owns the run folder and the control channel.  It starts the peers, waits
 for every ``Hello`` (endpoint), tells each peer whom to connect to, waits for
 every ``Linked`` (handshake complete), says ``Go``, shows progress while it
-writes the metrics lines and files the peers report, and finally asks
-everyone to ``Shutdown``.  A peer that dies or reports an error is named in
-``summary.json`` and in the exit status; the others are asked to stop.
-SIGINT/SIGTERM: ask, wait, terminate, kill.
+writes the files the peers report and hands their metrics lines to its metric
+sinks (:mod:`p2pgame.launch.sinks`), and finally asks everyone to ``Shutdown``.
+A peer that dies or reports an error is named in ``summary.json`` and in the
+exit status; the others are asked to stop.  SIGINT/SIGTERM: ask, wait,
+terminate, kill.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import p2pgame.peer.control as ctl
@@ -22,20 +25,33 @@ from p2pgame.bus.transport import ControlServer
 from p2pgame.config import Scenario
 from p2pgame.launch.backends import Backend
 from p2pgame.launch.rundir import RunFolder
+from p2pgame.launch.sinks import JsonlSink, MetricSink
 from p2pgame.topology import Schedule
+
+log = logging.getLogger(__name__)
 
 LIVENESS_EVERY_S = 0.2
 EXITED = "process exited with code"
 
 
 class Launcher:
+    """Supervises one run's peers over the control channel (see the module).
+
+    ``folder``: the run folder it writes what peers report into; ``sinks``: where their
+    metrics lines go (default: ``metrics/peer-<i>.jsonl`` in ``folder``)."""
+
     def __init__(self, scenario: Scenario, schedule: Schedule, folder: RunFolder,
-                 backend: Backend, progress: bool = True) -> None:
+                 backend: Backend, progress: bool = True,
+                 sinks: Sequence[MetricSink] | None = None) -> None:
         self.scenario = scenario
         self.schedule = schedule
         self.folder = folder
         self.backend = backend
         self.progress = progress
+        if sinks is None:
+            sinks = [JsonlSink(folder)] if folder is not None else []
+        self.sinks: list[MetricSink] = list(sinks)
+        self._sinks_open: set[int] = set()  # peers whose lines the sinks were opened for
         self.peers = list(range(scenario.n))
         self.failures: dict[int, str] = {}
         self.warnings: dict[int, str] = {}
@@ -59,8 +75,19 @@ class Launcher:
         self.stop_deadline: float | None = None
         self.stopped_by_launcher: dict[int, int] = {}  # peer -> the signal that ended it
 
-    def log(self, msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    def metrics(self, peer: int, lines: list[dict[str, Any]]) -> None:
+        """A peer's metrics lines, to every sink (opened for the peer on its first lines)."""
+        if peer not in self._sinks_open:
+            self._sinks_open.add(peer)
+            for sink in self.sinks:
+                sink.open(peer)
+        for sink in self.sinks:
+            sink.write(peer, lines)
+
+    def close(self) -> None:
+        """The run has ended: close the sinks."""
+        for sink in self.sinks:
+            sink.close()
 
     async def _recv(self, server: ControlServer, timeout: float = 0.2) -> tuple[int, Any] | None:
         """One control message, or None; notices dead peers and handles reports on the way."""
@@ -92,7 +119,7 @@ class Launcher:
             if msg.traceback:
                 self.folder.log(peer, msg.traceback)
         elif isinstance(msg, ctl.Metrics):
-            self.folder.metrics(peer, msg.lines)
+            self.metrics(peer, msg.lines)
         elif isinstance(msg, ctl.Artifact):
             if not self.folder.artifact(msg.name, msg.data):
                 self.rejected_artifacts += 1
@@ -128,7 +155,7 @@ class Launcher:
         if not self.failures and not self.interrupted:
             endpoints = self.endpoints = {i: m.endpoint for i, m in hellos.items()}
             # Where each peer publishes, for outside subscribers (README, "Wire format").
-            self.folder.write(self.folder.path / "endpoints.json", json.dumps(
+            self.folder.write(self.folder.layout.endpoints, json.dumps(
                 {str(i): {"endpoint": endpoints[i], "pid": hellos[i].pid}
                  for i in sorted(endpoints)}, indent=1))
             for i in self.peers:
@@ -213,7 +240,7 @@ class Launcher:
             if reason.startswith("silent") and self.backend.alive(i):
                 self.backend.kill(i)  # frozen: it must not wake up beside its successor
                 self.backend.join(i, 5.0)
-            resume = self.folder.path / "resume" / f"peer-{i}.json"
+            resume = self.folder.layout.resume_state(i)
             text = resume.read_text() if resume.is_file() else ""
             from_step = json.loads(text)["step"] if text else 0
             launch = dict(self.launches[i])
@@ -222,7 +249,7 @@ class Launcher:
             self.restarts.setdefault(i, []).append({
                 "reason": reason, "at_step": self.step_of.get(i, 0), "from_step": from_step,
                 "lost_steps": max(0, self.step_of.get(i, 0) - from_step)})
-            self.log(f"peer {i} failed ({reason}): restarting it from step {from_step} "
+            log.info(f"peer {i} failed ({reason}): restarting it from step {from_step} "
                      f"({self.restarts_left[i]} restart(s) left)")
             self.rejoining[i] = from_step
             self.step_of[i] = from_step
@@ -253,7 +280,7 @@ class Launcher:
         """SIGINT/SIGTERM: the first asks the peers to stop, a second ends them now."""
         self.interrupted += 1
         if self.interrupted == 1:
-            self.log("stopping: asking peers to stop (again to force)")
+            log.info("stopping: asking peers to stop (again to force)")
         else:
             self.stop_deadline = time.monotonic()  # terminate at once, then kill
 
@@ -300,6 +327,6 @@ class Launcher:
                 self.warnings[i] = (f"reported its results but did not exit within "
                                     f"runtime.stop_timeout_s = {self.scenario.runtime.stop_timeout_s:g} s "
                                     f"(exit code {code} after being stopped)")
-                self.log(f"warning: peer {i} {self.warnings[i]}")
+                log.warning(f"peer {i} {self.warnings[i]}")
             else:
                 self.failures[i] = f"process exited with code {code}"

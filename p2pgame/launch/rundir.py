@@ -1,16 +1,176 @@
-"""The run folder: written by the launcher alone, from what the peers report."""
+"""The run folder: its layout, named in one place, and its writes, by the launcher alone
+from what the peers report.
+
+:class:`RunLayout` names every path of a run folder (README, "The run folder");
+:class:`RunFolder` writes reported files into it, whole or not at all, and keeps the
+first write that failed.  Metrics lines go through the metric sinks
+(:mod:`p2pgame.launch.sinks`), the JSONL one into :meth:`RunLayout.metrics`.
+"""
 
 from __future__ import annotations
 
 import csv
 import errno
 import json
-import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from p2pgame.topology import Schedule
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each file of a run folder lives: every name in one place.
+
+    Peers name the files they report by their path relative to the folder (e.g.
+    ``samples/peer-0.png``, ``resume/peer-0.json``): :meth:`artifact` takes those, and
+    refuses one that would leave the folder."""
+
+    root: Path
+
+    # The run as given and as resolved; the topology.
+    SCENARIO_TOML = "scenario.toml"
+    RESOLVED = "resolved.json"
+    SCENARIO_JSON = "scenario.json"
+    TOPOLOGY = "topology.json"
+    EDGES = "edges.csv"
+    WEIGHTS = "weights.csv"
+    # Written while and after the run.
+    ENDPOINTS = "endpoints.json"
+    LINKS = "links.csv"
+    SUMMARY = "summary.json"
+    EVALUATION = "evaluation.json"
+    # Folders of per-peer files.
+    METRICS = "metrics"
+    SAMPLES = "samples"
+    CHECKPOINTS = "checkpoints"
+    RESUME = "resume"
+    LOGS = "logs"
+    KEYS = "keys"
+    REPORT = "report"
+    # What ``--resume`` writes anew: the interrupted run's are kept beside, renamed.
+    REWRITTEN_ON_RESUME = (SUMMARY, LINKS, ENDPOINTS)
+    BEFORE_RESUME = "-before-resume"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # -- files of the run ----------------------------------------------------------------
+    @property
+    def scenario_toml(self) -> Path:
+        """The scenario file as given."""
+        return self.root / self.SCENARIO_TOML
+
+    @property
+    def resolved(self) -> Path:
+        """The file plus ``--set`` overrides (re-loadable)."""
+        return self.root / self.RESOLVED
+
+    @property
+    def scenario_json(self) -> Path:
+        """Every key resolved, nested as the code holds it."""
+        return self.root / self.SCENARIO_JSON
+
+    @property
+    def topology(self) -> Path:
+        return self.root / self.TOPOLOGY
+
+    @property
+    def edges(self) -> Path:
+        return self.root / self.EDGES
+
+    @property
+    def weights(self) -> Path:
+        return self.root / self.WEIGHTS
+
+    @property
+    def endpoints(self) -> Path:
+        return self.root / self.ENDPOINTS
+
+    @property
+    def links(self) -> Path:
+        return self.root / self.LINKS
+
+    @property
+    def summary(self) -> Path:
+        return self.root / self.SUMMARY
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / self.EVALUATION
+
+    def before_resume(self, name: str) -> Path:
+        """Where ``--resume`` keeps the interrupted run's ``name`` (``summary.json`` ->
+        ``summary-before-resume.json``)."""
+        stem, dot, suffix = name.partition(".")
+        return self.root / f"{stem}{self.BEFORE_RESUME}{dot}{suffix}"
+
+    # -- folders and per-peer files ------------------------------------------------------
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / self.METRICS
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / self.SAMPLES
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / self.CHECKPOINTS
+
+    @property
+    def resume_dir(self) -> Path:
+        return self.root / self.RESUME
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / self.LOGS
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / self.KEYS
+
+    @property
+    def report_dir(self) -> Path:
+        """``p2pgame report``'s folder for this one run (its default ``--out``)."""
+        return self.root / self.REPORT
+
+    def metrics(self, peer: int) -> Path:
+        """``metrics/peer-<i>.jsonl``: the peer's metrics lines."""
+        return self.metrics_dir / f"peer-{peer}.jsonl"
+
+    def metrics_files(self) -> dict[str, Path]:
+        """Every peer's metrics file there is, by peer id (as text), in name order."""
+        return {f.stem.split("-", 1)[1]: f for f in sorted(self.metrics_dir.glob("peer-*.jsonl"))}
+
+    def samples(self, peer: int) -> Path:
+        """``samples/peer-<i>.png``: the peer's sample grid."""
+        return self.samples_dir / f"peer-{peer}.png"
+
+    def checkpoint(self, peer: int) -> Path:
+        """``checkpoints/peer-<i>.pt``: the peer's weights (written by the peer itself)."""
+        return self.checkpoints_dir / f"peer-{peer}.pt"
+
+    def resume_state(self, peer: int) -> Path:
+        """``resume/peer-<i>.json``: the peer's latest resume state."""
+        return self.resume_dir / f"peer-{peer}.json"
+
+    def log(self, peer: int) -> Path:
+        """``logs/peer-<i>.log``: the traceback of a failed peer."""
+        return self.logs_dir / f"peer-{peer}.log"
+
+    def public_key(self, peer: int | None) -> Path:
+        """``keys/peer-<i>.public`` (None: ``keys/launcher.public``)."""
+        return self.keys_dir / ("launcher.public" if peer is None else f"peer-{peer}.public")
+
+    def artifact(self, name: str) -> Path | None:
+        """Where a file a peer reported as ``name`` (relative, e.g. ``samples/peer-0.png``)
+        goes; None for a name that would leave the run folder."""
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or not rel.parts or any(p in ("..", "") for p in rel.parts):
+            return None
+        return self.root.joinpath(*rel.parts)
 
 
 def make_run_dir(out: Path, name: str) -> Path:
@@ -27,7 +187,8 @@ def make_run_dir(out: Path, name: str) -> Path:
             run_dir = Path(f"{base}-{k}")
 
 
-def write_topology(run_dir: Path, schedule: Schedule) -> None:
+def write_topology(layout: RunLayout, schedule: Schedule) -> None:
+    """``topology.json`` (every epoch), ``edges.csv`` and ``weights.csv`` (the first)."""
     epochs = [
         {
             "start_step": start,
@@ -37,14 +198,14 @@ def write_topology(run_dir: Path, schedule: Schedule) -> None:
         }
         for start, top in zip(schedule.starts, schedule.topologies, strict=True)
     ]
-    (run_dir / "topology.json").write_text(json.dumps({"epochs": epochs}, indent=1))
+    layout.topology.write_text(json.dumps({"epochs": epochs}, indent=1))
     first = schedule.topologies[0]
-    with (run_dir / "edges.csv").open("w", newline="") as f:
+    with layout.edges.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["src", "dst", "weight"])
         for s, d in first.edges:
             w.writerow([s, d, float(first.weights[d, s])])
-    with (run_dir / "weights.csv").open("w", newline="") as f:
+    with layout.weights.open("w", newline="") as f:
         csv.writer(f).writerows(first.weights.tolist())
 
 
@@ -56,56 +217,27 @@ def write_error(path: Path, e: OSError) -> str:
 
 
 class RunFolder:
-    """Appends what peers report: metrics lines, artifacts, failure logs.
+    """Writes what peers report into the run folder: artifacts, failure logs (metrics lines
+    go through the sinks, :mod:`p2pgame.launch.sinks`, the JSONL one into this folder).
 
     A write that fails (a full disk) never raises: the first failure is kept in
     :attr:`error` (one line naming the file), for the launcher to stop the run on, and
-    what was already written stays whole: a metrics file keeps every complete line."""
+    what was already written stays whole."""
 
-    def __init__(self, path: Path, append: bool = False) -> None:
-        self.path = Path(path)
-        self.append = append  # a resumed run adds to the metrics files it continues
-        self._metrics: dict[int, int] = {}  # peer -> descriptor of its metrics file
+    def __init__(self, path: Path | RunLayout, append: bool = False) -> None:
+        self.layout = path if isinstance(path, RunLayout) else RunLayout(Path(path))
+        self.path = self.layout.root
+        self.append = append  # a resumed run adds to the files it continues (metrics)
         self.error: str | None = None
-        self._os_write = os.write  # (a seam: tests make the disk fill up)
 
-    def _failed(self, path: Path, e: OSError) -> None:
+    def failed(self, path: Path, e: OSError) -> None:
+        """Keep the first write that failed (one line naming ``path``)."""
         if self.error is None:
             self.error = write_error(path, e)
 
-    def metrics(self, peer: int, lines: list[dict[str, Any]]) -> None:
-        path = self.path / "metrics" / f"peer-{peer}.jsonl"
-        if self.error is not None:
-            return  # the run is stopping: nothing more is written
-        try:
-            fd = self._metrics.get(peer)
-            if fd is None:
-                path.parent.mkdir(exist_ok=True)
-                flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC)
-                fd = self._metrics[peer] = os.open(path, flags, 0o644)
-        except OSError as e:
-            self._failed(path, e)
-            return
-        # Unbuffered, whole lines at once: readable while the run goes on, and a write the
-        # disk cannot take is cut back to the last complete line.
-        data = memoryview("".join(json.dumps(line) + "\n" for line in lines).encode())
-        start = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            while data:
-                data = data[self._os_write(fd, data):]
-        except OSError as e:
-            self._failed(path, e)
-            try:
-                os.ftruncate(fd, start)
-            except OSError:
-                pass
-
     def artifact_path(self, name: str) -> Path | None:
         """Where a reported file goes; None for a name that would leave the run folder."""
-        rel = PurePosixPath(name)
-        if rel.is_absolute() or not rel.parts or any(p in ("..", "") for p in rel.parts):
-            return None
-        return self.path.joinpath(*rel.parts)
+        return self.layout.artifact(name)
 
     def artifact(self, name: str, data: bytes) -> bool:
         """Write a reported file (whole, or not at all: a partial one is removed); False
@@ -129,7 +261,7 @@ class RunFolder:
             tmp.replace(path)
             return True
         except OSError as e:
-            self._failed(path, e)
+            self.failed(path, e)
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
@@ -137,15 +269,11 @@ class RunFolder:
             return False
 
     def log(self, peer: int, text: str) -> None:
-        path = self.path / "logs" / f"peer-{peer}.log"
+        """Append a failed peer's traceback to ``logs/peer-<i>.log``."""
+        path = self.layout.log(peer)
         try:
             path.parent.mkdir(exist_ok=True)
             with path.open("a") as f:
                 f.write(text.rstrip() + "\n")
         except OSError as e:
-            self._failed(path, e)
-
-    def close(self) -> None:
-        for fd in self._metrics.values():
-            os.close(fd)
-        self._metrics.clear()
+            self.failed(path, e)

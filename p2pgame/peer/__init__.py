@@ -26,14 +26,15 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _setup_process(threads: int, algorithm_name: str, torch_threads: int) -> None:
+def _setup_process(threads: int, scenario: dict, torch_threads: int) -> None:
+    """``scenario``: a launch's, as plain data."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     if _main_thread():  # (a Ray actor runs us in one of its threads: Ray owns signals)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C, asks us to stop
-    from p2pgame.algorithms import get_algorithm
+    from p2pgame.peer.method import plain_uses_torch
 
-    if get_algorithm(algorithm_name).uses_torch:
+    if plain_uses_torch(scenario):
         import torch
 
         torch.set_num_threads(torch_threads)
@@ -61,7 +62,7 @@ def peer_main(launch: dict) -> None:
     log = _peer_log(spec.peer_id)
     code = 1
     try:
-        _setup_process(spec.threads, spec.scenario["algorithm_name"], spec.threads)
+        _setup_process(spec.threads, spec.scenario, spec.threads)
         code = asyncio.run(_single(spec, log))
     except BaseException as e:  # report any failure, then exit non-zero
         log(f"failed: {_failure_line(e)}")
@@ -145,8 +146,7 @@ def run_worker(launches: list[dict], worker: int, handle: WorkerHandle | None = 
     specs = [PeerLaunch(**launch) for launch in launches]
     try:
         threads = specs[0].threads
-        _setup_process(threads, specs[0].scenario["algorithm_name"],
-                       threads if len(specs) == 1 else 1)
+        _setup_process(threads, specs[0].scenario, threads if len(specs) == 1 else 1)
         raise_open_files(len(specs))
         return asyncio.run(_worker(specs, threads, handle or WorkerHandle()))
     except BaseException as e:
@@ -168,15 +168,15 @@ def raise_open_files(peers: int) -> None:
 async def _worker(specs, threads: int, handle: WorkerHandle) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from p2pgame.algorithms import decode_scenario
     from p2pgame.bus.transport import shared_context, start_authenticator
+    from p2pgame.peer.method import decode
     from p2pgame.topology import schedule_from_plain
 
     loop = asyncio.get_running_loop()
     # Heavy steps (and evaluations) of this worker's peers share ``threads`` threads.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=max(1, threads),
                                                  thread_name_prefix="p2pgame-step"))
-    scenario = decode_scenario(specs[0].scenario)  # once for every peer here
+    scenario = decode(specs[0].scenario)  # once for every peer here
     schedule = schedule_from_plain(specs[0].schedule)
     # pub, control, a wake pair and, per in-neighbour, a sub and its monitor pair, per peer
     sockets = sum(5 + 3 * len(schedule.union_in(s.peer_id)) for s in specs) + 16

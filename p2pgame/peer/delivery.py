@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
-from p2pgame.algorithms.base import Inbox
 from p2pgame.bus.codec import Envelope
 from p2pgame.bus.links import Link
+from p2pgame.exchange.inbox import Inbox
 
 
 class Delivery:

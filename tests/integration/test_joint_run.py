@@ -163,14 +163,15 @@ publishes = ["cx", "x"]
 learns = ["x"]
 """, """[[peers]]
 ids = [3]
-algorithm = { model = "vae-conv", capacity = 4, method = "symmetric", learn_prior = false, prior_lr = 0.0 }
+algorithm = { model = "vae-conv" }
 publishes = []
 learns = ["x"]
 """)
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ScenarioError, match=r"peer 3 learns 'x' as x: bool\[1, 28, 28\] but its "
-                                            r"in-neighbour peer 0 publishes 'x' as x: float16"):
+    with pytest.raises(ScenarioError, match=r"peer 3 \(vae-conv\) learns 'x' as x: bool\[1, 28, "
+                                            r"28\] but its in-neighbour peer 0 \(joint-cx\) "
+                                            r"publishes 'x' as x: float16"):
         load_scenario(path)
 
 

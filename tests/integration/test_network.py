@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from p2pgame import launch
-from p2pgame.algorithms.base import dense_row
+from p2pgame.exchange.mixing import dense_row
 from p2pgame.config import ScenarioError
 
 pytestmark = pytest.mark.integration

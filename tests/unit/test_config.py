@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pgame.algorithms.expfam import ExpFamConfig
+from p2pgame.exchange.mixing import MixingConfig
+from p2pgame.learners.expfam import ExpFamConfig
 from p2pgame.config import (
     LINK_KEYS,
     CommSpec,
@@ -52,12 +53,10 @@ SHIPPED_SWEEPS = [p for p in SHIPPED if _is_sweep(p)]
 
 def _check_resolves(scenario) -> None:
     """The checks a launch makes before any process starts, the exchange included."""
-    from p2pgame.algorithms import get_algorithm
     from p2pgame.scenario import check_exchange
     from p2pgame.topology import build_schedule
 
-    check_exchange(scenario, get_algorithm(scenario.algorithm_name),
-                   build_schedule(scenario.topology, scenario.steps, scenario.seed))
+    check_exchange(scenario, build_schedule(scenario.topology, scenario.steps, scenario.seed))
 
 
 @pytest.mark.parametrize("path", [p for p in SHIPPED if p not in SHIPPED_SWEEPS],
@@ -84,8 +83,11 @@ def test_shipped_expfam_scenarios_load():
     for name in ("expfam-ring8.toml", "expfam-ring8-async.toml", "expfam-timevarying.toml"):
         s = load_scenario(ROOT_TOPOLOGIES / name)
         assert isinstance(s, Scenario)
-        assert s.algorithm_name == "expfam"
-        assert isinstance(s.algorithm, ExpFamConfig)
+        # (the expfam preset: samples, renormalised, x an exponential-family learner)
+        assert s.exchange == MixingConfig(kind="samples", missing="renormalise")
+        assert s.learner.kind == f"expfam-{s.learner.family}"
+        assert isinstance(s.learner, ExpFamConfig)
+        assert all(isinstance(p.learner, ExpFamConfig) for p in s.players)
         assert s.source.endswith(name)
     s = load_scenario(ROOT_TOPOLOGIES / "expfam-ring8-async.toml")
     assert (s.n, s.comm.mode, s.comm.link.delay_steps, s.comm.link.drop) == (8, "async", 5, 0.1)
@@ -118,7 +120,9 @@ def test_to_plain_is_json_friendly(tiny_raw):
     plain = to_plain(scenario_from_dict(tiny_raw))
     assert json.loads(json.dumps(plain))["topology"]["n"] == 4
     assert plain["comm"]["edges"] == []
-    assert plain["algorithm_name"] == "expfam" and plain["algorithm"]["dim"] == 4
+    assert plain["preset"] == "expfam"
+    assert plain["exchange"] == {"kind": "samples", "missing": "renormalise"}
+    assert plain["learner"]["kind"] == "expfam-bernoulli" and plain["learner"]["dim"] == 4
     assert plain["topology"]["graphs"][0]["graph"] == "ring"
 
 
@@ -180,11 +184,40 @@ def test_schedule_entry_needs_at_and_increasing(tiny_raw, write_scenario):
     assert "increasing" in _error(write_scenario(tiny_raw))
 
 
-@pytest.mark.parametrize("section", ["topology", "algorithm"])
-def test_missing_section(tiny_raw, write_scenario, section):
+def _new_form(raw: dict) -> dict:
+    """``raw`` (the old form, [algorithm]) written in the new form ([exchange], [learner])."""
+    from p2pgame.scenario import expand_preset
+
+    return expand_preset(raw)[0]
+
+
+def test_new_form_of_the_tiny_scenario_is_the_same_scenario(tiny_raw):
+    new = _new_form(tiny_raw)
+    assert "algorithm" not in new
+    assert new["exchange"] == {"kind": "samples", "missing": "renormalise"}
+    assert new["learner"] == {"kind": "expfam-bernoulli", "dim": 4, "n_data": 100, "batch": 32}
+    old, now = scenario_from_dict(tiny_raw, "x.toml"), scenario_from_dict(new, "x.toml")
+    assert (old.preset, now.preset) == ("expfam", "")
+    import dataclasses
+
+    assert dataclasses.replace(old, preset="") == now
+
+
+# A file without [algorithm] is in the new form: it is asked for [exchange] and [learner].
+@pytest.mark.parametrize("section, needle", [("topology", "missing section [topology]"),
+                                             ("algorithm", "missing section [exchange]")])
+def test_missing_section(tiny_raw, write_scenario, section, needle):
     del tiny_raw[section]
     msg = _error(write_scenario(tiny_raw))
-    assert f"[{section}]" in msg
+    assert needle in msg
+
+
+@pytest.mark.parametrize("section", ["topology", "exchange", "learner"])
+def test_missing_section_new_form(tiny_raw, write_scenario, section):
+    raw = _new_form(tiny_raw)
+    del raw[section]
+    msg = _error(write_scenario(raw))
+    assert f"missing section [{section}]" in msg
 
 
 # --------------------------------------------------------------------------- types & values
@@ -434,7 +467,7 @@ def test_link_spec_is_ideal():
 def _round_trip(s: Scenario) -> Scenario:
     import json
 
-    from p2pgame.algorithms import decode_scenario
+    from p2pgame.exchange import decode_scenario
 
     plain = to_plain(s)
     assert json.loads(json.dumps(plain)) == plain  # what travels to a peer is plain data
@@ -451,16 +484,17 @@ def test_plain_round_trip_expfam_with_peers_and_edge_overrides(tiny_raw):
                           "algorithm": {"lr": 0.1, "spread": 1.0}}]
     s = scenario_from_dict(tiny_raw, "rt.toml")
     # The fixture really exercises what the round trip must carry.
-    assert s.player(0).algorithm == ExpFamConfig(family="bernoulli", dim=4, n_data=100,
-                                                 batch=32, lr=0.1, spread=1.0)
+    assert s.player(0).learner == ExpFamConfig(kind="expfam-bernoulli", dim=4, n_data=100,
+                                               batch=32, lr=0.1, spread=1.0)
     assert s.player(0).publishes == ("x", "mu") and s.player(1).publishes == ("x",)
-    assert s.player(1).algorithm == s.algorithm and s.algorithm.lr == 0.2
+    assert s.player(1).learner == s.learner and s.learner.lr == 0.2
     assert len(s.comm.edges) == 2 and len(s.topology.graphs) == 2
     assert s.topology.self_weight == (0.5, 0.4, 0.6, 0.5)
     back = _round_trip(s)
     assert back == s
-    assert isinstance(back.algorithm, ExpFamConfig)
-    assert all(isinstance(p.algorithm, ExpFamConfig) for p in back.players)
+    assert isinstance(back.learner, ExpFamConfig)
+    assert isinstance(back.exchange, MixingConfig) and back.exchange.rule == "renormalise"
+    assert all(isinstance(p.learner, ExpFamConfig) for p in back.players)
     assert isinstance(back.comm.edges[0], EdgeLinkSpec)
     assert isinstance(back.topology.self_weight, tuple)
     assert back.comm.link_of(3, 0) == LinkSpec(drop=0.5, bandwidth=1e4, latency_ms=2.0)
@@ -468,8 +502,8 @@ def test_plain_round_trip_expfam_with_peers_and_edge_overrides(tiny_raw):
 
 
 def test_plain_round_trip_game_with_data_table():
-    from p2pgame.algorithms.game import GameConfig
     from p2pgame.data.image import ImageDataSpec
+    from p2pgame.learners.images import HVAEConfig
 
     raw = {
         "name": "tiny-game", "seed": 1, "steps": 20,
@@ -480,13 +514,15 @@ def test_plain_round_trip_game_with_data_table():
         "algorithm": {"name": "game", "model": "hvae-mlp", "batch": 16},
     }
     s = scenario_from_dict(raw, "game.toml")  # resolution needs no data files
-    assert s.algorithm_name == "game"
-    assert s.algorithm == GameConfig(model="hvae-mlp", batch=16)
+    assert s.preset == "game"
+    assert s.exchange == MixingConfig(kind="samples")
+    assert s.learner == HVAEConfig(kind="hvae-mlp", batch=16)
     assert isinstance(s.data, ImageDataSpec) and s.data.noise == 0.01
     assert s.player(2).publishes == s.player(2).learns == ("hvae",)
     back = _round_trip(s)
     assert back == s
-    assert isinstance(back.algorithm, GameConfig) and isinstance(back.data, ImageDataSpec)
+    assert isinstance(back.learner, HVAEConfig) and isinstance(back.data, ImageDataSpec)
+    assert isinstance(back.exchange, MixingConfig) and back.exchange.rule == "fill"
     assert back.data.partition == {"kind": "classes", "classes": [[0, 1], [2, 3], [4, 5]]}
 
 
@@ -498,7 +534,7 @@ def test_peers_group_sets_its_peers_only(tiny_raw):
                          {"ids": [3], "publishes": ["x", "mu"]}]
     s = scenario_from_dict(tiny_raw)
     assert [p.peer for p in s.players] == [0, 1, 2, 3]
-    assert [p.algorithm.batch for p in s.players] == [32, 8, 32, 32]
+    assert [p.learner.batch for p in s.players] == [32, 8, 32, 32]
     assert s.player(3).publishes == ("x", "mu") and s.player(3).learns == ("x",)
     assert s.player(0).publishes == s.player(0).learns == ("x",)
 
@@ -516,7 +552,8 @@ def _peers_error(tiny_raw, peers, source="p.toml") -> str:
 def test_peers_unknown_space_names_allowed_spaces(tiny_raw, key):
     msg = _peers_error(tiny_raw, [{"ids": [0], key: ["x", "theta"]}])
     assert f"peers[0].{key}" in msg and "'theta'" in msg
-    assert "allowed: mu, x" in msg
+    # (the spaces it may name: what the learner publishes, or reads most informative first)
+    assert re.search(r"only (mu, x|x, mu)$", msg), msg
 
 
 @pytest.mark.parametrize("bad_id", [4, -1, 99])
@@ -535,7 +572,13 @@ def test_peers_id_set_twice(tiny_raw):
 def test_peers_unknown_key_in_group(tiny_raw):
     msg = _peers_error(tiny_raw, [{"ids": [0], "lerns": ["x"]}])
     assert "peers[0]" in msg and "'lerns'" in msg
-    assert "allowed: algorithm, ids, learns, publishes" in msg
+    # An old-form file names a group's learner settings "algorithm" (as it does in every
+    # other message about them), so that is among the keys it is told it may use.
+    allowed = msg.split("allowed: ", 1)[1].split(", ")
+    assert {"algorithm", "ids", "learns", "publishes"} <= set(allowed), msg
+    msg = _peers_error(_new_form(tiny_raw), [{"ids": [0], "lerns": ["x"]}])
+    assert "peers[0]" in msg and "'lerns'" in msg
+    assert "allowed: ids, learner, learns, publishes, runtime" in msg
 
 
 def test_peers_unknown_algorithm_key_in_group(tiny_raw):
@@ -559,7 +602,7 @@ def test_data_table_refused_for_expfam(tiny_raw, write_scenario):
     tiny_raw["data"] = {"dataset": "mnist"}
     p = write_scenario(tiny_raw)
     msg = _error(p)
-    assert str(p) in msg and "data" in msg and "'expfam' takes no [data]" in msg
+    assert str(p) in msg and "data: learner 'expfam-bernoulli' takes no [data]" in msg
 
 
 def test_eval_top_level_key_is_unknown(tiny_raw, write_scenario):
@@ -767,7 +810,8 @@ def test_checkpoints_only_where_a_run_can_be_resumed(tiny_raw):
     game = load_raw(ROOT_TOPOLOGIES / "mnist-demo.toml")
     game["comm"] = {**game.get("comm", {}), "mode": "async"}
     game.setdefault("runtime", {})["checkpoint_every"] = 10
-    with pytest.raises(ScenarioError, match="checkpoint_every: algorithm 'game' cannot resume"):
+    with pytest.raises(ScenarioError, match="checkpoint_every: learner 'vae-conv' cannot "
+                                            "resume"):
         scenario_from_dict(game, "g.toml")
 
 
@@ -776,13 +820,13 @@ def test_cuda_device_refused_when_none_is_visible(monkeypatch):
     (every peer failed on its own torch error)."""
     import torch
 
-    from p2pgame.algorithms import get_algorithm
+    from p2pgame.exchange import method
     from p2pgame.launch import resolve_devices
 
     def devices(device: str, count: int) -> list[str]:
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         s = load_scenario(ROOT_TOPOLOGIES / "mnist-demo.toml", [f'runtime.device="{device}"'])
-        return resolve_devices(s, get_algorithm(s.algorithm_name))
+        return resolve_devices(s, method(s))
 
     for device in ("cuda", "cuda:0", "cuda:3"):
         with pytest.raises(ScenarioError, match=re.escape(
@@ -796,12 +840,12 @@ def test_cuda_device_refused_when_none_is_visible(monkeypatch):
 
 def test_cuda_device_refused_for_an_algorithm_without_torch():
     """expfam computes with numpy: cuda there used to run on the CPU in silence."""
-    from p2pgame.algorithms import get_algorithm
+    from p2pgame.exchange import method
     from p2pgame.launch import resolve_devices
 
     s = load_scenario(ROOT_TOPOLOGIES / "expfam-ring8.toml", ['runtime.device="cuda"'])
-    with pytest.raises(ScenarioError, match="'expfam' computes with numpy"):
-        resolve_devices(s, get_algorithm(s.algorithm_name))
+    with pytest.raises(ScenarioError, match="samples x expfam-bernoulli computes with numpy"):
+        resolve_devices(s, method(s))
 
 
 def test_a_ray_address_with_no_cluster_is_one_line(monkeypatch):

@@ -13,12 +13,12 @@ import msgpack
 import numpy as np
 import pytest
 
-from p2pgame.algorithms.base import check_schema
 from p2pgame.bus.codec import Envelope, encode, frame_sizes
 from p2pgame.bus.links import Link
 from p2pgame.bus.topics import Topic
 from p2pgame.bus.traffic import Traffic
 from p2pgame.config import LinkSpec
+from p2pgame.learners.base import check_schema
 from p2pgame.peer.delivery import Delivery
 
 ME = 1
@@ -65,7 +65,7 @@ def _arrive(d: Delivery, env: Envelope, now: float, step: int = 0, check=None,
 
 
 def _schema_check(env: Envelope) -> str | None:
-    return check_schema(env, X_SCHEMA)
+    return check_schema(env.tensors, X_SCHEMA)
 
 
 # --------------------------------------------------------------------------- release

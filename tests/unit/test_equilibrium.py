@@ -1,25 +1,33 @@
-"""The game's equilibrium (REFERENCE.md s.1) and the exponential-family players."""
+"""The game's equilibrium (REFERENCE.md s.1) and the exponential-family players (the
+``samples`` exchange, missing neighbours renormalised, x an ``expfam-*`` learner)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from p2pgame.algorithms import get_algorithm
-from p2pgame.algorithms.base import Inbox, PeerContext
-from p2pgame.algorithms.equilibrium import contraction_rate, solve_equilibrium
-from p2pgame.algorithms.expfam import (
+from p2pgame.bus.codec import Envelope, decode, encode
+from p2pgame.config import ScenarioError
+from p2pgame.exchange import method
+from p2pgame.exchange.equilibrium import contraction_rate, solve_equilibrium
+from p2pgame.exchange.inbox import Inbox
+from p2pgame.exchange.mixing import Mixing, MixingConfig
+from p2pgame.exchange.node import Node, PeerContext, RunHooks
+from p2pgame.learners.expfam import (
     ExpFamConfig,
     ExpFamHooks,
-    ExpFamPlayer,
-    equilibrium,
+    ExpFamLearner,
+    all_moments,
     make_data,
     moments,
 )
-from p2pgame.bus.codec import Envelope, decode, encode
-from p2pgame.config import ScenarioError
 from p2pgame.scenario import resolve
 from p2pgame.topology import build_schedule
+
+
+def equilibrium(scenario, topology) -> np.ndarray:
+    """The analytic equilibrium mean parameters of all players (n x d)."""
+    return solve_equilibrium(topology.weights, all_moments(scenario))
 
 
 def _two_players(alpha: float) -> np.ndarray:
@@ -127,30 +135,36 @@ def _scenario(family="bernoulli", n=2, alpha=0.5, steps=300, graph="complete", p
     return resolve(raw, "x.toml")
 
 
-def _players(scenario, tmp_path):
-    info = get_algorithm("expfam")
+def _players(scenario, tmp_path) -> tuple[list[Node], object]:
+    info = method(scenario)
     cls = info.peer()
-    assert cls is ExpFamPlayer and info.hooks() is ExpFamHooks
+    assert issubclass(cls, Node) and info.hooks() is RunHooks
+    assert isinstance(RunHooks(scenario).main, ExpFamHooks)
+    assert scenario.exchange == MixingConfig(kind="samples", missing="renormalise")
     sched = build_schedule(scenario.topology, scenario.steps, scenario.seed)
     out = []
     for i in range(scenario.n):
         ctx = PeerContext(i, scenario, scenario.player(i), sched, tmp_path, log=lambda m: None)
-        out.append(cls(ctx))
+        node = cls(ctx)
+        assert isinstance(node.learner, ExpFamLearner) and isinstance(node.exchange, Mixing)
+        out.append(node)
     return out, sched
 
 
-def _topic(i: int, space: str) -> str:
-    return f"{get_algorithm('expfam').spaces[space]}/{i}/{space}"
+def _topic(scenario, i: int, space: str) -> str:
+    return f"{method(scenario).spaces[space]}/{i}/{space}"
 
 
 def _lockstep(players, sched, steps, through_codec=True):
     """The sync protocol without sockets: publish round s, deliver round s, train step s."""
     inboxes = [Inbox() for _ in players]
     top = sched.final()
+    scenario = players[0].ctx.scenario
     for step in range(steps):
         for i, p in enumerate(players):
             for space, tensors in p.publish(step).items():
-                env = Envelope(sender=i, topic=_topic(i, space), step=step, tensors=tensors)
+                env = Envelope(sender=i, topic=_topic(scenario, i, space), step=step,
+                               tensors=tensors)
                 if through_codec:
                     env = decode([bytes(f) for f in encode(env)])
                 for j in top.out_neighbours(i):
@@ -166,24 +180,26 @@ def test_expfam_players_reach_the_closed_form(family, tmp_path):
     scenario = _scenario(family)
     players, sched = _players(scenario, tmp_path)
     def rel_err(p):  # Gaussian second moments are O(10): compare relative to scale
-        return float(np.max(np.abs(p.mu - p.target) / (1 + np.abs(p.target))))
+        mu, target = p.learner.mu, p.learner.target
+        return float(np.max(np.abs(mu - target) / (1 + np.abs(target))))
 
     before = max(rel_err(p) for p in players)
     assert max(p.probe(0)["ne_max_abs"] for p in players) == pytest.approx(
-        max(float(np.max(np.abs(p.mu - p.target))) for p in players))
+        max(float(np.max(np.abs(p.learner.mu - p.learner.target))) for p in players))
     inboxes = _lockstep(players, sched, scenario.steps)
     after = [rel_err(p) for p in players]
     assert max(after) < 0.03 and max(after) < before / 5
     for p in players:
-        assert p.finish()["ne_max_abs"] == pytest.approx(np.max(np.abs(p.mu - p.target)))
-        assert len(p.finish()["mu"]) == len(p.mu)
+        assert p.finish()["ne_max_abs"] == pytest.approx(
+            np.max(np.abs(p.learner.mu - p.learner.target)))
+        assert len(p.finish()["mu"]) == len(p.learner.mu)
     # The players' targets are the rows of the analytic equilibrium.
-    assert scenario.algorithm == ExpFamConfig(family=family, dim=6, n_data=400, batch=256,
-                                              lr=0.3, lr_end=0.01)
+    assert scenario.learner == ExpFamConfig(kind=f"expfam-{family}", dim=6, n_data=400,
+                                            batch=256, lr=0.3, lr_end=0.01)
     eq = equilibrium(scenario, sched.final())
     for i, p in enumerate(players):
-        np.testing.assert_allclose(p.target, eq[i])
-        np.testing.assert_allclose(p.mu, eq[i], atol=0.03 * (1 + np.abs(eq[i]).max()))
+        np.testing.assert_allclose(p.learner.target, eq[i])
+        np.testing.assert_allclose(p.learner.mu, eq[i], atol=0.03 * (1 + np.abs(eq[i]).max()))
         # Sync lockstep: every neighbour's sample is used the step it was made.
         assert inboxes[i].staleness_summary()[1] == {"0": scenario.steps}
 
@@ -192,7 +208,8 @@ def test_two_bernoulli_players_own_share(tmp_path):
     """With disjoint 'features' the closed form 1/(2 - alpha) shows up in the mean parameters."""
     alpha = 0.5
     scenario = _scenario(alpha=alpha)
-    cfg = ExpFamConfig(dim=6, n_data=400, batch=256, lr=0.3, lr_end=0.01)
+    cfg = ExpFamConfig(kind="expfam-bernoulli", dim=6, n_data=400, batch=256, lr=0.3,
+                       lr_end=0.01)
     m = np.stack([moments(cfg, make_data(cfg, scenario.seed, i)) for i in range(2)])
     mu = solve_equilibrium(_two_players(alpha), m)
     np.testing.assert_allclose(mu[0], (m[0] + (1 - alpha) * m[1]) / (2 - alpha))
@@ -201,8 +218,9 @@ def test_two_bernoulli_players_own_share(tmp_path):
 
 def test_no_exchange_equilibrium_is_own_data(tmp_path):
     scenario = _scenario(alpha=1.0, n=3, graph="ring")
-    cfg = ExpFamConfig(dim=6, n_data=400, batch=256, lr=0.3, lr_end=0.01)
-    assert scenario.algorithm == cfg
+    cfg = ExpFamConfig(kind="expfam-bernoulli", dim=6, n_data=400, batch=256, lr=0.3,
+                       lr_end=0.01)
+    assert scenario.learner == cfg
     eq = equilibrium(scenario, build_schedule(scenario.topology, scenario.steps,
                                               scenario.seed).final())
     for i in range(3):
@@ -210,14 +228,15 @@ def test_no_exchange_equilibrium_is_own_data(tmp_path):
 
 
 def test_make_data_is_seeded_per_peer():
-    cfg = ExpFamConfig(dim=5, n_data=50)
+    cfg = ExpFamConfig(kind="expfam-bernoulli", dim=5, n_data=50)
+    assert ExpFamConfig(dim=5).family == "bernoulli"  # (no kind: the default family)
     a, b = make_data(cfg, 1, 0), make_data(cfg, 1, 0)
     assert a.dtype == bool and a.shape == (50, 5)
     np.testing.assert_array_equal(a, b)
     assert (make_data(cfg, 1, 1) != a).any() and (make_data(cfg, 2, 0) != a).any()
-    g = make_data(ExpFamConfig(family="gaussian", dim=5, n_data=50), 1, 0)
+    g = make_data(ExpFamConfig(kind="expfam-gaussian", dim=5, n_data=50), 1, 0)
     assert g.dtype == np.float32 and g.shape == (50, 5)
-    assert moments(ExpFamConfig(family="gaussian", dim=5), g).shape == (10,)
+    assert moments(ExpFamConfig(kind="expfam-gaussian", dim=5), g).shape == (10,)
 
 
 def test_player_messages_and_checks(tmp_path):
@@ -248,7 +267,7 @@ def test_player_messages_and_checks(tmp_path):
 
 def test_lr_schedule(tmp_path):
     players, _ = _players(_scenario(steps=101, lr=0.2, lr_end=0.002, decay_from=0.5), tmp_path)
-    p = players[0]
+    p = players[0].learner
     assert p.lr_at(0) == p.lr_at(49) == 0.2
     assert p.lr_at(50) == pytest.approx(0.2)
     assert p.lr_at(100) == pytest.approx(0.002)
@@ -280,19 +299,19 @@ MU_PEERS = (
 
 def test_mu_is_published_as_params_and_checked(tmp_path):
     scenario = _scenario(peers=MU_PEERS, steps=10)
-    assert get_algorithm("expfam").spaces == {"x": "samples", "mu": "params"}
+    assert method(scenario).spaces == {"x": "samples", "mu": "params"}
     (learner, publisher), _ = _players(scenario, tmp_path)
     assert scenario.player(1).publishes == ("x", "mu")
-    publisher.mu = np.linspace(0.1, 0.9, 6)
+    publisher.learner.mu = np.linspace(0.1, 0.9, 6)
     out = publisher.publish(3)
     assert list(out) == ["x", "mu"]  # in the order the scenario lists them
     mu = out["mu"]["mu"]
     assert mu.dtype == np.float64 and mu.shape == (1, 6)
-    np.testing.assert_array_equal(mu[0], publisher.mu)
-    publisher.mu[0] = 0.5  # the message holds a copy, not the live parameters
+    np.testing.assert_array_equal(mu[0], publisher.learner.mu)
+    publisher.learner.mu[0] = 0.5  # the message holds a copy, not the live parameters
     assert mu[0, 0] == pytest.approx(0.1)
     assert learner.publish(3).keys() == {"x"}
-    env = decode([bytes(f) for f in encode(Envelope(1, _topic(1, "mu"), 3, out["mu"]))])
+    env = decode([bytes(f) for f in encode(Envelope(1, _topic(scenario, 1, "mu"), 3, out["mu"]))])
     assert str(env.topic) == "params/1/mu"
     assert learner.check(env) is None
     assert learner.check(Envelope(1, "samples/1/x", 3, out["x"])) == "space"  # learns mu only
@@ -317,10 +336,10 @@ def test_mu_learner_moves_exactly_toward_the_weighted_mix(tmp_path, family, lear
     top = sched.final()
     a = top.weights
     assert a[0, 0] == pytest.approx(0.3) and a[0, 1] == pytest.approx(0.7)
-    cfg = scenario.algorithm
-    own = moments(cfg, learner.data)
-    stats = len(learner.mu)
-    publisher.mu = np.linspace(-0.4, 2.0, stats)  # anything but the learner's own start
+    cfg = scenario.learner
+    own = moments(cfg, learner.learner.data)
+    stats = len(learner.learner.mu)
+    publisher.learner.mu = np.linspace(-0.4, 2.0, stats)  # anything but the learner's start
     inbox = Inbox()
     inbox.put(decode([bytes(f) for f in encode(
         Envelope(1, "params/1/mu", 0, publisher.publish(0)["mu"]))]))
@@ -328,17 +347,18 @@ def test_mu_learner_moves_exactly_toward_the_weighted_mix(tmp_path, family, lear
     far = (np.ones((8, cfg.dim), bool) if family == "bernoulli"
            else np.full((8, cfg.dim), 50.0, np.float32))
     inbox.put(Envelope(1, "samples/1/x", 0, {"x": far}))
-    mu_1 = publisher.mu.copy()
+    mu_1 = publisher.learner.mu.copy()
     for step in range(3):  # the same message again: the mix is the same, mu keeps moving
-        before = learner.mu.copy()
+        before = learner.learner.mu.copy()
         res = learner.train_step(step, inbox, top)
-        lr = learner.lr_at(step)
+        lr = learner.learner.lr_at(step)
         expected = before + lr * (a[0, 0] * own + a[0, 1] * mu_1 - before)
-        np.testing.assert_allclose(learner.mu, expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(learner.learner.mu, expected, rtol=0, atol=1e-12)
         assert res == {"lr": lr, "coverage": pytest.approx(1.0)}
         # Toward the mix: each step shrinks the distance by exactly (1 - lr).
         mix = a[0, 0] * own + a[0, 1] * mu_1
-        np.testing.assert_allclose(learner.mu - mix, (1 - lr) * (before - mix), atol=1e-12)
+        np.testing.assert_allclose(learner.learner.mu - mix, (1 - lr) * (before - mix),
+                                   atol=1e-12)
     assert inbox.staleness_summary()[1] == {"0": 1, "1": 1, "2": 1}
 
 
@@ -351,22 +371,23 @@ def test_x_and_mu_learner_falls_back_to_samples_without_mu(tmp_path):
     x[:, :3] = True
     inbox = Inbox()
     inbox.put(Envelope(1, "samples/1/x", 0, {"x": x}))
-    before = learner.mu.copy()
+    before = learner.learner.mu.copy()
     learner.train_step(0, inbox, top)
-    mix = 0.3 * moments(scenario.algorithm, learner.data) + 0.7 * moments(scenario.algorithm, x)
-    np.testing.assert_allclose(learner.mu, before + learner.lr_at(0) * (mix - before),
-                               atol=1e-12)
+    cfg = scenario.learner
+    mix = 0.3 * moments(cfg, learner.learner.data) + 0.7 * moments(cfg, x)
+    np.testing.assert_allclose(learner.learner.mu,
+                               before + learner.learner.lr_at(0) * (mix - before), atol=1e-12)
 
 
 def test_mu_learner_without_a_message_renormalises_to_own_data(tmp_path):
     scenario = _scenario(alpha=0.3, peers=MU_PEERS, n_data=1, batch=16)
     (learner, _), sched = _players(scenario, tmp_path)
-    before = learner.mu.copy()
+    before = learner.learner.mu.copy()
     res = learner.train_step(0, Inbox(), sched.final())
     assert res["coverage"] == pytest.approx(0.3)
-    own = moments(scenario.algorithm, learner.data)
-    np.testing.assert_allclose(learner.mu, before + learner.lr_at(0) * (own - before),
-                               atol=1e-12)
+    own = moments(scenario.learner, learner.learner.data)
+    np.testing.assert_allclose(learner.learner.mu,
+                               before + learner.learner.lr_at(0) * (own - before), atol=1e-12)
 
 
 @pytest.mark.parametrize("family", ["bernoulli", "gaussian"])
@@ -378,8 +399,8 @@ def test_players_exchanging_mu_reach_the_closed_form(family, tmp_path):
     inboxes = _lockstep(players, sched, scenario.steps)
     eq = equilibrium(scenario, sched.final())
     for i, p in enumerate(players):
-        np.testing.assert_allclose(p.target, eq[i])
-        assert np.max(np.abs(p.mu - eq[i]) / (1 + np.abs(eq[i]))) < 0.03
+        np.testing.assert_allclose(p.learner.target, eq[i])
+        assert np.max(np.abs(p.learner.mu - eq[i]) / (1 + np.abs(eq[i]))) < 0.03
         assert inboxes[i].staleness_summary()[1] == {"0": scenario.steps}
         assert set(inboxes[i].latest) == {(1 - i, "mu")}  # no samples were exchanged
 

@@ -51,7 +51,7 @@ def test_devices_go_round_robin_over_gpus_by_process(monkeypatch, tiny_raw):
     with no worker count given there is one worker per GPU."""
     import torch
 
-    from p2pgame.algorithms import get_algorithm
+    from p2pgame.exchange import method
     from p2pgame.launch import n_workers, resolve_devices
     from p2pgame.scenario import resolve
 
@@ -59,9 +59,10 @@ def test_devices_go_round_robin_over_gpus_by_process(monkeypatch, tiny_raw):
     raw = dict(tiny_raw)
     raw["topology"] = {**raw["topology"], "n": 6}
     raw["runtime"] = {"device": "auto", "placement": "process"}
-    info = get_algorithm("expfam")
     info_torch = type("Info", (), {"uses_torch": True})()  # expfam itself needs no torch
     sc = resolve(raw, "s.toml")
+    info = method(sc)
+    assert not info.uses_torch
     assert resolve_devices(sc, info) == ["cpu"] * 6  # no torch, no GPU
     assert resolve_devices(sc, info_torch) == ["cuda:0", "cuda:1"] * 3
     raw["runtime"] = {"device": "auto", "placement": "workers", "workers": 3}

@@ -7,6 +7,7 @@ import errno
 import json
 
 from p2pgame.launch.rundir import RunFolder
+from p2pgame.launch.sinks import JsonlSink
 
 
 def _filling_disk(room: int):
@@ -27,11 +28,12 @@ def _filling_disk(room: int):
 
 def test_a_full_disk_keeps_every_complete_line_and_names_the_file(tmp_path):
     folder = RunFolder(tmp_path)
-    folder._os_write = _filling_disk(1000)
+    sink = JsonlSink(folder)
+    sink._os_write = _filling_disk(1000)
     lines = [{"step": k, "loss": 0.5} for k in range(10)]  # about 30 bytes each
     for k in range(0, 100, 10):
-        folder.metrics(3, [{**x, "step": x["step"] + k} for x in lines])
-    folder.close()
+        sink.write(3, [{**x, "step": x["step"] + k} for x in lines])
+    sink.close()
     assert folder.error == f"cannot write {tmp_path}/metrics/peer-3.jsonl: the disk is full"
     text = (tmp_path / "metrics" / "peer-3.jsonl").read_text()
     assert text.endswith("\n") and len(text) <= 1000
@@ -42,13 +44,14 @@ def test_a_full_disk_keeps_every_complete_line_and_names_the_file(tmp_path):
 def test_after_a_failure_nothing_more_is_written_and_artifacts_are_whole(tmp_path):
     folder = RunFolder(tmp_path)
     assert folder.artifact("resume/peer-0.json", b"old")
-    folder._os_write = _filling_disk(0)
-    folder.metrics(0, [{"step": 0}])
+    sink = JsonlSink(folder)
+    sink._os_write = _filling_disk(0)
+    sink.write(0, [{"step": 0}])
     assert folder.error is not None and "peer-0.jsonl" in folder.error
     assert folder.artifact("resume/peer-0.json", b"new")  # accepted, not written
     assert (tmp_path / "resume" / "peer-0.json").read_bytes() == b"old"
     assert not list(tmp_path.rglob("*.part"))
-    folder.close()
+    sink.close()
 
 
 def test_an_artifact_the_disk_refuses_leaves_the_old_version(tmp_path, monkeypatch):

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p2pgame.algorithms import get_algorithm
 from p2pgame.bus.topics import Topic
 from p2pgame.config import to_plain
+from p2pgame.exchange import method
 from p2pgame.peer.runtime import PeerLaunch, PeerRuntime, subscribers, subscriptions
 from p2pgame.scenario import load_scenario
 from p2pgame.topology import build_schedule, schedule_to_plain
@@ -23,7 +23,8 @@ SPACES = ROOT / "topologies" / "expfam-spaces.toml"
 @pytest.fixture
 def spaces():
     sc = load_scenario(SPACES, ["steps=20", "algorithm.dim=4", "algorithm.n_data=50"])
-    return sc, build_schedule(sc.topology, sc.steps, sc.seed), get_algorithm("expfam")
+    assert sc.method_name == "samples x expfam-bernoulli"
+    return sc, build_schedule(sc.topology, sc.steps, sc.seed), method(sc)
 
 
 def test_subscriptions_are_the_learnt_spaces_each_neighbour_publishes(spaces) -> None:

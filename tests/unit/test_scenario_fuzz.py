@@ -19,14 +19,16 @@ from typing import Any
 
 import pytest
 
-from p2pgame.algorithms import get_algorithm
 from p2pgame.config import C_INT, INT64, ScenarioError
+from p2pgame.exchange import exchange_class
+from p2pgame.learners import config_class, learner_class
 from p2pgame.scenario import (
     COMM_KEYS,
     RUNTIME_KEYS,
     TOP_KEYS,
     TOPOLOGY_KEYS,
     apply_overrides,
+    expand_preset,
     load_raw,
     resolve,
 )
@@ -65,17 +67,34 @@ LITERALS = [
 ]
 
 
+# The keys of an old-form [algorithm] (a preset) that are not its learner's own: the
+# model's name, and what the preset turns into the exchange.
+PRESET_KEYS = {"game": ("model",), "expfam": ("family",),
+               "diffgan": ("model", "combine", "wire_dtype", "snapshots", "peer_models")}
+
+
 def _known_keys(raw: dict) -> list[tuple[str, ...]]:
-    """Paths of keys a scenario may set, present or not (its algorithm's included)."""
+    """Paths of keys a scenario may set, present or not (its exchange's and learner's
+    included, under [algorithm] as an old-form file writes them)."""
     paths = [(k,) for k in TOP_KEYS if k not in ("topology", "comm", "runtime", "algorithm",
-                                                   "data", "peers")]
+                                                   "exchange", "learner", "data", "peers")]
     paths += [("topology", k) for k in TOPOLOGY_KEYS]
     paths += [("comm", k) for k in COMM_KEYS]
     paths += [("runtime", k) for k in RUNTIME_KEYS]
-    info = get_algorithm(raw["algorithm"]["name"])
-    paths += [("algorithm", f.name) for f in dataclasses.fields(info.config)]
-    if info.data is not None:
-        paths += [("data", f.name) for f in dataclasses.fields(info.data)]
+    if "algorithm" in raw:
+        new, preset = expand_preset(raw)
+        own = [f.name for f in dataclasses.fields(config_class(new["learner"]["kind"]))
+               if f.name != "kind"]
+        paths += [("algorithm", k) for k in sorted({*own, *PRESET_KEYS[preset]})]
+    else:
+        new = raw
+        paths += [("exchange", f.name)
+                  for f in dataclasses.fields(exchange_class(new["exchange"]["kind"]).Config)]
+        paths += [("learner", f.name)
+                  for f in dataclasses.fields(config_class(new["learner"]["kind"]))]
+    data = learner_class(new["learner"]["kind"]).data
+    if data is not None:
+        paths += [("data", f.name) for f in dataclasses.fields(data)]
     return paths
 
 

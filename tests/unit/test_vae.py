@@ -79,16 +79,38 @@ def test_refine_adds_decoder_convolutions_and_learns_soft_targets() -> None:
         ConvVAEConfig(refine=-1)
 
 
+def _game(**algorithm) -> dict:
+    """A two-peer game on MNIST (the old form, [algorithm] name = "game"), as a raw table."""
+    return {"topology": {"n": 2, "graph": "complete"},
+            "data": {"dataset": "mnist", "partition": {"kind": "iid"}},
+            "algorithm": {"name": "game", **algorithm}}
+
+
 @pytest.mark.parametrize("key,value", [("refine", 1), ("prior_components", 10)])
 def test_vae_conv_keys_are_refused_elsewhere(key: str, value: int) -> None:
-    from p2pgame.algorithms.game import GameConfig
     from p2pgame.config import ScenarioError
+    from p2pgame.learners.images import VAEConfig
+    from p2pgame.scenario import expand_preset, resolve
 
-    assert getattr(GameConfig(model="vae-conv", **{key: value}), key) == value
-    with pytest.raises(ScenarioError, match=f"{key}: applies only to vae-conv"):
-        GameConfig(model="hvae-mlp", **{key: value})
-    with pytest.raises(ScenarioError, match=f"{key}: must be >= 0"):
-        GameConfig(model="vae-conv", **{key: -1})
+    assert getattr(VAEConfig(kind="vae-conv", **{key: value}), key) == value
+    s = resolve(_game(model="vae-conv", **{key: value}), "x.toml")
+    assert s.learner == VAEConfig(kind="vae-conv", **{key: value})
+    with pytest.raises(ScenarioError, match=f"^x.toml: algorithm.{key}: applies only to "
+                                            "vae-conv learners, not 'hvae-mlp'$"):
+        resolve(_game(model="hvae-mlp", **{key: value}), "x.toml")
+    # (changed: the key is refused wherever it is written, its default value included; the
+    # old GameConfig let a default value through)
+    with pytest.raises(ScenarioError, match=f"algorithm.{key}: applies only to vae-conv"):
+        resolve(_game(model="hvae-mlp", **{key: 0}), "x.toml")
+    new = expand_preset(_game(model="hvae-mlp", **{key: value}))[0]
+    assert new["learner"] == {"kind": "hvae-mlp", key: value}
+    with pytest.raises(ScenarioError, match=f"^x.toml: learner.{key}: applies only to "
+                                            "vae-conv learners, not 'hvae-mlp'$"):
+        resolve(new, "x.toml")
+    with pytest.raises(ScenarioError, match=f"learner.{key}: must be >= 0"):
+        VAEConfig(kind="vae-conv", **{key: -1})
+    with pytest.raises(ScenarioError, match=f"^x.toml: algorithm.{key}: must be >= 0"):
+        resolve(_game(model="vae-conv", **{key: -1}), "x.toml")
 
 
 def test_mixture_prior_kl_estimate_is_unbiased() -> None:
@@ -146,7 +168,7 @@ def test_received_examples_are_used_once_before_any_twice(m: int, k: int) -> Non
     # A step's k received examples from a message of m: every example once before any
     # twice, so k = m uses the whole message (with replacement, about 37 % of it would be
     # left out and others repeated).
-    from p2pgame.algorithms.game import pick_received
+    from p2pgame.learners.images import pick_received
 
     pick = pick_received(m, k, torch.Generator().manual_seed(0))
     counts = torch.bincount(pick, minlength=m)

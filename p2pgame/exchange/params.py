@@ -1,0 +1,371 @@
+"""``params``: parameter averaging (gossip) for any learner that declares its tensors.
+
+Every ``comm.publish_every`` steps (H; 1: every step) a peer publishes its learner's
+exchangeable parameters (``Learner.parts``: one part, or a GAN's D and G) on
+``params/<peer>/<part>`` and combines what arrived with the topology's weights
+(self-weight, Metropolis ``1/(1 + max(d_i, d_j))`` or a given matrix):
+``w_i = sum_j a_ij w_j`` over itself and the in-neighbours whose message of the round
+arrived.  Between rounds, the H - 1 local steps are the learner's alone.
+
+Order (``exchange.order``):
+
+* ``atc``, adapt-then-combine (diffusion; Diffusion GAN, Wang, Pavan & Sayed): what a
+  step adapts is published at the next step's start and combined then, before that
+  step's own adaptation, so each local step starts from the combined parameters.  With
+  parts, a round publishes the part the previous step adapted (both at step 0 and with
+  H > 1);
+* ``cta``, in D-PSGD's form (Lian et al., NeurIPS 2017): a step takes its local update
+  at the parameters the peer holds (the ones it published this round), combines the
+  round's messages, and applies the update to the combination:
+  ``w_i <- sum_j a_ij w_j + (adapt(w_i) - w_i)``.  In a loop that publishes once a
+  step, combining first and adapting at the combined point is the atc loop shifted by
+  half a step, so the choice that changes the dynamics is where the gradient is taken.
+
+Missing-neighbour rule: renormalise.  A neighbour whose round message has not arrived
+(lost, late, or async and behind) is left out and the weights renormalised over what
+arrived; a late message is used once, at the first combine after it arrives, if no
+newer one came.  Wire dtype (``exchange.wire_dtype``): float32, float16 or bfloat16
+(bfloat16 travels as its 16 bits in an int16 tensor, rounded to nearest even); the
+combine is computed in float32.  Payload bytes of a message: sum over the part's
+tensors of their size times 4 (float32) or 2 (float16, bfloat16).
+
+The consensus distance (mean over peers of the squared distance of their exchanged
+tensors to the centroid; Diffusion GAN's Theorem 1 "disagreement") is computed after
+the run from snapshots every peer sends at the same steps (``exchange.snapshots``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2pgame.exchange.base import Exchange, ExchangeConfig, ExchangeHooks, config_error
+from p2pgame.learners.base import Batch, Learner, Schema, schema_text
+
+WIRE_DTYPES = ("float32", "float16", "bfloat16")
+ORDERS = ("atc", "cta")
+SNAPSHOT_DIR = "params"
+# The dtype each wire dtype travels as (numpy has no bfloat16: its bits, as int16).
+CARRIER = {"float32": "float32", "float16": "float16", "bfloat16": "int16"}
+
+
+@dataclass(frozen=True)
+class ParamsConfig(ExchangeConfig):
+    order: str = "atc"
+    wire_dtype: str = "float32"
+    snapshots: int = 20  # parameter snapshots for the consensus-distance curve (0: none)
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("order", ORDERS), ("wire_dtype", WIRE_DTYPES)):
+            if getattr(self, key) not in allowed:
+                raise config_error(key, f"{getattr(self, key)!r} is not known; allowed: "
+                                        f"{', '.join(allowed)}")
+        if self.snapshots < 0:
+            raise config_error("snapshots", f"must be >= 0, got {self.snapshots}")
+
+
+def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> the upper 16 bits of each value, rounded to nearest even, as int16."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+    return (rounded >> np.uint32(16)).astype(np.uint16).view(np.int16)
+
+
+def from_bfloat16_bits(b: np.ndarray) -> np.ndarray:
+    return (np.asarray(b).view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def encode(tensors: dict[str, np.ndarray], wire: str) -> dict[str, np.ndarray]:
+    if wire == "bfloat16":
+        return {k: to_bfloat16_bits(v) for k, v in tensors.items()}
+    return {k: np.array(v, dtype=wire, copy=True) for k, v in tensors.items()}
+
+
+def decode(tensors: Any, wire: str) -> dict[str, np.ndarray]:
+    if wire == "bfloat16":
+        return {k: from_bfloat16_bits(tensors[k]) for k in tensors}
+    return {k: tensors[k] for k in tensors}
+
+
+def payload_bytes(schema: Schema, wire: str) -> int:
+    """The payload bytes of one message of a part (its formula)."""
+    size = np.dtype(CARRIER[wire]).itemsize
+    return sum(int(np.prod(shape, dtype=np.int64)) * size for _, shape in schema.values())
+
+
+def weighted_average(terms: list[tuple[float, dict[str, Any]]]) -> dict[str, np.ndarray]:
+    """``sum_j w_j x_j / sum_j w_j`` field by field, in float32."""
+    total = sum(w for w, _ in terms)
+    if not terms or total <= 0:
+        raise ValueError("weighted_average needs at least one term with positive weight")
+    out: dict[str, np.ndarray] = {}
+    for name in terms[0][1]:
+        acc = np.multiply(terms[0][1][name], np.float32(terms[0][0] / total), dtype=np.float32)
+        tmp = np.empty_like(acc)
+        for w, x in terms[1:]:
+            np.multiply(x[name], np.float32(w / total), out=tmp, dtype=np.float32)
+            acc += tmp
+        out[name] = acc
+    return out
+
+
+def snapshot_steps(steps: int, count: int) -> list[int]:
+    """``count`` evenly spaced steps in [0, steps - 1], the same on every peer."""
+    if count <= 0 or steps <= 0:
+        return []
+    if count == 1 or steps == 1:
+        return [steps - 1]
+    return sorted({round(k * (steps - 1) / (count - 1)) for k in range(count)})
+
+
+class ParamsHooks(ExchangeHooks):
+    def validate(self, schedule: Any, no_data: dict[int, str]) -> None:
+        """Averaging needs one tensor schema on both ends of every weighted edge."""
+        from p2pgame.config import ScenarioError
+        from p2pgame.learners import learner_class
+
+        sc = self.scenario
+        schemas = {p.peer: learner_class(p.learner.kind).parts(p.learner) for p in sc.players}
+        for t in schedule.topologies:
+            for j, i in t.edges:
+                if t.weights[i, j] <= 0 or schemas[i] == schemas[j]:
+                    continue
+                a, b = sc.player(j).learner.kind, sc.player(i).learner.kind
+                diff = _schema_difference(schemas[j], schemas[i])
+                raise ScenarioError(
+                    f"peers: peer {i} ({b}) averages the parameters of peer {j} ({a}), but "
+                    f"their tensors differ ({diff}); parameter averaging needs one "
+                    "architecture: use one learner, or exchange.kind = \"samples\"")
+
+    def after_run(self, run_dir: Path, summary: dict) -> None:
+        from p2pgame.bus.traffic import mean_message_bytes
+        from p2pgame.eval.disagreement import disagreement_curve, write_disagreement
+        from p2pgame.learners import learner_class
+
+        sc = self.scenario
+        parts = list(learner_class(sc.learner.kind).parts(sc.learner))
+        peers = summary.get("peers", {})
+        for pid, s in peers.items():
+            steps = s.get("steps") or 0
+            s["bytes_sent_per_step"] = s.get("bytes_sent", 0) / steps if steps else 0.0
+            # Bytes of one message per part, as the bus counted them (header + payload).
+            for part in parts:
+                per = mean_message_bytes(s.get("traffic_out", []), f"params/{pid}/{part}")
+                if per is not None:
+                    s[f"wire_bytes_{part}"] = per
+        topo_path = run_dir / "topology.json"
+        if "second_eigenvalue_modulus" not in summary and topo_path.exists():
+            epochs = json.loads(topo_path.read_text())["epochs"]
+            summary["second_eigenvalue_modulus"] = epochs[-1]["second_eigenvalue_modulus"]
+        lam = summary.get("second_eigenvalue_modulus")
+        lr = getattr(sc.learner, "lr", 0.0)
+        if lam is not None and lam < 1 and lr:
+            # Theorem 1's scale mu^2 lambda^2 / (1 - lambda)^2 (without the gradient bounds).
+            summary["disagreement_theory_scale"] = lr**2 * lam**2 / (1 - lam) ** 2
+        rows = disagreement_curve(run_dir / SNAPSHOT_DIR, sc.n)
+        if rows:
+            summary["consensus_distance"] = [[r["step"], r["all"]] for r in rows]
+            summary["consensus_distance_final"] = rows[-1]["all"]
+            # Diffusion GAN's name for it (Theorem 1), per part as well.
+            summary["disagreement"] = summary["consensus_distance"]
+            summary["disagreement_final"] = rows[-1]["all"]
+            for part in parts if len(parts) > 1 else ():
+                summary[f"disagreement_{part}"] = [[r["step"], r[part]] for r in rows]
+            write_disagreement(run_dir, rows, sc.name)
+        shutil.rmtree(run_dir / SNAPSHOT_DIR, ignore_errors=True)
+
+
+def _schema_difference(a: dict[str, Schema], b: dict[str, Schema]) -> str:
+    for part in sorted(set(a) | set(b)):
+        if a.get(part) != b.get(part):
+            if part not in a or part not in b:
+                return f"part {part!r} on one side only"
+            for name in sorted(set(a[part]) | set(b[part])):
+                if a[part].get(name) != b[part].get(name):
+                    return (f"{part}.{name}: {a[part].get(name, 'absent')} vs "
+                            f"{b[part].get(name, 'absent')}")
+            return f"part {part!r}: {schema_text(a[part])} vs {schema_text(b[part])}"
+    return "?"
+
+
+class Params(Exchange):
+    kind = "params"
+    Config = ParamsConfig
+    topic_kind = "params"
+    hooks = ParamsHooks
+    partial_rounds = True
+
+    @classmethod
+    def spaces(cls, cfg: Any, learner: type[Learner], lcfg: Any) -> dict[str, Schema]:
+        """Each part, its tensors in the wire's carrier dtype (full shapes, no batch dim)."""
+        carrier = CARRIER[cfg.wire_dtype]
+        return {part: {k: (carrier, shape) for k, (_, shape) in schema.items()}
+                for part, schema in learner.parts(lcfg).items()}
+
+    @classmethod
+    def default_spaces(cls, cfg: Any, learner: type[Learner], lcfg: Any):
+        parts = tuple(learner.parts(lcfg))
+        return parts, parts
+
+    @classmethod
+    def validate_pair(cls, cfg: Any, learner: type[Learner], lcfg: Any, where: str) -> None:
+        from p2pgame.config import ScenarioError
+
+        if not learner.parts(lcfg):
+            raise ScenarioError(f"{where}: learner {lcfg.kind!r} declares no exchangeable "
+                                "tensors (Learner.parts): exchange.kind = \"params\" has "
+                                "nothing to average for it")
+
+    def __init__(self, cfg: Any, ctx: Any, learner: Learner) -> None:
+        super().__init__(cfg, ctx, learner)
+        self.wire = cfg.wire_dtype
+        self.schema = self.spaces(cfg, type(learner), learner.cfg)
+        self.parts = tuple(self.schema)
+        self.publishes = set(ctx.player.publishes)
+        self.learns = set(ctx.player.learns)
+        self.snap_steps = set(snapshot_steps(ctx.scenario.steps, cfg.snapshots))
+        self.combine_rounds = 0
+        self.used: dict[tuple[int, str], int] = {}  # (neighbour, part) -> step last combined
+        self.combine_renormalised = 0
+        self.combine_missing: Counter[int] = Counter()
+        self.snapshot_meta_sent = False
+
+    # -- publishing --------------------------------------------------------------------
+    def exchanged_parts(self, step: int) -> tuple[str, ...]:
+        """Parts published at the start of ``step`` and combined in it: every step
+        (``publish_every = 1``) the part adapted in the previous step (all at step 0);
+        every H steps, all of them."""
+        every = self.ctx.scenario.comm.publish_every
+        if step % every:
+            return ()
+        if step == 0 or every > 1:
+            return self.parts
+        return tuple(p for p in self.learner.adapted(step - 1) if p in self.schema)
+
+    def publish(self, step: int) -> dict[str, dict[str, Any]]:
+        return {p: encode(self.learner.tensors(p), self.wire)
+                for p in self.exchanged_parts(step) if p in self.publishes}
+
+    def check(self, env: Any) -> str | None:
+        if env.space not in self.schema or env.space not in self.learns:
+            return "space"
+        expected = self.schema[env.space]
+        if set(env.tensors) != set(expected):
+            return "architecture"
+        spec = getattr(env.tensors, "spec", None)
+        for name, (dtype, shape) in expected.items():
+            got_dtype, got_shape = spec(name) if spec is not None else (
+                env.tensors[name].dtype, env.tensors[name].shape)
+            if tuple(got_shape) != tuple(shape):
+                return "architecture"
+            if np.dtype(got_dtype).name != dtype:
+                return "dtype"
+        return None
+
+    # -- a step ------------------------------------------------------------------------
+    def combine(self, part: str, step: int, inbox: Any, topology: Any,
+                own: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, list[int]]:
+        """The weighted average of ``own`` (this peer's copy of ``part``) and the round's
+        messages; (None, missing) when there is nothing to combine."""
+        me = self.ctx.peer_id
+        row = topology.row(me)
+        terms: list[tuple[int, float, dict[str, Any]]] = [(me, row[me], own)]
+        missing = []
+        for j, w in row.items():
+            if j == me or w <= 0:
+                continue
+            env = inbox.use(j, part, step) if part in self.learns else None
+            # Use each neighbour message once: the round's own (sync), or whatever newer one
+            # has arrived since the last combine (late under delays / async); else renormalise.
+            if (env is None or env.space != part or env.step > step
+                    or env.step <= self.used.get((j, part), -1)):
+                missing.append(j)
+                continue
+            self.used[(j, part)] = env.step
+            terms.append((j, w, decode(env.tensors, self.wire)))
+        if len(terms) == 1 and not missing:
+            return None, []  # no neighbours: nothing to combine
+        if terms[0][1] <= 0 and len(terms) == 1:
+            return None, missing  # own weight 0 and nobody heard: keep the own copy
+        self.combine_rounds += 1
+        if missing:
+            self.combine_renormalised += 1
+            self.combine_missing.update(missing)
+        # Summed in peer order, the same on every peer: with one weight row everywhere
+        # (a complete graph, every message there), all peers hold the same bits.
+        terms.sort(key=lambda t: t[0])
+        return weighted_average([(w, x) for _, w, x in terms]), missing
+
+    def step(self, step: int, inbox: Any, topology: Any) -> dict[str, float]:
+        learner = self.learner
+        batch = Batch(own=None if learner.batch_size == 0 else learner.batch_size,
+                      own_weight=1.0)
+        parts = self.exchanged_parts(step)
+        missing: list[int] = []
+        if self.cfg.order == "atc":
+            for p in parts:
+                avg, lost = self.combine(p, step, inbox, topology, learner.tensors(p))
+                missing += lost
+                if avg is not None:
+                    learner.load_tensors(p, avg)
+            if step in self.snap_steps:
+                self._snapshot(step)
+            out = learner.learn(step, batch)
+        else:  # cta, D-PSGD's form: the update taken at the held parameters
+            if step in self.snap_steps:
+                self._snapshot(step)
+            before = {p: learner.tensors(p) for p in parts}
+            out = learner.learn(step, batch)
+            for p in parts:
+                avg, lost = self.combine(p, step, inbox, topology, before[p])
+                missing += lost
+                if avg is not None:
+                    after = learner.tensors(p)
+                    learner.load_tensors(p, {k: avg[k] + (after[k] - before[p][k])
+                                             for k in avg})
+        out = dict(out)
+        out["missing"] = float(len(missing))
+        return out
+
+    def _snapshot(self, step: int) -> None:
+        """Report the exchanged tensors, flat; the launcher writes them for the
+        consensus-distance curve."""
+        me = self.ctx.peer_id
+        tensors = {p: self.learner.tensors(p) for p in self.parts}
+        flat = np.concatenate([v.reshape(-1) for p in self.parts for v in tensors[p].values()])
+        buf = io.BytesIO()
+        np.save(buf, flat.astype(np.float32))
+        self.ctx.artifact(f"{SNAPSHOT_DIR}/peer-{me}-step-{step:09d}.npy", buf.getvalue())
+        if not self.snapshot_meta_sent:
+            self.snapshot_meta_sent = True
+            sizes = {p: int(sum(v.size for v in tensors[p].values())) for p in self.parts}
+            self.ctx.artifact(f"{SNAPSHOT_DIR}/peer-{me}.json", json.dumps(
+                {"model": self.learner.cfg.kind, "sizes": sizes}).encode())
+
+    def finish(self) -> dict[str, Any]:
+        return {
+            "wire_dtype": self.wire,
+            "order": self.cfg.order,
+            "combine_rounds": self.combine_rounds,
+            "combine_renormalised": self.combine_renormalised,
+            "combine_missing": {str(k): v for k, v in sorted(self.combine_missing.items())},
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {"used": [[j, p, s] for (j, p), s in self.used.items()],
+                "combine_rounds": self.combine_rounds,
+                "combine_renormalised": self.combine_renormalised,
+                "combine_missing": {str(k): v for k, v in self.combine_missing.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.used = {(int(j), str(p)): int(s) for j, p, s in state["used"]}
+        self.combine_rounds = int(state["combine_rounds"])
+        self.combine_renormalised = int(state["combine_renormalised"])
+        self.combine_missing = Counter({int(k): v for k, v in state["combine_missing"].items()})

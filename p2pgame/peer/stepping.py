@@ -1,0 +1,166 @@
+"""The measured phase's train loop: publish, release (the sync barrier), step, pace, and
+now and then a resume state and a metrics line.
+
+One step ``s`` of a peer, in order (every algorithm call through
+:meth:`Device.call <p2pgame.peer.device.Device.call>`, awaited before the next):
+
+1. publish round ``s`` (every ``comm.publish_every`` steps, if anyone listens);
+2. release into the inbox what is due at ``s``: in sync mode until every active
+   in-neighbour's needed round is complete (:meth:`Receiver.barrier
+   <p2pgame.peer.receiving.Receiver.barrier>`), in async mode once, after letting the
+   receive task drain the socket;
+3. ``train_step(s, inbox, topology)``, its compute time timed;
+4. a pause if the peer is paced (a straggler on purpose; receiving goes on);
+5. a resume state every ``resume_every`` steps, a metrics line (with ``probe``) every
+   ``metrics_every`` steps, at the algorithm's ``probe_every`` and at the last step.
+
+See :mod:`p2pgame.peer.receiving` for what the loop and the step thread may do with the
+inbox meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from p2pgame.bus.traffic import Traffic
+from p2pgame.config import PaceSpec, Scenario
+from p2pgame.peer.device import Device
+from p2pgame.peer.receiving import Receiver
+from p2pgame.peer.reporting import Reporter
+from p2pgame.rng import generator
+from p2pgame.topology import Schedule
+
+
+class Pacer:
+    """A straggler on purpose (:class:`~p2pgame.config.PaceSpec`): how long to pause after
+    a step, drawn from the peer's own seeded stream."""
+
+    def __init__(self, spec: PaceSpec, seed: int, peer: int) -> None:
+        self.spec = spec
+        self.rng = generator(seed, "peer", peer, "pace")
+
+    def pause(self, compute_s: float) -> float:
+        spec = self.spec
+        extra = compute_s * (1.0 / spec.speed - 1.0)
+        if spec.step_delay_ms > 0:
+            mean = spec.step_delay_ms / 1000.0
+            if spec.step_delay_dist == "uniform":
+                extra += 2 * mean * self.rng.random()
+            elif spec.step_delay_dist == "exponential":
+                extra += self.rng.exponential(mean)
+            else:
+                extra += mean
+        return extra
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The loop's settings.  ``first_step``: where a resumed peer continues."""
+
+    steps: int
+    sync: bool = True
+    publish_every: int = 1
+    metrics_every: int = 0  # 0: about 100 lines per run
+    resume_every: int = 0  # 0: no resume states
+    first_step: int = 0
+
+    @classmethod
+    def of(cls, scenario: Scenario, resumable: bool, first_step: int = 0) -> StepPlan:
+        rt, steps = scenario.runtime, scenario.steps
+        # Resume states: every checkpoint_every steps (for --resume), or by default every
+        # steps/20 when restarts are on.
+        resume_every = (rt.checkpoint_every or (max(1, steps // 20) if rt.restart else 0)
+                        ) if resumable else 0
+        return cls(steps=steps, sync=scenario.comm.mode == "sync",
+                   publish_every=scenario.comm.publish_every, metrics_every=rt.metrics_every,
+                   resume_every=resume_every, first_step=first_step)
+
+
+class StepLoop:
+    """One peer's train loop.  ``publish(bus, step)``: the runtime's publishing (looked up
+    at each call, so a test may replace it); ``stopped()``: whether a stop was asked."""
+
+    def __init__(self, me: int, plan: StepPlan, schedule: Schedule, algorithm: Any,
+                 device: Device, receiver: Receiver, reporter: Reporter, traffic: Traffic,
+                 publish: Callable[[Any, int], Awaitable[None]], publishes: bool,
+                 stopped: Callable[[], bool], pacer: Pacer | None = None,
+                 timers: Counter[str] | None = None) -> None:
+        self.me = me
+        self.plan = plan
+        self.schedule = schedule
+        self.algorithm = algorithm
+        self.device = device
+        self.receiver = receiver
+        self.reporter = reporter
+        self.traffic = traffic
+        self.publish = publish
+        self.publishes = publishes  # anyone to publish to (out-neighbours)
+        self.stopped = stopped
+        self.pacer = pacer
+        self.timers: Counter[str] = Counter() if timers is None else timers
+        self.step = self.steps_done = plan.first_step
+        self.wall = 0.0
+
+    async def run(self, bus: Any) -> None:
+        plan, algorithm, receiver, timers = self.plan, self.algorithm, self.receiver, self.timers
+        delivery = receiver.delivery
+        steps = plan.steps
+        every = plan.metrics_every or max(1, steps // 100)
+        period = plan.publish_every
+        heavy = algorithm.heavy
+        call = self.device.call
+        clock, monotonic = time.perf_counter, time.monotonic
+        t_start = monotonic()
+        for step in range(plan.first_step, steps):
+            if self.stopped():
+                break
+            self.step = receiver.step = step
+            top = self.schedule.at(step)
+            if step % period == 0 and self.publishes:
+                await self.publish(bus, step)
+            t0 = clock()
+            if plan.sync:
+                await receiver.barrier(step, self.stopped)
+            else:
+                await asyncio.sleep(0)  # let the receive task drain the socket
+                receiver.release(step, monotonic())
+            timers["wait"] += clock() - t0
+            if self.stopped():
+                break
+            t0 = clock()
+            out = await call(heavy, algorithm.train_step, step, delivery.inbox, top)
+            compute = clock() - t0
+            timers["train"] += compute
+            if heavy:  # within "train": the hand-off to the step thread and back, and
+                # the step thread's CPU time (torch's own threads aside)
+                timers["train_handoff"] += compute - self.device.last_s
+                timers["train_cpu"] += self.device.last_cpu_s
+            if self.pacer is not None:
+                t0 = clock()
+                await asyncio.sleep(self.pacer.pause(compute))  # receiving goes on
+                timers["pace"] += clock() - t0
+            self.steps_done = step + 1
+            if (plan.resume_every and self.steps_done % plan.resume_every == 0
+                    and step < steps - 1):
+                # The launcher keeps the latest in the run folder, for a restart.
+                state = {"step": self.steps_done, "algorithm": algorithm.resume_state()}
+                self.reporter.artifact(f"resume/peer-{self.me}.json", json.dumps(state).encode())
+            probe_every = algorithm.probe_every
+            if (step % every == 0 or step == steps - 1
+                    or (probe_every and step % probe_every == 0)):
+                line = {"step": step, "t": round(monotonic() - t_start, 4), **out}
+                line.update(await call(heavy, algorithm.probe, step))
+                line["bytes_sent"] = self.traffic.sent.totals()["bytes"]
+                # Released bytes: deterministic in sync mode (arrivals are not).
+                line["bytes_received"] = delivery.delivered_bytes
+                line["staleness_mean"] = delivery.inbox.staleness_summary()[0]
+                self.reporter.metrics_buffer.append(line)
+        self.wall = monotonic() - t_start
+        timers["encode"] = getattr(bus, "encode_s", 0.0)
+        timers["send"] = getattr(bus, "send_s", 0.0)

@@ -1,0 +1,122 @@
+"""One learner (the demo's vae-conv) under every exchange, from the scenario files in
+``topologies/``: samples, params (float32, float16, bfloat16; local steps 1 and 10;
+adapt-then-combine and D-PSGD's order) and none, each a real run of two peer processes
+on tiny MNIST.  The demo's own settings, shrunk: a few steps, a small evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from p2pgame.exchange.params import payload_bytes
+from p2pgame.launch import run
+from p2pgame.learners import learner_class
+from p2pgame.scenario import load_scenario
+from tests.fixtures.record_same_results import ROOT
+
+pytestmark = pytest.mark.integration
+
+STEPS = 12
+SMALL = [f"steps={STEPS}", "learner.eval_samples=200", "learner.evaluator_epochs=1",
+         "learner.checkpoint=false", "runtime.threads_per_peer=1", 'runtime.device="cpu"',
+         "data.per_peer=200"]
+
+
+def _run(tmp_path, data, name: str, *overrides: str):
+    res = run(ROOT / "topologies" / f"{name}.toml", [*SMALL, *overrides],
+              out=tmp_path / "runs", data_root=data, progress=False)
+    assert res.exit_code == 0, res.failures
+    return res, res.summary["peers"]
+
+
+def _model_bytes(name: str, wire: str) -> int:
+    sc = load_scenario(ROOT / "topologies" / f"{name}.toml")
+    schema = learner_class(sc.learner.kind).parts(sc.learner)["model"]
+    return payload_bytes(schema, wire)
+
+
+def _params_rows(peer: dict, pid: str) -> dict:
+    (row,) = [r for r in peer["traffic_out"] if r["topic"] == f"params/{pid}/model"]
+    return row
+
+
+@pytest.mark.parametrize("name, wire", [("mnist-demo-params", "float32"),
+                                        ("mnist-demo-params-fp16", "float16")])
+def test_params_messages_are_the_learners_tensors_and_peers_agree_after_each_combine(
+        tmp_path, tiny_mnist_root, name, wire) -> None:
+    """Bytes: a message's payload is exactly the learner's exchanged tensors (float16: half
+    of float32's), the header apart.  Agreement: on a complete graph with one weight row
+    everywhere, every combine leaves both peers with the same bits, so the consensus
+    distance at every snapshot (taken after the combine, before the local step) is 0."""
+    res, peers = _run(tmp_path, tiny_mnist_root, name, f"exchange.snapshots={STEPS}")
+    want = _model_bytes(name, wire)
+    assert want == _model_bytes("mnist-demo-params", "float32") // (2 if wire == "float16"
+                                                                   else 1)
+    for pid, p in peers.items():
+        row = _params_rows(p, pid)
+        assert row["messages"] == STEPS
+        assert row["payload_bytes"] == STEPS * want
+        # the header is counted apart, and small
+        assert 0 < row["header_bytes"] / row["messages"] < want / 100
+        assert p["messages_rejected"] == 0 and p["combine_rounds"] == STEPS
+        assert math.isfinite(p["fid_all"]) and p["wire_dtype"] == wire
+    curve = res.summary["consensus_distance"]
+    assert [s for s, _ in curve] == list(range(STEPS))
+    if wire == "float32":  # (float16: each peer averages its own copy exact, the other's
+        # rounded, so the two ends differ by the rounding)
+        assert all(d == 0.0 for _, d in curve), curve
+    else:
+        assert all(0 < d < 1e-3 for _, d in curve), curve
+    assert (res.run_dir / "disagreement.csv").is_file()
+    assert not (res.run_dir / "params").exists()  # the snapshots are removed after use
+
+
+def test_local_steps_send_a_tenth_and_bfloat16_half(tmp_path, tiny_mnist_root) -> None:
+    res, peers = _run(tmp_path, tiny_mnist_root, "mnist-demo-params-local10",
+                      'exchange.wire_dtype="bfloat16"', "steps=20")
+    want = _model_bytes("mnist-demo-params", "float32") // 2
+    for pid, p in peers.items():
+        row = _params_rows(p, pid)
+        assert row["messages"] == 2 and row["payload_bytes"] == 2 * want  # steps 0 and 10
+        assert p["combine_rounds"] == 2 and p["messages_rejected"] == 0
+
+
+def test_cta_order_runs_and_differs_from_atc(tmp_path, tiny_mnist_root) -> None:
+    """D-PSGD's order: the local update is taken at the peer's own parameters and added to
+    the combination; both orders complete and combine every round."""
+    runs = {order: _run(tmp_path / order, tiny_mnist_root, "mnist-demo-params",
+                        f'exchange.order="{order}"', f"exchange.snapshots={STEPS}")
+            for order in ("atc", "cta")}
+    for order, (_res, peers) in runs.items():
+        for p in peers.values():
+            assert p["order"] == order and p["combine_rounds"] == STEPS
+    losses = {order: [json.loads(x)["elbo_loss"] for x in (
+        res.run_dir / "metrics" / "peer-0.jsonl").read_text().splitlines()]
+        for order, (res, _) in runs.items()}
+    # atc adapts at the combined point (step 0: the average of the initial models), cta at
+    # the peer's own parameters: the local losses differ from the first step on
+    assert all(a != c for a, c in zip(losses["atc"], losses["cta"], strict=True))
+    # cta snapshots are taken before the combine: the peers' own copies, which differ
+    cta_curve = runs["cta"][0].summary["consensus_distance"]
+    assert all(d > 0 for _, d in cta_curve[1:])
+
+
+def test_none_sends_nothing_in_sync_mode(tmp_path, tiny_mnist_root) -> None:
+    res, peers = _run(tmp_path, tiny_mnist_root, "mnist-demo-none")
+    for p in peers.values():
+        assert p["bytes_sent"] == 0 and p["steps"] == STEPS
+        assert math.isfinite(p["fid_all"])
+        assert p.get("effective_row") is None
+
+
+def test_samples_and_params_keep_the_learner(tmp_path, tiny_mnist_root) -> None:
+    """The demo under samples: the same learner's keys, resolved from the new form."""
+    res, peers = _run(tmp_path, tiny_mnist_root, "mnist-demo")
+    scenario = json.loads((res.run_dir / "scenario.json").read_text())
+    assert scenario["exchange"]["kind"] == "samples"
+    assert scenario["learner"]["kind"] == "vae-conv"
+    for pid, p in peers.items():
+        assert {r["topic"] for r in p["traffic_out"]} == {f"samples/{pid}/px"}
+        assert p["effective_row"] and math.isfinite(p["tv_to_ne"])
