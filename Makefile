@@ -29,7 +29,15 @@ polymnist: $(STAMP)
 # --no-loadscope-reorder: files go out longest first, as tests/conftest.py orders them.
 TEST_WORKERS ?= 2
 
+# The example learner plugin (examples/gmm2d, for tests/integration/test_plugin.py):
+# installed editable once, offline (setuptools from the venv, nothing fetched), unless
+# the entry point group p2pgame.learners already has it.
+HAS_GMM2D := import importlib.metadata as m, sys; \
+	sys.exit("gmm2d" not in {e.name for e in m.entry_points(group="p2pgame.learners")})
+
 test: $(STAMP)
+	@$(BIN)/python -c '$(HAS_GMM2D)' || \
+		$(BIN)/pip install -q --no-build-isolation --no-deps -e examples/gmm2d
 	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 lint: $(STAMP)

@@ -72,7 +72,7 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
     data_gen = torch.Generator().manual_seed(derive_seed(scenario.seed, "peer", peer, "order"))
     t_sample = t_train = cpu_train = 0.0
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         a = time.perf_counter()
         tuples = {k: v.cpu().numpy() for k, v in model.sample(spm, gen).items()}  # publish
@@ -87,9 +87,10 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
         t_train += time.perf_counter() - b
         cpu_train += time.thread_time() - cb
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     queue.put({"peer": peer, "steps_per_s": steps / wall, "wall_s": wall,
                "time_split_s": {"train": round(t_train, 4), "sample": round(t_sample, 4),
-                                "train_cpu": round(cpu_train, 4)}})
+                                "train_cpu": round(cpu_train, 4), "process_cpu": round(cpu, 4)}})
 
 
 class _Sequential:
@@ -152,9 +153,12 @@ def one_repeat(args, raw: dict, overrides: list[str], scenario, threads: int) ->
     tmp = tempfile.TemporaryDirectory(prefix="p2pg-overhead-")
     out_dir = args.out or tmp.name
     load["peer_run"] = os.getloadavg()[0]
-    t = time.monotonic()
+    t, launcher_cpu = time.monotonic(), time.process_time()
     res = run(args.scenario, overrides, out=out_dir, data_root=args.data, progress=False)
     phase["peer_run"] = time.monotonic() - t
+    # The launcher's own CPU time over the whole run (this process: start-up, supervision,
+    # the evaluator's preparation and the summary; not the peers').
+    launcher_cpu = time.process_time() - launcher_cpu
     if res.exit_code != 0:
         raise SystemExit(f"peer run failed: {res.failures}")
     summary = res.summary
@@ -203,9 +207,15 @@ def one_repeat(args, raw: dict, overrides: list[str], scenario, threads: int) ->
                                          for p in peers.values()),
            "peer_train_handoff": statistics.mean(p["time_split_s"].get("train_handoff", 0.0)
                                                  for p in peers.values()),
-           "bare_train": statistics.mean(r["time_split_s"]["train_cpu"] for r in bare_n)}
-    print(f"train thread CPU s: peer {cpu['peer_train']:.2f} (hand-off "
-          f"{cpu['peer_train_handoff']:.3f} s wall), bare {cpu['bare_train']:.2f}")
+           "peer_process": statistics.mean(p["time_split_s"].get("process_cpu", 0.0)
+                                           for p in peers.values()),
+           "bare_train": statistics.mean(r["time_split_s"]["train_cpu"] for r in bare_n),
+           "bare_process": statistics.mean(r["time_split_s"]["process_cpu"] for r in bare_n),
+           "launcher_run": launcher_cpu}
+    print(f"CPU s, training thread: peer {cpu['peer_train']:.2f} (its hand-offs "
+          f"{cpu['peer_train_handoff']:.3f} s of wall time), bare {cpu['bare_train']:.2f}; "
+          f"whole process: peer {cpu['peer_process']:.2f}, bare {cpu['bare_process']:.2f}; "
+          f"the launcher over the run: {cpu['launcher_run']:.2f}")
     return {"ratio": round(ratio, 4), "peer_steps_per_s": round(peer_sps, 3),
             "bare_steps_per_s": round(bare_sps, 3),
             "bare_1proc_steps_per_s": round(bare1_sps, 3) if bare_1 else None,

@@ -81,6 +81,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"wall {s['wall_s']:.1f} s, mode {s['mode']}, {s['n_peers']} peers")
     for pid, why in result.failures.items():
         print(f"error: peer {pid} failed: {why}", file=sys.stderr)
+    if args.resume is None:
+        from p2pgame.scenario import load_raw, preset_notice
+
+        notice = preset_notice(load_raw(args.scenario))
+        if notice:  # a file in the old form: how to write it now
+            print(f"note: {notice}", file=sys.stderr)
     print(f"results: {result.run_dir}")
     return result.exit_code
 

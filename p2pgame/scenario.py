@@ -402,9 +402,11 @@ def check_exchange(scenario: Scenario, schedule: Schedule) -> None:
                     f"peers: peers {j} ({kind}) and {p.peer} ({p.learner.kind}) both use "
                     f"{s!r}, whose content only identical learners share; exchange another "
                     "space (e.g. 'x', images) between different learners")
-    # Every publisher of a space publishes the same fields, dtypes and shapes.
+    # Every publisher of a space publishes the same fields, dtypes and shapes.  (Parameters:
+    # the exchange's own check names the first tensor that differs, ParamsHooks.validate.)
+    same_schemas = ex.kind != "params"
     first: dict[str, tuple[int, Any]] = {}
-    for p in scenario.players:
+    for p in scenario.players if same_schemas else ():
         mine = declared(p)
         for s in p.publishes:
             if s not in first:
@@ -430,7 +432,7 @@ def check_exchange(scenario: Scenario, schedule: Schedule) -> None:
             # A learner reads a space with its own schema of it (e.g. gray float16 images
             # are not binary ones, though both travel on 'x').
             theirs = declared(them)
-            for s in common:
+            for s in common if same_schemas else ():
                 if my_reads[s] != theirs[s]:
                     raise ScenarioError(
                         f"peers: peer {i} ({me.learner.kind}) learns {s!r} as "
@@ -519,8 +521,8 @@ def _resolve_sections(raw: dict, source: str) -> Scenario:
             "redraw_every")
     for key in ("exchange", "learner"):
         if key not in raw:
-            raise ScenarioError(f"missing section [{key}] (see README, \"Writing a "
-                                "scenario\": [exchange] kind = ..., [learner] kind = ...)")
+            raise ScenarioError(f"missing section [{key}] (see README, \"Scenarios\": "
+                                "[exchange] kind = ..., [learner] kind = ...)")
     exchange = resolve_exchange(raw["exchange"])
     table = raw["learner"]
     if not isinstance(table, dict):  # (its keys are the learner Config's to check)
@@ -602,6 +604,9 @@ def expand_preset(raw: dict) -> tuple[dict, str]:
                             "write [exchange] kind = ... and [learner] kind = ...)")
     one_of(name, PRESETS, "algorithm.name")
     table = {k: v for k, v in algo.items() if k != "name"}
+    if "kind" in table:
+        raise ScenarioError("algorithm.kind: not a key of the old form (it names the model with "
+                            "'model'); or write [exchange] and [learner] kind = ...")
     out = {k: v for k, v in raw.items() if k != "algorithm"}
     peers = [dict(g) if isinstance(g, dict) else g for g in raw.get("peers", ()) or ()]
     if name == "game":
@@ -694,6 +699,10 @@ def _preset_names(msg: str) -> str:
     for new, old in _PRESET_NAMES:
         # only as a key: "learner.lr:", "[learner]", "peers[0].learner.kind ="
         msg = re.sub(rf"(?<![A-Za-z_]){re.escape(new)}(?=[.:\]]| =)", old, msg)
+    head, sep, allowed = msg.partition("; allowed: ")  # a list of keys: the file's names
+    if sep and "learner" in allowed.split(", "):
+        msg = head + sep + ", ".join(sorted("algorithm" if k == "learner" else k
+                                            for k in allowed.split(", ")))
     return msg
 
 
@@ -709,8 +718,8 @@ def preset_notice(raw: dict) -> str | None:
              f"exchange {new['exchange']['kind']!r} x learner {new['learner'].get('kind')!r}."
              " Write it now as:"]
     for section in ("exchange", "learner"):
-        body = ", ".join(f"{k} = {json.dumps(v)}" for k, v in new[section].items())
-        lines.append(f"  [{section}] {body}")
+        lines.append(f"  [{section}]")
+        lines += [f"  {k} = {json.dumps(v)}" for k, v in new[section].items()]
     if any(isinstance(g, dict) and "learner" in g for g in new.get("peers", ())):
         lines.append("  and in [[peers]], learner = { ... } instead of algorithm = { ... }")
     return "\n".join(lines)

@@ -187,10 +187,13 @@ def _schema_difference(a: dict[str, Schema], b: dict[str, Schema]) -> str:
         if a.get(part) != b.get(part):
             if part not in a or part not in b:
                 return f"part {part!r} on one side only"
+            def text(spec) -> str:
+                return "absent" if spec is None else f"{spec[0]}{list(spec[1])}"
+
             for name in sorted(set(a[part]) | set(b[part])):
                 if a[part].get(name) != b[part].get(name):
-                    return (f"{part}.{name}: {a[part].get(name, 'absent')} vs "
-                            f"{b[part].get(name, 'absent')}")
+                    return (f"{part}.{name}: {text(a[part].get(name))} vs "
+                            f"{text(b[part].get(name))}")
             return f"part {part!r}: {schema_text(a[part])} vs {schema_text(b[part])}"
     return "?"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 from functools import cache
 from typing import Any
 
@@ -46,7 +47,11 @@ def plugins() -> dict[str, str]:
     """Learners of other installed packages: kind -> "module:Class"."""
     out = {}
     for ep in importlib.metadata.entry_points(group=GROUP):
-        if ep.name not in BUILTIN:  # a built-in name cannot be taken over
+        if ep.name in BUILTIN:  # a built-in name cannot be taken over
+            logging.getLogger(__name__).warning(
+                "the plugin learner %r (%s) has a built-in's name and is ignored", ep.name,
+                ep.value)
+        else:
             out[ep.name] = ep.value
     return out
 

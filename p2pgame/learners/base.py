@@ -111,8 +111,8 @@ class Received:
     """What a step takes of one neighbour's message on one space.
 
     ``tensors`` is the whole message (decoded numpy arrays); an example learner takes
-    ``k`` of its examples (:meth:`Learner.pick`), a weighting learner (moments) the
-    whole message with ``weight``.
+    ``k`` of its examples (with its own seeded stream; :func:`pick_examples`), a
+    weighting learner (moments, ``takes_weights``) the whole message with ``weight``.
     """
 
     sender: int
@@ -322,6 +322,14 @@ def check_schema(tensors: Any, expected: Schema) -> str | None:
 
 def schema_text(schema: Schema) -> str:
     return ", ".join(f"{k}: {dt}{list(shape)}" for k, (dt, shape) in schema.items())
+
+
+def pick_examples(m: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k indices into a message of m examples, each example once before any is taken
+    twice (shuffles of the message, end to end): the numpy twin of the torch learners'
+    ``pick_received``."""
+    rounds = -(-k // m)
+    return np.concatenate([rng.permutation(m) for _ in range(rounds)])[:k]
 
 
 def examples_in(tensors: Any) -> int:

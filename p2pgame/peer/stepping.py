@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -108,6 +109,24 @@ class StepLoop:
         self.wall = 0.0
 
     async def run(self, bus: Any) -> None:
+        """The measured phase.  With ``P2PGAME_PROFILE_LOOP=<folder>`` in the environment,
+        the event loop's thread (every task of the peer, not the step thread) runs under
+        cProfile, written to ``<folder>/peer-<id>.prof`` (a diagnostic, for bench work)."""
+        folder = os.environ.get("P2PGAME_PROFILE_LOOP")
+        if not folder:
+            return await self._run(bus)
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
+        try:
+            await self._run(bus)
+        finally:
+            profile.disable()
+            os.makedirs(folder, exist_ok=True)
+            profile.dump_stats(os.path.join(folder, f"peer-{self.me}.prof"))
+
+    async def _run(self, bus: Any) -> None:
         plan, algorithm, receiver, timers = self.plan, self.algorithm, self.receiver, self.timers
         delivery = receiver.delivery
         steps = plan.steps
@@ -116,7 +135,7 @@ class StepLoop:
         heavy = algorithm.heavy
         call = self.device.call
         clock, monotonic = time.perf_counter, time.monotonic
-        t_start = monotonic()
+        t_start, cpu_start = monotonic(), time.process_time()
         for step in range(plan.first_step, steps):
             if self.stopped():
                 break
@@ -162,5 +181,8 @@ class StepLoop:
                 line["staleness_mean"] = delivery.inbox.staleness_summary()[0]
                 self.reporter.metrics_buffer.append(line)
         self.wall = monotonic() - t_start
+        # The CPU time of the whole process meanwhile, every thread (the loop's, the step
+        # thread, ZeroMQ's I/O thread; the other peers' too in a worker that hosts several).
+        timers["process_cpu"] = time.process_time() - cpu_start
         timers["encode"] = getattr(bus, "encode_s", 0.0)
         timers["send"] = getattr(bus, "send_s", 0.0)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from p2pgame import launch
-from p2pgame.exchange.mixing import dense_row
 from p2pgame.config import ScenarioError
+from p2pgame.exchange.mixing import dense_row
 
 pytestmark = pytest.mark.integration
 

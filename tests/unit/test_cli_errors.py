@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from p2pgame import cli
-from p2pgame.learners.expfam import ExpFamHooks
 from p2pgame.config import ScenarioError
 from p2pgame.launch import backends, check_writable
+from p2pgame.learners.expfam import ExpFamHooks
 from p2pgame.scenario import load_raw
 
 ROOT = Path(__file__).resolve().parents[2]

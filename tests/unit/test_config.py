@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from p2pgame.exchange.mixing import MixingConfig
-from p2pgame.learners.expfam import ExpFamConfig
 from p2pgame.config import (
     LINK_KEYS,
     CommSpec,
@@ -19,6 +17,8 @@ from p2pgame.config import (
     TopologySpec,
     to_plain,
 )
+from p2pgame.exchange.mixing import MixingConfig
+from p2pgame.learners.expfam import ExpFamConfig
 from p2pgame.scenario import (
     apply_overrides,
     load_raw,
@@ -85,7 +85,7 @@ def test_shipped_expfam_scenarios_load():
         assert isinstance(s, Scenario)
         # (the expfam preset: samples, renormalised, x an exponential-family learner)
         assert s.exchange == MixingConfig(kind="samples", missing="renormalise")
-        assert s.learner.kind == f"expfam-{s.learner.family}"
+        assert s.learner.kind in ("expfam-bernoulli", "expfam-gaussian")
         assert isinstance(s.learner, ExpFamConfig)
         assert all(isinstance(p.learner, ExpFamConfig) for p in s.players)
         assert s.source.endswith(name)
@@ -795,6 +795,24 @@ def test_cli_refuses_a_bad_override_in_one_line(tiny_raw, write_scenario, tmp_pa
         assert code == 2 and err.startswith(f"error: --set {override}: ")
         assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("preset, kind", [("game", "vae-conv"), ("diffgan", "dcgan-conv")])
+def test_an_old_form_kind_key_is_never_dropped_in_silence(preset, kind):
+    """[algorithm] takes the learner's keys, ``kind`` among them (an unknown key's message
+    lists it as allowed): a kind written there is used, or refused; never replaced by the
+    preset's default model without a word."""
+    raw = {"topology": {"n": 2, "graph": "complete"},
+           "data": {"dataset": "mnist", "partition": {"kind": "iid"}},
+           "algorithm": {"name": preset, "kind": kind}}
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_dict({**raw, "algorithm": {"name": preset, "bogus": 1}}, "x.toml")
+    assert "kind" in str(info.value).split("allowed: ")[1].split(", ")
+    try:
+        s = scenario_from_dict(raw, "x.toml")
+    except ScenarioError:
+        return  # refused: fine
+    assert s.learner.kind == kind, f"[algorithm] kind = {kind!r} ran as {s.method_name}"
 
 
 def test_checkpoints_only_where_a_run_can_be_resumed(tiny_raw):

@@ -180,11 +180,11 @@ def test_check_rejects_other_architectures(tmp_path):
 
 def test_validate_refuses_mixed_architectures_naming_peers():
     raw = raw_scenario(peer_models={"2": "dcgan-conv"})
-    # Resolution refuses it where the spaces are checked (every publisher of a part
-    # publishes one schema), naming both peers, their learners and the part.
-    with pytest.raises(ScenarioError, match=r"^x\.toml: peers: peers 0 \(dcgan-mlp\) and 2 "
-                                            r"\(dcgan-conv\) both publish 'D' but with "
-                                            r"different schemas \("):
+    # Resolution refuses it (the params exchange's check), naming both peers, their
+    # learners and the first tensor that differs.
+    with pytest.raises(ScenarioError, match=r"^x\.toml: peers: peer 2 \(dcgan-conv\) averages "
+                                            r"the parameters of peer 0 \(dcgan-mlp\), but "
+                                            r"their tensors differ \(D\.\S+: "):
         scenario_from_dict(raw)
     raw["algorithm"]["combine"] = False
     raw["comm"] = {"mode": "async"}

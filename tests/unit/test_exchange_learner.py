@@ -1,0 +1,214 @@
+"""The exchange x learner seams, without processes: presets, the params exchange's wire
+formats and orders on a toy learner, the node's check of what a learner publishes, and
+the registry's checks of plugin classes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pgame.config import ScenarioError
+from p2pgame.exchange.inbox import Inbox
+from p2pgame.exchange.node import DeclarationError, Node, PeerContext
+from p2pgame.exchange.params import (
+    from_bfloat16_bits,
+    payload_bytes,
+    to_bfloat16_bits,
+)
+from p2pgame.learners import check_learner_class, learner_class
+from p2pgame.learners.base import Learner
+from p2pgame.scenario import expand_preset, preset_notice, resolve
+from p2pgame.topology import build_schedule
+
+EXPFAM = {"name": "x", "steps": 10, "topology": {"n": 2, "graph": "complete"},
+          "algorithm": {"name": "expfam", "family": "gaussian", "dim": 3, "lr": 0.5}}
+
+
+def _new(exchange: dict, learner: dict, n: int = 2, **extra) -> dict:
+    return {"name": "x", "steps": 10, "topology": {"n": n, "graph": "complete"},
+            "exchange": exchange, "learner": learner, **extra}
+
+
+# -- presets ----------------------------------------------------------------------------
+
+def test_each_preset_expands_to_its_pair() -> None:
+    raw, name = expand_preset(EXPFAM)
+    assert name == "expfam" and raw["exchange"] == {"kind": "samples", "missing": "renormalise"}
+    assert raw["learner"] == {"kind": "expfam-gaussian", "dim": 3, "lr": 0.5}
+    game = {**EXPFAM, "algorithm": {"name": "game", "model": "vae-conv", "batch": 8}}
+    assert expand_preset(game)[0]["learner"] == {"kind": "vae-conv", "batch": 8}
+    gan = {**EXPFAM, "algorithm": {"name": "diffgan", "combine": False, "wire_dtype": "float16",
+                                   "peer_models": {"1": "dcgan-conv"}}}
+    raw, _ = expand_preset(gan)
+    assert raw["exchange"] == {"kind": "none"}  # (no wire without an exchange)
+    assert raw["peers"] == [{"ids": [1], "learner": {"kind": "dcgan-conv"}}]
+
+
+def test_an_old_form_file_resolves_as_its_pair_and_is_told_the_new_form() -> None:
+    old = resolve(EXPFAM)
+    new = resolve(_new({"kind": "samples", "missing": "renormalise"},
+                       {"kind": "expfam-gaussian", "dim": 3, "lr": 0.5}))
+    assert old.preset == "expfam" and new.preset == ""
+    assert dataclasses.replace(old, preset="") == dataclasses.replace(new, source=old.source)
+    text = preset_notice(EXPFAM)
+    assert 'kind = "expfam-gaussian"' in text and "[exchange]" in text
+    assert preset_notice(_new({"kind": "none"}, {"kind": "expfam-gaussian"})) is None
+
+
+def test_old_form_errors_name_keys_as_the_file_does() -> None:
+    bad = {**EXPFAM, "algorithm": {**EXPFAM["algorithm"], "lr": 2.0}}
+    with pytest.raises(ScenarioError, match=r"algorithm\.lr: lr and lr_end"):
+        resolve(bad)
+    both = {**EXPFAM, "learner": {"kind": "expfam-gaussian"}}
+    with pytest.raises(ScenarioError, match=r"\[algorithm\] .* and \[learner\] cannot"):
+        resolve(both)
+
+
+def test_a_key_of_another_family_says_whose_it_is() -> None:
+    with pytest.raises(ScenarioError, match=r"learner\.capacity: applies only to joint-cx "
+                                            r"learners, not 'vae-conv'"):
+        resolve(_new({"kind": "samples"}, {"kind": "vae-conv", "capacity": 2},
+                     data={"dataset": "mnist"}))
+
+
+def test_a_group_of_another_family_inherits_only_the_keys_it_has() -> None:
+    s = resolve(_new({"kind": "samples"}, {"kind": "vae-conv", "batch": 16, "refine": 1},
+                     data={"dataset": "mnist"},
+                     peers=[{"ids": [1], "learner": {"kind": "hvae-mlp"}, "publishes": ["x"],
+                             "learns": ["x"]}],
+                     ))
+    assert s.player(1).learner.kind == "hvae-mlp" and s.player(1).learner.batch == 16
+    assert s.player(0).learner.refine == 1
+
+
+# -- params: wire formats ---------------------------------------------------------------
+
+def test_bfloat16_bits_round_to_nearest_even_and_back() -> None:
+    x = np.array([1.0, -2.5, 3.14159265, 1e-3, 65504.0, 0.0], dtype=np.float32)
+    back = from_bfloat16_bits(to_bfloat16_bits(x))
+    assert back.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: a relative error of at most 2^-9
+    assert np.all(np.abs(back - x) <= np.abs(x) * 2.0 ** -9)
+    assert to_bfloat16_bits(x).dtype == np.int16
+    # ties go to even: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 and rounds to 1
+    assert from_bfloat16_bits(to_bfloat16_bits(np.float32([1 + 2 ** -8])))[0] == 1.0
+
+
+def test_payload_bytes_follow_the_formula() -> None:
+    schema = {"w": ("float32", (10, 3)), "b": ("float32", (3,))}
+    assert payload_bytes(schema, "float32") == 33 * 4
+    assert payload_bytes(schema, "float16") == payload_bytes(schema, "bfloat16") == 33 * 2
+
+
+# -- params on the expfam learner (numpy, no processes) -----------------------------------
+
+class _Env:
+    def __init__(self, sender: int, space: str, step: int, tensors: dict) -> None:
+        self.sender, self.space, self.step, self.tensors = sender, space, step, tensors
+
+
+def _nodes(order: str, wire: str = "float32", n: int = 3):
+    raw = _new({"kind": "params", "order": order, "wire_dtype": wire, "snapshots": 0},
+               {"kind": "expfam-bernoulli", "dim": 4, "lr": 0.3}, n=n, comm={"mode": "sync"})
+    raw["topology"]["weights"] = "metropolis"  # on a complete graph: 1/n everywhere
+    sc = resolve(raw)
+    schedule = build_schedule(sc.topology, sc.steps, sc.seed)
+    return sc, schedule, [Node(PeerContext(i, sc, sc.player(i), schedule, Path("."))) for i in
+                          range(n)]
+
+
+def _exchange_round(nodes, schedule, step: int) -> None:
+    """Every node publishes, then steps on what the others published (a complete graph)."""
+    sent = [node.publish(step) for node in nodes]
+    for i, node in enumerate(nodes):
+        inbox = Inbox()
+        for j, msgs in enumerate(sent):
+            if j != i:
+                for space, tensors in msgs.items():
+                    env = _Env(j, space, step, tensors)
+                    assert node.check(env) is None
+                    inbox.put(env)
+        out = node.train_step(step, inbox, schedule.at(step))
+        assert out["missing"] == 0.0
+
+
+@pytest.mark.parametrize("wire", ["float32", "float16", "bfloat16"])
+def test_every_peer_of_a_complete_graph_holds_the_same_bits_after_a_combine(wire) -> None:
+    """One weight row everywhere, summed in peer order: one result on every peer (float32;
+    a narrower wire rounds the others' copies, not one's own, so the ends differ by it)."""
+    sc, schedule, nodes = _nodes("atc", wire)
+    rng = np.random.default_rng(0)
+    for node in nodes:  # different models, and no local step: the combine alone
+        node.learner.mu = rng.random(4)
+        node.learner.learn = lambda step, batch: {}
+    for step in range(3):
+        _exchange_round(nodes, schedule, step)
+        mus = [node.learner.mu for node in nodes]
+        if wire == "float32":
+            assert all(np.array_equal(mus[0], m) for m in mus)
+        else:
+            assert all(np.allclose(mus[0], m, atol=1e-2) for m in mus)
+    assert all(node.exchange.combine_rounds == 3 for node in nodes)
+
+
+def test_cta_adds_the_update_taken_at_the_own_parameters_to_the_combination() -> None:
+    """D-PSGD's form on the expfam learner: mu_a <- mean(mu_a, mu_b) + (adapt(mu_a) - mu_a)."""
+    from p2pgame.learners.base import Batch
+
+    sc, schedule, (a, b) = _nodes("cta", n=2)
+    twin = _nodes("cta", n=2)[2][0]  # the same seeds: the same data and draws as a
+    a.learner.mu = twin.learner.mu = np.full(4, 0.2)
+    b.learner.mu = np.full(4, 0.8)
+    inbox = Inbox()
+    inbox.put(_Env(1, "mu", 0, b.publish(0)["mu"]))
+    a.train_step(0, inbox, schedule.at(0))
+    twin.learner.learn(0, Batch(own=twin.learner.batch_size, own_weight=1.0))
+    delta = twin.learner.mu.astype(np.float32) - np.float32(0.2)
+    assert np.allclose(a.learner.mu, np.float32(0.5) + delta, atol=1e-6)
+    assert not np.allclose(delta, 0)
+
+
+def test_a_learner_that_publishes_another_shape_than_declared_is_stopped_by_name() -> None:
+    sc, schedule, nodes = _nodes("atc", n=2)
+    node = nodes[0]
+    node.learner.tensors = lambda part: {"mu": np.zeros(5, dtype=np.float32)}
+    with pytest.raises(DeclarationError, match=r"learner 'expfam-bernoulli' \(built-in\) "
+                                               r"published 'mu' as mu: float32\[5\], but "
+                                               r"declares mu: float32\[4\]"):
+        node.publish(0)
+
+
+def test_params_between_different_tensors_is_refused_naming_both_peers() -> None:
+    raw = _new({"kind": "params"}, {"kind": "vae-conv"}, data={"dataset": "mnist"},
+               peers=[{"ids": [1], "learner": {"refine": 1}}])
+    with pytest.raises(ScenarioError, match=r"peer 1 \(vae-conv\) averages the parameters "
+                                            r"of peer 0 \(vae-conv\), but their tensors "
+                                            r"differ \(model\.\S+: float32\[\d+\] vs "
+                                            r"float32\[\d+\]\)"):
+        resolve(raw)
+
+
+def test_moments_need_a_learner_with_a_moment_space() -> None:
+    with pytest.raises(ScenarioError, match="has no moment space"):
+        resolve(_new({"kind": "moments"}, {"kind": "vae-conv"}, data={"dataset": "mnist"}))
+    s = resolve(_new({"kind": "moments"}, {"kind": "expfam-bernoulli"}))
+    assert s.player(0).publishes == ("mu",) and s.exchange.rule == "renormalise"
+
+
+# -- the registry -----------------------------------------------------------------------
+
+def test_the_registry_refuses_what_is_not_a_learner() -> None:
+    with pytest.raises(ScenarioError, match="is not a subclass of p2pgame.learners.base.Learner"):
+        check_learner_class("x", object)
+
+    class Loose(Learner):
+        Config = dict  # not a dataclass
+
+    with pytest.raises(ScenarioError, match="its Config must be a dataclass"):
+        check_learner_class("loose", Loose)
+    with pytest.raises(ScenarioError, match=r"learner.kind = 'nope' is not known; allowed: .*"
+                                            r"vae-conv"):
+        learner_class("nope")
