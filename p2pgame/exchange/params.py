@@ -301,9 +301,12 @@ class Params(Exchange):
         if missing:
             self.combine_renormalised += 1
             self.combine_missing.update(missing)
-        # Summed in peer order, the same on every peer: with one weight row everywhere
-        # (a complete graph, every message there), all peers hold the same bits.
-        terms.sort(key=lambda t: t[0])
+        # Summed own copy first, then the row's order: Diffusion GAN's order, so its runs
+        # are bit-identical to those of the code before the exchange was its own layer.
+        # (Summing in peer order instead would give every peer of a complete graph the
+        # same bits, but a GAN is chaotic: the non-homogeneous MNIST run then ended with 6
+        # digits a peer instead of 8; bench/RESULTS.md, section 16.)  Two peers with one
+        # weight row hold the same bits either way (a + b = b + a).
         return weighted_average([(w, x) for _, w, x in terms]), missing
 
     def step(self, step: int, inbox: Any, topology: Any) -> dict[str, float]:

@@ -137,9 +137,10 @@ def _exchange_round(nodes, schedule, step: int) -> None:
 
 @pytest.mark.parametrize("wire", ["float32", "float16", "bfloat16"])
 def test_every_peer_of_a_complete_graph_holds_the_same_bits_after_a_combine(wire) -> None:
-    """One weight row everywhere, summed in peer order: one result on every peer (float32;
-    a narrower wire rounds the others' copies, not one's own, so the ends differ by it)."""
-    sc, schedule, nodes = _nodes("atc", wire)
+    """Two peers with one weight row: one result on both (float32; a narrower wire rounds
+    the other's copy, not one's own, so the ends differ by the rounding).  Three peers:
+    equal up to the order of the float32 sums."""
+    sc, schedule, nodes = _nodes("atc", wire, n=2)
     rng = np.random.default_rng(0)
     for node in nodes:  # different models, and no local step: the combine alone
         node.learner.mu = rng.random(4)
@@ -152,6 +153,13 @@ def test_every_peer_of_a_complete_graph_holds_the_same_bits_after_a_combine(wire
         else:
             assert all(np.allclose(mus[0], m, atol=1e-2) for m in mus)
     assert all(node.exchange.combine_rounds == 3 for node in nodes)
+    sc, schedule, nodes = _nodes("atc", wire, n=3)
+    for node in nodes:
+        node.learner.mu = rng.random(4)
+        node.learner.learn = lambda step, batch: {}
+    _exchange_round(nodes, schedule, 0)
+    assert all(np.allclose(nodes[0].learner.mu, nd.learner.mu, rtol=1e-6 if wire == "float32"
+                           else 1e-2) for nd in nodes)
 
 
 def test_cta_adds_the_update_taken_at_the_own_parameters_to_the_combination() -> None:
