@@ -1,7 +1,7 @@
 """Runtime overhead of a game peer: steps/s in a real 2-peer run against a bare loop.
 
 1. A real run of ``topologies/mnist-2peers.toml`` through ``p2pgame.launch.run``
-   (``steps``, a small ``algorithm.eval_samples``, ``algorithm.checkpoint=false``,
+   (``steps``, a small ``learner.eval_samples``, ``learner.checkpoint=false``,
    plus any ``--set``): each peer's ``steps_per_s`` and its own wall-time split
    (``time_split_s``: train, sample, encode, send, receive_decode, wait).
 2. The same model (``make_model(cfg.model)``, ``SymmetricLearner``) trained in a bare
@@ -246,14 +246,16 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
-    if args.smoke:
-        args.steps, args.eval_samples, args.no_bare1, args.bare_inprocess = 6, 64, True, True
-        args.overrides = ["algorithm.batch=64", "comm.samples_per_message=32", *args.overrides]
     from p2pgame.launch import threads_per_peer
     from p2pgame.scenario import apply_overrides, load_raw, resolve
 
-    overrides = [f"steps={args.steps}", f"algorithm.eval_samples={args.eval_samples}",
-                 "algorithm.checkpoint=false", 'runtime.device="cpu"', *args.overrides]
+    # The learner's keys: [learner] in the new form, [algorithm] in the old one.
+    key = "algorithm" if "algorithm" in load_raw(args.scenario) else "learner"
+    if args.smoke:
+        args.steps, args.eval_samples, args.no_bare1, args.bare_inprocess = 6, 64, True, True
+        args.overrides = [f"{key}.batch=64", "comm.samples_per_message=32", *args.overrides]
+    overrides = [f"steps={args.steps}", f"{key}.eval_samples={args.eval_samples}",
+                 f"{key}.checkpoint=false", 'runtime.device="cpu"', *args.overrides]
     raw = apply_overrides(load_raw(args.scenario), overrides)
     scenario = resolve(raw, args.scenario)
     n = scenario.n
