@@ -253,11 +253,15 @@ async def test_after_a_release_the_inbox_holds_the_freshest_message_per_sender_a
 async def test_nothing_is_released_while_an_algorithm_call_is_in_flight():
     """The guard of rule 2: a release while a heavy call runs is a bug, and says so."""
     rt = make_peers(n=2, steps=4)[0]
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
     device: Device = rt._device
-    call = asyncio.create_task(device.call(True, gate.wait, 5.0))
-    while not device.busy():
-        await asyncio.sleep(0.001)
+
+    def held() -> bool:
+        started.set()
+        return gate.wait(5.0)
+
+    call = asyncio.create_task(device.call(True, held))
+    assert await asyncio.to_thread(started.wait, 5.0) and device.busy()
     with pytest.raises(RuntimeError, match="in flight"):
         rt.receiver.release(0, time.monotonic())
     gate.set()
