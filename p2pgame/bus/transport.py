@@ -299,6 +299,7 @@ class Transport:
             _send(pub, frames[0], _MORE_NOW if len(frames) > 1 else _NOW, False)
         except zmq.Again:  # nothing of the message was queued
             await self.pub.send_multipart(frames, copy=False)
+            self._after_send()
             return
         # The rest of a multipart message is always taken once its first frame is.
         last = frames[-1]
@@ -306,12 +307,26 @@ class Transport:
             _send(pub, f, _MORE_NOW, False)
         if len(frames) > 1:
             _send(pub, last, _NOW, False)
+        self._after_send()
+
+    def _after_send(self) -> None:
+        """A send processes the socket's pending commands, and with them can clear its
+        descriptor while a subscription waits to be read (the descriptor signals a change
+        once; reading ``EVENTS`` says what is there): the reader callback would then never
+        run for it, and a receiver that re-connected after a cut would wait for its
+        resync marker until its sync barrier timed out (seen under load).  So look."""
+        if not self._pub_ready and _get(self._pub_now, _EVENTS) & _POLLIN:
+            self._pub_ready = True
+            w = self._waiter
+            if w is not None and not w.done():
+                w.set_result(None)
 
     def send_now(self, frames: list[Any]) -> None:
         """Send a small message at once (a resync marker, from a receiving callback)."""
         for f in frames[:-1]:
             _send(self._pub_now, f, _MORE_NOW, True)
         _send(self._pub_now, frames[-1], _NOW, True)
+        self._after_send()
 
     def take_subscriptions(self) -> None:
         """Hand every subscription the XPUB has queued to :attr:`on_subscribe`."""
@@ -460,6 +475,7 @@ _get = zmq.backend.Socket.get
 _NOW = int(zmq.NOBLOCK)
 _MORE_NOW = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _WAKE = object()  # the key of the wake socket in reader callbacks
 _PUB = object()  # the key of our XPUB (its subscriptions) in reader callbacks
 _MON = object()  # (_MON, j): the key of j's SUB monitor in reader callbacks

@@ -80,12 +80,16 @@ class Delivery:
             key = (j, space)
             self.last_step[key] = max(self.last_step.get(key, -1), newest)
         self.given_up[j] = max(self.given_up[j], newest)
+        # Every round up to ``newest`` is complete but those the link still holds (each
+        # completes as it is released, :meth:`_settle`): the highest one not held is.
+        # (A held round above a lost one must not hold the lost one up: j may have sent
+        # round r + 1 on the new connection before the marker, and r + 1 is released
+        # only at step r + 1, while the barrier of step r waits for r.)
         held = {p.env.step for p in self.links[j].pending}
-        for r in sorted(self._seen[j]):
-            if r <= newest and r not in held:
-                self._complete(j, r)
-        if newest not in held:
-            self._complete(j, newest)
+        r = newest
+        while r in held:
+            r -= 1
+        self._complete(j, r)
 
     # -- arrival --------------------------------------------------------------------------
     def accept(self, env: Envelope, nbytes: int, now: float, step: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import sys
 import time
 from dataclasses import asdict
@@ -327,6 +328,37 @@ def test_handshake_topic_is_subscribed_last(tmp_path):
     finally:
         t.close()
         xpub.close()
+        ctx.term()
+
+
+async def test_a_subscription_that_arrives_during_a_send_is_still_taken(pair):
+    """A send processes the XPUB's pending commands, which clears its descriptor while a
+    new subscription waits: the reader callback never fires for it.  The transport looks
+    after each send, so a receiver that re-connected (after a cut) gets its resync marker
+    (before, under load, such a receiver waited for it until its sync barrier failed)."""
+    a, _ = pair
+    got = asyncio.Event()
+    seen: list[bytes] = []
+    a.on_subscribe = lambda data: (seen.append(data), got.set())
+    receiving = asyncio.create_task(a.recv_from())
+    await asyncio.sleep(0)  # one turn: the task watches the sockets and waits
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        sub.connect(a.endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, b"rs/0/1")
+        # Without letting the loop run: wait (on the descriptor) until the subscription is
+        # there, then send, which takes the descriptor's signal away.
+        fd = a.pub.getsockopt(zmq.FD)
+        assert select.select([fd], [], [], DEADLINE_S)[0], "the subscription never came"
+        a.send_now(encode(Envelope(0, Topic("samples", 0, "x"), 0, {})))
+        assert not select.select([fd], [], [], 0)[0]  # (what made this a bug)
+        await asyncio.wait_for(got.wait(), DEADLINE_S)
+        assert seen == [b"rs/0/1"]
+    finally:
+        receiving.cancel()
+        sub.close()
         ctx.term()
 
 

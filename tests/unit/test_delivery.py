@@ -456,6 +456,24 @@ def test_a_resync_gives_up_the_rounds_lost_while_the_connection_was_down():
     assert _arrive(d, _env(sender=0, step=3), T0, step=3) is None
 
 
+def test_a_resync_gives_up_a_lost_round_below_one_that_came_on_the_new_connection():
+    """Sync: round 1 was lost while the connection was cut; on the new connection round 2
+    came before the marker (newest 2).  Round 2 waits on its link until step 2, but the
+    barrier of step 1 must not wait for it: round 1 is given up at the marker (before,
+    the barrier waited for round 1 until it timed out, seen under load)."""
+    d = _delivery(in_peers=(0,))
+    assert _arrive(d, _env(sender=0, step=0), T0) is None
+    d.release(0, T0)
+    assert _arrive(d, _env(sender=0, step=2), T0, step=1) is None
+    d.resync(0, newest=2)
+    d.release(1, T0)
+    assert d.missing(1, [0]) == []
+    assert d.missing(2, [0]) == [0]  # round 2 is complete once it is released, not before
+    d.release(2, T0)
+    assert d.missing(2, [0]) == [] and d.missing(3, [0]) == [0]
+    assert d.inbox.use(0, "x", 2).step == 2  # and it was delivered, not dropped
+
+
 def test_a_resync_waits_for_what_is_still_on_the_link():
     """A round whose message we took but the link still holds (latency) completes when
     that message is released, not at the marker: it was not lost."""
