@@ -62,9 +62,9 @@ PRESETS = {
 
 
 def game_points(p: dict) -> list[tuple[str, list[str]]]:
-    base = [f"steps={p['game_steps']}", f"algorithm.eval_samples={p['eval']}",
-            "algorithm.checkpoint=false", "topology.self_weight=0.5",
-            f"algorithm.evaluator_epochs={p['evaluator_epochs']}"]
+    base = [f"steps={p['game_steps']}", f"learner.eval_samples={p['eval']}",
+            "learner.checkpoint=false", "topology.self_weight=0.5",
+            f"learner.evaluator_epochs={p['evaluator_epochs']}"]
     if p["per_peer"]:
         base.append(f"data.per_peer={p['per_peer']}")
     pts = [
@@ -81,17 +81,18 @@ def game_points(p: dict) -> list[tuple[str, list[str]]]:
 
 
 def gan_points(p: dict) -> list[tuple[str, list[str]]]:
-    base = [f"steps={p['gan_steps']}", f"algorithm.eval_samples={p['eval']}",
-            "algorithm.checkpoint=false", 'topology.weights="metropolis"',
-            f"algorithm.evaluator_epochs={p['evaluator_epochs']}", "algorithm.snapshots=0"]
+    base = [f"steps={p['gan_steps']}", f"learner.eval_samples={p['eval']}",
+            "learner.checkpoint=false", 'topology.weights="metropolis"',
+            f"learner.evaluator_epochs={p['evaluator_epochs']}", "exchange.snapshots=0"]
     if p["per_peer"]:
         base.append(f"data.per_peer={p['per_peer']}")
     pts = [
         ("float32", []),
-        ("float16", ['algorithm.wire_dtype="float16"']),
-        ("float16,drop=0.3", ['algorithm.wire_dtype="float16"', "comm.drop=0.3"]),
+        ("float16", ['exchange.wire_dtype="float16"']),
+        ("float16,drop=0.3", ['exchange.wire_dtype="float16"', "comm.drop=0.3"]),
         ("async,delay=5", ['comm.mode="async"', "comm.delay_steps=5"]),
-        ("non-cooperative", ["algorithm.combine=false", 'comm.mode="async"']),
+        # The whole [exchange] table replaced (its params keys, snapshots, go with it).
+        ("non-cooperative", ['exchange={kind="none"}', 'comm.mode="async"']),
     ]
     return [(label, base + extra) for label, extra in pts]
 

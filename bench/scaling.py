@@ -122,8 +122,8 @@ def one_run(algorithm: str, graph: str, n: int, steps: int, out: Path, data: str
     else:
         scenario = ROOT / "topologies" / "mnist-ring5.toml"
         overrides = [f"topology.n={n}", f'topology.graph="{graph}"', f"steps={steps}",
-                     'data.partition={kind="k_classes", k=2}', "algorithm.eval_samples=100",
-                     "algorithm.checkpoint=false", 'runtime.device="cpu"', *where]
+                     'data.partition={kind="k_classes", k=2}', "learner.eval_samples=100",
+                     "learner.checkpoint=false", 'runtime.device="cpu"', *where]
     load = os.getloadavg()[0]
     t0 = time.monotonic()
     with RssMonitor() as mon:

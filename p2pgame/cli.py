@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default="data", help="data sets root")
     e.add_argument("--samples", type=_int_in(2, MAX_EVAL_SAMPLES), default=None, metavar="N",
                    help=f"generated images, 2 to {MAX_EVAL_SAMPLES} (default: as the run, "
-                        "algorithm.eval_samples)")
+                        "learner.eval_samples)")
     e.add_argument("--inception", default=None,
                    help="pytorch-fid Inception weights file (pt_inception-2015-12-05-*.pth): "
                         "also report the standard FID")

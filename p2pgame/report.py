@@ -21,12 +21,11 @@ log = logging.getLogger(__name__)
 
 # Per-step series worth plotting when present in the metrics, with their axis label.
 SERIES = {
-    "loss": (["p_loss", "q_loss", "d_loss", "g_loss", "cls_loss", "ne_max_abs"],
-             "loss / distance"),
-    "fid": (["fid_all"], "classifier-FID"),
-    "accuracy": (["accuracy"], "test accuracy"),
-    "bytes": (["bytes_sent"], "bytes sent"),
-    "disagreement": (["disagreement"], "disagreement"),
+    "loss": (["train/p_loss", "train/q_loss", "train/d_loss", "train/g_loss",
+              "train/cls_loss", "eval/ne_max_abs"], "loss / distance"),
+    "fid": (["eval/fid_all"], "classifier-FID"),
+    "accuracy": (["eval/accuracy"], "test accuracy"),
+    "bytes": (["comm/bytes_sent"], "bytes sent"),
 }
 TABLE_KEYS = ("steps", "steps_per_s", "bytes_sent", "bytes_received", "messages_dropped",
               "messages_rejected", "staleness_mean", "ne_max_abs", "fid_all", "fid_own",
@@ -88,6 +87,14 @@ def load_run(run_dir: Path) -> dict[str, Any]:
             "topology": topology if isinstance(topology, dict) else {}}
 
 
+def _value(row: dict, key: str) -> Any:
+    """A metrics line's ``key`` (``train/``, ``comm/``, ``eval/``...), or its bare name in
+    a run folder written before the keys had namespaces."""
+    if key in row:
+        return row[key]
+    return row.get(key.split("/", 1)[-1])
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return "-" if v is None else str(v)
@@ -112,8 +119,8 @@ def _series_plot(runs: list[dict], keys: list[str], ylabel: str, path: Path) -> 
     for r_i, run in enumerate(runs):
         for peer, rows in run["metrics"].items():
             for k_i, key in enumerate(keys):
-                pts = [(row["step"], row[key]) for row in rows
-                       if isinstance(row.get(key), (int, float))]
+                pts = [(row["step"], v) for row in rows
+                       if isinstance(v := _value(row, key), (int, float))]
                 if not pts:
                     continue
                 label = f"{run['label']} peer {peer} {key}" if len(runs) > 1 else \

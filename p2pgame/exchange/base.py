@@ -104,6 +104,10 @@ class Exchange:
         self.cfg = cfg
         self.ctx = ctx
         self.learner = learner
+        # The exchange's own figures of the last step (what was missing, ...): they go to
+        # the metrics line under ``comm/``, the learner's (what :meth:`step` returns)
+        # under ``train/``.
+        self.comm: dict[str, float] = {}
 
     def publish(self, step: int) -> dict[str, dict[str, Any]]:
         return {}
@@ -112,6 +116,8 @@ class Exchange:
         return "space"
 
     def step(self, step: int, inbox: Any, topology: Any) -> dict[str, float]:
+        """Combine what arrived, let the learner learn; the learner's metrics (the
+        exchange's own go to :attr:`comm`)."""
         raise NotImplementedError
 
     def finish(self) -> dict[str, Any]:

@@ -103,10 +103,15 @@ class Node:
         return self.exchange.check(env)
 
     def train_step(self, step: int, inbox: Any, topology: Any) -> dict[str, float]:
-        return self.exchange.step(step, inbox, topology)
+        """A step; its metrics namespaced: the learner's under ``train/``, the
+        exchange's under ``comm/`` (README, "The run folder")."""
+        out = {f"train/{k}": v for k, v in self.exchange.step(step, inbox, topology).items()}
+        out.update({f"comm/{k}": v for k, v in self.exchange.comm.items()})
+        return out
 
     def probe(self, step: int) -> dict[str, Any]:
-        return self.learner.probe(step)
+        """The learner's evaluation during the run, under ``eval/``."""
+        return {f"eval/{k}": v for k, v in self.learner.probe(step).items()}
 
     def finish(self) -> dict[str, Any]:
         return {**self.learner.finish(), **self.exchange.finish()}

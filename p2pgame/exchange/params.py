@@ -336,8 +336,7 @@ class Params(Exchange):
                     after = learner.tensors(p)
                     learner.load_tensors(p, {k: avg[k] + (after[k] - before[p][k])
                                              for k in avg})
-        out = dict(out)
-        out["missing"] = float(len(missing))
+        self.comm = {"missing": float(len(missing))}
         return out
 
     def _snapshot(self, step: int) -> None:

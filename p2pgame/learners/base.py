@@ -49,6 +49,15 @@ def config_error(key: str, msg: str) -> ScenarioError:
     return ScenarioError(f"learner.{key}: {msg}")
 
 
+def at_least(cfg: Any, low: float, *keys: str, why: str = "") -> None:
+    """A config's range check: the first of ``keys`` below ``low`` is refused, naming
+    ``learner.<key>`` (``why``: what the bound means, e.g. "(0: the whole local set)")."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if value < low:
+            raise config_error(key, f"must be >= {low}{' ' + why if why else ''}, got {value}")
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     """Keys every learner has; a family's own keys live in its subclass.  ``kind`` is the
@@ -74,14 +83,9 @@ class ImageLearnerConfig(LearnerConfig):
     sample_mode: str = "sample"
 
     def __post_init__(self) -> None:
-        for key in ("eval_samples", "eval_samples_during", "evaluator_epochs"):
-            if getattr(self, key) < 1:
-                raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
-        if self.batch < 0:
-            raise config_error("batch", f"must be >= 0 (0: the whole local set), got {self.batch}")
-        for key in ("lr", "eval_every"):
-            if getattr(self, key) < 0:
-                raise config_error(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 1, "eval_samples", "eval_samples_during", "evaluator_epochs")
+        at_least(self, 0, "batch", why="(0: the whole local set)")
+        at_least(self, 0, "lr", "eval_every")
         one_of(self.sample_mode, ("sample", "mean"), "learner.sample_mode")
 
 

@@ -34,6 +34,7 @@ from p2pgame.learners.base import (
     LearnerContext,
     LearnerHooks,
     Schema,
+    at_least,
     config_error,
 )
 from p2pgame.rng import generator
@@ -56,11 +57,8 @@ class ExpFamConfig(LearnerConfig):
     data_mean: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        for key in ("dim", "batch"):
-            if getattr(self, key) < 1:
-                raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
-        if self.n_data < 0:
-            raise config_error("n_data", f"must be >= 0 (0: no data), got {self.n_data}")
+        at_least(self, 1, "dim", "batch")
+        at_least(self, 0, "n_data", why="(0: no data)")
         if self.data_mean:
             self._check_data_mean()
         if not 0 < self.lr <= 1 or not 0 < self.lr_end <= 1:

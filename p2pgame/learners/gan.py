@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from p2pgame.data.image import peer_part
-from p2pgame.learners.base import Batch, ImageLearnerConfig, LearnerContext, Schema, config_error
+from p2pgame.learners.base import (
+    Batch,
+    ImageLearnerConfig,
+    LearnerContext,
+    Schema,
+    at_least,
+    config_error,
+)
 from p2pgame.learners.images import TorchImageLearner, cached_parts, parameter_schema
 
 PARTS = ("D", "G")
@@ -44,9 +51,7 @@ class GANConfig(ImageLearnerConfig):
             if getattr(self, key) not in allowed:
                 raise config_error(
                     key, f"{getattr(self, key)!r} is not known; allowed: {', '.join(allowed)}")
-        for key in ("batch", "n_d", "n_g"):
-            if getattr(self, key) < 1:
-                raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
+        at_least(self, 1, "batch", "n_d", "n_g")
         if self.eval_samples < 2:
             raise config_error("eval_samples", "must be >= 2")
         if not self.lr > 0:

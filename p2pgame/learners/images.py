@@ -36,7 +36,7 @@ from p2pgame.learners.base import (
     LearnerContext,
     LearnerHooks,
     Schema,
-    config_error,
+    at_least,
     examples_in,
 )
 
@@ -286,9 +286,7 @@ class VAEConfig(ImageLearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("refine", "prior_components"):
-            if getattr(self, key) < 0:
-                raise config_error(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 0, "refine", "prior_components")
 
 
 class VAELearner(BinaryImageLearner):

@@ -13,7 +13,14 @@ import numpy as np
 import torch
 
 from p2pgame.data.image import load_split, peer_part
-from p2pgame.learners.base import Batch, ImageLearnerConfig, LearnerContext, Schema, config_error
+from p2pgame.learners.base import (
+    Batch,
+    ImageLearnerConfig,
+    LearnerContext,
+    Schema,
+    at_least,
+    config_error,
+)
 from p2pgame.learners.images import IMAGES, PAIRS, TorchImageLearner, parameter_schema
 from p2pgame.shared import shared
 
@@ -34,9 +41,7 @@ class JointLearnerConfig(ImageLearnerConfig):
             raise config_error("capacity", f"{self.capacity}; allowed: {sorted(CAPACITIES)}")
         if self.method not in METHODS:
             raise config_error("method", f"{self.method!r}; allowed: {', '.join(METHODS)}")
-        for key in ("prior_lr", "noise_std"):
-            if getattr(self, key) < 0:
-                raise config_error(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 0, "prior_lr", "noise_std")
 
 
 class JointLearner(TorchImageLearner):

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2pgame.learners.base import Batch, ImageLearnerConfig, LearnerContext, Schema, config_error
+from p2pgame.learners.base import (
+    Batch,
+    ImageLearnerConfig,
+    LearnerContext,
+    Schema,
+    at_least,
+)
 from p2pgame.learners.images import CS, TorchImageLearner
 
 
@@ -34,8 +40,7 @@ class CSConfig(ImageLearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.gibbs_steps < 0:
-            raise config_error("gibbs_steps", f"must be >= 0, got {self.gibbs_steps}")
+        at_least(self, 0, "gibbs_steps")
 
 
 class CSLearner(TorchImageLearner):
@@ -132,8 +137,7 @@ class PolyClassifierConfig(ImageLearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.eval_test < 0:
-            raise config_error("eval_test", f"must be >= 0, got {self.eval_test}")
+        at_least(self, 0, "eval_test")
 
 
 @dataclass(frozen=True)
@@ -143,9 +147,7 @@ class PolyMainConfig(PolyClassifierConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("gibbs_sweeps", "infer_sweeps"):
-            if getattr(self, key) < 1:
-                raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
+        at_least(self, 1, "gibbs_sweeps", "infer_sweeps")
 
 
 class PolyLearner(TorchImageLearner):

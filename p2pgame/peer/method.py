@@ -11,7 +11,8 @@ The algorithm object itself is used through this interface, which every implemen
 keeps (the runtime calls nothing else):
 
 * ``publish(step) -> {space: {field: array}}``, ``check(env) -> reason | None``,
-  ``train_step(step, inbox, topology) -> {metric: float}``, ``probe(step) -> dict``,
+  ``train_step(step, inbox, topology) -> {metric: float}`` (``train/`` and ``comm/``
+  keys), ``probe(step) -> dict`` (``eval/`` keys),
   ``finish() -> dict``, ``checkpoint_state() -> state | None``,
   ``resume_state() -> dict``, ``load_resume_state(dict)``;
 * attributes ``heavy`` (steps in a worker thread), ``probe_every``, ``resumable``.

@@ -175,10 +175,10 @@ class StepLoop:
                     or (probe_every and step % probe_every == 0)):
                 line = {"step": step, "t": round(monotonic() - t_start, 4), **out}
                 line.update(await call(heavy, algorithm.probe, step))
-                line["bytes_sent"] = self.traffic.sent.totals()["bytes"]
+                line["comm/bytes_sent"] = self.traffic.sent.totals()["bytes"]
                 # Released bytes: deterministic in sync mode (arrivals are not).
-                line["bytes_received"] = delivery.delivered_bytes
-                line["staleness_mean"] = delivery.inbox.staleness_summary()[0]
+                line["comm/bytes_received"] = delivery.delivered_bytes
+                line["comm/staleness_mean"] = delivery.inbox.staleness_summary()[0]
                 self.reporter.metrics_buffer.append(line)
         self.wall = monotonic() - t_start
         # The CPU time of the whole process meanwhile, every thread (the loop's, the step

@@ -52,7 +52,7 @@ def test_overhead_smoke(tmp_path):
     data = tmp_path / "data"
     write_tiny_mnist(data)
     out = run_script("overhead.py", "--smoke", "--data", str(data),
-                     "--set", "algorithm.evaluator_epochs=1", timeout=140)
+                     "--set", "learner.evaluator_epochs=1", timeout=140)
     assert out["ratio"] > 0 and math.isfinite(out["ratio"])
     assert out["peer_steps_per_s"] > 0 and out["bare_steps_per_s"] > 0
     assert set(out["time_split_s"]) == {"train", "sample", "encode", "send",

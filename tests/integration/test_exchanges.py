@@ -92,7 +92,7 @@ def test_cta_order_runs_and_differs_from_atc(tmp_path, tiny_mnist_root) -> None:
     for order, (_res, peers) in runs.items():
         for p in peers.values():
             assert p["order"] == order and p["combine_rounds"] == STEPS
-    losses = {order: [json.loads(x)["elbo_loss"] for x in (
+    losses = {order: [json.loads(x)["train/elbo_loss"] for x in (
         res.run_dir / "metrics" / "peer-0.jsonl").read_text().splitlines()]
         for order, (res, _) in runs.items()}
     # atc adapts at the combined point (step 0: the average of the initial models), cta at

@@ -115,10 +115,12 @@ def test_sync_ring_summary_and_run_folder(ring4_twice):
         lines = _lines(run_dir, i)
         assert [ln["step"] for ln in lines] == [*range(0, 200, 10), 199]
         for ln in lines:
-            for key in ("t", "ne_max_abs", "bytes_sent", "bytes_received", "staleness_mean",
-                        "lr"):
-                assert key in ln, key
-        assert lines[-1]["ne_max_abs"] < lines[0]["ne_max_abs"]
+            # (namespaced: the learner's train/, the exchange's and the bus's comm/, the
+            # learner's evaluation eval/)
+            assert set(ln) == {"step", "t", "eval/ne_max_abs", "comm/bytes_sent",
+                               "comm/bytes_received", "comm/staleness_mean", "train/lr",
+                               "train/coverage"}, ln
+        assert lines[-1]["eval/ne_max_abs"] < lines[0]["eval/ne_max_abs"]
     assert not (run_dir / "sock").exists()  # sockets cleaned up
 
 
@@ -290,7 +292,7 @@ def test_async_run_with_drop_and_delay(tmp_path):
         assert peer["staleness_mean"] == pytest.approx(mean)
         dropped += peer["messages_dropped"]
         lines = _lines(result.run_dir, int(pid))
-        assert lines[-1]["step"] == 199 and math.isfinite(lines[-1]["ne_max_abs"])
+        assert lines[-1]["step"] == 199 and math.isfinite(lines[-1]["eval/ne_max_abs"])
     assert dropped > 0
 
 
@@ -303,7 +305,7 @@ def test_time_varying_topology_sync_run(tmp_path):
     result = _run(tmp_path, [
         "topology.n=4", "steps=150",
         'topology.schedule=[{at = 50, graph = "star"}, {at = 100, graph = "complete"}]',
-        "algorithm.n_data=200", "algorithm.batch=64", "comm.samples_per_message=32",
+        "learner.n_data=200", "learner.batch=64", "comm.samples_per_message=32",
         "runtime.threads_per_peer=1", "runtime.stop_timeout_s=5.0",
     ], scenario=scenario)
     assert result.exit_code == 0, result.failures

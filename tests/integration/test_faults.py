@@ -415,8 +415,8 @@ def test_a_peer_stopped_for_3_s_refuses_nothing_afterwards(tmp_path, monkeypatch
     # After the gap the stream goes on: peer 2 kept receiving while its neighbours ran.
     lines = [json.loads(x) for x in
              (res.run_dir / "metrics" / "peer-2.jsonl").read_text().splitlines()]
-    at_stop = max(x["bytes_received"] for x in lines if x["step"] <= stopped[0])
-    assert lines[-1]["bytes_received"] > at_stop + 100 * 1000, (at_stop, lines[-1])
+    at_stop = max(x["comm/bytes_received"] for x in lines if x["step"] <= stopped[0])
+    assert lines[-1]["comm/bytes_received"] > at_stop + 100 * 1000, (at_stop, lines[-1])
     for i, p in s["peers"].items():
         assert p["messages_rejected"] == 0 and p["rejected_reasons"] == {}, (i, p)
     assert s["refused_edges"] == [] and s["warnings"] == {}

@@ -201,7 +201,8 @@ def test_mixed_families_exchange_images(tmp_path, tiny_mnist_root) -> None:
         assert math.isclose(sum(p["class_mass"]), 1.0, abs_tol=1e-6)
     lines = [json.loads(x) for x in (res.run_dir / "metrics" / "peer-1.jsonl").read_text()
              .splitlines()]
-    assert all(math.isfinite(x["elbo_loss"]) and x["n_synthetic"] == 16 for x in lines)
+    assert all(math.isfinite(x["train/elbo_loss"]) and x["train/n_synthetic"] == 16
+               for x in lines)
 
 
 MEANS_GAME = SCENARIO.replace("steps = 12", "steps = 6").replace(
@@ -233,7 +234,8 @@ def test_vae_players_exchange_decoder_means(tmp_path, tiny_mnist_root) -> None:
         assert p["messages_rejected"] == 0 and math.isfinite(p["fid_all"])
     lines = [json.loads(x) for x in (res.run_dir / "metrics" / "peer-1.jsonl").read_text()
              .splitlines()]
-    assert all(math.isfinite(x["elbo_loss"]) and x["n_synthetic"] == 16 for x in lines)
+    assert all(math.isfinite(x["train/elbo_loss"]) and x["train/n_synthetic"] == 16
+               for x in lines)
 
 
 @pytest.mark.parametrize("change, words", [

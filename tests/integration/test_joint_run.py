@@ -92,8 +92,8 @@ def test_learnt_priors_meet_the_equilibrium_histogram(ring_run) -> None:
 def test_evaluations_over_time_land_on_eval_every(ring_run) -> None:
     lines = [json.loads(x) for x in
              (ring_run.run_dir / "metrics" / "peer-0.jsonl").read_text().splitlines()]
-    assert [ln["step"] for ln in lines if "accuracy" in ln] == [45, 90]
-    assert all(len(ln["prior"]) == 10 for ln in lines if "accuracy" in ln)
+    assert [ln["step"] for ln in lines if "eval/accuracy" in ln] == [45, 90]
+    assert all(len(ln["eval/prior"]) == 10 for ln in lines if "eval/accuracy" in ln)
 
 
 def test_summary_table_grid_and_report(ring_run) -> None:

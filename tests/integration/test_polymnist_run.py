@@ -22,9 +22,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 
 # The shipped scenario, made tiny: few steps, few sweeps, a small test set.
-TINY = ["steps=12", "comm.samples_per_message=16", "algorithm.batch=32",
-        "peers[0].algorithm.gibbs_sweeps=2", "peers[0].algorithm.infer_sweeps=3",
-        "peers[0].algorithm.eval_test=40", "peers[1].algorithm.gibbs_steps=3",
+TINY = ["steps=12", "comm.samples_per_message=16", "learner.batch=32",
+        "peers[0].learner.gibbs_sweeps=2", "peers[0].learner.infer_sweeps=3",
+        "peers[0].learner.eval_test=40", "peers[1].learner.gibbs_steps=3",
         'runtime.device="cpu"']
 
 
@@ -75,7 +75,7 @@ def test_the_three_rows_run(tmp_path, poly_root):
     for name in ("polymnist-real-cs", "polymnist-classifier"):
         overrides = [o for o in TINY if not o.startswith("peers[1]")]
         if name == "polymnist-classifier":
-            overrides = [o.replace("peers[0].algorithm.", "algorithm.") for o in overrides
+            overrides = [o.replace("peers[0].learner.", "learner.") for o in overrides
                          if "sweeps" not in o and "samples_per" not in o]
         res = run(ROOT / "topologies" / f"{name}.toml", overrides, out=tmp_path,
                   data_root=poly_root, progress=False)
@@ -88,4 +88,4 @@ def test_the_three_rows_run(tmp_path, poly_root):
 def test_poly_settings_on_another_player_are_refused():
     with pytest.raises(ScenarioError, match="gibbs_steps: applies only to cs-vae"):
         load_scenario(ROOT / "topologies" / "polymnist-real-cs.toml",
-                      ["peers[1].algorithm.gibbs_steps=5"])
+                      ["peers[1].learner.gibbs_steps=5"])

@@ -83,7 +83,7 @@ def test_shipped_expfam_scenarios_load():
     for name in ("expfam-ring8.toml", "expfam-ring8-async.toml", "expfam-timevarying.toml"):
         s = load_scenario(ROOT_TOPOLOGIES / name)
         assert isinstance(s, Scenario)
-        # (the expfam preset: samples, renormalised, x an exponential-family learner)
+        # (samples, renormalised, x an exponential-family learner)
         assert s.exchange == MixingConfig(kind="samples", missing="renormalise")
         assert s.learner.kind in ("expfam-bernoulli", "expfam-gaussian")
         assert isinstance(s.learner, ExpFamConfig)

@@ -132,7 +132,10 @@ def _exchange_round(nodes, schedule, step: int) -> None:
                     assert node.check(env) is None
                     inbox.put(env)
         out = node.train_step(step, inbox, schedule.at(step))
-        assert out["missing"] == 0.0
+        assert out["comm/missing"] == 0.0
+        # the learner's figures under train/, the exchange's under comm/ (nothing bare)
+        assert all(k.startswith(("train/", "comm/")) for k in out), out
+        assert all(k.startswith("eval/") for k in node.probe(step)), node.probe(step)
 
 
 @pytest.mark.parametrize("wire", ["float32", "float16", "bfloat16"])

@@ -22,7 +22,7 @@ SPACES = ROOT / "topologies" / "expfam-spaces.toml"
 
 @pytest.fixture
 def spaces():
-    sc = load_scenario(SPACES, ["steps=20", "algorithm.dim=4", "algorithm.n_data=50"])
+    sc = load_scenario(SPACES, ["steps=20", "learner.dim=4", "learner.n_data=50"])
     assert sc.method_name == "samples x expfam-bernoulli"
     return sc, build_schedule(sc.topology, sc.steps, sc.seed), method(sc)
 
@@ -93,8 +93,8 @@ def test_runtime_packs_bool_samples_before_they_reach_the_bus(pack_bool) -> None
     algorithm), so the bus only sends bytes; as arrays when the scenario sends bytes."""
     from p2pgame.bus.codec import PackedBits
 
-    sc = load_scenario(SPACES, ["steps=20", "algorithm.dim=4", "algorithm.n_data=50",
-                                'algorithm.family="bernoulli"', f"comm.pack_bool={pack_bool}".lower()])
+    sc = load_scenario(SPACES, ["steps=20", "learner.dim=4", "learner.n_data=50",
+                                'learner.kind="expfam-bernoulli"', f"comm.pack_bool={pack_bool}".lower()])
     bus = FakeBus()
     asyncio.run(_runtime(sc, build_schedule(sc.topology, sc.steps, sc.seed), 0).publish(bus, 7))
     x = {str(e.topic): e for e in bus.sent}["samples/0/x"].tensors["x"]

@@ -189,11 +189,22 @@ async def test_messages_arriving_during_a_step_leave_its_inbox_alone():
     messages arrived meanwhile; the next step's release brings them."""
     rts = make_peers(n=2, steps=12, mode="async", pace={1: PaceSpec(step_delay_ms=5.0)})
 
+    # The receive task tells the step thread of each message it took (a condition, no
+    # polling); the step waits for two more, or 50 ms at most.
+    arrived = threading.Condition()
+    take = rts[0].receiver.on_envelope
+
+    def on_envelope(env, nbytes, now):
+        take(env, nbytes, now)
+        with arrived:
+            arrived.notify_all()
+
+    rts[0].receiver.on_envelope = on_envelope
+
     def wait_for_arrivals(rt, step):
         before = rt.delivery.arrived
-        deadline = time.monotonic() + 0.05
-        while rt.delivery.arrived < before + 2 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        with arrived:
+            arrived.wait_for(lambda: rt.delivery.arrived >= before + 2, timeout=0.05)
 
     rts[0].algorithm.hold = wait_for_arrivals
     await run_measured(rts)

@@ -45,6 +45,7 @@ from p2pgame.learners.base import (
     LearnerContext,
     LearnerHooks,
     Schema,
+    at_least,
     config_error,
 )
 from p2pgame.rng import generator
@@ -71,12 +72,8 @@ class GMMConfig(LearnerConfig):
     eval_every: int = 0  # >0: held-out log-likelihood in the metrics every K steps
 
     def __post_init__(self) -> None:
-        for key in ("components", "clusters", "n_data", "eval_samples"):
-            if getattr(self, key) < 1:
-                raise config_error(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("batch", "eval_every"):
-            if getattr(self, key) < 0:
-                raise config_error(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 1, "components", "clusters", "n_data", "eval_samples")
+        at_least(self, 0, "batch", "eval_every")
         if not 0 < self.lr <= 1:
             raise config_error("lr", f"must lie in (0, 1] (a stochastic EM step), got {self.lr}")
         if not (math.isfinite(self.spread) and self.spread >= 0):
