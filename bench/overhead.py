@@ -12,7 +12,10 @@
    as the peer does before publishing; then the same random pick). Run as
    ``n`` concurrent processes (like the peers: the baseline) and as 1 process.
 
-ratio = mean peer steps/s / mean bare steps/s (n processes).  With ``--repeats R`` the
+ratio = mean peer steps/s / mean bare steps/s (n processes).  A sync run is also compared
+with the bare loops moving in lockstep (a barrier after every step, nothing exchanged):
+``lockstep_cost`` = lockstep / free bare loops is what synchronisation costs by itself,
+``ratio_vs_lockstep`` = peer / lockstep what the runtime costs on top.  With ``--repeats R`` the
 whole measurement (bare loops, then the run) is made R times in a row and the ratio
 reported is the median of the R ratios (each repeat's ratio, rates and load average are
 in the JSON too): on a shared machine one repeat can land on a busy moment.
@@ -41,8 +44,10 @@ SPLIT_KEYS = ("train", "sample", "encode", "send", "receive_decode", "wait")
 
 
 def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int, steps: int,
-                barrier, queue) -> None:
-    """One bare training loop (its own process), the peer's batch composition, no bus."""
+                barrier, queue, lockstep: bool = False) -> None:
+    """One bare training loop (its own process), the peer's batch composition, no bus.
+    ``lockstep``: the loops wait for each other after every step (a barrier, nothing
+    exchanged), as a sync run's peers do: what moving in lockstep costs by itself."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     import numpy as np
@@ -86,6 +91,8 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
         t_sample += b - a
         t_train += time.perf_counter() - b
         cpu_train += time.thread_time() - cb
+        if lockstep:
+            barrier.wait()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     queue.put({"peer": peer, "steps_per_s": steps / wall, "wall_s": wall,
@@ -107,7 +114,7 @@ class _Sequential:
 
 
 def run_bare(n_procs: int, raw: dict, source: str, data_root: str, threads: int,
-             steps: int, inprocess: bool = False) -> list[dict]:
+             steps: int, inprocess: bool = False, lockstep: bool = False) -> list[dict]:
     if inprocess:  # smoke tests: one after the other in this process, no torch start-up
         seq = _Sequential()
         for i in range(n_procs):
@@ -117,7 +124,8 @@ def run_bare(n_procs: int, raw: dict, source: str, data_root: str, threads: int,
     barrier = ctx.Barrier(n_procs)
     queue = ctx.Queue()
     procs = [ctx.Process(target=bare_worker, name=f"bench-bare-{i}",
-                         args=(i, raw, source, data_root, threads, steps, barrier, queue))
+                         args=(i, raw, source, data_root, threads, steps, barrier, queue,
+                               lockstep))
              for i in range(n_procs)]
     for p in procs:
         p.start()
@@ -149,6 +157,13 @@ def one_repeat(args, raw: dict, overrides: list[str], scenario, threads: int) ->
     bare_n = run_bare(n, raw, args.scenario, args.data, threads, args.steps,
                       inprocess=args.bare_inprocess)
     phase["bare_n"] = time.monotonic() - t
+    bare_lock = None
+    if scenario.comm.mode == "sync" and n > 1 and not args.bare_inprocess:
+        load["bare_lockstep"] = os.getloadavg()[0]
+        t = time.monotonic()
+        bare_lock = run_bare(n, raw, args.scenario, args.data, threads, args.steps,
+                             lockstep=True)
+        phase["bare_lockstep"] = time.monotonic() - t
 
     tmp = tempfile.TemporaryDirectory(prefix="p2pg-overhead-")
     out_dir = args.out or tmp.name
@@ -177,6 +192,7 @@ def one_repeat(args, raw: dict, overrides: list[str], scenario, threads: int) ->
     bare_sps = statistics.mean(r["steps_per_s"] for r in bare_n)
     bare1_sps = bare_1[0]["steps_per_s"] if bare_1 else float("nan")
     ratio = peer_sps / bare_sps
+    lock_sps = statistics.mean(r["steps_per_s"] for r in bare_lock) if bare_lock else None
     split = {k: statistics.mean(p["time_split_s"].get(k, 0.0) for p in peers.values())
              for k in SPLIT_KEYS}
     peer_wall = statistics.mean(p["steps"] / p["steps_per_s"] for p in peers.values())
@@ -192,8 +208,15 @@ def one_repeat(args, raw: dict, overrides: list[str], scenario, threads: int) ->
     if bare_1:
         print(f"{'bare 1-proc':<28}{bare1_sps:>9.2f}{bare_1[0]['wall_s']:>9.1f}"
               f"{load['bare_1']:>10.2f}")
+    if bare_lock:
+        for r in bare_lock:
+            print(f"{'bare lockstep, proc ' + str(r['peer']):<28}{r['steps_per_s']:>9.2f}"
+                  f"{r['wall_s']:>9.1f}{load['bare_lockstep']:>10.2f}")
     print(f"ratio peer / bare {n}-proc = {ratio:.3f}   (peer / bare 1-proc = "
           f"{peer_sps / bare1_sps:.3f})")
+    if lock_sps:
+        print(f"bare lockstep / bare = {lock_sps / bare_sps:.3f} (what lockstep itself costs); "
+              f"peer / bare lockstep = {peer_sps / lock_sps:.3f}")
     print(f"peer wall-time split, mean over peers (s of {peer_wall:.1f} s):")
     for k in SPLIT_KEYS:
         print(f"  {k:<16}{split[k]:>8.2f}  {100 * split[k] / peer_wall:5.1f} %")
@@ -219,6 +242,9 @@ def one_repeat(args, raw: dict, overrides: list[str], scenario, threads: int) ->
     return {"ratio": round(ratio, 4), "peer_steps_per_s": round(peer_sps, 3),
             "bare_steps_per_s": round(bare_sps, 3),
             "bare_1proc_steps_per_s": round(bare1_sps, 3) if bare_1 else None,
+            "bare_lockstep_steps_per_s": round(lock_sps, 3) if lock_sps else None,
+            "lockstep_cost": round(lock_sps / bare_sps, 4) if lock_sps else None,
+            "ratio_vs_lockstep": round(peer_sps / lock_sps, 4) if lock_sps else None,
             "ratio_vs_1proc": round(peer_sps / bare1_sps, 4) if bare_1 else None,
             "time_split_s": {k: round(v, 4) for k, v in split.items()},
             "bare_time_split_s": {k: round(v, 4) for k, v in bare_split.items()},
@@ -271,9 +297,15 @@ def main(argv=None) -> dict:
     ratios = [r["ratio"] for r in reps]
     med = statistics.median(ratios)
     mid = min(reps, key=lambda r: abs(r["ratio"] - med))  # (the median repeat's details)
+    locks = [r["ratio_vs_lockstep"] for r in reps if r["ratio_vs_lockstep"] is not None]
     if args.repeats > 1:
         print(f"ratio per repeat: {', '.join(f'{x:.3f}' for x in ratios)}; median {med:.3f}")
+        if locks:
+            print(f"peer / bare lockstep per repeat: {', '.join(f'{x:.3f}' for x in locks)}; "
+                  f"median {statistics.median(locks):.3f}")
     out = {**mid, "ratio": round(med, 4), "ratios": ratios,
+           "ratio_vs_lockstep": round(statistics.median(locks), 4) if locks else None,
+           "ratios_vs_lockstep": locks,
            "peer_steps_per_s_per_repeat": [r["peer_steps_per_s"] for r in reps],
            "bare_steps_per_s_per_repeat": [r["bare_steps_per_s"] for r in reps],
            "loadavg_per_repeat": [r["loadavg"] for r in reps],

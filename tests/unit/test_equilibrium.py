@@ -184,7 +184,7 @@ def test_expfam_players_reach_the_closed_form(family, tmp_path):
         return float(np.max(np.abs(mu - target) / (1 + np.abs(target))))
 
     before = max(rel_err(p) for p in players)
-    assert max(p.probe(0)["ne_max_abs"] for p in players) == pytest.approx(
+    assert max(p.probe(0)["eval/ne_max_abs"] for p in players) == pytest.approx(
         max(float(np.max(np.abs(p.learner.mu - p.learner.target))) for p in players))
     inboxes = _lockstep(players, sched, scenario.steps)
     after = [rel_err(p) for p in players]
@@ -262,7 +262,7 @@ def test_player_messages_and_checks(tmp_path):
     inbox = Inbox()
     inbox.put(Envelope(1, "samples/1/x", 0, {"x": np.zeros((0, 6), bool)}))
     res = p.train_step(0, inbox, sched.final())
-    assert res["coverage"] == pytest.approx(0.5)  # only own data: the row renormalised
+    assert res["train/coverage"] == pytest.approx(0.5)  # only own data: the row renormalised
 
 
 def test_lr_schedule(tmp_path):
@@ -354,7 +354,7 @@ def test_mu_learner_moves_exactly_toward_the_weighted_mix(tmp_path, family, lear
         lr = learner.learner.lr_at(step)
         expected = before + lr * (a[0, 0] * own + a[0, 1] * mu_1 - before)
         np.testing.assert_allclose(learner.learner.mu, expected, rtol=0, atol=1e-12)
-        assert res == {"lr": lr, "coverage": pytest.approx(1.0)}
+        assert res == {"train/lr": lr, "train/coverage": pytest.approx(1.0)}
         # Toward the mix: each step shrinks the distance by exactly (1 - lr).
         mix = a[0, 0] * own + a[0, 1] * mu_1
         np.testing.assert_allclose(learner.learner.mu - mix, (1 - lr) * (before - mix),
@@ -384,7 +384,7 @@ def test_mu_learner_without_a_message_renormalises_to_own_data(tmp_path):
     (learner, _), sched = _players(scenario, tmp_path)
     before = learner.learner.mu.copy()
     res = learner.train_step(0, Inbox(), sched.final())
-    assert res["coverage"] == pytest.approx(0.3)
+    assert res["train/coverage"] == pytest.approx(0.3)
     own = moments(scenario.learner, learner.learner.data)
     np.testing.assert_allclose(learner.learner.mu,
                                before + learner.learner.lr_at(0) * (own - before), atol=1e-12)
