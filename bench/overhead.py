@@ -13,7 +13,8 @@
    ``n`` concurrent processes (like the peers: the baseline) and as 1 process.
 
 ratio = mean peer steps/s / mean bare steps/s (n processes).  A sync run is also compared
-with the bare loops moving in lockstep (a barrier after every step, nothing exchanged):
+with the bare loops moving in lockstep (a barrier where a sync peer waits, between its
+draw and its training step; nothing exchanged):
 ``lockstep_cost`` = lockstep / free bare loops is what synchronisation costs by itself,
 ``ratio_vs_lockstep`` = peer / lockstep what the runtime costs on top.  With ``--repeats R`` the
 whole measurement (bare loops, then the run) is made R times in a row and the ratio
@@ -46,8 +47,9 @@ SPLIT_KEYS = ("train", "sample", "encode", "send", "receive_decode", "wait")
 def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int, steps: int,
                 barrier, queue, lockstep: bool = False) -> None:
     """One bare training loop (its own process), the peer's batch composition, no bus.
-    ``lockstep``: the loops wait for each other after every step (a barrier, nothing
-    exchanged), as a sync run's peers do: what moving in lockstep costs by itself."""
+    ``lockstep``: the loops wait for each other where a sync run's peers do, between
+    drawing a round and training on the neighbours' (a barrier, nothing exchanged): what
+    moving in lockstep costs by itself."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     import numpy as np
@@ -81,6 +83,8 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
     for _ in range(steps):
         a = time.perf_counter()
         tuples = {k: v.cpu().numpy() for k, v in model.sample(spm, gen).items()}  # publish
+        if lockstep:  # a sync peer waits here: for its neighbours' round of this step
+            barrier.wait()
         b, cb = time.perf_counter(), time.thread_time()
         syn = None
         if n_syn:
@@ -91,8 +95,6 @@ def bare_worker(peer: int, raw: dict, source: str, data_root: str, threads: int,
         t_sample += b - a
         t_train += time.perf_counter() - b
         cpu_train += time.thread_time() - cb
-        if lockstep:
-            barrier.wait()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     queue.put({"peer": peer, "steps_per_s": steps / wall, "wall_s": wall,

@@ -48,8 +48,10 @@ import numpy as np
 
 from p2pgame.exchange.base import Exchange, ExchangeConfig, ExchangeHooks, config_error
 from p2pgame.learners.base import Batch, Learner, Schema, schema_text
+from p2pgame.rng import derive_seed
 
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
+SPARSE = ("topk", "randk", "sign")  # compressors whose output is no parameter tensor
 ORDERS = ("atc", "cta")
 SNAPSHOT_DIR = "params"
 # The dtype each wire dtype travels as (numpy has no bfloat16: its bits, as int16).
@@ -61,14 +63,62 @@ class ParamsConfig(ExchangeConfig):
     order: str = "atc"
     wire_dtype: str = "float32"
     snapshots: int = 20  # parameter snapshots for the consensus-distance curve (0: none)
+    # Compression (exchange/compress.py): what each tensor travels as.  "none": the wire
+    # dtype as is.  gamma = 0: the decoded tensors are averaged as parameters (int8, qsgd);
+    # gamma > 0: CHOCO-Gossip, compressed differences to public copies, consensus step gamma.
+    compress: str = "none"
+    ratio: float = 0.01  # topk, randk: the share of entries sent
+    bucket: int = 512  # int8, qsgd: entries per scale
+    levels: int = 15  # qsgd: s
+    error_feedback: bool = False  # direct compression: what it lost is sent later
+    gamma: float = 0.0  # > 0: CHOCO-Gossip with this consensus step
 
     def __post_init__(self) -> None:
-        for key, allowed in (("order", ORDERS), ("wire_dtype", WIRE_DTYPES)):
+        from p2pgame.exchange.compress import SETTINGS, CompressorError
+
+        for key, allowed in (("order", ORDERS), ("wire_dtype", WIRE_DTYPES),
+                             ("compress", tuple(SETTINGS))):
             if getattr(self, key) not in allowed:
                 raise config_error(key, f"{getattr(self, key)!r} is not known; allowed: "
                                         f"{', '.join(allowed)}")
         if self.snapshots < 0:
             raise config_error("snapshots", f"must be >= 0, got {self.snapshots}")
+        if not (isinstance(self.gamma, (int, float)) and 0 <= self.gamma <= 1):
+            raise config_error("gamma", f"must lie in [0, 1] (0: no CHOCO), got {self.gamma}")
+        if self.compress == "none" and not self.gamma:
+            if self.error_feedback:
+                raise config_error("error_feedback", "needs exchange.compress")
+            return
+        if self.wire_dtype == "bfloat16":
+            raise config_error("wire_dtype", "bfloat16 is not combined with compression; "
+                                             "use float16 (values and scales in float16)")
+        if self.compress in SPARSE and not self.gamma:
+            raise config_error("compress", f"{self.compress!r} sends a sparse or sign tensor: "
+                               "averaged as parameters it drags them to zero; set "
+                               "exchange.gamma > 0 (CHOCO-Gossip) to send it as differences")
+        if self.gamma and self.error_feedback:
+            raise config_error("error_feedback", "CHOCO-Gossip (gamma > 0) corrects its own "
+                               "compression error: leave error_feedback off")
+        if self.compress == "qsgd" and self.wire_dtype == "float16":
+            raise config_error("wire_dtype", "qsgd keeps its norms in float32 (float16 ones "
+                                             "would bias it): use wire_dtype = \"float32\"")
+        try:
+            self.compressor()
+        except CompressorError as e:
+            raise config_error(e.key, str(e)) from None
+
+    @property
+    def compressed(self) -> bool:
+        return self.compress != "none" or self.gamma > 0
+
+    def compressor(self) -> Any:
+        """The compressor of these settings (float16 values and scales with a float16 wire)."""
+        from p2pgame.exchange.compress import SETTINGS, make_compressor
+
+        settings = {k: getattr(self, k) for k in SETTINGS[self.compress] if k != "half"}
+        if "half" in SETTINGS[self.compress] and self.compress != "qsgd":
+            settings["half"] = self.wire_dtype == "float16"
+        return make_compressor(self.compress, **settings)
 
 
 def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
@@ -98,6 +148,15 @@ def payload_bytes(schema: Schema, wire: str) -> int:
     """The payload bytes of one message of a part (its formula)."""
     size = np.dtype(CARRIER[wire]).itemsize
     return sum(int(np.prod(shape, dtype=np.int64)) * size for _, shape in schema.values())
+
+
+def payload_bytes_of(cfg: Any, shapes: dict[str, tuple[int, ...]]) -> int:
+    """The payload bytes of one message of a part under ``cfg`` (its formula: the wire
+    dtype's, or the compressor's, exchange/compress.py)."""
+    if cfg.compressed:
+        comp = cfg.compressor()
+        return sum(comp.payload_bytes(shape) for shape in shapes.values())
+    return payload_bytes({t: ("", shape) for t, shape in shapes.items()}, cfg.wire_dtype)
 
 
 def weighted_average(terms: list[tuple[float, dict[str, Any]]]) -> dict[str, np.ndarray]:
@@ -132,6 +191,8 @@ class ParamsHooks(ExchangeHooks):
         from p2pgame.learners import learner_class
 
         sc = self.scenario
+        if sc.exchange.gamma > 0:
+            _choco_checks(sc, schedule)
         schemas = {p.peer: learner_class(p.learner.kind).parts(p.learner) for p in sc.players}
         for t in schedule.topologies:
             for j, i in t.edges:
@@ -182,6 +243,27 @@ class ParamsHooks(ExchangeHooks):
         shutil.rmtree(run_dir / SNAPSHOT_DIR, ignore_errors=True)
 
 
+def _choco_checks(sc: Any, schedule: Any) -> None:
+    """CHOCO-Gossip needs every message taken once, in order (public copies at both
+    ends): refuse what could lose, delay or skip one."""
+    from p2pgame.config import ScenarioError
+
+    why = "CHOCO-Gossip (exchange.gamma > 0) needs every message taken once, in order"
+    if sc.comm.mode != "sync":
+        raise ScenarioError(f"comm.mode: {why}: use \"sync\"")
+    if len(schedule.topologies) != 1:
+        raise ScenarioError(f"topology: {why}: a graph that changes during the run would "
+                            "leave public copies behind; use one graph")
+    links = [("comm", sc.comm.link)] + [(f"comm.edges ({e.src} -> {e.dst})", e.link)
+                                        for e in sc.comm.edges]
+    for where, link in links:
+        for key in ("drop", "delay_steps", "bandwidth"):
+            if getattr(link, key):
+                raise ScenarioError(f"{where}.{key} = {getattr(link, key)}: {why} (a lost, "
+                                    "delayed or queued message would part the copies); "
+                                    "set it to 0")
+
+
 def _schema_difference(a: dict[str, Schema], b: dict[str, Schema]) -> str:
     for part in sorted(set(a) | set(b)):
         if a.get(part) != b.get(part):
@@ -208,6 +290,12 @@ class Params(Exchange):
     @classmethod
     def spaces(cls, cfg: Any, learner: type[Learner], lcfg: Any) -> dict[str, Schema]:
         """Each part, its tensors in the wire's carrier dtype (full shapes, no batch dim)."""
+        if cfg.compressed:  # each tensor's compressed fields, "<tensor>:<field>"
+            from p2pgame.exchange.compress import part_fields
+
+            comp = cfg.compressor()
+            return {part: part_fields(comp, schema)
+                    for part, schema in learner.parts(lcfg).items()}
         carrier = CARRIER[cfg.wire_dtype]
         return {part: {k: (carrier, shape) for k, (_, shape) in schema.items()}
                 for part, schema in learner.parts(lcfg).items()}
@@ -239,6 +327,57 @@ class Params(Exchange):
         self.combine_renormalised = 0
         self.combine_missing: Counter[int] = Counter()
         self.snapshot_meta_sent = False
+        self.shapes = {p: {t: tuple(shape) for t, (_, shape) in schema.items()}
+                       for p, schema in type(learner).parts(learner.cfg).items()}
+        self.comp = self.ef = None
+        self.choco: dict[str, Any] = {}
+        if cfg.compressed:
+            from p2pgame.exchange.compress import Choco, ErrorFeedback
+
+            self.comp = cfg.compressor()
+            if cfg.gamma > 0:  # public copies start at zero (the paper's x_hat_0 = 0)
+                self.choco = {p: Choco(self.comp, cfg.gamma, ctx.peer_id, self.shapes[p])
+                              for p in self.parts}
+            elif cfg.error_feedback:
+                self.ef = ErrorFeedback(self.comp)
+            # qsgd's stochastic rounding: this peer's own stream
+            self.qrng = np.random.default_rng(
+                derive_seed(ctx.scenario.seed, "peer", ctx.peer_id, "compress"))
+
+    def _seed(self, sender: int, step: int, part: str, tensor: str) -> int | None:
+        """random-k's indices: a seed both ends derive from the message alone."""
+        if self.comp is None or not self.comp.needs_seed:
+            return None
+        return derive_seed(self.ctx.scenario.seed, "randk", sender, step, part, tensor)
+
+    def _compress(self, part: str, step: int, tensors: dict[str, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+        from p2pgame.exchange.compress import join_fields
+
+        me, out = self.ctx.peer_id, {}
+        for t, x in tensors.items():
+            seed = self._seed(me, step, part, t)
+            if self.choco:
+                out[t] = self.choco[part].message(t, x, seed=seed, rng=self.qrng)
+            elif self.ef is not None:
+                out[t] = self.ef.encode(f"{part}/{t}", x, seed=seed, rng=self.qrng)
+            else:
+                out[t] = self.comp.encode(x, seed=seed, rng=self.qrng)
+        return join_fields(out)
+
+    def _fields(self, env: Any) -> dict[str, dict[str, Any]]:
+        from p2pgame.exchange.compress import split_fields
+
+        return split_fields(env.tensors, self.shapes[env.space])
+
+    def _dense(self, env: Any) -> dict[str, np.ndarray]:
+        """A neighbour's message as parameter tensors (float32 or the wire's dtype)."""
+        if self.comp is None:
+            return decode(env.tensors, self.wire)
+        part = env.space
+        return {t: self.comp.decode(f, self.shapes[part][t],
+                                    seed=self._seed(env.sender, env.step, part, t))
+                for t, f in self._fields(env).items()}
 
     # -- publishing --------------------------------------------------------------------
     def exchanged_parts(self, step: int) -> tuple[str, ...]:
@@ -253,6 +392,9 @@ class Params(Exchange):
         return tuple(p for p in self.learner.adapted(step - 1) if p in self.schema)
 
     def publish(self, step: int) -> dict[str, dict[str, Any]]:
+        if self.comp is not None:
+            return {p: self._compress(p, step, self.learner.tensors(p))
+                    for p in self.exchanged_parts(step) if p in self.publishes}
         return {p: encode(self.learner.tensors(p), self.wire)
                 for p in self.exchanged_parts(step) if p in self.publishes}
 
@@ -277,6 +419,8 @@ class Params(Exchange):
                 own: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, list[int]]:
         """The weighted average of ``own`` (this peer's copy of ``part``) and the round's
         messages; (None, missing) when there is nothing to combine."""
+        if self.choco:
+            return self._choco_combine(part, step, inbox, topology, own)
         me = self.ctx.peer_id
         row = topology.row(me)
         terms: list[tuple[int, float, dict[str, Any]]] = [(me, row[me], own)]
@@ -292,7 +436,7 @@ class Params(Exchange):
                 missing.append(j)
                 continue
             self.used[(j, part)] = env.step
-            terms.append((j, w, decode(env.tensors, self.wire)))
+            terms.append((j, w, self._dense(env)))
         if len(terms) == 1 and not missing:
             return None, []  # no neighbours: nothing to combine
         if terms[0][1] <= 0 and len(terms) == 1:
@@ -339,6 +483,30 @@ class Params(Exchange):
         self.comm = {"missing": float(len(missing))}
         return out
 
+    def _choco_combine(self, part: str, step: int, inbox: Any, topology: Any,
+                       own: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None,
+                                                            list[int]]:
+        """CHOCO-Gossip: take every in-neighbour's compressed difference of this round
+        into its public copy, then ``x + gamma * sum_j w_ij (x_hat_j - x_hat_me)``.  Each
+        message must be taken exactly once, in order (else the copies part for good):
+        a round message that is not there stops the peer, naming it (the scenario checks
+        refuse what could lose one: async mode, lossy links, delays, changing graphs)."""
+        me = self.ctx.peer_id
+        row = topology.row(me)
+        choco = self.choco[part]
+        for j, w in row.items():
+            if j == me or w <= 0:
+                continue
+            env = inbox.use(j, part, step) if part in self.learns else None
+            if env is None or env.space != part or env.step != step:
+                raise RuntimeError(
+                    f"CHOCO-Gossip: peer {j}'s message of round {step} ({part}) is not "
+                    "there; its public copy would no longer match its own")
+            for t, f in self._fields(env).items():
+                choco.receive(j, t, f, seed=self._seed(j, step, part, t))
+        self.combine_rounds += 1
+        return {t: choco.consensus(t, x, row) for t, x in own.items()}, []
+
     def _snapshot(self, step: int) -> None:
         """Report the exchanged tensors, flat; the launcher writes them for the
         consensus-distance curve."""
@@ -361,15 +529,32 @@ class Params(Exchange):
             "combine_rounds": self.combine_rounds,
             "combine_renormalised": self.combine_renormalised,
             "combine_missing": {str(k): v for k, v in sorted(self.combine_missing.items())},
+            **({"compress": self.cfg.compress, "gamma": self.cfg.gamma,
+                "error_feedback": self.cfg.error_feedback,
+                "payload_bytes": {p: payload_bytes_of(self.cfg, self.shapes[p])
+                                  for p in self.parts}} if self.comp is not None else {}),
         }
 
     def state(self) -> dict[str, Any]:
-        return {"used": [[j, p, s] for (j, p), s in self.used.items()],
-                "combine_rounds": self.combine_rounds,
-                "combine_renormalised": self.combine_renormalised,
-                "combine_missing": {str(k): v for k, v in self.combine_missing.items()}}
+        out = {"used": [[j, p, s] for (j, p), s in self.used.items()],
+               "combine_rounds": self.combine_rounds,
+               "combine_renormalised": self.combine_renormalised,
+               "combine_missing": {str(k): v for k, v in self.combine_missing.items()}}
+        if self.comp is not None:
+            out["compress"] = {
+                "choco": {p: c.state() for p, c in self.choco.items()},
+                "ef": self.ef.state() if self.ef is not None else None,
+                "rng": self.qrng.bit_generator.state}
+        return out
 
     def load_state(self, state: dict[str, Any]) -> None:
+        if self.comp is not None and "compress" in state:
+            saved = state["compress"]
+            for p, c in self.choco.items():
+                c.load_state(saved["choco"][p])
+            if self.ef is not None:
+                self.ef.load_state(saved["ef"])
+            self.qrng.bit_generator.state = saved["rng"]
         self.used = {(int(j), str(p)): int(s) for j, p, s in state["used"]}
         self.combine_rounds = int(state["combine_rounds"])
         self.combine_renormalised = int(state["combine_renormalised"])

@@ -120,3 +120,25 @@ def test_samples_and_params_keep_the_learner(tmp_path, tiny_mnist_root) -> None:
     for pid, p in peers.items():
         assert {r["topic"] for r in p["traffic_out"]} == {f"samples/{pid}/px"}
         assert p["effective_row"] and math.isfinite(p["tv_to_ne"])
+
+
+@pytest.mark.parametrize("name", ["mnist-demo-params-int8", "mnist-demo-params-topk"])
+def test_compressed_params_send_the_compressors_bytes(tmp_path, tiny_mnist_root, name) -> None:
+    """int8 (decoded and averaged) and CHOCO-Gossip with top-k (compressed differences to
+    public copies): a real 2-peer run; each message's payload is the compressor's formula
+    for the learner's tensors (exchange/compress.py), far below float32's."""
+    from p2pgame.exchange.params import payload_bytes_of
+
+    res, peers = _run(tmp_path, tiny_mnist_root, name, f"exchange.snapshots={STEPS}")
+    sc = load_scenario(ROOT / "topologies" / f"{name}.toml")
+    schema = learner_class(sc.learner.kind).parts(sc.learner)["model"]
+    want = payload_bytes_of(sc.exchange, {t: tuple(shape) for t, (_, shape) in schema.items()})
+    full = _model_bytes("mnist-demo-params", "float32")
+    assert want < full // (3 if name.endswith("int8") else 40), (want, full)
+    for pid, p in peers.items():
+        row = _params_rows(p, pid)
+        assert row["messages"] == STEPS and row["payload_bytes"] == STEPS * want
+        assert p["compress"] == sc.exchange.compress and p["payload_bytes"] == {"model": want}
+        assert p["combine_rounds"] == STEPS and math.isfinite(p["fid_all"])
+    curve = res.summary["consensus_distance"]
+    assert len(curve) == STEPS and all(math.isfinite(d) for _, d in curve)
