@@ -300,8 +300,8 @@ class Int8(Compressor):
         return (f["q"].astype(np.float32) * scale).reshape(shape)
 
 
-class TopK(Compressor):
-    name = "topk"
+class _KOfP(Compressor):
+    """A compressor that sends k = ``ratio`` x P entries of a tensor (topk, randk)."""
 
     def __init__(self, ratio: float = 0.01, half: bool = False) -> None:
         super().__init__(half)
@@ -312,6 +312,10 @@ class TopK(Compressor):
 
     def k(self, shape: Shape) -> int:
         return _k(self.ratio, _size(shape))
+
+
+class TopK(_KOfP):
+    name = "topk"
 
     def fields(self, shape):
         k = self.k(shape)
@@ -342,20 +346,10 @@ class TopK(Compressor):
         return out.reshape(shape)
 
 
-class RandK(Compressor):
+class RandK(_KOfP):
     name = "randk"
     unbiased = True
     needs_seed = True
-
-    def __init__(self, ratio: float = 0.01, half: bool = False) -> None:
-        super().__init__(half)
-        self.ratio = _check_ratio(ratio)
-
-    def settings(self):
-        return {"ratio": self.ratio, "half": self.half}
-
-    def k(self, shape: Shape) -> int:
-        return _k(self.ratio, _size(shape))
 
     def indices(self, shape: Shape, seed: int | None) -> np.ndarray:
         """The k flat indices that ``seed`` selects (sorted), the same at both ends."""

@@ -289,18 +289,26 @@ async def test_a_cut_connection_is_resynced_and_the_sync_run_completes():
     rts = make_peers(n=2, steps=30)
     net = MemoryNetwork()
     loop = asyncio.get_running_loop()
+    cut, sent6 = threading.Event(), threading.Event()
+    publish = rts[0].publisher.publish
+
+    async def publish_then_tell(bus, step):
+        await publish(bus, step)
+        if step >= 6:
+            sent6.set()
+
+    rts[0].publisher.publish = publish_then_tell
 
     def hold(rt, step):
         if rt.id == 0 and step == 5:
-            time.sleep(0.05)  # so that peer 1 cuts before peer 0 publishes round 6
+            assert cut.wait(5.0)  # peer 1 cuts before peer 0 publishes round 6
         if rt.id == 1 and step == 5:
             net.peers[1].cut(0)
-            deadline = time.monotonic() + 5.0
-            while rts[0].published < 6 and time.monotonic() < deadline:
-                time.sleep(0.001)
+            cut.set()
+            assert sent6.wait(5.0)  # round 6 went out while the connection was down
             # (re-made on the loop, where the transport notices a cut)
             loop.call_soon_threadsafe(net.peers[1].remake, 0)
-        time.sleep(0.001)
+        time.sleep(0.001)  # (a step's simulated compute)
 
     for rt in rts:
         rt.algorithm.hold = hold
