@@ -420,6 +420,20 @@ class EdgeLinkSpec:
     link: LinkSpec
 
 
+def is_round(step: int, every: int, start: int = 0) -> bool:
+    """Whether ``step`` is a round: ``start``, then every ``every`` steps (0: only it)."""
+    if step < start:
+        return False
+    return step == start if every == 0 else (step - start) % every == 0
+
+
+def round_at(q: int, every: int, start: int = 0) -> int:
+    """The newest round at or before step ``q`` (-1: none yet)."""
+    if q < start:
+        return -1
+    return start if every == 0 else q - (q - start) % every
+
+
 @dataclass(frozen=True)
 class CommSpec:
     """How peers exchange.  In a scenario file the default link's keys sit in ``[comm]``."""
@@ -428,7 +442,10 @@ class CommSpec:
     transport: str = "ipc"
     host: str = "127.0.0.1"
     samples_per_message: int = 0  # 0 = the algorithm's default
+    # Rounds: a peer publishes at step ``publish_from`` and every ``publish_every`` steps
+    # after it (0: that once); before ``publish_from`` every peer learns alone.
     publish_every: int = 1
+    publish_from: int = 0
     max_message_bytes: int = field(default=64 * 2**20, metadata=WIDE)  # ZMQ_MAXMSGSIZE: int64
     # Messages a PUB socket queues per subscriber before it drops for that subscriber
     # (a stalled listener cannot grow the publisher); 0: unlimited.
@@ -448,12 +465,17 @@ class CommSpec:
         one_of(self.mode, ("sync", "async"), "mode")
         one_of(self.transport, ("ipc", "tcp"), "transport")
         at_least(self.samples_per_message, 0, "samples_per_message")
-        at_least(self.publish_every, 1, "publish_every")
+        at_least(self.publish_every, 0, "publish_every")  # 0: once, at publish_from
+        at_least(self.publish_from, 0, "publish_from")
         at_least(self.max_message_bytes, 64, "max_message_bytes")
         at_least(self.send_hwm, 0, "send_hwm")
         at_least(self.max_samples_per_message, 1, "max_samples_per_message")
         one_of(self.security, ("none", "curve"), "security")
         at_least(self.sync_timeout_s, 0.0, "sync_timeout_s", strict=True)
+
+    def is_round(self, step: int) -> bool:
+        """Whether peers publish at ``step``."""
+        return is_round(step, self.publish_every, self.publish_from)
 
     def link_of(self, src: int, dst: int) -> LinkSpec:
         """The link ``src -> dst``: its override if there is one, else the default."""

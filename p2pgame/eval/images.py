@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from p2pgame.data.image import ImageDataSpec, load_split
 from p2pgame.shared import shared
 
@@ -77,6 +79,22 @@ class ImageEvaluation:
         m["own_classes"] = self.own_classes
         m["evaluator_test_accuracy"] = self.info.get("test_accuracy")
         return m
+
+    def tstr(self, images, seed: int = 0) -> float:
+        """Train on synthetic, test on real (eval/tstr.py): an MLP trained on ``images``,
+        labelled by the evaluator, scored on the real test set (thresholded as the
+        evaluator's, for binary generators)."""
+        from p2pgame.eval.evaluator import binarize, predict, to_model_input
+        from p2pgame.eval.tstr import tstr_accuracy
+
+        fid = self.tool()
+        model = fid.evaluator
+        x = to_model_input(images)
+        labels = predict(model, x)
+        real = self._test_images
+        real = binarize(real) if self.binarize_test else to_model_input(real)
+        return tstr_accuracy(x, labels, to_model_input(real), torch.as_tensor(fid.test_labels),
+                             n_classes=fid.n_classes, seed=seed)
 
     def standard_fid(self, images, weights_path: str | Path) -> float:
         """Inception FID (pytorch-fid's network, weights from a local file) to the test set."""

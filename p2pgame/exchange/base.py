@@ -78,6 +78,9 @@ class Exchange:
     # True: a round may publish only some of the spaces (a GAN's D or G), so a subscriber
     # must take all of them to know when a round is complete.
     partial_rounds: ClassVar[bool] = False
+    # True: messages hold whole tensors (parameters, a generator), not examples with a
+    # leading count dimension.
+    whole_tensors: ClassVar[bool] = False
 
     @classmethod
     def spaces(cls, cfg: Any, learner: type[Learner], lcfg: Any) -> dict[str, Schema]:

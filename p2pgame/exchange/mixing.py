@@ -219,8 +219,9 @@ class Mixing(Exchange):
         return check_schema(env.tensors, self.reads_schemas[env.space])
 
     # -- a step ------------------------------------------------------------------------
-    def _received(self, inbox: Any, j: int, step: int) -> Any:
-        """j's freshest message on the most informative space we learn of it."""
+    def _received(self, inbox: Any, j: int, step: int, want: int) -> Any:
+        """j's freshest message on the most informative space we learn of it (``want``:
+        the examples the step takes of it; a message holds what it holds)."""
         for space in self.preference:
             env = inbox.use(j, space, step)
             if env is not None:
@@ -240,7 +241,7 @@ class Mixing(Exchange):
         for j, w in row.items():
             if j == me or w <= 0:
                 continue
-            env = self._received(inbox, j, step)
+            env = self._received(inbox, j, step, round(w * total))
             if env is None:
                 missing += w
                 continue

@@ -66,7 +66,7 @@ class Node:
         self.exchange = ecls(sc.exchange, ExchangeContext(
             ctx.peer_id, sc, ctx.player, ctx.schedule, ctx.log, ctx.artifact), self.learner)
         self.declared = ecls.spaces(sc.exchange, lcls, lcfg)
-        self.full_shapes = ecls.kind == "params"  # parameters: whole tensors, no batch dim
+        self.full_shapes = ecls.whole_tensors  # parameters: whole tensors, no batch dim
         self.heavy = lcls.heavy
         self.resumable = lcls.resumable
         self.probe_every = self.learner.probe_every

@@ -1,6 +1,7 @@
 """``params``: parameter averaging (gossip) for any learner that declares its tensors.
 
-Every ``comm.publish_every`` steps (H; 1: every step) a peer publishes its learner's
+At every round (every ``comm.publish_every`` steps, H; 1: every step; from step
+``comm.publish_from``, before which peers learn alone) a peer publishes its learner's
 exchangeable parameters (``Learner.parts``: one part, or a GAN's D and G) on
 ``params/<peer>/<part>`` and combines what arrived with the topology's weights
 (self-weight, Metropolis ``1/(1 + max(d_i, d_j))`` or a given matrix):
@@ -286,6 +287,7 @@ class Params(Exchange):
     topic_kind = "params"
     hooks = ParamsHooks
     partial_rounds = True
+    whole_tensors = True
 
     @classmethod
     def spaces(cls, cfg: Any, learner: type[Learner], lcfg: Any) -> dict[str, Schema]:
@@ -384,10 +386,10 @@ class Params(Exchange):
         """Parts published at the start of ``step`` and combined in it: every step
         (``publish_every = 1``) the part adapted in the previous step (all at step 0);
         every H steps, all of them."""
-        every = self.ctx.scenario.comm.publish_every
-        if step % every:
+        comm = self.ctx.scenario.comm
+        if not comm.is_round(step):
             return ()
-        if step == 0 or every > 1:
+        if step == comm.publish_from or comm.publish_every != 1:
             return self.parts
         return tuple(p for p in self.learner.adapted(step - 1) if p in self.schema)
 

@@ -11,6 +11,7 @@ EXCHANGES: dict[str, str] = {
     "samples": "p2pgame.exchange.mixing:Mixing",
     "moments": "p2pgame.exchange.mixing:Moments",
     "params": "p2pgame.exchange.params:Params",
+    "model": "p2pgame.exchange.model:ModelExchange",
     "none": "p2pgame.exchange.none:NoExchange",
 }
 

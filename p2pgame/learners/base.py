@@ -9,6 +9,8 @@ declared on the class, as functions of the learner's own :class:`LearnerConfig`:
 * ``reads(cfg)``: what it can learn from, most informative first (same form);
 * ``parts(cfg)``: its exchangeable parameters, ``{part: {name: (dtype, shape)}}``
   (buffers, optimiser state and anything the family keeps local are not in it);
+* ``generator(cfg)``: the tensors a copy of its model needs to draw examples (a VAE's
+  decoder and prior), for the ``model`` exchange; ``{}``: it cannot be sent;
 * ``default_spaces(cfg)``: (publishes, learns) of a peer whose scenario says nothing.
 
 On a peer it is built with a :class:`LearnerContext` and then
@@ -20,6 +22,9 @@ On a peer it is built with a :class:`LearnerContext` and then
 * ``tensors(part)`` / ``load_tensors(part, values)`` read and write its parameters
   as float32 numpy arrays (parameter exchanges average them);
 * ``adapted(step)``: the parts ``learn(step)`` changed (a GAN: D or G);
+* ``generator_tensors()`` / ``generator_copy(sender)``: its generator's tensors, and an
+  empty :class:`GeneratorCopy` of its own architecture that loads a neighbour's and
+  draws examples from it locally (the ``model`` exchange);
 * ``evaluate(n)``, ``probe(step)``: metrics (and images for a sample grid);
 * ``state()`` / ``load_state()``: a checkpoint; ``resume_state()`` /
   ``load_resume_state()``: everything to continue in a new process (``resumable``).
@@ -78,6 +83,10 @@ class ImageLearnerConfig(LearnerConfig):
     evaluator_epochs: int = 2
     checkpoint: bool = True
     inception_weights: str = ""  # pytorch-fid Inception weights file: also report standard FID
+    # Train on synthetic, test on real (eval/tstr.py): the final evaluation also trains a
+    # small classifier on the generated images (labelled by the evaluator) and reports
+    # its accuracy on the real test set (``tstr_accuracy``; about a second per peer).
+    tstr: bool = True
     # What a learner publishes of x: "sample" (a draw of p(x|...)) or "mean" (the decoder's
     # mean, thresholded at 0.5 for binary images: the paper's "limiting" samples).
     sample_mode: str = "sample"
@@ -142,6 +151,17 @@ class Batch:
         if total <= 0:
             return 0.0, [0.0 for _ in self.received]
         return self.own_weight / total, [r.weight / total for r in self.received]
+
+
+class GeneratorCopy:
+    """A neighbour's model held by a receiver (the ``model`` exchange): ``load`` its
+    generator tensors, then ``sample(n, spaces)`` as :meth:`Learner.sample` does."""
+
+    def load(self, tensors: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def sample(self, n: int, spaces: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+        raise NotImplementedError
 
 
 class LearnerHooks:
@@ -219,6 +239,12 @@ class Learner:
         return {}
 
     @classmethod
+    def generator(cls, cfg: Any) -> Schema:
+        """The tensors a copy of the model needs to draw examples, ``{name: (dtype,
+        shape)}`` (float32); ``{}``: the family cannot be sent as a model."""
+        return {}
+
+    @classmethod
     def default_spaces(cls, cfg: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
         first = tuple(s for s in cls.reads(cfg) if s in cls.spaces(cfg))[:1]
         return first, first
@@ -258,6 +284,15 @@ class Learner:
 
     def load_tensors(self, part: str, values: dict[str, np.ndarray]) -> None:
         raise NotImplementedError(f"learner {self.kind!r} declares no exchangeable tensors")
+
+    def generator_tensors(self) -> dict[str, np.ndarray]:
+        """The tensors of :meth:`generator`, as float32 numpy arrays."""
+        raise NotImplementedError(f"learner {self.kind!r} declares no generator")
+
+    def generator_copy(self, sender: int) -> GeneratorCopy:
+        """An empty copy of this learner's generator, for ``sender``'s tensors; it draws
+        with its own seeded stream (``ctx.seed("model-copy", sender)``)."""
+        raise NotImplementedError(f"learner {self.kind!r} declares no generator")
 
     def adapted(self, step: int) -> tuple[str, ...]:
         """The parts ``learn(step)`` changes."""

@@ -31,6 +31,7 @@ from p2pgame.data.image import (
 )
 from p2pgame.learners.base import (
     Batch,
+    GeneratorCopy,
     ImageLearnerConfig,
     Learner,
     LearnerContext,
@@ -47,7 +48,7 @@ HVAE, IMAGES, PAIRS, CS = "hvae", "x", "cx", "cs"
 # expected loss over the draws of x given z, without their pixel noise.  16 bits a pixel
 # instead of 1 (bench/RESULTS.md, section 9: the demo's exchange).
 MEANS = "px"
-EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "class_mass", "own_mass",
+EVAL_KEYS = ("fid_all", "fid_own", "fid_other", "fid_inception", "tstr_accuracy", "class_mass", "own_mass",
              "unseen_mass", "ne_class_mass", "ne_own_mass", "tv_to_ne", "own_classes",
              "accuracy", "accuracy_style", "prior", "tv_prior_to_ne", "classes_generated")
 
@@ -129,6 +130,49 @@ class TorchImageLearner(Learner):
     def exchanged_module(self) -> torch.nn.Module:
         return self.model
 
+    # The model exchange: the parameters whose names start with these make the generator
+    # (a copy built by ``build_model`` and loaded with them draws as the sender's model).
+    generator_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def build_model(cls, cfg: Any, seed: int = 0) -> torch.nn.Module:
+        """The family's model for ``cfg`` on the CPU (schemas; generator copies)."""
+        raise NotImplementedError
+
+    def draw(self, model: Any, n: int, spaces: tuple[str, ...], gen: torch.Generator
+             ) -> dict[str, dict[str, np.ndarray]]:
+        """``n`` examples of ``model`` on each space (``sample`` with the own model); a
+        family that publishes no examples (the GAN's parameters) draws none."""
+        return {}
+
+    def sample(self, n: int, spaces: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+        return self.draw(self.model, n, spaces, self.gen)
+
+    @classmethod
+    def generator(cls, cfg: Any) -> Schema:
+        if not cls.generator_prefixes:
+            return {}
+
+        def build():
+            schema = {k: ("float32", tuple(v.shape))
+                      for k, v in cls.build_model(cfg).named_parameters()
+                      if k.startswith(cls.generator_prefixes)}
+            return {"generator": schema}
+
+        return cached_parts(("generator", cls.kind, repr(cfg)), build)["generator"]
+
+    def generator_tensors(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v.detach().cpu().numpy(), dtype=np.float32, copy=True)
+                for k, v in self.model.named_parameters()
+                if k.startswith(self.generator_prefixes)}
+
+    def generator_copy(self, sender: int) -> TorchCopy:
+        model = self.build_model(self.cfg).to(self.device)
+        model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(
+            self.ctx.seed("model-copy", sender))
+        return TorchCopy(self, model, gen)
+
     def named_parameters(self, part: str) -> dict[str, torch.nn.Parameter]:
         return {k: v for k, v in self.exchanged_module().named_parameters()
                 if not k.startswith(self.keep_local)}
@@ -142,6 +186,27 @@ class TorchImageLearner(Learner):
         with torch.no_grad():
             for k, v in live.items():
                 v.copy_(torch.from_numpy(np.asarray(values[k])).to(v.device, v.dtype))
+
+
+class TorchCopy(GeneratorCopy):
+    """A neighbour's generator held by a torch learner: a model of the learner's own
+    architecture whose generator parameters are the neighbour's (the rest is unused)."""
+
+    def __init__(self, learner: TorchImageLearner, model: torch.nn.Module,
+                 gen: torch.Generator) -> None:
+        self.learner = learner
+        self.model = model
+        self.gen = gen
+        self.live = {k: v for k, v in model.named_parameters()
+                     if k.startswith(learner.generator_prefixes)}
+
+    def load(self, tensors: dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for k, v in self.live.items():
+                v.copy_(torch.from_numpy(np.asarray(tensors[k])).to(v.device, v.dtype))
+
+    def sample(self, n: int, spaces: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+        return self.learner.draw(self.model, n, spaces, self.gen)
 
 
 def parameter_schema(module: torch.nn.Module, keep_local: tuple[str, ...] = ()) -> Schema:
@@ -192,6 +257,8 @@ class BinaryImageLearner(TorchImageLearner):
         metrics = self.evaluation.metrics(images)
         self.model.train()
         metrics = self.with_equilibrium(metrics)
+        if self.cfg.tstr:
+            metrics["tstr_accuracy"] = self.evaluation.tstr(images, self.ctx.seed("tstr"))
         if self.cfg.inception_weights:
             metrics["fid_inception"] = self.evaluation.standard_fid(images,
                                                                     self.cfg.inception_weights)
@@ -243,18 +310,23 @@ class HVAELearner(BinaryImageLearner):
     def kind_bound_spaces(cls, cfg: Any) -> tuple[str, ...]:
         return (HVAE,)  # tuples carry latents: only between identical architectures
 
+    generator_prefixes = ("p_",)  # p(z1 | z0) and p(x | z0, z1); z0's prior is fixed
+
+    @classmethod
+    def build_model(cls, cfg: Any, seed: int = 0) -> torch.nn.Module:
+        from p2pgame.models import make_model
+
+        return make_model(cfg.kind, seed=seed)
+
     @classmethod
     def parts(cls, cfg: Any) -> dict[str, Schema]:
-        def build():
-            from p2pgame.models import make_model
+        return cached_parts(("hvae", cfg.kind),
+                            lambda: {"model": parameter_schema(cls.build_model(cfg))})
 
-            return {"model": parameter_schema(make_model(cfg.kind, seed=0))}
-
-        return cached_parts(("hvae", cfg.kind), build)
-
-    def sample(self, n: int, spaces: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    def draw(self, model: Any, n: int, spaces: tuple[str, ...], gen: torch.Generator
+             ) -> dict[str, dict[str, np.ndarray]]:
         # One draw per step; a learner publishing both spaces sends the same images on each.
-        drawn = self.model.sample(n, self.gen, mean=self.cfg.sample_mode == "mean")
+        drawn = model.sample(n, gen, mean=self.cfg.sample_mode == "mean")
         tuples = {k: v.cpu().numpy() for k, v in drawn.items()}
         return {s: tuples if s == HVAE else {"x": tuples["x"]} for s in spaces}
 
@@ -319,27 +391,34 @@ class VAELearner(BinaryImageLearner):
     def default_spaces(cls, cfg: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return (IMAGES,), (IMAGES,)  # images, as every binary family; ``px`` when asked
 
+    # The decoder and the prior (a mixture prior is the model's, though kept local under
+    # parameter averaging); the encoder stays home.
+    generator_prefixes = ("from_z.", "dec.", "prior_")
+
+    @classmethod
+    def build_model(cls, cfg: Any, seed: int = 0) -> torch.nn.Module:
+        from p2pgame.models import make_model
+
+        return make_model(cfg.kind, seed=seed, refine=cfg.refine,
+                          prior_components=cfg.prior_components)
+
     @classmethod
     def parts(cls, cfg: Any) -> dict[str, Schema]:
-        def build():
-            from p2pgame.models import make_model
+        return cached_parts(("vae", cfg.kind, cfg.refine, cfg.prior_components),
+                            lambda: {"model": parameter_schema(cls.build_model(cfg),
+                                                               cls.keep_local)})
 
-            model = make_model(cfg.kind, seed=0, refine=cfg.refine,
-                               prior_components=cfg.prior_components)
-            return {"model": parameter_schema(model, cls.keep_local)}
-
-        return cached_parts(("vae", cfg.kind, cfg.refine, cfg.prior_components), build)
-
-    def sample(self, n: int, spaces: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    def draw(self, model: Any, n: int, spaces: tuple[str, ...], gen: torch.Generator
+             ) -> dict[str, dict[str, np.ndarray]]:
         if MEANS not in spaces:
-            x = self.model.sample(n, self.gen, mean=self.cfg.sample_mode == "mean")["x"]
+            x = model.sample(n, gen, mean=self.cfg.sample_mode == "mean")["x"]
             return {s: {"x": x.cpu().numpy()} for s in spaces}
         # both spaces from the same z: the images are draws (or thresholds) of the means
-        means = self.model.sample_means(n, self.gen)
+        means = model.sample_means(n, gen)
         out = {MEANS: {"x": means.to(torch.float16).cpu().numpy()}}
         if IMAGES in spaces:
             x = means > 0.5 if self.cfg.sample_mode == "mean" else torch.bernoulli(
-                means, generator=self.gen).bool()
+                means, generator=gen).bool()
             out[IMAGES] = {"x": x.cpu().numpy()}
         return out
 
@@ -362,7 +441,8 @@ class ImageHooks(LearnerHooks):
         classes = {learner_class(p.learner.kind) for p in self.scenario.players}
         cols: tuple[str, ...] = ()
         if any(issubclass(c, BinaryImageLearner) for c in classes):
-            cols += ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne")
+            cols += ("fid_all", "fid_own", "fid_other", "unseen_mass", "tv_to_ne",
+                     "tstr_accuracy")
         if any(getattr(c, "grey_gan", False) for c in classes):
             cols += tuple(k for k in ("fid_all", "fid_own", "fid_other", "unseen_mass",
                                       "classes_generated") if k not in cols)

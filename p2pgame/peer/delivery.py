@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from p2pgame.bus.codec import Envelope
 from p2pgame.bus.links import Link
+from p2pgame.config import round_at
 from p2pgame.exchange.inbox import Inbox
 
 
@@ -35,12 +36,13 @@ class Delivery:
 
     def __init__(self, me: int, links: Mapping[int, Link], subscribed: Mapping[int, Iterable[str]],
                  sync: bool, publish_every: int = 1, max_samples: int = 65536,
-                 steps: int | None = None) -> None:
+                 steps: int | None = None, publish_from: int = 0) -> None:
         self.me = me
         self.links = dict(links)
         self.subscribed = {j: frozenset(subscribed.get(j, ())) for j in self.links}
         self.sync = sync
         self.publish_every = publish_every
+        self.publish_from = publish_from
         self.inbox = Inbox()
         # Highest round of each in-neighbour that is complete (released or lost).
         self.resolved: dict[int, int] = {j: -1 for j in self.links}
@@ -170,7 +172,7 @@ class Delivery:
         q = step - self.links[j].spec.delay_steps
         if q < 0:
             return -1
-        return q - q % self.publish_every
+        return round_at(q, self.publish_every, self.publish_from)
 
     def missing(self, step: int, active: Iterable[int]) -> list[int]:
         """The active in-neighbours whose needed round is not complete yet.

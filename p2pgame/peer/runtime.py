@@ -165,7 +165,7 @@ class PeerRuntime:
         self.delivery = Delivery(me, links, {j: [t.space for t in ts]
                                              for j, ts in self.topics.items()},
                                  self.sync, comm.publish_every, comm.max_samples_per_message,
-                                 scenario.steps)
+                                 scenario.steps, comm.publish_from)
         self.traffic = Traffic(me, comm.max_message_bytes)
         self.subscribers = subscribers(scenario, info, schedule, me)
         self.my_topics = {t.space: t for t in self.subscribers}  # space -> our topic

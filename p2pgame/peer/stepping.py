@@ -4,7 +4,8 @@ now and then a resume state and a metrics line.
 One step ``s`` of a peer, in order (every algorithm call through
 :meth:`Device.call <p2pgame.peer.device.Device.call>`, awaited before the next):
 
-1. publish round ``s`` (every ``comm.publish_every`` steps, if anyone listens);
+1. publish round ``s`` (from ``comm.publish_from`` every ``comm.publish_every`` steps, if
+   anyone listens);
 2. release into the inbox what is due at ``s``: in sync mode until every active
    in-neighbour's needed round is complete (:meth:`Receiver.barrier
    <p2pgame.peer.receiving.Receiver.barrier>`), in async mode once, after letting the
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pgame.bus.traffic import Traffic
-from p2pgame.config import PaceSpec, Scenario
+from p2pgame.config import PaceSpec, Scenario, is_round
 from p2pgame.peer.device import Device
 from p2pgame.peer.receiving import Receiver
 from p2pgame.peer.reporting import Reporter
@@ -67,6 +68,7 @@ class StepPlan:
     steps: int
     sync: bool = True
     publish_every: int = 1
+    publish_from: int = 0
     metrics_every: int = 0  # 0: about 100 lines per run
     resume_every: int = 0  # 0: no resume states
     first_step: int = 0
@@ -79,7 +81,8 @@ class StepPlan:
         resume_every = (rt.checkpoint_every or (max(1, steps // 20) if rt.restart else 0)
                         ) if resumable else 0
         return cls(steps=steps, sync=scenario.comm.mode == "sync",
-                   publish_every=scenario.comm.publish_every, metrics_every=rt.metrics_every,
+                   publish_every=scenario.comm.publish_every,
+                   publish_from=scenario.comm.publish_from, metrics_every=rt.metrics_every,
                    resume_every=resume_every, first_step=first_step)
 
 
@@ -131,7 +134,7 @@ class StepLoop:
         delivery = receiver.delivery
         steps = plan.steps
         every = plan.metrics_every or max(1, steps // 100)
-        period = plan.publish_every
+        period, first_round = plan.publish_every, plan.publish_from
         heavy = algorithm.heavy
         call = self.device.call
         clock, monotonic = time.perf_counter, time.monotonic
@@ -141,7 +144,7 @@ class StepLoop:
                 break
             self.step = receiver.step = step
             top = self.schedule.at(step)
-            if step % period == 0 and self.publishes:
+            if is_round(step, period, first_round) and self.publishes:
                 await self.publish(bus, step)
             t0 = clock()
             if plan.sync:

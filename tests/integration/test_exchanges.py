@@ -142,3 +142,33 @@ def test_compressed_params_send_the_compressors_bytes(tmp_path, tiny_mnist_root,
         assert p["combine_rounds"] == STEPS and math.isfinite(p["fid_all"])
     curve = res.summary["consensus_distance"]
     assert len(curve) == STEPS and all(math.isfinite(d) for _, d in curve)
+
+
+@pytest.mark.parametrize("every, rounds", [(5, [2, 7]), (0, [2])])
+def test_the_model_exchange_sends_the_generator_at_its_rounds_and_receivers_draw_from_it(
+        tmp_path, tiny_mnist_root, every, rounds) -> None:
+    """A real 2-peer run of the demo's learner under ``model``: a message is the
+    generator's tensors (its formula: parameters x 4 bytes), sent at the rounds only
+    (from ``publish_from``, every ``publish_every`` steps, or once); before the first
+    round each peer learns alone (its own data fills the neighbour's share), after it
+    half its batch is drawn from the copy it holds."""
+    from p2pgame.exchange.model import ModelExchange, generator_bytes
+
+    res, peers = _run(tmp_path, tiny_mnist_root, "mnist-demo-model",
+                      f"comm.publish_every={every}", "comm.publish_from=2")
+    sc = load_scenario(ROOT / "topologies" / "mnist-demo-model.toml")
+    lcls = learner_class(sc.learner.kind)
+    schema = ModelExchange.spaces(sc.exchange, lcls, sc.learner)["generator"]
+    want = generator_bytes(schema, "float32")
+    # the decoder and the prior, not the encoder: fewer bytes than the whole model
+    assert want < _model_bytes("mnist-demo-params", "float32")
+    assert not any(k.startswith("enc.") for k in schema)
+    for pid, p in peers.items():
+        (row,) = [r for r in p["traffic_out"] if r["topic"] == f"params/{pid}/generator"]
+        assert row["messages"] == len(rounds) and row["payload_bytes"] == len(rounds) * want
+        assert p["model_loads"] == len(rounds) and p["payload_bytes"] == {"generator": want}
+        other = str(1 - int(pid))
+        # steps before round 2 all own data; from it a_ij = 1/2 of the batch is drawn
+        own = (2 * 1.0 + (STEPS - 2) * 0.5) / STEPS
+        assert p["effective_row"] == {pid: round(own, 6), other: round(1 - own, 6)}
+        assert math.isfinite(p["fid_all"]) and 0 <= p["tstr_accuracy"] <= 1

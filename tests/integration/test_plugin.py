@@ -60,6 +60,9 @@ def runs(tmp_path_factory, list_session_processes):
         "params": _run(tmp_path_factory.mktemp("params"), PARAMS,
                        f"exchange.snapshots={STEPS}"),
         "none": _run(tmp_path_factory.mktemp("none"), SAMPLES, 'exchange.kind="none"'),
+        # the mixture sent as a model every 20 steps; each receiver draws from its copy
+        "model": _run(tmp_path_factory.mktemp("model"), SAMPLES, 'exchange.kind="model"',
+                      "comm.publish_every=20"),
     }
     left = set(list_session_processes()) - before
     assert not left, f"processes left alive after the runs: {left}"
@@ -116,6 +119,24 @@ def test_params_run_with_the_plugin_agrees_after_each_combine(runs) -> None:
 
 @needs_plugin
 @pytest.mark.integration
+def test_the_plugins_mixture_travels_as_a_model(runs) -> None:
+    """The model exchange with a learner that is not ours: the three tensors every 20
+    steps (5k float32 each), and every step the receiver draws its neighbour's share
+    from its copy (fresh points, never a stale message re-picked)."""
+    res = runs["model"]
+    assert res.exit_code == 0, res.failures
+    k = 6
+    for pid, p in res.summary["peers"].items():
+        row = _topics(p)[f"params/{pid}/generator"]
+        assert set(_topics(p)) == {f"params/{pid}/generator"}
+        assert row["messages"] == STEPS // 20 and row["payload_bytes"] == STEPS // 20 * 5 * k * 4
+        assert p["model_loads"] == STEPS // 20 and p["messages_rejected"] == 0
+        _finite_metrics(p)
+        assert math.isfinite(p["tv_to_ne"])
+
+
+@needs_plugin
+@pytest.mark.integration
 def test_cooperation_helps_on_the_networks_data(runs) -> None:
     """Alone, a peer never sees the other's clusters; under either exchange it learns
     them: its held-out log-likelihood on the network's data ends higher."""
@@ -124,7 +145,7 @@ def test_cooperation_helps_on_the_networks_data(runs) -> None:
     for pid, p in alone.summary["peers"].items():
         assert p["bytes_sent"] == 0
         _finite_metrics(p)
-        for kind in ("samples", "params"):
+        for kind in ("samples", "params", "model"):
             other = runs[kind].summary["peers"][pid]
             assert other["ll_all"] > p["ll_all"] + 1.0, (kind, pid, other["ll_all"], p["ll_all"])
             assert other["unseen_mass"] > p["unseen_mass"]

@@ -483,3 +483,16 @@ def test_a_resync_waits_for_what_is_still_on_the_link():
     assert d.missing(0, [0]) == [0] and d.rejected[0] == 0
     d.release(0, T0 + 0.2)
     assert d.missing(0, [0]) == []
+
+
+def test_needed_round_starts_at_publish_from_and_once_is_one_round():
+    """Rounds from ``publish_from`` (steps before it need none: peers learn alone), and
+    with ``publish_every = 0`` a single round at ``publish_from``."""
+    from p2pgame.config import is_round
+
+    d = Delivery(ME, {0: Link(0, ME, LinkSpec(), 0)}, {0: ["x"]}, True, 3, publish_from=4)
+    assert [d.needed_round(0, s) for s in range(10)] == [-1] * 4 + [4, 4, 4, 7, 7, 7]
+    assert [s for s in range(10) if is_round(s, 3, 4)] == [4, 7]
+    once = Delivery(ME, {0: Link(0, ME, LinkSpec(), 0)}, {0: ["x"]}, True, 0, publish_from=2)
+    assert [once.needed_round(0, s) for s in range(6)] == [-1, -1, 2, 2, 2, 2]
+    assert [s for s in range(10) if is_round(s, 0, 2)] == [2]

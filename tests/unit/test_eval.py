@@ -247,3 +247,33 @@ def test_standard_fid_plumbing_with_random_weights(tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
     with pytest.raises(RuntimeError):
         load_fid_inception(bad)
+
+
+def test_tstr_scores_a_classifier_trained_on_the_samples_on_the_real_test_set() -> None:
+    """Train on synthetic, test on real: samples that show both classes as the test set
+    does give a classifier that scores well on it; samples that show one class only give
+    one that mostly predicts it, far below (that class is a quarter of the test set)."""
+    import torch
+
+    from p2pgame.eval.tstr import tstr_accuracy
+
+    g = torch.Generator().manual_seed(0)
+
+    def images(label: int, n: int) -> torch.Tensor:
+        x = (torch.rand(n, 1, 28, 28, generator=g) < 0.05).float()
+        x[:, :, :14 if label == 0 else 28, :] = 0  # class 0: bottom half; 1: none
+        x[:, :, 14:, :] += (label == 0) * (torch.rand(n, 1, 14, 28, generator=g) < 0.5)
+        return x.clamp(0, 1)
+
+    test_x = torch.cat([images(0, 300), images(1, 100)])
+    test_y = torch.tensor([0] * 300 + [1] * 100)
+    both = torch.cat([images(0, 200), images(1, 200)])
+    assert tstr_accuracy(both, torch.tensor([0] * 200 + [1] * 200), test_x, test_y,
+                         n_classes=2, epochs=3) > 0.95
+    one = images(1, 200)
+    assert tstr_accuracy(one, torch.ones(200, dtype=torch.long), test_x, test_y,
+                         n_classes=2, epochs=3) < 0.5
+    # deterministic: the same samples and seed give the same accuracy
+    a = tstr_accuracy(both[:50], torch.tensor([0] * 50), test_x, test_y, n_classes=2, seed=3)
+    assert a == tstr_accuracy(both[:50], torch.tensor([0] * 50), test_x, test_y, n_classes=2,
+                              seed=3)

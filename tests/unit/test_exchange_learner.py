@@ -298,3 +298,48 @@ def test_bad_compression_settings_are_refused_naming_the_key(exchange, comm, wor
                n=3, comm={"mode": "sync", **comm})
     with pytest.raises(ScenarioError, match=words):
         resolve(raw)
+
+
+# -- the model exchange ----------------------------------------------------------------
+
+def test_a_generator_copy_draws_what_the_senders_model_draws(tiny_mnist_root) -> None:
+    """What ``model`` sends is enough to generate: a receiver's copy, loaded with the
+    sender's generator tensors (decoder and prior, no encoder), draws exactly the
+    examples the sender's own model draws from the same random numbers; and the bytes
+    of a message are its parameters times the wire dtype's size."""
+    import torch
+
+    from p2pgame.exchange.model import ModelExchange, generator_bytes
+    from p2pgame.learners.base import LearnerContext
+    from p2pgame.scenario import load_scenario
+
+    root = Path(__file__).resolve().parents[2]
+    sc = load_scenario(root / "topologies" / "mnist-demo-model.toml", ["data.per_peer=50"])
+    lcls = learner_class(sc.learner.kind)
+    sender, receiver = (lcls(sc.learner, LearnerContext(i, sc, sc.learner, tiny_mnist_root))
+                        for i in (0, 1))
+    tensors = sender.generator_tensors()
+    assert tensors and not any(k.startswith("enc.") or k.startswith("to_stats") for k in tensors)
+    copy = receiver.generator_copy(0)
+    before = copy.sample(8, ("px",))["px"]["x"]
+    copy.load(tensors)
+    seed = receiver.ctx.seed("model-copy", 0)
+    copy.gen.manual_seed(seed)
+    got = copy.sample(8, ("px", "x"))
+    want = sender.draw(sender.model, 8, ("px", "x"),
+                       torch.Generator().manual_seed(seed))
+    for space in ("px", "x"):
+        np.testing.assert_array_equal(got[space]["x"], want[space]["x"])
+    assert not np.array_equal(before, got["px"]["x"])  # the loaded tensors made the change
+    schema = ModelExchange.spaces(sc.exchange, lcls, sc.learner)["generator"]
+    count = sum(int(np.prod(s)) for _, s in schema.values())
+    assert count == sum(v.size for v in tensors.values())
+    assert generator_bytes(schema, "float32") == 4 * count
+    assert generator_bytes(schema, "float16") == 2 * count
+
+
+def test_the_model_exchange_refuses_a_learner_without_a_generator() -> None:
+    with pytest.raises(ScenarioError, match="declares no generator"):
+        resolve(_new({"kind": "model"}, {"kind": "expfam-gaussian", "dim": 2}))
+    with pytest.raises(ScenarioError, match="wire_dtype"):
+        resolve(_new({"kind": "model", "wire_dtype": "int8"}, {"kind": "vae-conv"}))

@@ -17,7 +17,8 @@ learner protocol of ``p2pgame.learners.base`` is used; nothing in p2pgame knows 
   them and nothing else goes stale.
 * Spaces: ``pts`` (``x``: float32 points, 2 per example), what it publishes under the
   samples exchange.  Parts: ``model`` (the three tensors), what the params exchange
-  averages.
+  averages; its generator (``generator``) is the same three tensors, which the model
+  exchange sends and a receiver's ``GMMCopy`` draws points from.
 * Metrics (``evaluate``): held-out log-likelihood per point on the network's data (the
   union of every peer's true clusters, ``ll_all``), on its own clusters (``ll_own``) and on
   the others' (``ll_other``), next to the true mixture's own (``ll_true_all``); the share
@@ -40,6 +41,7 @@ import numpy as np
 
 from p2pgame.learners.base import (
     Batch,
+    GeneratorCopy,
     Learner,
     LearnerConfig,
     LearnerContext,
@@ -162,6 +164,31 @@ def pick(m: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([rng.permutation(m) for _ in range(rounds)])[:k]
 
 
+def draw_mixture(means: np.ndarray, log_var: np.ndarray, logits: np.ndarray, n: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    w = np.exp(log_softmax(np.asarray(logits, dtype=np.float64)))
+    k = rng.choice(len(w), size=n, p=w / w.sum())
+    std = np.exp(0.5 * np.asarray(log_var, dtype=np.float64)[k])
+    return (np.asarray(means, dtype=np.float64)[k]
+            + std * rng.standard_normal((n, 2))).astype(np.float32)
+
+
+class GMMCopy(GeneratorCopy):
+    """A neighbour's mixture held by a receiver (the ``model`` exchange)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.tensors: dict[str, np.ndarray] = {}
+
+    def load(self, tensors: dict[str, np.ndarray]) -> None:
+        self.tensors = {k: np.array(v, dtype=np.float64) for k, v in tensors.items()}
+
+    def sample(self, n: int, spaces: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+        t = self.tensors
+        return {space: {"x": draw_mixture(t["means"], t["log_var"], t["logits"], n, self.rng)}
+                for space in spaces if space == "pts"}
+
+
 class GMMHooks(LearnerHooks):
     """Launcher side: the columns of the table ``p2pgame run`` prints, and a check."""
 
@@ -197,6 +224,11 @@ class GMMLearner(Learner):
         k = cfg.components
         return {"model": {"means": ("float32", (k, 2)), "log_var": ("float32", (k, 2)),
                           "logits": ("float32", (k,))}}
+
+    @classmethod
+    def generator(cls, cfg: Any) -> Schema:
+        # the model exchange: a copy draws points from the mixture's three tensors
+        return cls.parts(cfg)["model"]
 
     @classmethod
     def default_spaces(cls, cfg: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -245,10 +277,7 @@ class GMMLearner(Learner):
 
     # -- sampling -------------------------------------------------------------------------
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        w = np.exp(log_softmax(self.logits))
-        k = rng.choice(len(w), size=n, p=w / w.sum())
-        std = np.exp(0.5 * self.log_var[k])
-        return (self.means[k] + std * rng.standard_normal((n, 2))).astype(np.float32)
+        return draw_mixture(self.means, self.log_var, self.logits, n, rng)
 
     def sample(self, n: int, spaces: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
         return {space: {"x": self.draw(n, self.sample_rng)} for space in spaces
@@ -308,6 +337,13 @@ class GMMLearner(Learner):
         self.means = np.asarray(values["means"], dtype=np.float64)
         self.log_var = np.asarray(values["log_var"], dtype=np.float64)
         self.logits = np.asarray(values["logits"], dtype=np.float64)
+
+    # -- the model exchange ---------------------------------------------------------------
+    def generator_tensors(self) -> dict[str, np.ndarray]:
+        return self.tensors("model")
+
+    def generator_copy(self, sender: int) -> GMMCopy:
+        return GMMCopy(np.random.default_rng(self.ctx.seed("model-copy", sender)))
 
     # -- metrics --------------------------------------------------------------------------
     def log_likelihood(self, x: np.ndarray) -> float:
