@@ -91,7 +91,7 @@ class ModelExchange(Mixing):
 
     @classmethod
     def validate_pair(cls, cfg: Any, learner: type[Learner], lcfg: Any, where: str) -> None:
-        from p2pgame.config import ScenarioError
+        from p2pgame.config import ScenarioError, short
 
         if not learner.generator(lcfg):
             raise ScenarioError(f"{where}: learner {lcfg.kind!r} declares no generator "
@@ -103,7 +103,7 @@ class ModelExchange(Mixing):
         space = draw_space(cfg, learner, lcfg)
         readable = learner.reads(lcfg)
         if space not in readable or space not in learner.spaces(lcfg):
-            raise ScenarioError(f"{where}: exchange.space = {space!r}: learner {lcfg.kind!r} "
+            raise ScenarioError(f"{where}: exchange.space = {short(space)}: learner {lcfg.kind!r} "
                                 "cannot both draw and learn it; allowed: "
                                 + ", ".join(s for s in readable if s in learner.spaces(lcfg)))
 
