@@ -1,30 +1,55 @@
-"""Bandwidth against quality: the synthetic-data game against Diffusion GAN.
+"""Bandwidth against quality, like for like: one learner under every exchange.
 
-Five peers on a ring, two MNIST digits each (non-homogeneous), a fixed step
-budget per method.  Each point varies one communication knob:
+The learner is the demo's (``topologies/mnist-demo.toml``: vae-conv, refine 1, a
+mixture prior of 10, batch 64, lr 0.002) everywhere; only ``[exchange]`` and ``[comm]``
+change from point to point, so a difference between two points is the exchange's.
 
-- game: samples per message, publish period, bit-packing off, drop rate, staleness;
-- Diffusion GAN: float16 on the wire, drop rate, staleness (async), and the
-  non-cooperative baseline (no exchange at all).
+Settings:
 
-Every point is one real run (``p2pgame.launch.run``) in the output folder; the
-script writes ``frontier.csv`` (one row per point: MB sent per peer, fid_all,
-unseen-class coverage, tv_to_ne) and ``frontier.png`` (fid_all against MB sent
-per peer, log x, each method's Pareto frontier), prints a table, and prints
-one JSON object as its last line.
+- ``demo2``: the demo's two peers (digits 0-4 and 5-9, complete graph, self weight 0.5);
+- ``ring8``: 8 peers on a ring, Metropolis weights, a Dirichlet(0.5) split of the
+  training set (drawn from the seed: each seed its own split).
 
-    .venv/bin/python bench/frontier.py                  # default: 9 points (<= 10 min)
-    .venv/bin/python bench/frontier.py --preset wide    # all 13 points, longer (about 16 min)
-    .venv/bin/python bench/frontier.py --preset full    # longer budgets (about an hour)
+Methods (each a few points): ``none`` (local only), ``samples`` (the game: samples per
+message, period, bit images instead of float16 means), ``params`` (float32, float16,
+local steps), ``compress`` (int8, QSGD, and top-k / random-k / sign through CHOCO-Gossip
+at two ratios), ``model`` (the generator every K steps, or once), and ``centralized``
+(one peer holding all the data: the reference line, the same in both settings).
+
+Every point is one real run per seed (``p2pgame.sweep.run_sweep``); the output folder
+gets ``runs.csv`` (one row per run), ``frontier.csv`` (one row per point: seed means and
+standard deviations), ``frontier-<setting>.png`` (fid_all and TSTR accuracy against MB
+sent per peer, log x, each method's Pareto envelope, ``none`` and ``centralized`` as
+lines), ``to-target.csv`` (per method, the fewest MB and steps a point needs to reach
+the target, ``fid_all <= 1.5 x centralized``, from the runs' evaluations over time), and
+``frontier.json``; the last line printed is that JSON (with the commit, the package
+versions, the CPU model and the load).
+
+    .venv/bin/python bench/frontier.py                     # default preset (<= 25 min)
+    .venv/bin/python bench/frontier.py --preset full       # every point, 3 seeds (hours)
     .venv/bin/python bench/frontier.py --preset smoke --data DIR   # seconds, tiny data
+    .venv/bin/python bench/frontier.py --points 'demo2:params:*' --seeds 0   # a subset
+    .venv/bin/python bench/frontier.py --reuse bench/out/frontier-full-...   # skip runs done
+
+Quality reads: ``fid_all`` (classifier-FID of a peer's samples against the whole test
+set, mean over peers) and ``tstr_accuracy`` (a classifier trained on its samples, tested
+on real digits).  Under ``samples`` and ``model`` with self weight > 0 the game's
+equilibrium is by design not uniform over the digits (in ``demo2``: 2/3 of a peer's mass
+on its own digits), so fid_all there has a floor above the centralized one; ``params``
+converges towards one consensus model, uniform in the limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import json
 import math
+import os
+import platform
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,131 +59,296 @@ sys.path.insert(0, str(ROOT))
 
 from p2pgame.sweep import Point, SweepSpec, run_sweep  # noqa: E402
 
-CLASSES = {5: "[[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]", 3: "[[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]"}
-SMOKE_POINTS = {"spm=250", "spm=10", "spm=250,every=5", "spm=250,no-pack", "float32", "float16",
-                "non-cooperative"}
-# The default preset runs a subset so that it stays within 10 minutes on 2 cores.
-DEFAULT_POINTS = SMOKE_POINTS | {"spm=250,drop=0.3", "spm=250,delay=5"}
-SUBSETS = {"smoke": SMOKE_POINTS, "default": DEFAULT_POINTS}
+SCENARIO = ROOT / "topologies" / "mnist-demo.toml"
 
 
-def common(n: int) -> list[str]:
-    return [f"topology.n={n}", 'topology.graph="ring"', "runtime.threads_per_peer=1",
-            f"data.partition={{ kind = \"classes\", classes = {CLASSES[n]} }}"]
+def peers_all(n: int, space: str = "px") -> str:
+    ids = ", ".join(str(i) for i in range(n))
+    return f'peers=[{{ids=[{ids}], publishes=["{space}"], learns=["{space}"]}}]'
+
+
+def setting_overrides(setting: str, n: int) -> list[str]:
+    if setting == "demo2":
+        return []  # the demo file as it is
+    return [f"topology.n={n}", 'topology.graph="ring"', 'topology.weights="metropolis"',
+            'data.partition={kind="dirichlet", beta=0.5}', peers_all(n)]
+
+
+CENTRALIZED = ["topology.n=1", "peers=[]", 'data.partition={kind="iid"}',
+               'exchange={kind="none"}']
+
+
+def method_points(n: int, steps: int) -> list[tuple[str, str, list[str]]]:
+    """(method, label, overrides) of every point; the presets pick among them."""
+    params = 'exchange={kind="params"'
+    pts = [
+        ("none", "none", ['exchange={kind="none"}']),
+        ("samples", "spm=32", []),
+        ("samples", "spm=8", ["comm.samples_per_message=8"]),
+        ("samples", "spm=32,every=10", ["comm.publish_every=10"]),
+        ("samples", "spm=32,bits", [peers_all(n, "x")]),
+        ("params", "f32", [params + "}"]),
+        ("params", "f16", [params + ', wire_dtype="float16"}']),
+        ("params", "f16,H=10", [params + ', wire_dtype="float16"}', "comm.publish_every=10"]),
+        ("params", "f16,H=100", [params + ', wire_dtype="float16"}',
+                                 "comm.publish_every=100"]),
+        ("compress", "int8", [params + ', compress="int8"}']),
+        ("compress", "int8,H=10", [params + ', compress="int8"}', "comm.publish_every=10"]),
+        ("compress", "qsgd,s=4", [params + ', compress="qsgd", levels=4}']),
+        ("compress", "topk=10%", [params + ', compress="topk", ratio=0.1, gamma=0.1}']),
+        ("compress", "topk=1%", [params + ', compress="topk", ratio=0.01, gamma=0.025}']),
+        ("compress", "randk=10%", [params + ', compress="randk", ratio=0.1, gamma=0.05}']),
+        ("compress", "sign", [params + ', compress="sign", gamma=0.05}']),
+    ]
+    # the model: every K steps from step ``first`` (before it, peers learn alone), or once
+    model = 'exchange={kind="model", space="px"}'
+    first = max(1, steps // 6)
+    for every in sorted({max(1, steps // 6), max(1, steps // 30)}, reverse=True):
+        pts.append(("model", f"every={every}", [model, f"comm.publish_every={every}",
+                                                 f"comm.publish_from={first}"]))
+    pts.append(("model", "once", [model, "comm.publish_every=0",
+                                  f"comm.publish_from={steps // 2}"]))
+    # the demo file's [[peers]] name the samples space px: other exchanges their own
+    return [(m, label, over if m == "samples" else ["peers=[]", *over])
+            for m, label, over in pts]
+
 
 PRESETS = {
-    #          game steps, gan steps, eval samples, per-peer images
-    # smoke: the three peers of a point in one worker process (one torch start-up, not
-    # three; placement changes no byte count)
-    "smoke": dict(n=3, game_steps=4, gan_steps=6, eval=100, per_peer=0, evaluator_epochs=1,
+    # smoke: tiny data, a handful of steps, one point per method; the peers of a point in
+    # one worker process (one torch start-up; placement changes no byte count).
+    "smoke": dict(steps=6, eval=100, evaluator_epochs=1, seeds=(0,), ring_n=3,
+                  settings=("demo2", "ring8"),
+                  points=["*:none:none", "*:samples:spm=32", "*:samples:spm=8",
+                          "*:params:f32", "*:params:f16", "*:compress:int8",
+                          "*:compress:topk=10%", "*:model:every=1", "*:model:once",
+                          "*:centralized:all"],
                   where=['runtime.placement="workers"', "runtime.workers=1"]),
-    "default": dict(n=5, game_steps=100, gan_steps=200, eval=500, per_peer=2000,
-                    evaluator_epochs=2),
-    "wide": dict(n=5, game_steps=150, gan_steps=300, eval=1000, per_peer=2000,
-                 evaluator_epochs=2),
-    "full": dict(n=5, game_steps=1500, gan_steps=3000, eval=5000, per_peer=12000,
-                 evaluator_epochs=2),
+    "default": dict(steps=1500, eval=2000, evaluator_epochs=2, seeds=(0,), ring_n=8,
+                    settings=("demo2", "ring8"),
+                    points=["demo2:none:none", "demo2:samples:spm=32",
+                            "demo2:params:f16,H=10", "demo2:compress:int8,H=10",
+                            "demo2:model:every=250", "*:centralized:all",
+                            "ring8:none:none", "ring8:samples:spm=32",
+                            "ring8:params:f16,H=10", "ring8:model:every=250"],
+                    where=[]),
+    "full": dict(steps=3000, eval=5000, evaluator_epochs=2, seeds=(0, 1, 2), ring_n=8,
+                 settings=("demo2", "ring8"), points=["*"], where=[]),
 }
 
 
-def game_points(p: dict) -> list[tuple[str, list[str]]]:
-    base = [f"steps={p['game_steps']}", f"learner.eval_samples={p['eval']}",
-            "learner.checkpoint=false", "topology.self_weight=0.5",
-            f"learner.evaluator_epochs={p['evaluator_epochs']}"]
-    if p["per_peer"]:
-        base.append(f"data.per_peer={p['per_peer']}")
-    pts = [
-        ("spm=250", ["comm.samples_per_message=250"]),
-        ("spm=50", ["comm.samples_per_message=50"]),
-        ("spm=10", ["comm.samples_per_message=10"]),
-        ("spm=250,every=5", ["comm.samples_per_message=250", "comm.publish_every=5"]),
-        ("spm=50,every=10", ["comm.samples_per_message=50", "comm.publish_every=10"]),
-        ("spm=250,no-pack", ["comm.samples_per_message=250", "comm.pack_bool=false"]),
-        ("spm=250,drop=0.3", ["comm.samples_per_message=250", "comm.drop=0.3"]),
-        ("spm=250,delay=5", ["comm.samples_per_message=250", "comm.delay_steps=5"]),
-    ]
-    return [(label, base + extra) for label, extra in pts]
+def build_points(preset: dict, patterns: list[str], seeds: tuple[int, ...]) -> list[Point]:
+    steps = preset["steps"]
+    common = [f"steps={steps}", f"learner.eval_samples={preset['eval']}",
+              f"learner.eval_samples_during={preset['eval']}",
+              f"learner.eval_every={max(1, steps // 5)}", "learner.checkpoint=false",
+              f"learner.evaluator_epochs={preset['evaluator_epochs']}",
+              "runtime.threads_per_peer=1", *preset["where"]]
+    out = []
+    for seed in seeds:
+        # the reference, once per seed (both settings' data are the whole training set)
+        if any(fnmatch.fnmatchcase("*:centralized:all", p) for p in patterns):
+            pt = Point(f"centralized:all:s{seed}", SCENARIO,
+                       common + CENTRALIZED + [f"seed={seed}"])
+            pt.values = {"setting": "*", "method": "centralized", "point": "all", "seed": seed}
+            out.append(pt)
+        for setting in preset["settings"]:
+            n = 2 if setting == "demo2" else preset["ring_n"]
+            for method, label, over in method_points(n, steps):
+                key = f"{setting}:{method}:{label}"
+                if not any(fnmatch.fnmatchcase(key, p) for p in patterns):
+                    continue
+                pt = Point(f"{key}:s{seed}", SCENARIO,
+                           common + setting_overrides(setting, n) + over + [f"seed={seed}"])
+                pt.values = {"setting": setting, "method": method, "point": label,
+                             "seed": seed}
+                out.append(pt)
+    return out
 
 
-def gan_points(p: dict) -> list[tuple[str, list[str]]]:
-    base = [f"steps={p['gan_steps']}", f"learner.eval_samples={p['eval']}",
-            "learner.checkpoint=false", 'topology.weights="metropolis"',
-            f"learner.evaluator_epochs={p['evaluator_epochs']}", "exchange.snapshots=0"]
-    if p["per_peer"]:
-        base.append(f"data.per_peer={p['per_peer']}")
-    pts = [
-        ("float32", []),
-        ("float16", ['exchange.wire_dtype="float16"']),
-        ("float16,drop=0.3", ['exchange.wire_dtype="float16"', "comm.drop=0.3"]),
-        ("async,delay=5", ['comm.mode="async"', "comm.delay_steps=5"]),
-        # The whole [exchange] table replaced (its params keys, snapshots, go with it).
-        ("non-cooperative", ['exchange={kind="none"}', 'comm.mode="async"']),
-    ]
-    return [(label, base + extra) for label, extra in pts]
+def mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
+    return sum(xs) / len(xs) if xs else None
 
 
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not dominated in (bytes lower, fid lower), sorted by bytes."""
+def read_curve(run_dir: str | None, peers: int) -> list[tuple[int, float, float]]:
+    """(step, fid_all mean over peers, MB sent per peer) at each evaluation over time."""
+    if not run_dir:
+        return []
+    per: dict[int, dict[int, tuple[float, float]]] = {}
+    for i in range(peers):
+        path = Path(run_dir) / "metrics" / f"peer-{i}.jsonl"
+        if not path.is_file():
+            return []
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if "eval/fid_all" in rec:
+                per.setdefault(rec["step"], {})[i] = (rec["eval/fid_all"],
+                                                      rec.get("comm/bytes_sent", 0) / 1e6)
+    return [(s, mean([v[0] for v in d.values()]), mean([v[1] for v in d.values()]))
+            for s, d in sorted(per.items()) if len(d) == peers]
+
+
+def run_row(rec: dict, steps: int) -> dict:
+    peers = list(rec["peers"].values())
+    v = rec["values"]
+    curve = read_curve(rec.get("run_dir"), len(peers))
+    return {
+        "setting": v["setting"], "method": v["method"], "point": v["point"],
+        "seed": v["seed"], "steps": steps, "status": rec["status"],
+        "mb_per_peer": mean([(p.get("bytes_sent") or 0) / 1e6 for p in peers]) or 0.0,
+        "fid_all": mean([p.get("fid_all") for p in peers]),
+        "tstr_accuracy": mean([p.get("tstr_accuracy") for p in peers]),
+        "unseen_mass": mean([p.get("unseen_mass") for p in peers]),
+        "steps_per_s": mean([p.get("steps_per_s") for p in peers]),
+        "curve": json.dumps([[s, round(f, 3), round(m, 4)] for s, f, m in curve]),
+        "run_dir": rec.get("run_dir", ""), "error": rec.get("error", ""),
+    }
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (setting, method, point): means and spreads over the seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            groups.setdefault((r["setting"], r["method"], r["point"]), []).append(r)
+    out = []
+    for (setting, method, point), rs in groups.items():
+        def stat(key, rs=rs):
+            xs = [r[key] for r in rs if r[key] is not None]
+            return (mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else (None, None)
+        fid, fid_sd = stat("fid_all")
+        acc, acc_sd = stat("tstr_accuracy")
+        mb, _ = stat("mb_per_peer")
+        out.append({"setting": setting, "method": method, "point": point, "seeds": len(rs),
+                    "mb_per_peer": mb, "fid_all": fid, "fid_all_sd": fid_sd,
+                    "tstr_accuracy": acc, "tstr_accuracy_sd": acc_sd,
+                    "steps_per_s": stat("steps_per_s")[0]})
+    return out
+
+
+def pareto(points: list[tuple[float, float]], lower_is_better: bool = True
+           ) -> list[tuple[float, float]]:
+    """Points no other dominates (fewer bytes and better quality), sorted by bytes."""
     front, best = [], math.inf
-    for b, f in sorted(points):
-        if f < best:
-            front.append((b, f))
-            best = f
+    for b, q in sorted(points):
+        score = q if lower_is_better else -q
+        if score < best:
+            front.append((b, q))
+            best = score
     return front
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def to_target(rows: list[dict], target: float) -> list[dict]:
+    """Per (setting, method): the fewest MB (and the steps) with which one of its points
+    reaches fid_all <= target, on the mean over seeds of each evaluation over time."""
+    per: dict[tuple, dict[tuple, list]] = {}
+    for r in rows:
+        if r["status"] == "ok" and r["method"] != "centralized":
+            per.setdefault((r["setting"], r["method"]), {}).setdefault(
+                r["point"], []).append(json.loads(r["curve"]) + [
+                    [r["steps"], r["fid_all"], r["mb_per_peer"]]])
+    out = []
+    for (setting, method), points in sorted(per.items()):
+        best = None
+        for point, curves in points.items():
+            # one curve per seed; their evaluations fall at the same steps
+            for k in range(min(len(c) for c in curves)):
+                step = curves[0][k][0]
+                fid = mean([c[k][1] for c in curves])
+                mb = mean([c[k][2] for c in curves])
+                if fid is not None and fid <= target:
+                    if best is None or mb < best[1]:
+                        best = (point, mb, step, fid)
+                    break
+        out.append({"setting": setting, "method": method,
+                    "point": best[0] if best else "not reached",
+                    "mb_per_peer": best[1] if best else None,
+                    "steps": best[2] if best else None, "fid_all": best[3] if best else None})
+    return out
+
+
+def plot(agg: list[dict], setting: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k, method in enumerate(("game", "diffgan")):
-        pts = [(r["mb_per_peer"], r["fid_all"], r["label"]) for r in rows
-               if r["method"] == method and r["fid_all"] is not None and r["mb_per_peer"] > 0]
-        if not pts:
-            continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=f"C{k}", label=method)
-        for x, y, label in pts:
-            ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        front = pareto([(p[0], p[1]) for p in pts])
-        ax.step([f[0] for f in front], [f[1] for f in front], where="post", color=f"C{k}",
-                alpha=0.6, label=f"{method} Pareto frontier")
-    for r in rows:
-        if r["mb_per_peer"] == 0 and r["fid_all"] is not None:
-            ax.axhline(r["fid_all"], color="grey", ls="--", lw=1, label=f"{r['method']} "
-                       f"{r['label']} (no bytes)")
-    ax.set_xscale("log")
-    ax.set_xlabel("MB sent per peer")
-    ax.set_ylabel("classifier-FID (all digits), mean over peers")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    rows = [r for r in agg if r["setting"] in (setting, "*")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    methods = [m for m in ("samples", "params", "compress", "model")
+               if any(r["method"] == m for r in rows)]
+    for ax, key, better_low, label in ((axes[0], "fid_all", True, "fid_all (lower is better)"),
+                                       (axes[1], "tstr_accuracy", False,
+                                        "TSTR accuracy (higher is better)")):
+        for k, m in enumerate(methods):
+            pts = [r for r in rows if r["method"] == m and r[key] is not None
+                   and r["mb_per_peer"] > 0]
+            if not pts:
+                continue
+            ax.errorbar([r["mb_per_peer"] for r in pts], [r[key] for r in pts],
+                        yerr=[r[f"{key}_sd"] or 0 for r in pts], fmt="o", color=f"C{k}",
+                        label=m, capsize=2)
+            for r in pts:
+                ax.annotate(r["point"], (r["mb_per_peer"], r[key]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+            front = pareto([(r["mb_per_peer"], r[key]) for r in pts], better_low)
+            ax.step([f[0] for f in front], [f[1] for f in front], where="post",
+                    color=f"C{k}", alpha=0.5)
+        for m, style in (("none", "--"), ("centralized", ":")):
+            for r in rows:
+                if r["method"] == m and r[key] is not None:
+                    ax.axhline(r[key], color="k", ls=style, lw=1, label=f"{m} (no bytes)"
+                               if m == "none" else "centralized (all data, one peer)")
+        ax.set_xscale("log")
+        ax.set_xlabel("MB sent per peer (log)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{setting}: vae-conv under every exchange (mean over seeds, bars: sd)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def ratio_at_equal_fid(rows: list[dict]) -> float | None:
-    """MB the GAN needs over MB the game needs, at the best fid_all both methods reach.
+def environment() -> dict:
+    import numpy
+    import torch
 
-    Takes the worse of the two methods' best FIDs as the common quality level, and the
-    fewest bytes with which each method reaches it.
-    """
-    best = {}
-    for m in ("game", "diffgan"):
-        fids = [r["fid_all"] for r in rows if r["method"] == m and r["fid_all"] is not None
-                and r["mb_per_peer"] > 0]
-        if not fids:
-            return None
-        best[m] = min(fids)
-    level = max(best.values())
-    need = {}
-    for m in best:
-        need[m] = min(r["mb_per_peer"] for r in rows if r["method"] == m
-                      and r["fid_all"] is not None and r["mb_per_peer"] > 0
-                      and r["fid_all"] <= level)
-    return need["diffgan"] / need["game"]
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "cpu": cpu, "cores": os.cpu_count(),
+            "load_before": os.getloadavg()}
+
+
+def reuse_rows(folder: str | None) -> dict[tuple, dict]:
+    if not folder:
+        return {}
+    path = Path(folder) / "runs.csv"
+    if not path.is_file():
+        raise SystemExit(f"--reuse {folder}: no runs.csv there")
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    done = {}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        for k in ("mb_per_peer", "fid_all", "tstr_accuracy", "unseen_mass", "steps_per_s"):
+            r[k] = float(r[k]) if r[k] not in ("", "None") else None
+        r["seed"], r["steps"] = int(r["seed"]), int(r["steps"])
+        done[(r["setting"], r["method"], r["point"], r["seed"], r["steps"])] = r
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,62 +356,88 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
     ap.add_argument("--data", default=str(ROOT / "data"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
-    ap.add_argument("--only", choices=("game", "diffgan"), default=None)
+    ap.add_argument("--points", nargs="*", default=None,
+                    help="setting:method:point patterns (fnmatch), e.g. 'ring8:params:*'")
+    ap.add_argument("--seeds", nargs="*", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    ap.add_argument("--reuse", default=None, help="an earlier frontier folder: its runs "
+                    "of the same point, seed and steps are not run again")
     args = ap.parse_args(argv)
-    preset = PRESETS[args.preset]
-    points = []
-    for method, scen, make in (("game", "mnist-ring5.toml", game_points),
-                               ("diffgan", "diffgan-mnist-nonhomogeneous.toml", gan_points)):
-        if args.only and args.only != method:
-            continue
-        for label, over in make(preset):
-            if args.preset in SUBSETS and label not in SUBSETS[args.preset]:
-                continue
-            where = preset.get("where", [])
-            pt = Point(f"{method}:{label}", ROOT / "topologies" / scen,
-                       common(preset["n"]) + where + over)
-            pt.values = {"method": method, "point": label}
-            points.append(pt)
-    metrics = ["fid_all", "unseen_mass", "tv_to_ne", "bytes_sent", "steps_per_s"]
-    spec = SweepSpec(f"frontier-{args.preset}", Path(__file__), points, metrics, {})
+    preset = dict(PRESETS[args.preset])
+    if args.steps:
+        preset["steps"] = args.steps
+    # (the reference run is named "*:centralized:all"; "*" matches it too)
+    patterns = args.points if args.points is not None else preset["points"]
+    seeds = tuple(args.seeds) if args.seeds is not None else preset["seeds"]
+    env = environment()
     t0 = time.monotonic()
+    points = build_points(preset, patterns, seeds)
+    done = reuse_rows(args.reuse)
+
+    def key(pt: Point) -> tuple:
+        v = pt.values
+        return (v["setting"], v["method"], v["point"], v["seed"], preset["steps"])
+
+    todo = [pt for pt in points if key(pt) not in done]
+    spec = SweepSpec(f"frontier-{args.preset}", Path(__file__), todo,
+                     ["fid_all", "tstr_accuracy", "bytes_sent", "steps_per_s"], {})
     sweep_dir = run_sweep(spec, Path(args.out), Path(args.data), progress=False,
                           log=lambda m: print(m, file=sys.stderr, flush=True))
-    records = json.loads((sweep_dir / "sweep.json").read_text())["points"]
-    rows = []
-    for rec in records:
-        peers = rec["peers"].values()
-        masses = [p.get("class_mass") for p in peers if p.get("class_mass")]
-        covered = [sum(1 for v in m if v >= 0.03) for m in masses]
-        rows.append({
-            "method": rec["values"]["method"], "label": rec["values"]["point"],
-            "status": rec["status"],
-            "mb_per_peer": (rec["row"]["bytes_sent"] or 0) / 1e6,
-            "fid_all": rec["row"]["fid_all"], "unseen_mass": rec["row"]["unseen_mass"],
-            "tv_to_ne": rec["row"]["tv_to_ne"],
-            "classes_covered": sum(covered) / len(covered) if covered else None,
-            "steps_per_s": rec["row"]["steps_per_s"], "error": rec.get("error", ""),
-        })
-    with (sweep_dir / "frontier.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    records = json.loads((sweep_dir / "sweep.json").read_text())["points"] if todo else []
+    rows = [run_row(rec, preset["steps"]) for rec in records]
+    rows += [done[key(pt)] for pt in points if key(pt) in done]
+    fields = list(run_row({"values": {"setting": "", "method": "", "point": "", "seed": 0},
+                           "peers": {}, "status": ""}, 0))
+    with (sweep_dir / "runs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    plot(rows, sweep_dir / "frontier.png")
-    ratio = ratio_at_equal_fid(rows)
-    print(f"{'method':8} {'point':18} {'status':6} {'MB/peer':>9} {'fid_all':>8} "
-          f"{'unseen':>7} {'tv_to_ne':>8} {'classes>=3%':>11}")
-    for r in rows:
-        def f(v, fmt):
-            return format(v, fmt) if isinstance(v, (int, float)) else "-"
-        print(f"{r['method']:8} {r['label']:18} {r['status']:6} {f(r['mb_per_peer'], '9.3f')} "
-              f"{f(r['fid_all'], '8.2f')} {f(r['unseen_mass'], '7.3f')} "
-              f"{f(r['tv_to_ne'], '8.3f')} {f(r['classes_covered'], '11.1f')}")
-    print(f"bytes ratio (Diffusion GAN / game) at equal fid_all: "
-          f"{'-' if ratio is None else f'{ratio:.1f}x'}; wall {time.monotonic() - t0:.0f} s; "
-          f"results: {sweep_dir}")
-    print(json.dumps({"preset": args.preset, "dir": str(sweep_dir),
-                      "bytes_ratio_at_equal_fid": ratio, "points": rows}))
-    return 0
+    agg = aggregate(rows)
+    with (sweep_dir / "frontier.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(agg[0]) if agg else ["setting"])
+        w.writeheader()
+        w.writerows(agg)
+    central = mean([r["fid_all"] for r in rows
+                    if r["method"] == "centralized" and r["status"] == "ok"])
+    target = None if central is None else 1.5 * central
+    reach = to_target(rows, target) if target is not None else []
+    with (sweep_dir / "to-target.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["setting", "method", "point", "mb_per_peer",
+                                          "steps", "fid_all"])
+        w.writeheader()
+        w.writerows(reach)
+    for setting in preset["settings"]:
+        plot(agg, setting, sweep_dir / f"frontier-{setting}.png")
+
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+    print(f"{'setting':8} {'method':11} {'point':16} {'seeds':>5} {'MB/peer':>10} "
+          f"{'fid_all':>8} {'sd':>6} {'tstr':>6} {'sd':>6}")
+    for r in sorted(agg, key=lambda r: (r["setting"], r["method"], r["mb_per_peer"] or 0)):
+        print(f"{r['setting']:8} {r['method']:11} {r['point']:16} {r['seeds']:5d} "
+              f"{f(r['mb_per_peer'], '10.2f')} {f(r['fid_all'], '8.2f')} "
+              f"{f(r['fid_all_sd'], '6.2f')} {f(r['tstr_accuracy'], '6.3f')} "
+              f"{f(r['tstr_accuracy_sd'], '6.3f')}")
+    if reach:
+        print(f"\nto reach fid_all <= 1.5 x centralized "
+              f"({f(target, '.1f')}):")
+        for r in reach:
+            print(f"{r['setting']:8} {r['method']:11} {r['point']:16} "
+                  f"{f(r['mb_per_peer'], '10.2f')} MB  step {f(r['steps'], 'd')}")
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in failed:
+        print(f"FAILED {r['setting']}:{r['method']}:{r['point']} seed {r['seed']}: "
+              f"{r['error']}", file=sys.stderr)
+    env["load_after"] = os.getloadavg()
+    wall = time.monotonic() - t0
+    print(f"wall {wall:.0f} s; results: {sweep_dir}")
+    result = {"preset": args.preset, "dir": str(sweep_dir), "steps": preset["steps"],
+              "seeds": list(seeds), "wall_s": round(wall, 1), "env": env,
+              "target_fid_all": target, "points": agg, "to_target": reach,
+              "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}
+    (sweep_dir / "frontier.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
