@@ -19,9 +19,11 @@ files, to compare methods that differ by more than a key; see
     set = ["steps=1500"]
 
     [plot]
-    x = "topology.self_weight"
+    x = "topology.self_weight"              # default: the first grid key
     panels = [["fid_all", "fid_own", "fid_other"], ["own_mass", "ne_own_mass"]]
 
+Every key, its default and what it allows: README, "Sweeps and reports".  The plot
+draws one line per metric and value of the other grid keys (:func:`sweep_lines`).
 Every point becomes one run folder under ``<out>/<name>-<time>/``; its
 per-peer metrics are averaged into one row of ``sweep.csv`` (plus the
 per-peer values in ``sweep.json``).  A point that fails is recorded with its

@@ -36,7 +36,20 @@ log = logging.getLogger(__name__)
 
 LIVENESS_EVERY_S = 0.2
 EXITED = "process exited with code"
-PLAIN_EVERY_S = 10.0  # stderr not a terminal: a plain progress line this often
+# stderr not a terminal: a plain progress line this often (P2PGAME_PROGRESS_EVERY_S: as
+# set, e.g. 60 for a long run's log, or 0.5 for a test that waits for progress).
+PLAIN_EVERY_S = 10.0
+EVERY_S_VAR = "P2PGAME_PROGRESS_EVERY_S"
+
+
+def plain_every_s() -> float:
+    """Seconds between plain progress lines: P2PGAME_PROGRESS_EVERY_S when it is a
+    positive number, else PLAIN_EVERY_S."""
+    try:
+        every = float(os.environ.get(EVERY_S_VAR, ""))
+    except ValueError:
+        return PLAIN_EVERY_S
+    return every if every > 0 and every < float("inf") else PLAIN_EVERY_S
 BAR_EVERY_S = 0.2  # a terminal: the bar redrawn at most this often
 PROGRESS_EVERY_S = 0.2  # the peers' steps looked at this often (a min over the peers)
 
@@ -67,18 +80,20 @@ class RunProgress:
 
     On a terminal: a tqdm bar, redrawn at most every BAR_EVERY_S.  Otherwise (a log
     file, a pipe, CI): one plain line every ``every_s`` seconds, e.g.
-    ``mnist-demo: step 1200/6000 per peer (20 %), 16.1 steps/s per peer, eta 5 min``,
+    ``mnist-demo: step 1200/6000 per peer (20 %), 16.1 steps/s per peer, eta 5 min``
+    (``every_s``: default :func:`plain_every_s`),
     and a last one when the run ends; never a carriage return.  A stage
     (:meth:`stage`, e.g. the peers evaluating) is a plain line of its own, said once."""
 
     def __init__(self, name: str, steps: int, n_peers: int, start: Mapping[int, int],
                  stream: TextIO | None = None, tty: bool | None = None,
-                 every_s: float = PLAIN_EVERY_S,
+                 every_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name, self.steps, self.n_peers = name, steps, n_peers
         self.stream = sys.stderr if stream is None else stream
         self.tty = is_terminal(self.stream) if tty is None else tty
-        self.every_s = every_s
+        self.every_s = plain_every_s() if every_s is None else every_s
+        every_s = self.every_s
         self.clock = clock
         self.t0 = self.last_line = self.last_draw = clock()
         self.first = min((start.get(i, 0) for i in range(n_peers)), default=0)

@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from p2pgame.topology import TOL
+
 # A peer's counters of what it sent and received: after --resume, the summary gives the
 # whole run's (the interrupted part's added), and each part's apart.
 TRAFFIC_KEYS = ("bytes_sent", "bytes_received", "header_bytes_sent", "payload_bytes_sent",
@@ -91,7 +93,8 @@ def linked_steps(schedule: Any, src: int, dst: int, first: int, last: int) -> in
     for k, top in enumerate(schedule.topologies):
         lo = max(first, starts[k])
         hi = last if starts[k + 1] is None else min(last, starts[k + 1])
-        if hi > lo and src in top.in_neighbours(dst) and top.row(dst).get(src, 0.0) > 0:
+        # (a weight above TOL only where the topology has the edge: Topology.row)
+        if hi > lo and src != dst and float(top.weights[dst, src]) > TOL:
             n += hi - lo
     return n
 
