@@ -28,11 +28,8 @@ def _run(out: Path, *overrides: str, **kw) -> subprocess.Popen:
     args = [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out)]
     for o in overrides:
         args += ["--set", o]
-    # A plain progress line every half second (stderr is a pipe): wait_for_progress sees
-    # the measured phase at once.
-    env = dict(os.environ, P2PGAME_PROGRESS_EVERY_S="0.5")
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, **kw)
+                            **kw)
 
 
 @contextlib.contextmanager
