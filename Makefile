@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data
 RUNS ?= runs
 
-.PHONY: demo test lint clean-runs polymnist
+.PHONY: demo test lint clean-runs polymnist web
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,3 +43,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check p2pgame tests bench
 	$(BIN)/lint-imports --no-cache
+
+# The watch page's JavaScript libraries (p2pgame watch): the exact versions of
+# web/package-lock.json from npm, their minified files copied into
+# p2pgame/watch_static/vendor/ (committed: make test and the page need no npm).
+web:
+	bash web/build.sh

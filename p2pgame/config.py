@@ -539,6 +539,9 @@ class RuntimeSpec:
     worker_gpus: float = 0.0  # GPUs (a fraction allowed) per worker's bundle
     gpu_memory_fraction: float = 0.0  # cap on each process's CUDA allocator (0: none)
     metrics_every: int = 0  # 0 = about 100 lines per run
+    # TensorBoard event files of the metrics, edges and sample grids: tensorboard/ in the
+    # run folder (launch/tensorboard.py).
+    tensorboard: bool = True
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
     # A peer silent this long in the measured phase (no heartbeat) is declared failed.
@@ -564,6 +567,8 @@ class RuntimeSpec:
             raise ScenarioError(f"gpu_memory_fraction = {self.gpu_memory_fraction} must lie "
                                 "in [0, 1] (0: no cap)")
         at_least(self.metrics_every, 0, "metrics_every")
+        if not isinstance(self.tensorboard, bool):
+            raise ScenarioError(f"tensorboard = {self.tensorboard!r} must be true or false")
         at_least(self.peer_timeout_s, 0, "peer_timeout_s", strict=True)
         at_least(self.restart, 0, "restart")
         at_least(self.checkpoint_every, 0, "checkpoint_every")

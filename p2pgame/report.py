@@ -19,16 +19,17 @@ from p2pgame.sweep import mean_finite
 # (Nothing is said on the way yet: the report's path is the command's output.)
 log = logging.getLogger(__name__)
 
-# Per-step series worth plotting when present in the metrics, with their axis label.
+# Per-step series worth plotting when present in the metrics (a panel per key), with
+# the figure's title.
 SERIES = {
     "loss": (["train/p_loss", "train/q_loss", "train/d_loss", "train/g_loss",
-              "train/cls_loss", "eval/ne_max_abs"], "loss / distance"),
+              "train/cls_loss", "eval/ne_max_abs"], "losses and distance to the equilibrium"),
     "fid": (["eval/fid_all"], "classifier-FID"),
     "accuracy": (["eval/accuracy"], "test accuracy"),
     "bytes": (["comm/bytes_sent"], "bytes sent"),
 }
 TABLE_KEYS = ("steps", "steps_per_s", "bytes_sent", "bytes_received", "messages_dropped",
-              "messages_rejected", "staleness_mean", "ne_max_abs", "fid_all", "fid_own",
+              "messages_rejected", "staleness_mean", "ahead_uses", "ne_max_abs", "fid_all", "fid_own",
               "fid_other", "unseen_mass", "tv_to_ne", "accuracy", "tv_prior_to_ne")
 
 
@@ -112,33 +113,127 @@ def _plt():
     return plt
 
 
-def _series_plot(runs: list[dict], keys: list[str], ylabel: str, path: Path) -> bool:
+# What a metric is, for its panel's axis (the key itself is the panel's title).
+METRIC_LABELS = {
+    "train/p_loss": "p loss (the generator's)",
+    "train/q_loss": "q loss (the encoder's)",
+    "train/d_loss": "discriminator loss",
+    "train/g_loss": "generator loss",
+    "train/cls_loss": "classifier loss",
+    "eval/ne_max_abs": "max |mean parameter - equilibrium's|",
+    "eval/fid_all": "classifier-FID, all classes (lower: better)",
+    "eval/accuracy": "test accuracy",
+    "comm/bytes_sent": "bytes sent so far",
+}
+PEER_STYLES = ("-", "--", ":", "-.")  # peer k draws in style k % 4 ...
+MAX_LEGEND = 12  # ... and more lines than this get a legend of runs alone
+
+
+def _peers(metrics: dict[str, list]) -> list[str]:
+    """A run's peers, in number order (peer-10 after peer-2)."""
+    return sorted(metrics, key=lambda p: (int(p), p) if p.isdigit() else (1 << 30, p))
+
+
+def _shade(color: str, k: int, n: int) -> tuple[float, float, float]:
+    """``color`` lightened for the k-th of n peers (the first in full colour)."""
+    from matplotlib.colors import to_rgb
+
+    t = 0.6 * k / max(n - 1, 1)
+    return tuple(c + (1 - c) * t for c in to_rgb(color))  # type: ignore[return-value]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def series_figure(runs: list[dict], keys: list[str], title: str):
+    """A figure of per-step metrics: one panel per key some run's lines hold (its title
+    the key, its y axis what the key is), one line per run and peer: the colour says the
+    run, the line style and the shade the peer, and the legend says which (``run / peer
+    N``; beyond MAX_LEGEND lines, the runs, and how the peers are told apart).  None when
+    no run holds any of ``keys``."""
+    from matplotlib.lines import Line2D
+
+    present = [k for k in keys if any(_number(_value(row, k)) for run in runs
+                                       for rows in run["metrics"].values() for row in rows)]
+    if not present:
+        return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    drawn = False
-    for r_i, run in enumerate(runs):
-        for peer, rows in run["metrics"].items():
-            for k_i, key in enumerate(keys):
-                pts = [(row["step"], v) for row in rows
-                       if isinstance(v := _value(row, key), (int, float))]
+    fig, axes = plt.subplots(1, len(present), figsize=(min(5.2 * len(present), 18), 4),
+                             squeeze=False)
+    several = len(runs) > 1
+    for ax, key in zip(axes[0], present, strict=True):
+        n_lines = 0
+        for r_i, run in enumerate(runs):
+            peers = _peers(run["metrics"])
+            for p_i, peer in enumerate(peers):
+                pts = [(row["step"], v) for row in run["metrics"][peer]
+                       if _number(v := _value(row, key))]
                 if not pts:
                     continue
-                label = f"{run['label']} peer {peer} {key}" if len(runs) > 1 else \
-                    f"peer {peer} {key}"
-                ax.plot(*zip(*pts, strict=True), color=f"C{(r_i * 3 + k_i) % 10}",
-                        alpha=0.35 + 0.65 / (1 + int(peer)), lw=1, label=label)
-                drawn = True
-    if drawn:
+                label = f"{run['label']} / peer {peer}" if several else f"peer {peer}"
+                ax.plot(*zip(*pts, strict=True), color=_shade(f"C{r_i % 10}", p_i, len(peers)),
+                        ls=PEER_STYLES[p_i % len(PEER_STYLES)], lw=1.2, label=label)
+                n_lines += 1
+        ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(METRIC_LABELS.get(key, key), fontsize=8)
         ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        if len(labels) <= 12:
-            ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return drawn
+        if n_lines <= MAX_LEGEND:
+            ax.legend(fontsize=6, title="run / peer" if several else None, title_fontsize=6)
+        else:  # the runs by colour; the peers by style and shade, in words
+            handles = [Line2D([], [], color=f"C{r_i % 10}", lw=1.5, label=run["label"])
+                       for r_i, run in enumerate(runs)]
+            ax.legend(handles=handles, fontsize=6, title_fontsize=6,
+                      title="colour: run; style " + " ".join(PEER_STYLES)
+                            + ": peer 0 1 2 3 (then again), lighter: higher peer")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _series_plot(runs: list[dict], keys: list[str], title: str, path: Path) -> bool:
+    fig = series_figure(runs, keys, title)
+    if fig is None:
+        return False
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return True
+
+
+MAX_GRIDS = 16  # sample grids drawn per run (the first peers')
+
+
+def samples_figure(run: dict):
+    """A run's sample grids (``samples/peer-<i>.png``), one panel per peer titled with the
+    peer, its own classes and the step the grid was drawn at (its last); None: no grid."""
+    from p2pgame.launch.rundir import RunLayout
+
+    layout = RunLayout(run["dir"])
+    peers = run["summary"]["peers"]
+    grids = [(p, layout.samples(int(p))) for p in _peers({p: [] for p in peers})
+             if p.isdigit() and layout.samples(int(p)).is_file()][:MAX_GRIDS]
+    if not grids:
+        return None
+    plt = _plt()
+    cols = min(len(grids), 4)
+    rows = -(-len(grids) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (p, path) in zip(axes.flat, grids, strict=False):
+        s = peers[p]
+        try:
+            ax.imshow(plt.imread(path), cmap="gray", interpolation="nearest")
+        except (OSError, ValueError, SyntaxError):  # a damaged file: named, not drawn
+            ax.text(0.5, 0.5, f"unreadable:\n{path.name}", ha="center", va="center")
+        own = s.get("own_classes")
+        own_text = f"own classes {own}" if own is not None else "own classes: -"
+        ax.set_title(f"peer {p}: {own_text}\nstep {s.get('steps', '?')} (its last)",
+                     fontsize=8)
+    fig.suptitle(f"{run['label']}: samples of each peer")
+    fig.tight_layout()
+    return fig
 
 
 def _class_mass_plot(run: dict, path: Path) -> bool:
@@ -160,7 +255,11 @@ def _class_mass_plot(run: dict, path: Path) -> bool:
         ax.set_title(f"peer {p} (own {s.get('own_classes')})", fontsize=8)
         ax.set_xticks(list(xs))
         ax.set_ylim(0, max(max(mass), max(s.get("ne_class_mass") or [0])) * 1.15 + 1e-9)
+    axes[0][0].set_ylabel("mass")
     axes[0][0].legend(fontsize=6)
+    for ax in axes[0]:
+        ax.set_xlabel("class")
+    fig.suptitle(f"{run['label']}: class mass against the equilibrium", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -183,9 +282,10 @@ def _staleness_plot(runs: list[dict], path: Path) -> bool:
                     label=run["label"])
             drawn = True
     if drawn:
-        ax.set_xlabel("staleness of used messages (steps; < 0: sender ahead)")
-        ax.set_ylabel("fraction")
-        ax.legend(fontsize=7)
+        ax.set_title("step gap of the messages trained on (all peers)", fontsize=9)
+        ax.set_xlabel("receiver's step - sender's step (> 0: age in steps; < 0: sender ahead)")
+        ax.set_ylabel("fraction of the uses")
+        ax.legend(fontsize=7, title="run", title_fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -241,16 +341,22 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
             lines += ["", f"Second-largest eigenvalue modulus of the weights: {lam}."]
         lines.append("")
     figures = []
-    for name, (keys, ylabel) in SERIES.items():
+    for name, (keys, title) in SERIES.items():
         path = out / f"{name}.png"
-        if _series_plot(runs, keys, ylabel, path):
-            figures.append((f"{ylabel} over steps", path.name))
+        if _series_plot(runs, keys, f"{title} over steps", path):
+            figures.append((f"{title} over steps", path.name))
     if _staleness_plot(runs, out / "staleness.png"):
         figures.append(("staleness histogram", "staleness.png"))
     for k, run in enumerate(runs):
         path = out / f"class-mass-{k}.png"
         if _class_mass_plot(run, path):
             figures.append((f"{run['label']}: class mass against the equilibrium", path.name))
+        fig = samples_figure(run)
+        if fig is not None:
+            path = out / f"samples-{k}.png"
+            fig.savefig(path, dpi=110)
+            _plt().close(fig)
+            figures.append((f"{run['label']}: samples of each peer", path.name))
     if figures:
         lines += ["## Figures", ""]
         for title, name in figures:

@@ -19,9 +19,11 @@ files, to compare methods that differ by more than a key; see
     set = ["steps=1500"]
 
     [plot]
-    x = "topology.self_weight"
+    x = "topology.self_weight"              # default: the first grid key
     panels = [["fid_all", "fid_own", "fid_other"], ["own_mass", "ne_own_mass"]]
 
+Every key, its default and what it allows: README, "Sweeps and reports".  The plot
+draws one line per metric and value of the other grid keys (:func:`sweep_lines`).
 Every point becomes one run folder under ``<out>/<name>-<time>/``; its
 per-peer metrics are averaged into one row of ``sweep.csv`` (plus the
 per-peer values in ``sweep.json``).  A point that fails is recorded with its
@@ -152,18 +154,13 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
         over = _strings(b.get("set", []), f"{bw}.set") + list(extra)
         points.append(Point(b["label"], (path.parent / b["scenario"]).resolve(), over,
                             baseline=True))
-    plot = raw.get("plot", {})
-    if not isinstance(plot, dict):
-        raise ScenarioError(f"{where}: plot must be a table")
-    unknown = sorted(set(plot) - set(PLOT_KEYS))
-    if unknown:
-        raise ScenarioError(f"{where}: plot: unknown key {short(unknown[0])}; allowed: "
-                            f"{', '.join(PLOT_KEYS)}")
-    for key in ("x", "series") if plot else ():
-        if (key == "x" or key in plot) and plot.get(key) not in grid:
-            raise ScenarioError(f"{where}: plot.{key} must be one of the grid keys: "
-                                f"{', '.join(keys)}")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise ScenarioError(f"{where}: name must be a non-empty string, got {short(name)}")
     metrics = _strings(raw.get("metrics", list(DEFAULT_METRICS)), f"{where}: metrics")
+    if not metrics:
+        raise ScenarioError(f"{where}: metrics is empty; name at least one summary key")
+    plot = _check_plot(raw.get("plot", {}), keys, metrics, where)
     for k, p in enumerate(points):  # refuse bad points before anything runs
         try:
             resolve(apply_overrides(load_raw(p.scenario), p.overrides), str(p.scenario))
@@ -171,7 +168,44 @@ def load_sweep(path: str | Path, extra: list[str] = ()) -> SweepSpec:
             what = "baseline" if p.baseline else "point"
             raise ScenarioError(f"{where}: {what} {k + 1}/{len(points)} "
                                 f"({clip(p.label, 120)}): {e}") from None
-    return SweepSpec(raw.get("name", path.stem), path, points, metrics, plot)
+    return SweepSpec(name, path, points, metrics, plot)
+
+
+def _check_plot(plot: Any, keys: list[str], metrics: list[str], where: str) -> dict[str, Any]:
+    """The ``[plot]`` table, checked (README, "Sweeps and reports"), with ``x`` defaulting
+    to the first grid key; {} (no table): no plot."""
+    if not isinstance(plot, dict):
+        raise ScenarioError(f"{where}: plot must be a table")
+    unknown = sorted(set(plot) - set(PLOT_KEYS))
+    if unknown:
+        raise ScenarioError(f"{where}: plot: unknown key {short(unknown[0])}; allowed: "
+                            f"{', '.join(PLOT_KEYS)}")
+    if not plot:
+        return {}
+    plot = {"x": keys[0], **plot}
+    for key in ("x", "series"):
+        if key in plot and plot[key] not in keys:
+            raise ScenarioError(f"{where}: plot.{key} must be one of the grid keys: "
+                                f"{', '.join(keys)}")
+    if "log_x" in plot and not isinstance(plot["log_x"], bool):
+        raise ScenarioError(f"{where}: plot.log_x must be true or false, got "
+                            f"{short(plot['log_x'])}")
+    allowed = f"one of metrics: {', '.join(metrics)}"
+    if "per_peer" in plot and plot["per_peer"] not in metrics:
+        raise ScenarioError(f"{where}: plot.per_peer must be {allowed}; got "
+                            f"{short(plot['per_peer'])}")
+    if "panels" in plot:
+        panels = plot["panels"]
+        if not isinstance(panels, list) or not panels or not all(
+                isinstance(p, list) and p for p in panels):
+            raise ScenarioError(f"{where}: plot.panels must be a list of non-empty lists of "
+                                f"metric names, got {short(panels)}")
+        for k, panel in enumerate(panels):
+            for m in _strings(panel, f"{where}: plot.panels[{k}]"):
+                if m not in metrics:
+                    raise ScenarioError(f"{where}: plot.panels[{k}]: {short(m)} is not "
+                                        f"{allowed}")
+    return plot
 
 
 def mean_finite(values: list[Any]) -> float | None:
@@ -260,37 +294,124 @@ def _write(sweep_dir: Path, spec: SweepSpec, records: list[dict]) -> None:
                         "error": r.get("error", ""), "run_dir": r.get("run_dir", "")})
 
 
-def plot_sweep(sweep_dir: Path, spec: SweepSpec, records: list[dict]) -> Path:
+def _ordered(values: list[Any]) -> list[Any]:
+    """Grid values in order (numbers ascending; mixed types as they came)."""
+    try:
+        return sorted(values)
+    except TypeError:
+        return list(values)
+
+
+def _groups(spec: SweepSpec, grid: list[dict]) -> list[tuple[dict[str, Any], list[dict]]]:
+    """The grid's points as lines: one per value (combination) of the grid keys other than
+    ``plot.x``, in the grid's order, each line's points sorted by x.  (With one key, one
+    line; with two, one per value of the second: never one zigzag through all points.)"""
+    x = spec.plot["x"]
+    others = [k for k in (grid[0]["values"] if grid else {}) if k != x]
+    series = spec.plot.get("series")
+    if series in others:  # the series key names the lines first
+        others.remove(series)
+        others.insert(0, series)
+    order: dict[tuple, list[dict]] = {}
+    for r in grid:
+        order.setdefault(tuple(_hashable(r["values"][k]) for k in others), []).append(r)
+    xs = _ordered(list(dict.fromkeys(_hashable(r["values"][x]) for r in grid)))
+    rank = {v: k for k, v in enumerate(xs)}
+    return [(dict(zip(others, (rows[0]["values"][k] for k in others), strict=True)),
+             sorted(rows, key=lambda r: rank[_hashable(r["values"][x])]))
+            for rows in order.values()]
+
+
+def _hashable(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+
+
+def _group_label(group: dict[str, Any], series: str | None = None) -> str:
+    """A line's name: its grid values (``plot.series``'s value alone, a file by its stem)."""
+    return ", ".join(_series_name(v) if k == series else f"{k}={_series_name(v)}"
+                     for k, v in group.items())
+
+
+def default_panels(metrics: list[str]) -> list[list[str]]:
+    """Without ``plot.panels``: one panel of the classifier-FIDs among the metrics, else
+    of the first metric."""
+    return [[m for m in metrics if m.startswith("fid")] or metrics[:1]]
+
+
+def sweep_lines(spec: SweepSpec, records: list[dict]) -> list[dict[str, Any]]:
+    """What ``sweep.png`` draws, as data (a test can read it): per panel, its ``metrics``
+    and ``lines`` (``label``, ``metric``, ``group``: the other grid keys' values, ``x``,
+    ``y``: the mean over the point's peers, ``color``, ``style``) and ``baselines``
+    (``label``, ``metric``, ``y``, ``color``, ``style``).  One line per metric and value
+    of the grid keys besides x; the colour tells the lines of one group (or, with one
+    group, the metrics), the style the metrics."""
+    x = spec.plot["x"]
+    grid = [r for r in records if not r["baseline"] and r["status"] == "ok"]
+    baselines = [r for r in records if r["baseline"] and r["status"] == "ok"]
+    groups = _groups(spec, grid)
+    panels = []
+    for metrics in spec.plot.get("panels") or default_panels(spec.metrics):
+        lines, flat = [], []
+        for m_i, m in enumerate(metrics):
+            for g_i, (group, rows) in enumerate(groups):
+                pts = [(r["values"][x], r["row"][m]) for r in rows
+                       if r["row"].get(m) is not None]
+                if not pts:
+                    continue
+                parts = ([m] if len(metrics) > 1 or not group else []) + (
+                    [_group_label(group, spec.plot.get("series"))] if group else [])
+                one = len(groups) == 1
+                lines.append({"label": ", ".join(parts), "metric": m, "group": group,
+                              "x": [p[0] for p in pts], "y": [p[1] for p in pts],
+                              "color": f"C{(m_i if one else g_i) % 10}",
+                              "style": "-" if one else ["-", "--", ":", "-."][m_i % 4]})
+            for b_i, b in enumerate(baselines):
+                if b["row"].get(m) is not None:
+                    flat.append({"label": f"{m} ({b['label']})" if len(metrics) > 1 else
+                                 b["label"], "metric": m, "y": b["row"][m],
+                                 "color": f"C{m_i % 10}" if len(groups) == 1 else "k",
+                                 "style": ["--", ":", "-."][b_i % 3]})
+        panels.append({"metrics": list(metrics), "lines": lines, "baselines": flat})
+    return panels
+
+
+def sweep_figure(spec: SweepSpec, records: list[dict]):
+    """The figure of ``sweep.png`` (matplotlib; :func:`sweep_lines` says what it draws)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if spec.plot.get("per_peer"):
-        return _plot_per_peer(sweep_dir, spec, records, plt)
+        return _per_peer_figure(spec, records, plt)
     x = spec.plot["x"]
-    panels = spec.plot.get("panels") or [[m for m in spec.metrics if m.startswith("fid")]]
+    panels = sweep_lines(spec, records)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    grid = [r for r in records if not r["baseline"] and r["status"] == "ok"]
-    grid.sort(key=lambda r: r["values"][x])
-    for ax, metrics in zip(axes[0], panels, strict=True):
-        for k, m in enumerate(metrics):
-            xs = [r["values"][x] for r in grid if r["row"].get(m) is not None]
-            ys = [r["row"][m] for r in grid if r["row"].get(m) is not None]
-            color = f"C{k}"
-            ax.plot(xs, ys, "o-", color=color, label=m)
-            for b, style in zip([r for r in records if r["baseline"] and r["status"] == "ok"],
-                                ["--", ":", "-."] * 3, strict=False):
-                if b["row"].get(m) is not None:
-                    ax.axhline(b["row"][m], color=color, ls=style, lw=1,
-                               label=f"{m} ({b['label']})")
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for line in panel["lines"]:
+            ax.plot(line["x"], line["y"], marker="o", ls=line["style"], color=line["color"],
+                    label=line["label"])
+        for b in panel["baselines"]:
+            ax.axhline(b["y"], color=b["color"], ls=b["style"], lw=1, label=b["label"])
+        ax.set_title(", ".join(panel["metrics"]), fontsize=9)
         ax.set_xlabel(x)
+        ax.set_ylabel(("" if len(panel["metrics"]) > 1 else panel["metrics"][0] + ", ")
+                      + "mean over the peers")
         if spec.plot.get("log_x"):
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if panel["lines"] or panel["baselines"]:
+            ax.legend(fontsize=7)
     fig.suptitle(spec.name)
     fig.tight_layout()
+    return fig
+
+
+def plot_sweep(sweep_dir: Path, spec: SweepSpec, records: list[dict]) -> Path:
+    """``sweep.png`` in ``sweep_dir``."""
+    import matplotlib.pyplot as plt
+
+    fig = sweep_figure(spec, records)
     path = sweep_dir / "sweep.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -301,29 +422,29 @@ def _series_name(value: Any) -> str:
     return Path(value).stem if isinstance(value, str) and value.endswith(".toml") else str(value)
 
 
-def _plot_per_peer(sweep_dir: Path, spec: SweepSpec, records: list[dict], plt) -> Path:
-    """One panel per peer: ``plot.per_peer`` against ``plot.x``, one line per value of
-    ``plot.series``; a baseline is a horizontal line at the mean over its peers."""
-    x, metric, series = spec.plot["x"], spec.plot["per_peer"], spec.plot.get("series")
+def _per_peer_figure(spec: SweepSpec, records: list[dict], plt):
+    """One panel per peer: ``plot.per_peer`` against ``plot.x``, one line per value of the
+    other grid keys (``plot.series`` first); a baseline is a horizontal line at the mean
+    over its peers."""
+    x, metric = spec.plot["x"], spec.plot["per_peer"]
     grid = [r for r in records if not r["baseline"] and r["status"] == "ok"]
     peers = sorted({p for r in grid for p in r["peers"]}, key=int)
     baselines = [r for r in records if r["baseline"] and r["status"] == "ok"]
     fig, axes = plt.subplots(1, max(len(peers), 1), figsize=(4 * max(len(peers), 1), 3.6),
                              squeeze=False, sharey=True)
-    names = list(dict.fromkeys(r["values"].get(series) for r in grid)) if series else [None]
+    groups = _groups(spec, grid)
     for ax, peer in zip(axes[0], peers, strict=False):
-        for k, name in enumerate(names):
-            rows = sorted((r for r in grid if not series or r["values"][series] == name),
-                          key=lambda r: r["values"][x])
+        for k, (group, rows) in enumerate(groups):
             pts = [(r["values"][x], v) for r in rows
                    if (v := mean_finite([r["peers"].get(peer, {}).get(metric)])) is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", color=f"C{k}",
-                        label=_series_name(name) if series else metric)
+                ax.plot(*zip(*pts, strict=True), "o-", color=f"C{k % 10}",
+                        label=_group_label(group, spec.plot.get("series")) if group else metric)
         for b, style in zip(baselines, ["--", ":", "-."] * 3, strict=False):
             value = b["row"].get(metric)
             if value is not None:
-                ax.axhline(value, color="k", ls=style, lw=1, label=b["label"])
+                ax.axhline(value, color="k", ls=style, lw=1,
+                           label=f"{b['label']} (mean over its peers)")
         ax.set_title(f"peer {peer}")
         ax.set_xlabel(x)
         if spec.plot.get("log_x"):
@@ -333,10 +454,31 @@ def _plot_per_peer(sweep_dir: Path, spec: SweepSpec, records: list[dict], plt) -
     axes[0][0].legend(fontsize=7)
     fig.suptitle(spec.name)
     fig.tight_layout()
-    path = sweep_dir / "sweep.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def sweep_table(metrics: list[str], records: list[dict]) -> str:
+    """The table ``p2pgame sweep`` prints: a line saying what the values are, then one row
+    per point (label and status left-aligned, values right-aligned), each column as wide
+    as its longest cell."""
+    head = ["point", "status", *metrics]
+    rows = [head] + [[r["label"], r["status"], *[_cell(r["row"].get(m)) for m in metrics]]
+                     for r in records]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(head))]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if k < 2 else c.rjust(w)
+                         for k, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+    note = ("each value: the mean over the point's peers (of those reporting a finite "
+            "number; -: none)")
+    return "\n".join([note, *map(fmt, rows)])
 
 
 def main_sweep(args) -> int:
@@ -347,14 +489,6 @@ def main_sweep(args) -> int:
     log.info(f"{spec.name}: {len(spec.points)} points")
     out = run_sweep(spec, Path(args.out), Path(args.data), progress=not args.quiet)
     records = json.loads((out / "sweep.json").read_text())["points"]
-    cols = ["label", "status", *spec.metrics]
-    widths = [max(len(c), 10) for c in cols]
-    # (print: the table and the folder are the command's output, on stdout)
-    print("  ".join(c[:w].rjust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in records:
-        vals = [r["label"], r["status"], *[r["row"].get(m) for m in spec.metrics]]
-        cells = [f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
-                 for v in vals]
-        print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))  # (output)
+    print(sweep_table(spec.metrics, records))  # (print: the table is the command's output)
     print(f"results: {out}")  # (the command's output)
     return 0 if all(r["status"] == "ok" for r in records) else 1

@@ -27,6 +27,8 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SESSION_VAR = "P2PGAME_TEST_SESSION"
 SESSION_TAG = uuid.uuid4().hex
 os.environ[SESSION_VAR] = SESSION_TAG  # set before any process is started
+# Tests that wait on a run's progress read its plain lines (stderr is a pipe): often.
+os.environ.setdefault("P2PGAME_PROGRESS_EVERY_S", "0.5")
 
 # multiprocessing runs one resource tracker per launching process; it is not a peer
 # and it lives as long as its launcher.

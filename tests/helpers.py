@@ -102,11 +102,12 @@ def wait_for_output(proc, found, timeout: float = 60.0, what: str = "the output"
 
 def wait_for_progress(proc, at_least: int, timeout: float = 60.0) -> int:
     """Block on a ``p2pgame run`` subprocess's stderr (no ``--quiet``) until its progress
-    bar counts ``at_least`` peer steps; the count seen (:func:`wait_for_output`)."""
+    progress counts ``at_least`` steps (a plain line every few seconds when stderr is not a
+    terminal: the slowest peer's step); the count seen (:func:`wait_for_output`)."""
     import re
 
     def counted(tail: bytes) -> int:
-        counts = re.findall(rb"(\d+)/\d+ \[", tail)
+        counts = re.findall(rb"step (\d+)/\d+ per peer", tail)
         return int(counts[-1]) if counts and int(counts[-1]) >= at_least else 0
 
     return wait_for_output(proc, counted, timeout, f"progress to {at_least} steps")

@@ -289,7 +289,6 @@ def get_evaluator(dataset_name: str, train_images: torch.Tensor, train_labels: t
                             n_classes=n_classes, device=device, log=log)
     train_seconds = time.perf_counter() - t0
     acc = _accuracy(model, binarize(test_images), test_labels)
-    log(f"evaluator test accuracy {acc:.4f} (trained in {train_seconds:.1f}s)")
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     blob = {"state_dict": state, "n_classes": n_classes, "feature_dim": model.feature_dim,
@@ -298,4 +297,6 @@ def get_evaluator(dataset_name: str, train_images: torch.Tensor, train_labels: t
     meta = {"dataset": dataset_name, "test_accuracy": acc, "train_seconds": train_seconds,
             "config": config}
     _atomic_write_bytes(json_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    log(f"trained evaluator {pt_path} (test accuracy {acc:.4f}; trained in "
+        f"{train_seconds:.1f}s)")
     return model, {"test_accuracy": acc, "path": str(pt_path), "trained": True}

@@ -38,9 +38,21 @@ def evaluator_for(spec: ImageDataSpec, data_root: Path, epochs: int, log: Callab
 
 
 def prepare_evaluator(spec: ImageDataSpec, data_root: Path, epochs: int, log: Callable) -> None:
-    """Launcher side: fail with one line if data is missing; train the evaluator once."""
-    _, info, _ = evaluator_for(spec, data_root, epochs, log)
-    log(f"evaluator: test accuracy {info['test_accuracy']:.4f} ({info['path']})")
+    """Launcher side: fail with one line if data is missing; train the evaluator once.
+
+    One line per run says which evaluator scores it: get_evaluator's (loaded from its
+    cache file, or trained and saved, after its training lines), or this one when the
+    process holds it already (a sweep's later runs)."""
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        log(line)
+
+    _, info, _ = evaluator_for(spec, data_root, epochs, say)
+    if not said:
+        log(f"evaluator {info['path']} (test accuracy {info['test_accuracy']:.4f}; "
+            "loaded already)")
 
 
 class ImageEvaluation:

@@ -31,13 +31,41 @@ class Inbox:
         """The latest message of ``sender`` on ``space``; records its age in steps."""
         env = self.latest.get((sender, space))
         if env is not None:
-            self.staleness[step - env.step] += 1  # negative: the sender is ahead of us
+            self.staleness[step - env.step] += 1  # the gap; negative: the sender is ahead
             if self._counted.get((sender, space)) != env.step:
                 self._counted[(sender, space)] = env.step
                 self.used[sender] += 1
         return env
 
     def staleness_summary(self) -> tuple[float, dict[str, int]]:
-        total = sum(self.staleness.values())
-        mean = sum(k * v for k, v in self.staleness.items()) / total if total else 0.0
-        return mean, {str(k): v for k, v in sorted(self.staleness.items())}
+        """The mean age of the messages used (:func:`age_of_use`'s ``staleness_mean``, in
+        steps, >= 0) and the histogram of step gaps (receiver's step - sender's step, as
+        strings; negative: the sender was ahead)."""
+        ages = age_of_use(self.staleness)
+        return ages["staleness_mean"], ages["staleness_hist"]
+
+    def age_accounts(self) -> dict[str, Any]:
+        """The summary's ages of the messages used (:func:`age_of_use`)."""
+        return age_of_use(self.staleness)
+
+
+def age_of_use(gaps: Counter[int]) -> dict[str, Any]:
+    """How old the messages a peer trained on were, from its histogram of step gaps (the
+    receiver's step minus the message's sender step, one count per use):
+
+    - ``staleness_mean``: the mean age in steps (>= 0) over every use; a message from a
+      sender that was ahead (a negative gap) is as fresh as can be, age 0;
+    - ``staleness_max``: the oldest use's age (0: none older than the step it was used in);
+    - ``ahead_uses``: how many uses had the sender ahead of the receiver, and
+      ``ahead_mean`` by how many steps on average (0.0: none);
+    - ``staleness_hist``: the gaps themselves (signed: negative, the sender was ahead)."""
+    total = sum(gaps.values())
+    ahead = {k: v for k, v in gaps.items() if k < 0}
+    n_ahead = sum(ahead.values())
+    return {
+        "staleness_mean": sum(k * v for k, v in gaps.items() if k > 0) / total if total else 0.0,
+        "staleness_max": max((k for k, v in gaps.items() if v and k > 0), default=0),
+        "ahead_uses": n_ahead,
+        "ahead_mean": sum(-k * v for k, v in ahead.items()) / n_ahead if n_ahead else 0.0,
+        "staleness_hist": {str(k): v for k, v in sorted(gaps.items())},
+    }

@@ -10,7 +10,8 @@
 3. :func:`supervise` -> :class:`Ended`: the peers started, the launcher's control loop
    until each reported or failed, then whatever happened everything stopped and closed.
 4. :func:`summarise` -> :class:`RunResult`: ``summary.json``, ``links.csv``, refused
-   edges, the method's work after the run, the exit status.
+   edges, the method's work after the run, TensorBoard's end-of-run part (sample grids,
+   the edges' accounts), the exit status.
 
 Which backend runs the peers is the backend's own business (:mod:`.backends`): this
 module asks its class what it needs (placement, workers, threads, devices, whether
@@ -42,7 +43,7 @@ from p2pgame.launch.hold import SignalHold, private_folder, signals_counted
 from p2pgame.launch.launcher import Launcher
 from p2pgame.launch.logs import setup_logging
 from p2pgame.launch.rundir import RunFolder, RunLayout, make_run_dir, write_error, write_topology
-from p2pgame.launch.sinks import JsonlSink
+from p2pgame.launch.sinks import JsonlSink, MetricSink
 from p2pgame.launch.summary import (
     add_before_resume,
     exit_code,
@@ -50,6 +51,7 @@ from p2pgame.launch.summary import (
     refusal,
     unbalanced_edges,
 )
+from p2pgame.launch.tensorboard import TensorBoardSink, tensorboard_sink
 from p2pgame.peer import raise_open_files
 from p2pgame.peer.runtime import PeerLaunch
 from p2pgame.scenario import apply_overrides, load_raw, resolve
@@ -322,6 +324,7 @@ class Started:
     server: ControlServer
     folder: RunFolder
     launcher: Launcher
+    tensorboard: TensorBoardSink | None = None  # runtime.tensorboard (and it can be written)
 
     def close(self) -> list[dict[str, Any]]:
         """Stop what still runs (ask, wait, terminate, kill) and release everything; the
@@ -338,7 +341,8 @@ class Started:
 def start(prepared: Prepared, progress: bool = True) -> Started:
     """Stage 2: the run's socket folder, the backend, the control server (a token per
     peer, CURVE keys with ``comm.security = "curve"``) and the launcher writing the run
-    folder through its metric sinks.  No peer runs yet (:func:`start_peers`)."""
+    folder through its metric sinks (JSONL, and TensorBoard unless ``runtime.tensorboard =
+    false``).  No peer runs yet (:func:`start_peers`)."""
     scenario = prepared.scenario
     comm, rt = scenario.comm, scenario.runtime
     # The run's ipc sockets: short paths, this user's only (mkdtemp: mode 0700), in this
@@ -361,11 +365,16 @@ def start(prepared: Prepared, progress: bool = True) -> Started:
     curve_launch, launcher_curve = curve_keys(scenario, prepared.layout)
     server = ControlServer(comm.transport, host, sock_dir.resolve(), tokens, launcher_curve)
     folder = RunFolder(prepared.layout, append=prepared.resuming)
-    launcher = Launcher(scenario, prepared.schedule, folder, backend, progress,
-                        sinks=[JsonlSink(folder)])
+    sinks: list[MetricSink] = [JsonlSink(folder)]
+    # (Imports TensorBoard's record writer now, before any peer runs; None: cannot, one
+    # warning.)
+    board = tensorboard_sink(folder) if rt.tensorboard else None
+    if board is not None:
+        sinks.append(board)
+    launcher = Launcher(scenario, prepared.schedule, folder, backend, progress, sinks=sinks)
     return Started(sock_dir=sock_dir, backend=backend, host=host, bind_node=bind_node,
                    tokens=tokens, curve_launch=curve_launch, server=server, folder=folder,
-                   launcher=launcher)
+                   launcher=launcher, tensorboard=board)
 
 
 def peer_launches(prepared: Prepared, started: Started) -> dict[int, dict[str, Any]]:
@@ -526,11 +535,14 @@ def summarise(prepared: Prepared, started: Started, ended: Ended,
     summary["refused_edges"] = _refused(summary, launcher, prepared.scenario.comm.mode)
     if not (launcher.failures or launcher.interrupted or folder.error or ended.start_error):
         _after_run(prepared, folder, summary, hold)
+    if started.tensorboard is not None:  # the sample grids, the edges' accounts
+        started.tensorboard.finish(summary)
     summary["interrupted"] = bool(launcher.interrupted)
     summary["write_error"] = folder.error
     folder.write(layout.summary, json.dumps(summary, indent=1))
     if folder.error:
-        log.error(f"{folder.error}; every complete line already written is kept")
+        log.error(f"{folder.error}; everything already written is kept (every complete "
+                  "metrics line)")
     code = exit_code(bool(launcher.interrupted), bool(launcher.failures), folder.error,
                      ended.start_error)
     return RunResult(layout.root, summary, code, dict(launcher.failures))

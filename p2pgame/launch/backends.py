@@ -27,13 +27,14 @@ devices of the peers.  ``RayBackend`` is the only place that knows Ray.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import multiprocessing as mp
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,6 +162,38 @@ def start_fork_server() -> None:
 
 _PATH_VARS = ("PYTHONSAFEPATH", "PYTHONPATH")
 
+_MAIN_KEYS = ("__spec__", "__file__")
+
+
+@contextlib.contextmanager
+def main_hidden() -> Iterator[None]:
+    """While a peer's process is started: this process's ``__main__`` without its
+    ``__spec__`` and ``__file__``, so that the child does not import it again.
+
+    multiprocessing (``spawn``, and ``forkserver``, whose children are prepared as
+    spawned ones) re-imports the parent's ``__main__`` in each child, by module name
+    (``python -m``) or by file.  A peer needs none of it: its entry point
+    (:func:`_peer_process`, :func:`_worker_process`) lives in this module and its launch
+    is plain data.  And re-importing fails in the ways a notebook or script meets:
+    ``python - < script.py`` (``__file__`` is ``<stdin>``, no such file), a script without
+    ``if __name__ == "__main__":`` (the child runs it again, and its ``run`` stops with
+    multiprocessing's bootstrapping error), a module run with ``-m`` doing the same; and
+    a Jupyter kernel's ``__main__`` is no file either.  ``python -c`` has neither key.
+    Restored as it was when the process has started."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in _MAIN_KEYS if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        for k in _MAIN_KEYS:
+            main.__dict__.pop(k, None)
+        main.__dict__.update(saved)
+
 
 def _restore_env(env: dict[str, str | None]) -> None:
     for k, v in env.items():
@@ -173,10 +206,11 @@ def _restore_env(env: dict[str, str | None]) -> None:
 # -- the same code in every process ----------------------------------------------------
 
 def package_file() -> str:
-    """The ``p2pgame`` this process runs (its ``__init__.py``, symbolic links resolved)."""
-    import p2pgame
+    """The ``p2pgame`` this process runs (its ``__init__.py``, symbolic links resolved).
 
-    return os.path.realpath(p2pgame.__file__)
+    (The package is in ``sys.modules`` as this module is: no import of it, whose lazy
+    ``run`` and ``load`` reach the API above the launcher.)"""
+    return os.path.realpath(sys.modules[__name__.partition(".")[0]].__file__)
 
 
 @functools.cache
@@ -251,10 +285,11 @@ class LocalBackend:
     def _spawn(self, target: Any, name: str, *args: Any) -> Any:
         """A process forked from the fork server, running ``target(launcher, *args)``:
         ``launcher`` says which package the launcher runs and its path variables."""
-        start_fork_server()
         launcher = {"package": self.package, "env": {k: os.environ.get(k) for k in _PATH_VARS}}
         p = self.ctx.Process(target=target, name=name, args=(launcher, *args))
-        p.start()
+        with main_hidden():
+            start_fork_server()
+            p.start()
         return p
 
     # A peer whose start failed (spawning raised part-way) has no process: the launcher's

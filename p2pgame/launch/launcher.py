@@ -5,6 +5,8 @@ for every ``Hello`` (endpoint), tells each peer whom to connect to, waits for
 every ``Linked`` (handshake complete), says ``Go``, shows progress while it
 writes the files the peers report and hands their metrics lines to its metric
 sinks (:mod:`p2pgame.launch.sinks`), and finally asks everyone to ``Shutdown``.
+Progress (:class:`RunProgress`) counts steps per peer: a tqdm bar on a terminal, a
+plain line every few seconds otherwise.
 A peer that dies or reports an error is named in ``summary.json`` and in the
 exit status; the others are asked to stop.  SIGINT/SIGTERM: ask, wait,
 terminate, kill.
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
 
 import p2pgame.peer.control as ctl
 from p2pgame.bus.transport import ControlServer
@@ -26,12 +29,153 @@ from p2pgame.config import Scenario
 from p2pgame.launch.backends import Backend
 from p2pgame.launch.rundir import RunFolder
 from p2pgame.launch.sinks import JsonlSink, MetricSink
+from p2pgame.launch.summary import few_used
 from p2pgame.topology import Schedule
 
 log = logging.getLogger(__name__)
 
 LIVENESS_EVERY_S = 0.2
 EXITED = "process exited with code"
+# stderr not a terminal: a plain progress line this often (P2PGAME_PROGRESS_EVERY_S: as
+# set, e.g. 60 for a long run's log, or 0.5 for a test that waits for progress).
+PLAIN_EVERY_S = 10.0
+EVERY_S_VAR = "P2PGAME_PROGRESS_EVERY_S"
+
+
+def plain_every_s() -> float:
+    """Seconds between plain progress lines: P2PGAME_PROGRESS_EVERY_S when it is a
+    positive number, else PLAIN_EVERY_S."""
+    try:
+        every = float(os.environ.get(EVERY_S_VAR, ""))
+    except ValueError:
+        return PLAIN_EVERY_S
+    return every if every > 0 and every < float("inf") else PLAIN_EVERY_S
+BAR_EVERY_S = 0.2  # a terminal: the bar redrawn at most this often
+PROGRESS_EVERY_S = 0.2  # the peers' steps looked at this often (a min over the peers)
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``: a time left or taken, as a reader says it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def is_terminal(stream: Any) -> bool:
+    """Is ``stream`` a terminal a bar can be drawn on (one with columns: a pseudo-terminal
+    of size 0, as ``script`` makes, shows no tqdm bar at all)?"""
+    try:
+        return bool(stream.isatty()) and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class RunProgress:
+    """A run's progress on stderr, in steps per peer: the slowest running peer's step
+    (the run ends when it does; a failed peer no longer counts), and the mean of them
+    all when it differs.  The rate counts from the step the run started at (after
+    ``--resume``, the step the peers resumed from, not 0).
+
+    On a terminal: a tqdm bar, redrawn at most every BAR_EVERY_S.  Otherwise (a log
+    file, a pipe, CI): one plain line every ``every_s`` seconds, e.g.
+    ``mnist-demo: step 1200/6000 per peer (20 %), 16.1 steps/s per peer, eta 5 min``
+    (``every_s``: default :func:`plain_every_s`),
+    and a last one when the run ends; never a carriage return.  A stage
+    (:meth:`stage`, e.g. the peers evaluating) is a plain line of its own, said once."""
+
+    def __init__(self, name: str, steps: int, n_peers: int, start: Mapping[int, int],
+                 stream: TextIO | None = None, tty: bool | None = None,
+                 every_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name, self.steps, self.n_peers = name, steps, n_peers
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = is_terminal(self.stream) if tty is None else tty
+        self.every_s = plain_every_s() if every_s is None else every_s
+        every_s = self.every_s
+        self.clock = clock
+        self.t0 = self.last_line = self.last_draw = clock()
+        self.first = min((start.get(i, 0) for i in range(n_peers)), default=0)
+        self.slowest, self.mean = self.first, float(self.first)
+        self.said: set[str] = set()
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=self.first, desc=name, unit="step",
+                            file=self.stream,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| step {n_fmt}/"
+                                       "{total_fmt} per peer [{elapsed}<{remaining}, "
+                                       "{rate_fmt}]{postfix}")
+        else:
+            resumed = f", from step {self.first} on" if self.first else ""
+            self._write(f"{name}: {n_peers} peer(s) running, {steps} steps each{resumed}; "
+                        f"progress every {every_s:g} s (the slowest peer's step)")
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def rate(self) -> float:
+        """Steps per second per peer (the slowest peer's) since the run started."""
+        elapsed = self.clock() - self.t0
+        return (self.slowest - self.first) / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        """The plain progress line of now."""
+        pct = 100.0 * self.slowest / self.steps if self.steps else 100.0
+        text = f"{self.name}: step {self.slowest}/{self.steps} per peer ({pct:.0f} %"
+        if self.n_peers > 1 and self.mean - self.slowest >= 1:
+            text += f"; the slowest peer's, mean {self.mean:.0f}"
+        text += ")"
+        rate = self.rate()
+        text += f", {rate:.3g} steps/s per peer"
+        if self.slowest < self.steps:
+            text += f", eta {duration((self.steps - self.slowest) / rate)}" if rate > 0 \
+                else ", eta unknown"
+        return text
+
+    def update(self, step_of: Mapping[int, int], running: Sequence[int]) -> None:
+        """The peers' steps now (``running``: the peers that count, the failed ones out)."""
+        steps = [step_of.get(i, 0) for i in running]
+        if steps:
+            self.slowest = min(steps)
+            self.mean = sum(steps) / len(steps)
+        now = self.clock()
+        if self.bar is not None:
+            if now - self.last_draw >= BAR_EVERY_S:
+                self.last_draw = now
+                self._draw()
+        elif now - self.last_line >= self.every_s:
+            self.last_line = now
+            self._write(self.line())
+
+    def _draw(self) -> None:
+        self.bar.n = self.slowest
+        differs = self.n_peers > 1 and self.mean - self.slowest >= 1
+        self.bar.set_postfix_str(f"slowest peer; mean {self.mean:.0f}" if differs else "",
+                                 refresh=False)
+        self.bar.refresh()
+
+    def stage(self, text: str) -> None:
+        """A stage of the run (``evaluating ...``), once."""
+        if text not in self.said:
+            self.said.add(text)
+            self._write(f"{self.name}: {text}")
+
+    def close(self) -> None:
+        """The run has ended: the bar's last state, or a last plain line."""
+        if self.bar is not None:
+            self._draw()
+            self.bar.close()
+            return
+        took = self.clock() - self.t0
+        self._write(f"{self.line()}; {'done' if self.slowest >= self.steps else 'stopped'} "
+                    f"after {duration(took)}")
 
 
 class Launcher:
@@ -59,6 +203,7 @@ class Launcher:
         self.files: dict[int, list[str]] = {}
         self.interrupted = 0
         self.step_of: dict[int, int] = {}
+        self.started_at: dict[int, int] = {}  # each peer's step at Go (--resume: not 0)
         self.rejected_artifacts = 0
         self.wall = 0.0
         self._checked_alive = 0.0
@@ -173,12 +318,13 @@ class Launcher:
 
     async def _measured_phase(self, server: ControlServer) -> None:
         everyone = set(self.peers)
-        bar = None
+        steps = self.scenario.steps
+        # Where each peer starts (after --resume: the step it resumed from).
+        self.started_at = dict(self.step_of)
+        progress = None
         if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.scenario.steps * len(everyone), desc=self.scenario.name,
-                       unit="step", file=sys.stderr)
+            progress = RunProgress(self.scenario.name, steps, len(self.peers), self.started_at)
+        looked = 0.0
         stop_sent = False
         stop_deadline = None
         timeout_s = self.scenario.runtime.peer_timeout_s
@@ -208,9 +354,16 @@ class Launcher:
                     self.summaries[peer] = msg.summary
                     self.files[peer] = list(msg.files)
                     self.step_of[peer] = msg.summary.get("steps", 0)
-                if bar is not None:
-                    bar.n = sum(self.step_of.values())
-                    bar.refresh()
+            if progress is not None and now - looked >= PROGRESS_EVERY_S:
+                looked = now
+                running = [i for i in self.peers if i not in self.failures]
+                progress.update(self.step_of, running)
+                waiting = [i for i in running if i not in self.summaries]
+                # Every peer still at work has done its last step: it is evaluating.
+                if waiting and not stop_sent and all(
+                        self.step_of.get(i, 0) >= steps for i in waiting):
+                    progress.stage(f"every peer at its last step ({steps}): evaluating, "
+                                   "then the summary")
             if self.failures and not self.interrupted and not stop_sent:
                 self._restart_failed()
             if (self.failures or self.interrupted or self.folder.error) and not stop_sent:
@@ -223,10 +376,27 @@ class Launcher:
                 break
             if self.interrupted > 1:
                 break
-        if bar is not None:
-            bar.close()
+        if progress is not None:
+            progress.update(self.step_of, [i for i in self.peers if i not in self.failures])
+            progress.close()
         await self._drain(server)
+        self._warn_few_used()
         await self._send_all(server, ctl.Shutdown())
+
+    def warn(self, peer: int, text: str) -> None:
+        """A warning about ``peer`` (summary.json's ``warnings``: joined with '; ')."""
+        prior = self.warnings.get(peer)
+        self.warnings[peer] = f"{prior}; {text}" if prior else text
+
+    def _warn_few_used(self) -> None:
+        """A finished peer that trained on few of an in-neighbour's messages is named
+        (summary.py, :func:`few_used`): a warning, its results stand."""
+        found = few_used({str(i): s for i, s in self.summaries.items()}, self.schedule,
+                         self.started_at, frozenset(self.restarts))
+        for peer, lines in sorted(found.items()):
+            for text in lines:
+                log.warning(f"peer {peer} {text}")
+                self.warn(peer, text)
 
     # -- restarts (runtime.restart) ------------------------------------------------------
     def _restart_failed(self) -> None:
@@ -324,9 +494,10 @@ class Launcher:
             if i in self.summaries:
                 # It finished and reported everything; only its exit was late (a loaded
                 # machine): its results stand, and the run is not failed for it.
-                self.warnings[i] = (f"reported its results but did not exit within "
-                                    f"runtime.stop_timeout_s = {self.scenario.runtime.stop_timeout_s:g} s "
-                                    f"(exit code {code} after being stopped)")
-                log.warning(f"peer {i} {self.warnings[i]}")
+                late = (f"reported its results but did not exit within "
+                        f"runtime.stop_timeout_s = {self.scenario.runtime.stop_timeout_s:g} s "
+                        f"(exit code {code} after being stopped)")
+                self.warn(i, late)
+                log.warning(f"peer {i} {late}")
             else:
                 self.failures[i] = f"process exited with code {code}"

@@ -49,6 +49,7 @@ class RunLayout:
     LOGS = "logs"
     KEYS = "keys"
     REPORT = "report"
+    TENSORBOARD = "tensorboard"  # event files: one TensorBoard run per peer, and edges/
     # What ``--resume`` writes anew: the interrupted run's are kept beside, renamed.
     REWRITTEN_ON_RESUME = (SUMMARY, LINKS, ENDPOINTS)
     BEFORE_RESUME = "-before-resume"
@@ -135,6 +136,15 @@ class RunLayout:
     def report_dir(self) -> Path:
         """``p2pgame report``'s folder for this one run (its default ``--out``)."""
         return self.root / self.REPORT
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / self.TENSORBOARD
+
+    def tensorboard(self, peer: int | None) -> Path:
+        """``tensorboard/peer-<i>/`` (None: ``tensorboard/edges/``): one TensorBoard run's
+        event files."""
+        return self.tensorboard_dir / ("edges" if peer is None else f"peer-{peer}")
 
     def metrics(self, peer: int) -> Path:
         """``metrics/peer-<i>.jsonl``: the peer's metrics lines."""

@@ -8,10 +8,11 @@ sinks, in order, peer by peer.  A sink says what it needs through three calls:
 - ``write(peer, lines)``: the lines in the order the peer produced them;
 - ``close()`` once the run has ended (every peer's).
 
-Today's sink is :class:`JsonlSink`, ``metrics/peer-<i>.jsonl`` in the run folder; a
-sink never raises for its storage refusing a write: one that writes into the run
-folder records it as the folder's write error (:attr:`RunFolder.error`), on which
-the launcher stops the run.
+The sinks are :class:`JsonlSink`, ``metrics/peer-<i>.jsonl`` in the run folder, and
+(``runtime.tensorboard``) :class:`p2pgame.launch.tensorboard.TensorBoardSink`,
+``tensorboard/peer-<i>/``; a sink never raises for its storage refusing a write: one that
+writes into the run folder records it as the folder's write error
+(:attr:`RunFolder.error`), on which the launcher stops the run.
 """
 
 from __future__ import annotations

@@ -4,8 +4,11 @@ and the exit status: no I/O here but reading the interrupted run's summary."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from p2pgame.topology import TOL
 
 # A peer's counters of what it sent and received: after --resume, the summary gives the
 # whole run's (the interrupted part's added), and each part's apart.
@@ -73,3 +76,62 @@ def exit_code(interrupted: bool, failed: bool, write_error: str | None,
     if failed or write_error or start_error:
         return 1
     return 0
+
+
+# A peer that trained on few of an in-neighbour's messages learnt little from it: fewer
+# than FEW_USED_SHARE of those it could have used, or fewer than FEW_USED_MIN (or than
+# all of them, when it could have used fewer).  A warning: its results stand.
+FEW_USED_SHARE = 0.10
+FEW_USED_MIN = 3
+
+
+def linked_steps(schedule: Any, src: int, dst: int, first: int, last: int) -> int:
+    """How many of ``dst``'s steps ``first .. last - 1`` had ``src`` as an in-neighbour
+    with a weight above zero in ``dst``'s row (a step that could use its message)."""
+    starts = list(schedule.starts) + [None]
+    n = 0
+    for k, top in enumerate(schedule.topologies):
+        lo = max(first, starts[k])
+        hi = last if starts[k + 1] is None else min(last, starts[k + 1])
+        # (a weight above TOL only where the topology has the edge: Topology.row)
+        if hi > lo and src != dst and float(top.weights[dst, src]) > TOL:
+            n += hi - lo
+    return n
+
+
+def few_used(peers: dict[str, dict[str, Any]], schedule: Any, first_step: dict[int, int],
+             restarted: frozenset[int] = frozenset()) -> dict[int, list[str]]:
+    """Receivers that finished having used few of an in-neighbour's messages, each with a
+    line per such in-neighbour (peers: summary.json's ``peers``, those that reported).
+
+    What it could have used of ``src``'s: the messages ``src`` sent it, but no more than
+    one per topic for each of its steps in which ``src`` was a weighted in-neighbour
+    (from ``first_step``, where it started: after --resume, the step it resumed from).
+    Edges with a restarted end (counts of one incarnation) and senders that did not
+    report are left out."""
+    sent: Counter[tuple[int, int]] = Counter()
+    topics: Counter[tuple[int, int]] = Counter()
+    for s in peers.values():
+        for r in s.get("traffic_out", []):
+            key = (int(r["sender"]), int(r["receiver"]))
+            sent[key] += int(r["messages"])
+            topics[key] += 1
+    out: dict[int, list[str]] = {}
+    for i, s in sorted(peers.items(), key=lambda kv: int(kv[0])):
+        dst = int(i)
+        for e in s.get("links_in", []):
+            src = int(e["src"])
+            if src in restarted or dst in restarted or str(src) not in peers:
+                continue
+            key = (src, dst)
+            steps = linked_steps(schedule, src, dst, first_step.get(dst, 0),
+                                 int(s.get("steps", 0)))
+            could = min(sent[key], steps * max(topics[key], 1))
+            used = int(e.get("used", 0))
+            if could and (used < min(FEW_USED_MIN, could) or used < FEW_USED_SHARE * could):
+                out.setdefault(dst, []).append(
+                    f"trained on {used} of peer {src}'s messages, of the {could} it could have "
+                    f"used ({100 * used / could:.0f} %; {sent[key]} sent to it, {steps} steps "
+                    f"linked): it learnt little from peer {src} (lost, late or refused "
+                    "messages: see links.csv)")
+    return out

@@ -55,7 +55,7 @@ def accounts(steps: int, wall: float, traffic: Traffic, delivery: Delivery,
     """The runtime's part of a peer's summary: steps, rates, bytes and messages.  Read on
     the event loop: the receive task writes these counters (receiving.py, rule 5)."""
     sent, recv = traffic.sent.totals(), traffic.received.totals()
-    mean, hist = delivery.inbox.staleness_summary()
+    ages = delivery.inbox.age_accounts()
     edges = delivery.edge_accounts()
     return {
         "steps": steps,
@@ -74,8 +74,9 @@ def accounts(steps: int, wall: float, traffic: Traffic, delivery: Delivery,
         "messages_held": sum(e["held"] for e in edges),
         "messages_rejected": sum(traffic.rejected.values()),
         "rejected_reasons": dict(traffic.rejected),
-        "staleness_mean": mean,
-        "staleness_hist": hist,
+        # How old the messages trained on were (exchange/inbox.py, age_of_use): the
+        # mean and largest age (>= 0), the uses whose sender was ahead, the step gaps.
+        **ages,
         "time_split_s": {k: round(v, 4) for k, v in timers.items()},
         "traffic_out": traffic.sent.rows(),
         "traffic_in": traffic.received.rows(),

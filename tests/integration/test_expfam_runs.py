@@ -287,13 +287,33 @@ def test_async_run_with_drop_and_delay(tmp_path):
         assert math.isfinite(peer["ne_max_abs"]) and peer["ne_max_abs"] < 0.5, pid
         hist = peer["staleness_hist"]
         assert hist and all(isinstance(v, int) and v > 0 for v in hist.values())
-        ages = {int(k): v for k, v in hist.items()}
-        mean = sum(k * v for k, v in ages.items()) / sum(ages.values())
-        assert peer["staleness_mean"] == pytest.approx(mean)
+        gaps = {int(k): v for k, v in hist.items()}
+        # The age of use is >= 0 (a sender ahead: age 0), the lead apart.
+        mean = sum(max(k, 0) * v for k, v in gaps.items()) / sum(gaps.values())
+        assert peer["staleness_mean"] == pytest.approx(mean) and peer["staleness_mean"] >= 0
+        assert peer["staleness_max"] == max(max(gaps), 0)
+        ahead = {k: v for k, v in gaps.items() if k < 0}
+        assert peer["ahead_uses"] == sum(ahead.values())
+        assert peer["ahead_mean"] == pytest.approx(
+            sum(-k * v for k, v in ahead.items()) / max(sum(ahead.values()), 1))
+        assert all(line["comm/staleness_mean"] >= 0 for line in _lines(result.run_dir, int(pid)))
         dropped += peer["messages_dropped"]
         lines = _lines(result.run_dir, int(pid))
         assert lines[-1]["step"] == 199 and math.isfinite(lines[-1]["eval/ne_max_abs"])
     assert dropped > 0
+
+
+def test_a_peer_that_used_few_of_a_neighbours_messages_is_warned(tmp_path):
+    """Async, nearly every message lost: each peer trained on a few percent of its
+    neighbours' messages; the summary's warnings name them, and the results stand."""
+    result = _run(tmp_path, ["topology.n=3", "comm.mode=\"async\"", "comm.drop=0.97"])
+    assert result.exit_code == 0, result.failures
+    warnings = result.summary["warnings"]
+    assert set(warnings) == {"0", "1", "2"}, warnings
+    for pid, text in warnings.items():
+        assert "of the" in text and "it could have used" in text, text
+        used = {e["src"]: e["used"] for e in result.summary["peers"][pid]["links_in"]}
+        assert any(f"trained on {n} of peer {j}'s" in text for j, n in used.items()), text
 
 
 # --------------------------------------------------------------------------- time-varying

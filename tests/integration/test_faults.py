@@ -95,6 +95,12 @@ def test_a_frozen_peer_is_named_within_the_peer_timeout(tmp_path, monkeypatch, p
         os.kill(pids[2], 0)
 
 
+def _quick_progress() -> dict[str, str]:
+    """A ``p2pgame run`` subprocess's environment with a plain progress line every half
+    second (its stderr is a pipe), for wait_for_progress."""
+    return dict(os.environ, P2PGAME_PROGRESS_EVERY_S="0.5")
+
+
 @pytest.mark.parametrize("placement", ["process", "workers"])
 def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement):
     """Peers (and workers) are forked from the launcher's fork server, not its children: each
@@ -103,7 +109,7 @@ def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement):
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
          "--set", "steps=10000000", "--set", f'runtime.placement="{placement}"'],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_quick_progress())
     try:
         wait_for_progress(proc, at_least=40)  # into the measured phase
         # endpoints.json was written before Go: every peer's (or worker's) pid.
@@ -253,11 +259,11 @@ def test_an_interrupted_run_resumes_in_its_folder(tmp_path):
         [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
          "--set", 'comm.mode="async"', "--set", "steps=3000",
          "--set", "runtime.checkpoint_every=200", "--set", "runtime.step_delay_ms=2"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_quick_progress())
     try:
-        # 4 x 500 peer steps: each peer is well past step 200, and a peer's resume state
-        # goes to the launcher before the progress report that follows it.
-        wait_for_progress(proc, at_least=4 * 500)
+        # The slowest peer at step 500: each peer is well past step 200, and a peer's resume
+        # state goes to the launcher before the progress report that follows it.
+        wait_for_progress(proc, at_least=500)
         assert len(list(out.glob("*/resume/peer-*.json"))) == 4
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)  # drains its stderr while it stops

@@ -9,6 +9,7 @@ test checks against the run folder's ``endpoints.json``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -46,7 +47,8 @@ def test_readme_decoder_reads_a_live_peer() -> None:
         [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO),
          "--run-dir", str(run_dir), "--set", "steps=100000000", "--set", "topology.n=2",
          "--set", 'topology.graph="complete"', "--set", "runtime.stop_timeout_s=5.0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, P2PGAME_PROGRESS_EVERY_S="0.5"))  # (a progress line soon)
     decoder = None
     try:
         wait_for_progress(proc, at_least=1)  # (endpoints.json is written before Go)

@@ -194,7 +194,7 @@ def _ended_run(tmp_path, *, interrupted=0, failures=None, write_error=None,
     launcher = SimpleNamespace(failures=dict(failures or {}), warnings={}, restarts={},
                                interrupted=interrupted, bad_control=0, summaries={}, files={})
     started = SimpleNamespace(launcher=launcher, folder=folder,
-                              server=SimpleNamespace(junk=2))
+                              server=SimpleNamespace(junk=2), tensorboard=None)
     return prepared, started, launch.Ended(start_error, [], 1.5), hooks
 
 
@@ -250,7 +250,9 @@ def test_the_layout_names_every_file_of_the_readme_table() -> None:
              layout.edges, layout.weights, layout.endpoints, layout.links, layout.summary,
              layout.evaluation, layout.metrics(0), layout.samples(0), layout.checkpoint(0),
              layout.log(0)}
-    assert named and {str(p.relative_to("/r")) for p in given} == named
+    folders = {layout.tensorboard(0), layout.tensorboard(None)}  # named with a slash
+    assert named and ({str(p.relative_to("/r")) for p in given}
+                      | {f"{p.relative_to('/r')}/" for p in folders}) == named
 
 
 def test_the_layout_of_per_peer_files_keys_and_resume() -> None:

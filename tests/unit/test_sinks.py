@@ -108,3 +108,126 @@ def test_the_launchers_default_sink_is_jsonl_in_its_folder(tmp_path) -> None:
     launcher = Launcher(scenario, None, RunFolder(tmp_path), None, progress=False)
     assert [type(s) for s in launcher.sinks] == [JsonlSink]
     assert Launcher(scenario, None, None, None, progress=False).sinks == []
+
+
+# -- the TensorBoard sink ------------------------------------------------------------------
+
+def _board(run_dir) -> dict:
+    """Every scalar of a TensorBoard run folder, by tag: [(step, value)], read with
+    TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0,
+                                                        "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _tensorboard_sink(folder):
+    from p2pgame.launch.tensorboard import TensorBoardSink, event_writer
+
+    return TensorBoardSink(folder, event_writer())
+
+
+def _line(step: int, loss: float) -> dict:
+    return {"step": step, "t": 0.5 * step, "train/loss": loss, "comm/bytes_sent": 100 * step,
+            "eval/class_mass": [0.5, 0.5], "eval/info": {"a": 1}, "train/kind": "x",
+            "comm/stopped": True}
+
+
+def test_tensorboard_writes_a_step_once_when_a_restarted_peer_repeats_it(tmp_path) -> None:
+    """Numeric keys are scalars at the line's step (``t`` as ``time/t``; lists, tables,
+    text and true/false are not); a restarted peer's lines at or below the last step
+    written are left out: its first incarnation's values stand."""
+    folder = RunFolder(tmp_path)
+    sink = _tensorboard_sink(folder)
+    sink.open(0)
+    sink.write(0, [_line(0, 4.0), _line(5, 3.0)])
+    sink.write(0, [_line(10, 2.0)])
+    sink.write(0, [_line(5, 9.0), _line(10, 9.0), _line(15, 1.0)])  # restarted at step 5
+    sink.write(1, [_line(5, 7.0)])  # another peer: its own run, its own steps
+    sink.close()
+    assert sink.last_step == {0: 15, 1: 5} and folder.error is None
+    board = _board(folder.layout.tensorboard(0))
+    assert sorted(board) == ["comm/bytes_sent", "time/t", "train/loss"]
+    assert board["train/loss"] == [(0, 4.0), (5, 3.0), (10, 2.0), (15, 1.0)]
+    assert board["comm/bytes_sent"] == [(0, 0.0), (5, 500.0), (10, 1000.0), (15, 1500.0)]
+    assert board["time/t"] == [(0, 0.0), (5, 2.5), (10, 5.0), (15, 7.5)]
+    assert _board(folder.layout.tensorboard(1))["train/loss"] == [(5, 7.0)]
+
+
+def test_a_resumed_runs_tensorboard_continues_after_its_metrics_files(tmp_path) -> None:
+    """--resume (folder.append): the steps already in a peer's metrics file are not
+    written again (its peers redo the steps from their resume states)."""
+    first = JsonlSink(RunFolder(tmp_path))
+    first.write(0, [{"step": 0}, {"step": 10}, {"step": 20}, {"step": 10}])  # a restart
+    first.close()
+    folder = RunFolder(tmp_path, append=True)
+    sink = _tensorboard_sink(folder)
+    assert sink.last_step == {0: 20}
+    sink.write(0, [_line(10, 9.0), _line(20, 9.0), _line(30, 1.0)])
+    sink.close()
+    assert _board(folder.layout.tensorboard(0))["train/loss"] == [(30, 1.0)]
+
+
+def test_a_full_disk_under_tensorboard_is_the_folders_error_not_a_raise(tmp_path) -> None:
+    folder = RunFolder(tmp_path)
+    sink = _tensorboard_sink(folder)
+    sink.write(2, [_line(0, 1.0)])
+    written = []
+
+    def full(writer, values, step):
+        written.append(step)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    sink._add_scalars = full
+    sink.write(2, [_line(1, 1.0), _line(2, 1.0)])  # no raise
+    assert folder.error == f"cannot write {tmp_path}/tensorboard/peer-2: the disk is full"
+    sink.write(2, [_line(3, 1.0)])  # the run is stopping: nothing more is written
+    sink.write(3, [_line(3, 1.0)])
+    sink.finish({"steps": 4, "peers": {"2": {}}, "links": [{"src": 0, "dst": 2, "sent": 1}]})
+    assert written == [1] and sink.last_step == {2: 0}
+    assert not folder.layout.tensorboard(3).exists()
+    assert not folder.layout.tensorboard(None).exists()
+
+
+def test_a_tensorboard_folder_that_cannot_be_made_is_the_folders_error(tmp_path) -> None:
+    folder = RunFolder(tmp_path)
+    folder.layout.tensorboard_dir.write_text("not a folder")
+    sink = _tensorboard_sink(folder)
+    sink.write(0, [_line(0, 1.0)])
+    assert folder.error is not None and "tensorboard/peer-0" in folder.error
+    sink.close()
+
+
+def test_another_failure_of_tensorboard_is_one_warning_and_the_run_goes_on(
+        tmp_path, caplog) -> None:
+    folder = RunFolder(tmp_path)
+    sink = _tensorboard_sink(folder)
+
+    def broken(writer, values, step):
+        raise ValueError("a tag TensorBoard refuses")
+
+    sink._add_scalars = broken
+    sink.write(0, [_line(0, 1.0)])
+    sink.write(1, [_line(0, 1.0)])
+    sink.close()
+    assert folder.error is None and sink.off
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "goes on without TensorBoard" in warned[0], warned
+    assert not folder.layout.tensorboard(1).exists()
+
+
+def test_without_tensorboard_one_warning_and_no_sink(tmp_path, monkeypatch,
+                                                          caplog) -> None:
+    import sys
+
+    from p2pgame.launch import tensorboard
+
+    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.record_writer", None)  # fails
+    monkeypatch.setattr(tensorboard, "_unavailable", None)
+    assert tensorboard.tensorboard_sink(RunFolder(tmp_path)) is None
+    assert tensorboard.tensorboard_sink(RunFolder(tmp_path)) is None
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "runs go on without their tensorboard/ folder" in warned[0]
+    assert not (tmp_path / "tensorboard").exists()
