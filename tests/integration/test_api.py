@@ -334,3 +334,28 @@ def test_a_call_inside_a_running_event_loop_from_standard_input(tmp_path):
     assert "run_until_complete" in text
     proc = _python(["-"], tmp_path, input=text)
     _check_caller(proc, tmp_path)
+
+
+# --------------------------------------------------------------------------- the README's
+
+def _readme_example() -> str:
+    """The first ``python`` block of the README's "Python API" section, as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_the_readmes_example_runs(tmp_path, how):
+    example = tmp_path / "example.py"
+    example.write_text(_readme_example())
+    if how == "script":
+        proc = _python([str(example)], tmp_path)
+    else:
+        with example.open() as stdin:
+            proc = _python(["-"], tmp_path, stdin=stdin)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("two-players-") and (run_dir / "summary.json").is_file()
+    assert proc.stdout.startswith(f"0 runs/{run_dir.name}\n"), proc.stdout
