@@ -541,8 +541,7 @@ def summarise(prepared: Prepared, started: Started, ended: Ended,
     summary["write_error"] = folder.error
     folder.write(layout.summary, json.dumps(summary, indent=1))
     if folder.error:
-        log.error(f"{folder.error}; everything already written is kept (every complete "
-                  "metrics line)")
+        log.error(f"{folder.error}; every complete line already written is kept")
     code = exit_code(bool(launcher.interrupted), bool(launcher.failures), folder.error,
                      ended.start_error)
     return RunResult(layout.root, summary, code, dict(launcher.failures))
