@@ -8,6 +8,8 @@ import json
 import os
 from types import SimpleNamespace
 
+import pytest
+
 from p2pgame.launch.launcher import Launcher
 from p2pgame.launch.rundir import RunFolder
 from p2pgame.launch.sinks import JsonlSink, MetricSink
@@ -123,6 +125,27 @@ def _board(run_dir) -> dict:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.fixture
+def tb_warnings(monkeypatch):
+    """The warnings of p2pgame.launch.tensorboard, caught by a handler on that logger itself
+    (in the full suite, caplog's handler on the root logger missed them: something else
+    in the worker process had reconfigured logging)."""
+    import logging
+
+    log = logging.getLogger("p2pgame.launch.tensorboard")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    monkeypatch.setattr(log, "disabled", False)
+    monkeypatch.setattr(logging.root.manager, "disable", logging.NOTSET)
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    yield records
+    log.removeHandler(handler)
+    log.setLevel(level)
+
+
 def _tensorboard_sink(folder):
     from p2pgame.launch.tensorboard import TensorBoardSink, event_writer
 
@@ -201,7 +224,7 @@ def test_a_tensorboard_folder_that_cannot_be_made_is_the_folders_error(tmp_path)
 
 
 def test_another_failure_of_tensorboard_is_one_warning_and_the_run_goes_on(
-        tmp_path, caplog) -> None:
+        tmp_path, tb_warnings) -> None:
     folder = RunFolder(tmp_path)
     sink = _tensorboard_sink(folder)
 
@@ -213,13 +236,13 @@ def test_another_failure_of_tensorboard_is_one_warning_and_the_run_goes_on(
     sink.write(1, [_line(0, 1.0)])
     sink.close()
     assert folder.error is None and sink.off
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    warned = [r.getMessage() for r in tb_warnings if r.levelname == "WARNING"]
     assert len(warned) == 1 and "goes on without TensorBoard" in warned[0], warned
     assert not folder.layout.tensorboard(1).exists()
 
 
 def test_without_tensorboard_one_warning_and_no_sink(tmp_path, monkeypatch,
-                                                          caplog) -> None:
+                                                     tb_warnings) -> None:
     import sys
 
     from p2pgame.launch import tensorboard
@@ -228,6 +251,6 @@ def test_without_tensorboard_one_warning_and_no_sink(tmp_path, monkeypatch,
     monkeypatch.setattr(tensorboard, "_unavailable", None)
     assert tensorboard.tensorboard_sink(RunFolder(tmp_path)) is None
     assert tensorboard.tensorboard_sink(RunFolder(tmp_path)) is None
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    warned = [r.getMessage() for r in tb_warnings if r.levelname == "WARNING"]
     assert len(warned) == 1 and "runs go on without their tensorboard/ folder" in warned[0]
     assert not (tmp_path / "tensorboard").exists()
