@@ -99,6 +99,7 @@ class RunProgress:
         self.first = min((start.get(i, 0) for i in range(n_peers)), default=0)
         self.slowest, self.mean = self.first, float(self.first)
         self.said: set[str] = set()
+        self._at_end_said = False  # a plain line at the last step written (not repeated)
         self.bar = None
         if self.tty:
             from tqdm import tqdm
@@ -152,6 +153,9 @@ class RunProgress:
                 self._draw()
         elif now - self.last_line >= self.every_s:
             self.last_line = now
+            if self.slowest >= self.steps and self._at_end_said:
+                return  # (every peer at its last step, said once: it is evaluating)
+            self._at_end_said = self.slowest >= self.steps
             self._write(self.line())
 
     def _draw(self) -> None:

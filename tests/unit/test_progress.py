@@ -100,3 +100,18 @@ def test_the_evaluator_is_named_once_per_run(monkeypatch) -> None:
         monkeypatch.setattr(images, "evaluator_for", fake)
         images.prepare_evaluator(None, "data", 1, said.append)
         assert len(said) == 1 and "/data/evaluators/e.pt" in said[0] and "0.98" in said[0]
+
+
+def test_the_last_step_is_said_once_while_the_peers_evaluate() -> None:
+    """Every peer at its last step (evaluating, silent for a while): one plain line at
+    that step, not one every few seconds, then the closing line."""
+    out, clock = io.StringIO(), Clock()
+    p = RunProgress("demo", 300, 2, {}, stream=out, tty=False, every_s=10.0, clock=clock)
+    for k in range(1, 11):  # 100 s at the last step
+        clock.t = 100.0 + 10.0 * k
+        p.update({0: 300, 1: 300}, [0, 1])
+    p.close()
+    ticks = [line for line in out.getvalue().splitlines() if "per peer (" in line]
+    assert len(ticks) == 2, ticks
+    assert ticks[0].startswith("demo: step 300/300 per peer (100 %)")
+    assert "done after" in ticks[1]
