@@ -25,9 +25,6 @@ import datetime
 import json
 import math
 import re
-import shutil
-import tempfile
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +34,6 @@ __all__ = ["RunResult", "run", "load", "toml_literal", "toml_document"]
 
 STRING_SOURCE = "<string>"  # what an error names for a scenario given as TOML text
 DICT_SOURCE = "<dict>"  # ... and for one given as a dict
-# A string or dict scenario is written for the launcher here, inside ``out`` (removed when
-# the run ends); its copy in the run folder is ``scenario.toml``, as for a file.
-_STAGING_PREFIX = ".p2pgame-scenario-"
-_STAGED_NAME = "scenario.toml"  # (its stem is the run's name when the scenario sets none)
 
 
 # -- the result ------------------------------------------------------------------------
@@ -275,79 +268,29 @@ def _is_toml_text(text: str) -> bool:
 
 def _run_source(text: str, source: str, overrides: list[str], out: str | Path,
                 data: str | Path, progress: bool) -> RunResult:
-    """Run a scenario given as TOML text (``source`` names it in errors): checked here
-    first, so that any error names ``source``; then staged as a file inside ``out`` for
-    the launcher, which copies it into the run folder; the staging removed after."""
-    from p2pgame.config import ScenarioError
-    from p2pgame.launch import check_writable
-    from p2pgame.scenario import apply_overrides, resolve
+    """Run a scenario given as TOML text (``source`` names it in errors): the launcher
+    reads the text itself and writes it as the run folder's ``scenario.toml``; nothing
+    is staged beside the run folder."""
+    from p2pgame.launch import ScenarioText, check_writable
 
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        nor = "" if "\n" in text else " (nor the path of an existing file)"
-        raise ScenarioError(f"{source}: not valid TOML{nor}: {e}") from None
-    except (ValueError, RecursionError) as e:  # an integer of 5000 digits; deep nesting
-        raise ScenarioError(f"{source}: not a scenario p2pgame can read ({e})") from None
-    resolve(apply_overrides(raw, overrides), source)  # every check, errors naming source
-    out = Path(out)
-    check_writable(out, "out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
-        staged = staging / _STAGED_NAME
-        staged.write_text(text)
-    except OSError as e:
-        raise ScenarioError(f"out {out}: cannot write the scenario there: "
-                            f"{e.strerror or e}") from None
-    try:
-        result = _launch(staged, overrides, out, data, progress, None, staged, source)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _rename_source(result.run_dir, staged, source)
-    return result
+    check_writable(Path(out), "out")  # (named as this function's argument, not --out)
+    return _launch(ScenarioText(text, source), overrides, out, data, progress, None)
 
 
-def _launch(path: Path | None, overrides: list[str], out: str | Path, data: str | Path,
-            progress: bool, resume: str | Path | None, staged: Path | None = None,
-            source: str = "") -> RunResult:
+def _launch(scenario: Any, overrides: list[str], out: str | Path, data: str | Path,
+            progress: bool, resume: str | Path | None) -> RunResult:
     """``p2pgame.launch.run``, and its run folder read back (:func:`load`'s reading)."""
     from p2pgame import launch
-    from p2pgame.config import ScenarioError
 
-    try:
-        with _outside_running_loop():
-            ended = launch.run(path if path is not None else "", overrides, out=out,
-                               data_root=data, progress=progress, resume=resume)
-    except ScenarioError as e:
-        if staged is None:
-            raise
-        raise ScenarioError(str(e).replace(str(staged), source)) from None
+    with _outside_running_loop():
+        ended = launch.run(scenario if scenario is not None else "", overrides, out=out,
+                           data_root=data, progress=progress, resume=resume)
     root = Path(ended.run_dir)
     try:
         summary = _read_summary(root)
     except (OSError, ValueError):  # not written (a full disk): the launcher's own copy
         summary = json.loads(json.dumps(ended.summary, default=str))
     return _result(root, summary, ended.exit_code)
-
-
-def _rename_source(run_dir: Path, staged: Path, source: str) -> None:
-    """The run folder's record of where its scenario came from: ``source`` (``<string>``,
-    ``<dict>``), not the staging file, which is gone."""
-    from p2pgame.launch.rundir import RunLayout
-
-    layout = RunLayout(run_dir)
-    for path in (layout.resolved, layout.scenario_json):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict) and rec.get("source") == str(staged):
-            rec["source"] = source
-            tmp = path.with_name(path.name + ".tmp")
-            with contextlib.suppress(OSError):
-                tmp.write_text(json.dumps(rec, indent=1))
-                tmp.replace(path)
 
 
 @contextlib.contextmanager

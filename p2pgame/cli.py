@@ -30,12 +30,14 @@ log = logging.getLogger(__name__)
 MAX_EVAL_SAMPLES = 100_000  # --samples: FID-50k fits; more is surely a typo
 
 
-def _table(summary: dict, columns: list[str]) -> str:
+def _table(summary: dict, columns: list[str], warned: dict[str, str] | None = None) -> str:
+    """The per-peer table of ``p2pgame run``; a ``warning`` column says "see below" for
+    the peers in ``warned`` (their warnings printed under the table)."""
     rows = [["peer", *columns]]
     for pid, s in summary["peers"].items():
         row = [pid]
         for c in columns:
-            v = s.get(c)
+            v = (warned or {}).get(pid) if c == "warning" else s.get(c)
             if isinstance(v, float):
                 row.append(f"{v:.4g}")
             elif isinstance(v, list) and v and isinstance(v[0], float):
@@ -83,8 +85,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     extra = [c for c in s.get("table_columns", []) if c not in DEFAULT_COLUMNS]
     if any(p.get("messages_rejected") for p in s["peers"].values()):
         extra.insert(0, "messages_rejected")  # (refused_edges: a warning line each, above)
+    warnings = s.get("warnings", {})
+    if warnings:
+        extra.append("warning")
     if s["peers"]:
-        print(_table(s, DEFAULT_COLUMNS + extra))
+        print(_table(s, DEFAULT_COLUMNS + extra, {pid: "see below" for pid in warnings}))
+    for pid, why in warnings.items():  # (few of a neighbour's messages used; a slow stop)
+        print(f"warning: peer {pid} {why}")
     print(f"wall {s['wall_s']:.1f} s, mode {s['mode']}, {s['n_peers']} peers")
     for pid, why in result.failures.items():
         print(f"error: peer {pid} failed: {why}", file=sys.stderr)

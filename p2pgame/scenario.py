@@ -139,6 +139,18 @@ def _indexed(part: str, text: str) -> tuple[str, int | None]:
     return name, int(index)
 
 
+def load_text(text: str, source: str) -> dict:
+    """A scenario given as TOML text (``source`` names it in errors: ``<string>``)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        nor = "" if "\n" in text else " (nor the path of an existing file)"
+        raise ScenarioError(f"{source}: not valid TOML{nor}: {e}") from None
+    except (ValueError, RecursionError) as e:  # an integer of 5000 digits; deep nesting
+        raise ScenarioError(f"{source}: not a scenario p2pgame can read ({_unreadable(e)})"
+                            ) from None
+
+
 def load_raw(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

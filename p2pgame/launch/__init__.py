@@ -23,6 +23,7 @@ alone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -54,11 +55,11 @@ from p2pgame.launch.summary import (
 from p2pgame.launch.tensorboard import TensorBoardSink, tensorboard_sink
 from p2pgame.peer import raise_open_files
 from p2pgame.peer.runtime import PeerLaunch
-from p2pgame.scenario import apply_overrides, load_raw, resolve
+from p2pgame.scenario import apply_overrides, load_raw, load_text, resolve
 from p2pgame.topology import Schedule, build_schedule, schedule_to_plain
 from p2pgame.writable import why_unwritable
 
-__all__ = ["RunResult", "run", "threads_per_peer", "n_workers", "placement_of",
+__all__ = ["RunResult", "ScenarioText", "run", "threads_per_peer", "n_workers", "placement_of",
            "resolve_devices", "cpu_count", "method_of", "check_writable", "prepare", "start",
            "supervise", "summarise", "Prepared", "Started", "Ended"]
 
@@ -166,16 +167,28 @@ class Prepared:
         return self.resumed is not None
 
 
+@dataclass(frozen=True)
+class ScenarioText:
+    """A scenario given as TOML text, not a file (``p2pgame.run`` with a string or a
+    dict): ``source`` names it in errors and in ``resolved.json`` (``<string>``,
+    ``<dict>``); the text itself is the run folder's ``scenario.toml``, and without a
+    ``name`` key the run is named ``scenario``.  Nothing is staged outside the run folder."""
+
+    text: str
+    source: str = "<string>"
+
+
 @dataclass
 class _Source:
     """The scenario to run and where it came from."""
 
-    path: Path | str  # the scenario file (on --resume: the run folder's copy)
+    path: Path | str  # the scenario file (on --resume: the run folder's copy; text: its name)
     overrides: list[str]
     raw: dict
     scenario: Scenario
     resumed: dict[int, str] | None = None
     layout: RunLayout | None = None  # --resume: the run folder it continues
+    text: str | None = None  # a ScenarioText's: written as scenario.toml, not copied
 
 
 def _resumable(run_dir: Path) -> _Source:
@@ -203,12 +216,19 @@ def _resumable(run_dir: Path) -> _Source:
                    resumed, layout)
 
 
-def _source(scenario_path: str | Path, overrides: list[str] | tuple[str, ...],
+def _source(scenario_path: str | Path | ScenarioText, overrides: list[str] | tuple[str, ...],
             resume: str | Path | None) -> _Source:
-    """The scenario file plus ``--set`` overrides, resolved (every check before any
-    process), or with ``resume`` the interrupted run's own."""
+    """The scenario file (or text) plus ``--set`` overrides, resolved (every check before
+    any process), or with ``resume`` the interrupted run's own."""
     if resume is not None:
         return _resumable(Path(resume))
+    if isinstance(scenario_path, ScenarioText):
+        given = scenario_path
+        raw = apply_overrides(load_text(given.text, given.source), overrides)
+        scenario = resolve(raw, given.source)
+        if "name" not in raw:  # (not "<string>": a run folder's name is a file name)
+            scenario = dataclasses.replace(scenario, name="scenario")
+        return _Source(given.source, list(overrides), raw, scenario, text=given.text)
     raw = apply_overrides(load_raw(scenario_path), overrides)
     return _Source(scenario_path, list(overrides), raw, resolve(raw, str(scenario_path)))
 
@@ -250,7 +270,10 @@ def _write_run_folder(source: _Source, schedule: Schedule, out: str | Path,
                 layout = RunLayout(Path(run_dir))
                 layout.root.mkdir(parents=True, exist_ok=True)
             where = layout.root
-            shutil.copyfile(source.path, layout.scenario_toml)
+            if source.text is not None:
+                layout.scenario_toml.write_text(source.text)
+            else:
+                shutil.copyfile(source.path, layout.scenario_toml)
             # The scenario exactly as run (file + --set overrides), re-loadable by resolve.
             layout.resolved.write_text(json.dumps(
                 {"source": str(source.path), "overrides": list(source.overrides),
@@ -262,7 +285,7 @@ def _write_run_folder(source: _Source, schedule: Schedule, out: str | Path,
     return layout
 
 
-def prepare(scenario_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+def prepare(scenario_path: str | Path | ScenarioText, overrides: list[str] | tuple[str, ...] = (),
             out: str | Path = "runs", data_root: str | Path = "data",
             run_dir: str | Path | None = None, resume: str | Path | None = None) -> Prepared:
     """Stage 1: everything before a process starts, in this order: the scenario; the
@@ -558,7 +581,7 @@ class RunResult:
 
 
 def run(
-    scenario_path: str | Path,
+    scenario_path: str | Path | ScenarioText,
     overrides: list[str] | tuple[str, ...] = (),
     out: str | Path = "runs",
     data_root: str | Path = "data",

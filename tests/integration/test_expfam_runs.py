@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import p2pgame
 from p2pgame import launch
 from p2pgame.launch import backends
 from p2pgame.peer import control
@@ -303,12 +304,26 @@ def test_async_run_with_drop_and_delay(tmp_path):
     assert dropped > 0
 
 
-def test_a_peer_that_used_few_of_a_neighbours_messages_is_warned(tmp_path):
+def test_a_peer_that_used_few_of_a_neighbours_messages_is_warned(tmp_path, capsys):
     """Async, nearly every message lost: each peer trained on a few percent of its
-    neighbours' messages; the summary's warnings name them, and the results stand."""
-    result = _run(tmp_path, ["topology.n=3", "comm.mode=\"async\"", "comm.drop=0.97"])
-    assert result.exit_code == 0, result.failures
+    neighbours' messages; the summary's warnings name them, as does the table that
+    ``p2pgame run`` prints, and the results stand."""
+    from p2pgame import cli
+
+    out = tmp_path / "runs"
+    code = cli.main(["run", str(SCENARIO), "--out", str(out), "--quiet", "--data",
+                     str(tmp_path / "data"), "--set", "topology.n=3", "--set",
+                     "comm.mode=\"async\"", "--set", "comm.drop=0.97"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    (run_dir,) = out.iterdir()
+    result = p2pgame.load(run_dir)
     warnings = result.summary["warnings"]
+    table = printed.splitlines()
+    assert table[0].split()[-1] == "warning", printed
+    assert all(table[1 + int(pid)].endswith("see below") for pid in warnings), printed
+    for pid, text in warnings.items():
+        assert f"warning: peer {pid} {text}" in table, printed
     assert set(warnings) == {"0", "1", "2"}, warnings
     for pid, text in warnings.items():
         assert "of the" in text and "it could have used" in text, text
