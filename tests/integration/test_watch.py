@@ -2,6 +2,8 @@
 over the DevTools protocol; playwright never downloads a browser here), on the folder of
 a real run; and ``p2pgame run --watch`` serving a run while it goes.
 
+Without chromium or playwright it skips, saying so (and fails instead with
+``P2PGAME_REQUIRE_BROWSER=1``, as ``.ci/run`` sets where chromium is installed).
 The screenshot goes to ``tmp_path``; with ``P2PGAME_SCREENSHOT=1`` it replaces
 ``docs/watch.png`` (the README's picture)."""
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p2pgame.watch import serve
+from p2pgame.watch import new_run_folder, serve
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +36,16 @@ INSTALL = ("install Debian's chromium (apt-get install -y chromium) and the test
 
 
 def _browser():
+    """playwright and chromium, or a skip that says how to get them; a failure instead
+    with ``P2PGAME_REQUIRE_BROWSER=1`` (set by ``.ci/run`` where chromium is installed,
+    so that CI cannot pass with this test skipped)."""
+    missing = pytest.fail if os.environ.get("P2PGAME_REQUIRE_BROWSER") == "1" else pytest.skip
     if CHROMIUM is None:
-        pytest.skip(f"no headless browser: {INSTALL}")
+        missing(f"no headless browser: {INSTALL}")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip(f"playwright is not installed: {INSTALL}")
+        missing(f"playwright is not installed: {INSTALL}")
     return sync_playwright, CHROMIUM
 
 
@@ -67,18 +73,6 @@ def _shown(page, key: str) -> str | None:
         ".find(r => r.dataset.key === k); return r ? r.cells[1].textContent : null; }", key)
 
 
-def _run_folder(out: Path, proc: subprocess.Popen, timeout_s: float = 60) -> Path:
-    """The folder ``p2pgame run --out out`` makes, once its scenario.json is written."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        made = [d for d in out.glob("*") if (d / "scenario.json").is_file()]
-        if made:
-            return made[0]
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)  # (a poll of the disk: the run prepares at its own pace)
-    raise AssertionError(f"no run folder under {out} after {timeout_s} s")
-
-
 def test_page_draws_the_run_while_it_goes_and_follows_its_metrics(tmp_path):
     """An 8-peer async ring, watched from before its first metrics line to its end: the
     graph (the scenario's nodes, the topology's edges), curves that grow while it runs
@@ -91,22 +85,24 @@ def test_page_draws_the_run_while_it_goes_and_follows_its_metrics(tmp_path):
     key = "eval/ne_max_abs"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--headless=new"])
+        # The view waits for the folder this run will make (as ``run --watch`` does).
+        server = serve(new_run_folder(out, time.time(), str(SCENARIO), overrides))
         proc = subprocess.Popen(
             [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
              "--quiet", "--data", str(tmp_path / "data"),
              *[arg for o in overrides for arg in ("--set", o)]],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        server = None
         try:
-            run_dir = _run_folder(out, proc)
-            _grid_png(run_dir / "samples" / "peer-1.png")  # (expfam players draw none)
-            server = serve(run_dir)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server.url)
             page.wait_for_function("window.cy && window.watch.polls > 0 && "
-                                   "window.watch.curvePoints", timeout=20_000)
+                                   "window.watch.curvePoints && "
+                                   "window.watch.status !== 'waiting'", timeout=60_000)
+            run_dir = Path(_state(server.url)["run_dir"])
+            assert run_dir.parent == out
+            _grid_png(run_dir / "samples" / "peer-1.png")  # (expfam players draw none)
             # While it runs: the curves of the chosen metric grow, poll after poll.
             page.select_option("#curve-metric", key)
             page.select_option("#node-metric", key)
@@ -173,8 +169,7 @@ def test_page_draws_the_run_while_it_goes_and_follows_its_metrics(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-            if server is not None:
-                server.close()
+            server.close()
             browser.close()
 
 
