@@ -10,6 +10,9 @@ import pytest
 
 from p2pgame.config import ScenarioError
 from p2pgame.sweep import (
+    BASELINE_KEYS,
+    PLOT_KEYS,
+    SWEEP_KEYS,
     SweepSpec,
     load_sweep,
     sweep_figure,
@@ -138,3 +141,16 @@ def test_bad_name_and_empty_metrics_refused(tmp_path) -> None:
     path.write_text(f'scenario = "{SCENARIO}"\nmetrics = []\n[grid]\n"steps" = [5]\n')
     with pytest.raises(ScenarioError, match="metrics is empty"):
         load_sweep(path)
+
+
+def test_the_readme_documents_every_key_of_a_sweep_file() -> None:
+    """README's sweep-file table has a row for each key the sweep loader allows (top
+    level, ``[[baseline]]``'s named in its row, ``plot.*``), and no row for a key it
+    refuses."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("**The sweep file.**", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `")]
+    documented = {key.strip().strip("`[]") for key, _ in rows}
+    assert documented == set(SWEEP_KEYS) | {f"plot.{k}" for k in PLOT_KEYS}
+    baseline = next(what for key, what in rows if "baseline" in key)
+    assert all(f"`{k}`" in baseline for k in BASELINE_KEYS)
