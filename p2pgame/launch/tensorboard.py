@@ -25,7 +25,8 @@ and the run goes on without TensorBoard.
 Each line is one event (all its scalars in one summary: a third of the cost of an event
 per scalar), which TensorBoard's reader takes as it takes any; its writer checksums every
 event in Python (tensorboard's own code, without TensorFlow): about 0.15 ms of the
-launcher's CPU per line of ten keys (measured with torch's writer, whose records these are), 15 s for 1024 peers' 100 lines each.
+launcher's CPU per line of ten keys, six times the JSONL sink's, 15 s for 1024 peers' 100
+lines each (``bench/sink_cost.py``).
 """
 
 from __future__ import annotations
