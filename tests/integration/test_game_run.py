@@ -12,40 +12,13 @@ import pytest
 
 from p2pgame import cli
 from p2pgame.launch import run
+from tests.fixtures.record_same_results import TINY_GAME
 
 pytestmark = pytest.mark.integration
 
-SCENARIO = """
-name = "game-tiny"
-seed = 2
-steps = 12
-
-[topology]
-n = 2
-graph = "complete"
-weights = "self_weight"
-self_weight = 0.5
-
-[comm]
-mode = "sync"
-samples_per_message = 16
-
-[runtime]
-threads_per_peer = 1
-device = "cpu"
-
-[data]
-dataset = "mnist"
-split = "train"
-partition = { kind = "classes", classes = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] }
-
-[algorithm]
-name = "game"
-model = "hvae-mlp"
-batch = 32
-eval_samples = 100
-evaluator_epochs = 1
-"""
+# The same-results fixture's tiny game, here with its checkpoints (on by default).
+SCENARIO = TINY_GAME.replace("checkpoint = false\n", "")
+assert SCENARIO != TINY_GAME
 
 
 @pytest.fixture(scope="module")
