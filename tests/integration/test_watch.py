@@ -3,7 +3,7 @@ over the DevTools protocol; playwright never downloads a browser here), on the f
 a real run; and ``p2pgame run --watch`` serving a run while it goes.
 
 Without chromium or playwright it skips, saying so (and fails instead with
-``P2PGAME_REQUIRE_BROWSER=1``, as ``.ci/run`` sets where chromium is installed).
+``P2PGAME_REQUIRE_BROWSER=1``, as ``.ci/run`` sets after installing chromium).
 The screenshot goes to ``tmp_path``; with ``P2PGAME_SCREENSHOT=1`` it replaces
 ``docs/watch.png`` (the README's picture)."""
 
@@ -37,8 +37,8 @@ INSTALL = ("install Debian's chromium (apt-get install -y chromium) and the test
 
 def _browser():
     """playwright and chromium, or a skip that says how to get them; a failure instead
-    with ``P2PGAME_REQUIRE_BROWSER=1`` (set by ``.ci/run`` where chromium is installed,
-    so that CI cannot pass with this test skipped)."""
+    with ``P2PGAME_REQUIRE_BROWSER=1`` (set by ``.ci/run``, which installs chromium, so
+    that CI cannot pass with this test skipped)."""
     missing = pytest.fail if os.environ.get("P2PGAME_REQUIRE_BROWSER") == "1" else pytest.skip
     if CHROMIUM is None:
         missing(f"no headless browser: {INSTALL}")
