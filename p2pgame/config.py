@@ -488,6 +488,7 @@ class CommSpec:
 BACKENDS = ("local", "ray")
 RAY_STRATEGIES = ("pack", "spread")
 PLACEMENTS = ("auto", "process", "workers")
+CLOCKS = ("real", "virtual")
 
 
 PACE_DISTS = ("constant", "uniform", "exponential")
@@ -550,6 +551,13 @@ class RuntimeSpec:
     # (every ``checkpoint_every`` steps; 0: steps / 20).
     restart: int = 0
     checkpoint_every: int = 0
+    # "real": a peer steps as fast as the host lets it and messages take the time the
+    # host takes (async results depend on the host's load); "virtual": each peer keeps a
+    # virtual clock, a step takes ``compute_s`` virtual seconds (divided by the peer's
+    # speed, plus its step_delay_ms), links delay in virtual time, and a peer steps at
+    # virtual time t with exactly the messages that arrived by t (async only).
+    clock: str = "real"
+    compute_s: float = 0.01  # a step's modelled compute time on the virtual clock
     pace: PaceSpec = PaceSpec()  # in a scenario file its keys sit in [runtime]
 
     def __post_init__(self) -> None:
@@ -572,6 +580,11 @@ class RuntimeSpec:
         at_least(self.peer_timeout_s, 0, "peer_timeout_s", strict=True)
         at_least(self.restart, 0, "restart")
         at_least(self.checkpoint_every, 0, "checkpoint_every")
+        one_of(self.clock, CLOCKS, "clock")
+        at_least(self.compute_s, 0.0, "compute_s")
+        if not math.isfinite(self.compute_s):
+            raise ScenarioError(f"compute_s = {self.compute_s} must be a finite number of "
+                                "seconds")
 
 
 @dataclass(frozen=True)

@@ -583,9 +583,40 @@ def _resolve_sections(raw: dict, source: str) -> Scenario:
             raise ScenarioError(
                 f"comm.edges[{k}]: {e.src} -> {e.dst} is not an edge of the topology "
                 "(an override applies to a link that exists)")
+    if scenario.runtime.clock == "virtual":
+        check_virtual_clock(scenario, all_edges)
     check_exchange(scenario, schedule)
     method(scenario).hooks()(scenario).validate(schedule)
     return scenario
+
+
+def check_virtual_clock(scenario: Scenario, edges: set[tuple[int, int]]) -> None:
+    """``runtime.clock = "virtual"``: what this clock runs (yet), and lookahead on every
+    edge, without which the peers could wait for each other for ever (a peer steps at
+    virtual time t once each in-neighbour's promise plus the link's least latency is past
+    t; a sender promises its next step's time, so either its step takes virtual time or
+    the link has a latency)."""
+    if scenario.comm.mode != "async":
+        raise ScenarioError('runtime.clock = "virtual" needs comm.mode = "async" (a sync run '
+                            "is deterministic on the real clock already: every step waits "
+                            "for its rounds)")
+    if scenario.runtime.restart:
+        raise ScenarioError('runtime.clock = "virtual" does not restart peers yet: set '
+                            "runtime.restart = 0")
+    for src, dst in sorted(edges):
+        link = scenario.comm.link_of(src, dst)
+        if link.bandwidth > 0 and link.buffer_policy == "oldest":
+            raise ScenarioError(
+                f'comm: edge {src} -> {dst}: buffer_policy = "oldest" is not modelled on the '
+                'virtual clock (a drop would change the fate of messages sent before it); '
+                'use "tail"')
+        pace = scenario.player(src).pace
+        if link.latency_ms == 0 and scenario.runtime.compute_s == 0 and pace.step_delay_ms == 0:
+            raise ScenarioError(
+                f"comm: edge {src} -> {dst} has no lookahead on the virtual clock (peer "
+                f"{src}'s steps take no virtual time and the link none either): the peers "
+                "could wait for each other for ever; set runtime.compute_s > 0, or a "
+                "latency_ms > 0 on the link")
 
 
 scenario_from_dict = resolve  # the name the tests and older scripts know

@@ -19,8 +19,8 @@ import asyncio
 import time
 from collections.abc import Mapping
 
-from p2pgame.bus.codec import Envelope, encode, encode_work
-from p2pgame.bus.topics import Topic
+from p2pgame.bus.codec import Envelope, encode, encode_work, frame_sizes
+from p2pgame.bus.topics import CLOCK, Topic
 from p2pgame.bus.traffic import Traffic
 from p2pgame.bus.transport import Transport
 
@@ -63,7 +63,11 @@ class PeerBus:
         self.encode_s += t1 - t0
         self.send_s += time.perf_counter() - t1
         receivers = self.subscribers.get(env.topic)
-        if receivers and not env.topic.is_control:
+        if receivers and env.topic.kind == CLOCK:
+            header, payload = frame_sizes(frames)
+            for r in receivers:
+                self.traffic.clock_sent.add(env.sender, r, str(env.topic), header, payload)
+        elif receivers and not env.topic.is_control:
             self.traffic.count_sent(env, frames, receivers)
 
     def publish_now(self, env: Envelope) -> None:

@@ -37,6 +37,7 @@ import heapq
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pgame.bus.codec import Envelope
@@ -302,3 +303,104 @@ class Link:
     @staticmethod
     def _earliest(a: float | None, b: float) -> float:
         return b if a is None else min(a, b)
+
+
+class VirtualLink(Link):
+    """The edge ``src -> dst`` on the virtual clock (``runtime.clock = "virtual"``).
+
+    The same stages, the same seeded streams and the same accounts as :class:`Link`, but
+    every time is a virtual one: a message enters the link at its virtual send time (the
+    header's ``time``) and its whole fate is decided when it is offered: lost or not,
+    whether it fits the buffer, when it leaves the bottleneck and when it arrives.  Why
+    at once: on the virtual clock a message may be offered after the receiver has
+    released messages of later virtual times (it was sent earlier, and the sockets took
+    their time), so the lazy bottleneck of :class:`Link`, advanced to each call's
+    ``now``, would see a queue of the wrong moment.  Offers come in send-time order (one
+    sender, one connection, FIFO), and a message's fate depends only on the messages
+    before it, so deciding it at once gives every run the same fates, whatever the host.
+
+    The buffer holds, at time t, the messages that entered by t and have not left the
+    bottleneck yet; the one leaving first is on the wire, the others wait (as in
+    :class:`Link`).  ``buffer_policy = "oldest"`` would change earlier messages' fates;
+    the scenario refuses it on this clock.
+
+    ``release_step`` is filled in when the message is released: the receiver's step at
+    which it arrived (the first whose virtual start time is at or after its arrival)
+    plus ``delay_steps`` (:meth:`due_virtual`)."""
+
+    def __init__(self, src: int, dst: int, spec: LinkSpec, seed: int) -> None:
+        super().__init__(src, dst, spec, seed)
+        # What has entered the bottleneck and not left it as of the latest offer: (departure
+        # time, bytes), in departure order (FIFO: the order they entered).
+        self.bottleneck: deque[tuple[float, int]] = deque()
+        self.last_departure = -math.inf
+        self.lookahead = spec.latency_ms / 1000.0  # no message arrives sooner after its send
+
+    def offer(self, env: Envelope, nbytes: int, now: float, recv_step: int, sync: bool) -> str:
+        """``now``: the message's virtual send time; ``recv_step`` and ``sync`` unused."""
+        t = now
+        self.arrived += 1
+        pend = Pending(env, nbytes, -1, t, arrived_at=t)
+        if self.first_arrival is None:
+            self.first_arrival = t
+        if self.spec.drop > 0 and self.drop_rng.random() < self.spec.drop:
+            self.dropped_loss += 1
+            pend.fate, pend.nbytes = LOST, 0
+        if self.bucket is None:
+            self._propagate(pend, t)
+            return pend.fate
+        queue = self.bottleneck
+        while queue and queue[0][0] <= t:  # left the bottleneck by t
+            queue.popleft()
+        if not pend.lost and queue and not self._fits_at(nbytes):
+            self.dropped_buffer += 1
+            pend.fate, pend.nbytes = OVERFLOW, 0
+        if pend.lost:  # a placeholder keeps its turn: behind what entered before it
+            self._propagate(pend, max(t, self.last_departure))
+            return pend.fate
+        departure = self.bucket.release_time(nbytes, t)  # (FIFO: after the one before)
+        self.last_departure = departure
+        queue.append((departure, nbytes))
+        self._propagate(pend, departure)
+        return DELIVERED
+
+    def _fits_at(self, nbytes: int) -> bool:
+        """Room for ``nbytes`` behind the one on the wire, in the bottleneck as it is now?"""
+        waiting = list(self.bottleneck)[1:]
+        if not waiting:  # an empty wait always has room
+            return True
+        return (sum(b for _, b in waiting) + nbytes <= self.buffer_bytes
+                and len(waiting) + 1 <= self.buffer_messages)
+
+    def due_virtual(self, step: int, now: float,
+                    arrival_step: Callable[[float], int]) -> list[Pending]:
+        """What has arrived by virtual time ``now`` and is usable at ``step``: arrived at
+        the receiver's step ``arrival_step(t)`` at least ``delay_steps`` steps ago."""
+        delay = self.spec.delay_steps
+        out: list[Pending] = []
+
+        def usable(p: Pending) -> bool:
+            if p.release_time > now:
+                return False
+            if p.release_step < 0:
+                p.release_step = arrival_step(p.release_time) + delay
+            return p.release_step <= step
+
+        if self.spec.reorder:
+            later = []
+            while self.heap and self.heap[0][0] <= now:
+                item = heapq.heappop(self.heap)
+                (out if usable(item[2]) else later).append(item)
+            for item in later:
+                heapq.heappush(self.heap, item)
+            out = [item[2] for item in out]
+        else:
+            while self.flight and usable(self.flight[0]):
+                out.append(self.flight.popleft())
+        for p in out:
+            if not p.lost:
+                self.delivered += 1
+                self.delivered_bytes += p.nbytes
+                self.delay_sum += p.release_time - p.arrived_at
+                self.last_delivery = max(p.release_time, self.last_delivery or p.release_time)
+        return out

@@ -25,6 +25,10 @@ HANDSHAKE = "hs"
 # receiver's connection is (again) live; the publisher answers on the same topic with
 # the newest round it has published (a resync marker, :class:`Topic.resync`).
 RESYNC = "rs"
+# ``ck/<peer>/t``: the virtual clock's messages (runtime.clock = "virtual"): the sender
+# promises that it sends nothing before the virtual time in the header.  Not the
+# exchange's traffic: counted apart (Traffic.clock_sent, clock_received).
+CLOCK = "ck"
 _SPACE = re.compile(r"[A-Za-z0-9_.-]+")  # used with fullmatch: no trailing newline
 
 
@@ -34,12 +38,12 @@ class TopicError(ValueError):
 
 @dataclass(frozen=True, order=True)
 class Topic:
-    kind: str  # samples | params | hs (handshake) | rs (resync)
+    kind: str  # samples | params | hs (handshake) | rs (resync) | ck (clock)
     peer: int  # the sender
     space: str  # the sample space or parameter part ("" for a handshake)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS and self.kind not in (HANDSHAKE, RESYNC):
+        if self.kind not in KINDS and self.kind not in (HANDSHAKE, RESYNC, CLOCK):
             raise TopicError(f"topic kind {self.kind!r}; allowed: {', '.join(KINDS)}")
         if isinstance(self.peer, bool) or not isinstance(self.peer, int) or self.peer < 0:
             raise TopicError(f"topic peer {self.peer!r} is not a peer id")
@@ -63,14 +67,20 @@ class Topic:
         a prefix subscription to ``rs/3/5`` also matches ``rs/3/50``: receivers check)."""
         return cls(RESYNC, peer, str(receiver))
 
+    @classmethod
+    def clock(cls, peer: int) -> Topic:
+        """Peer ``peer``'s clock topic (its promises, on the virtual clock)."""
+        return cls(CLOCK, peer, "t")
+
     @property
     def is_handshake(self) -> bool:
         return self.kind == HANDSHAKE
 
     @property
     def is_control(self) -> bool:
-        """Handshakes and resync markers: the bus's own messages, not traffic."""
-        return self.kind == HANDSHAKE or self.kind == RESYNC
+        """Handshakes, resync markers and clock messages: the bus's own messages, not the
+        exchange's traffic (clock messages are counted apart)."""
+        return self.kind == HANDSHAKE or self.kind == RESYNC or self.kind == CLOCK
 
     def __str__(self) -> str:
         return self._text

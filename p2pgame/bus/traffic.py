@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pgame.bus.codec import CodecError, Envelope, decode_sized, frame_sizes
+from p2pgame.bus.topics import CLOCK
 
 
 @dataclass
@@ -54,6 +55,9 @@ class Traffic:
         self.sent = TrafficCounter()
         self.received = TrafficCounter()
         self.rejected: Counter[str] = Counter()
+        # The virtual clock's own messages (topic ck/<peer>/t): apart from the exchange's.
+        self.clock_sent = TrafficCounter()
+        self.clock_received = TrafficCounter()
 
     def count_sent(self, env: Envelope, frames: list[Any], receivers: Iterable[int]) -> None:
         header, payload = frame_sizes(frames)
@@ -81,7 +85,9 @@ class Traffic:
         if via is not None and env.sender != via:
             self.rejected["spoofed"] += 1
             return None
-        if not env.topic.is_control:  # handshakes and resync markers are not traffic
+        if env.topic.kind == CLOCK:
+            self.clock_received.add(env.sender, self.me, str(env.topic), header, payload)
+        elif not env.topic.is_control:  # handshakes and resync markers are not traffic
             row = self.received.table[(env.sender, self.me, str(env.topic))]
             row[0] += 1
             row[1] += header

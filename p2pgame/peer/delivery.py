@@ -21,11 +21,13 @@ round, so neither rule can fire early.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
 from p2pgame.bus.codec import Envelope
-from p2pgame.bus.links import Link
+from p2pgame.bus.links import Link, VirtualLink
 from p2pgame.config import round_at
 from p2pgame.exchange.inbox import Inbox
 
@@ -55,6 +57,14 @@ class Delivery:
         # is released (the rest was lost in transport: :meth:`resync`).
         self.given_up: dict[int, int] = {j: -1 for j in self.links}
         self.cuts: Counter[int] = Counter()  # per in-neighbour: connections cut and re-made
+        # The virtual clock (every link a VirtualLink): per in-neighbour, the virtual time
+        # before which it will send nothing more (its promise: a data message's send time,
+        # or a clock message's); and the virtual start time of each of our steps.
+        self.virtual = bool(self.links) and all(isinstance(k, VirtualLink)
+                                                for k in self.links.values())
+        self.promised: dict[int, float] = {j: -math.inf for j in self.links}
+        self.step_times: list[float] = []
+        self.step_ids: list[int] = []
 
     def rebase(self, j: int, from_step: int) -> None:
         """In-neighbour ``j`` restarted and resumes at ``from_step``: its steps go up from
@@ -129,9 +139,56 @@ class Delivery:
         if env.step <= self.last_step.get((j, env.space), -1):
             self.rejected[j] += 1
             return "replayed"
+        if self.virtual:  # the send time is the link's now; it may not go back
+            if not self._keeps_promise(j, env.time):
+                self.rejected[j] += 1
+                return "clock"
+            now = env.time
         self.last_step[(j, env.space)] = env.step
         self.links[j].offer(env, nbytes, now, step, self.sync)
         return None
+
+    # -- the virtual clock ------------------------------------------------------------------
+    def _keeps_promise(self, j: int, t: float) -> bool:
+        """A send time of ``j``'s at or after what it promised (an earlier one would
+        change what we already released); the promise moves up to it."""
+        if not (isinstance(t, float | int) and t >= self.promised[j]) or math.isnan(t):
+            return False
+        self.promised[j] = float(t)
+        return True
+
+    def promise(self, j: int, t: float) -> str | None:
+        """In-neighbour ``j``'s clock message: it sends nothing before virtual time ``t``
+        (or a rejection reason: a promise that goes back)."""
+        if j not in self.links:
+            return "sender"
+        if not self._keeps_promise(j, t):
+            self.rejected[j] += 1
+            return "clock"
+        return None
+
+    def blocking(self, now: float) -> list[int]:
+        """The in-neighbours that could still send something arriving by virtual time
+        ``now``: their promise plus the link's least latency is not past it."""
+        return [j for j, link in self.links.items()
+                if self.promised[j] + link.lookahead <= now]
+
+    def release_virtual(self, step: int, now: float) -> None:
+        """Step ``step`` starts at virtual time ``now`` (every in-neighbour past it,
+        :meth:`blocking`): what arrived by then, and is usable at ``step``, into the inbox."""
+        times, ids = self.step_times, self.step_ids
+        if not ids or step > ids[-1]:
+            times.append(now)
+            ids.append(step)
+
+        def arrival_step(t: float) -> int:  # our first step starting at or after t
+            return ids[min(bisect.bisect_left(times, t), len(ids) - 1)]
+
+        for j, link in self.links.items():
+            for pend in link.due_virtual(step, now, arrival_step):
+                if not pend.lost:
+                    self.inbox.put(pend.env)
+                self._settle(j, pend.env)
 
     def _settle(self, j: int, env: Envelope) -> None:
         """``env`` of round ``env.step`` has been released or lost: is the round complete?"""

@@ -37,9 +37,10 @@ class Publisher:
         memo: dict = {}  # (the arrays stay alive in ``messages``: their ids are stable)
         return {space: pack_bools(tensors, memo) for space, tensors in messages.items()}
 
-    async def publish(self, bus: Any, step: int) -> None:
+    async def publish(self, bus: Any, step: int, virtual_time: float | None = None) -> None:
         """Draw (an algorithm call) and send, in the algorithm's order; the last message
-        of the round carries ``last``."""
+        of the round carries ``last``.  On the virtual clock each message's ``time`` is
+        ``virtual_time``, its virtual send time (else the host's clock)."""
         t0 = time.perf_counter()
         messages = await self.device.call(self.algorithm.heavy, self.draw, step)
         self.timers["sample"] += time.perf_counter() - t0
@@ -49,9 +50,17 @@ class Publisher:
             if topic is None:
                 raise PeerFailure(f"the algorithm published {space!r}, which peer {self.me} "
                                   f"does not publish ({', '.join(self.topics) or 'nothing'})")
-            await bus.publish(Envelope(sender=self.me, topic=topic, step=step,
-                                       tensors=tensors, last=k == len(items) - 1))
+            env = Envelope(sender=self.me, topic=topic, step=step, tensors=tensors,
+                           last=k == len(items) - 1)
+            if virtual_time is not None:
+                env.time = virtual_time
+            await bus.publish(env)
         self.published = step
+
+    async def promise(self, bus: Any, step: int, virtual_time: float) -> None:
+        """The virtual clock: tell every out-neighbour that we send nothing before
+        ``virtual_time`` (after our data messages of the step, on the same connection)."""
+        await bus.publish(Envelope(self.me, Topic.clock(self.me), step, {}, time=virtual_time))
 
     def on_subscribe(self, bus: Any, data: bytes) -> None:
         """A receiver (re)subscribed to its resync topic in the measured phase: its

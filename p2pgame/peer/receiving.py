@@ -46,13 +46,14 @@ step runs:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from p2pgame.bus.codec import Envelope
-from p2pgame.bus.topics import RESYNC
+from p2pgame.bus.topics import CLOCK, RESYNC
 from p2pgame.bus.traffic import Traffic
 from p2pgame.peer.delivery import Delivery
 from p2pgame.topology import Schedule
@@ -98,6 +99,12 @@ class Receiver:
                 if cut:
                     self.traffic.reject("connection-cut")
                 self.wakeup.set()
+            return
+        if env.topic.kind == CLOCK:  # a promise of the virtual clock
+            reason = self.delivery.promise(env.sender, env.time)
+            if reason:
+                self.traffic.reject(reason)
+            self.wakeup.set()
             return
         if env.topic.is_handshake:
             self.heard.add(env.sender)
@@ -146,5 +153,52 @@ class Receiver:
             timeout = deadline - now if next_time is None else max(0.0, next_time - now)
             try:
                 await asyncio.wait_for(self.wakeup.wait(), timeout=min(timeout, 1.0))
+            except TimeoutError:
+                pass
+
+    async def advance(self, step: int, now: float,
+                      stopped: Callable[[], bool] = lambda: False) -> None:
+        """The virtual clock: step ``step`` starts at virtual time ``now`` once no
+        in-neighbour can still send anything arriving by then (each promised a later time,
+        the link's least latency added); then what arrived by ``now`` is released.  What
+        it waits for is a real message (a data or clock message on its way), so the wait
+        is bounded by ``comm.sync_timeout_s`` of the host's clock, after which the peer
+        fails: a neighbour that stopped, never a result that depends on the host."""
+        delivery = self.delivery
+        timeout_s = self.sync_timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            waiting = delivery.blocking(now)
+            if not waiting or stopped():
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                j = waiting[0]
+                raise PeerFailure(f"step {step} (virtual time {now:.6g} s): peer {j} promised "
+                                  f"nothing past {delivery.promised[j]:.6g} s within "
+                                  f"{timeout_s:g} s (comm.sync_timeout_s)")
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=min(left, 1.0))
+            except TimeoutError:
+                pass
+        if self.busy():
+            raise RuntimeError("the inbox is released while an algorithm call is in flight")
+        delivery.release_virtual(step, now)
+
+    async def settle_virtual(self, stopped: Callable[[], bool] = lambda: False) -> None:
+        """The virtual clock, after our last step: wait until every in-neighbour has
+        finished (its promise is infinite), so that every message sent to us has been
+        offered to its link and the accounts are the same in every run.  Bounded by
+        ``comm.sync_timeout_s``: a neighbour that stopped leaves its accounts as they are."""
+        delivery = self.delivery
+        deadline = time.monotonic() + self.sync_timeout_s
+        while not stopped() and any(t != math.inf for t in delivery.promised.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=min(left, 1.0))
             except TimeoutError:
                 pass

@@ -44,7 +44,7 @@ from typing import Any
 import p2pgame.peer.control as ctl
 from p2pgame.bus.codec import Envelope
 from p2pgame.bus.endpoint import PeerBus
-from p2pgame.bus.links import Link
+from p2pgame.bus.links import Link, VirtualLink
 from p2pgame.bus.topics import Topic
 from p2pgame.bus.traffic import Traffic
 from p2pgame.bus.transport import ControlClient, Curve, Transport
@@ -161,7 +161,10 @@ class PeerRuntime:
         self.topics = subscriptions(scenario, info, schedule, me)
         self.in_peers = schedule.union_in(me)
         self.out_peers = schedule.union_out(me)
-        links = {j: Link(j, me, comm.link_of(j, me), scenario.seed) for j in self.in_peers}
+        self.virtual = scenario.runtime.clock == "virtual"
+        link_class = VirtualLink if self.virtual else Link
+        links = {j: link_class(j, me, comm.link_of(j, me), scenario.seed)
+                 for j in self.in_peers}
         self.delivery = Delivery(me, links, {j: [t.space for t in ts]
                                              for j, ts in self.topics.items()},
                                  self.sync, comm.publish_every, comm.max_samples_per_message,
@@ -169,6 +172,8 @@ class PeerRuntime:
         self.traffic = Traffic(me, comm.max_message_bytes)
         self.subscribers = subscribers(scenario, info, schedule, me)
         self.my_topics = {t.space: t for t in self.subscribers}  # space -> our topic
+        if self.virtual:  # our promises go to every out-neighbour
+            self.subscribers[Topic.clock(me)] = tuple(sorted(self.out_peers))
         first_step = 0
         if launch.resume:
             state = json.loads(launch.resume)
@@ -187,10 +192,10 @@ class PeerRuntime:
         self.stepper = StepLoop(me, StepPlan.of(scenario, algorithm.resumable, first_step),
                                 schedule, algorithm, self._device, self.receiver,
                                 self.reporter, self.traffic,
-                                publish=lambda bus, step: self.publish(bus, step),
+                                publish=lambda bus, step, *vt: self.publish(bus, step, *vt),
                                 publishes=bool(self.out_peers),
                                 stopped=lambda: self.stop_requested, pacer=self.pace,
-                                timers=self.timers)
+                                timers=self.timers, promise=self.publisher.promise)
         self.transport: Any = None
 
     # -- state the parts share (read-only views) -------------------------------------------
@@ -214,8 +219,13 @@ class PeerRuntime:
     async def barrier(self, step: int) -> None:
         await self.receiver.barrier(step, lambda: self.stop_requested)
 
-    async def publish(self, bus: PeerBus, step: int) -> None:
-        await self.publisher.publish(bus, step)
+    async def publish(self, bus: PeerBus, step: int, virtual_time: float | None = None) -> None:
+        await self.publisher.publish(bus, step, virtual_time)
+
+    def wire_topics(self, j: int) -> list[Topic]:
+        """What we subscribe to of in-neighbour ``j``: its topics we learn from, and on the
+        virtual clock its promises."""
+        return [*self.topics[j], Topic.clock(j)] if self.virtual else list(self.topics[j])
 
     def on_subscribe(self, bus: PeerBus, data: bytes) -> None:
         self.publisher.on_subscribe(bus, data)
@@ -235,7 +245,8 @@ class PeerRuntime:
         """Connect ``transport`` (ZeroMQ, or :class:`p2pgame.bus.memory.MemoryTransport`)
         to the in-neighbours at ``endpoints`` (``Connect``'s); the bus the tasks use."""
         self.transport = self.receiver.transport = transport
-        transport.connect(endpoints, self.topics, self.launch.curve_peers)
+        transport.connect(endpoints, {j: self.wire_topics(j) for j in self.topics},
+                          self.launch.curve_peers)
         return PeerBus(transport, self.traffic, self.subscribers,
                        self.scenario.comm.pack_bool)
 
@@ -261,6 +272,11 @@ class PeerRuntime:
         (receiving.py, rule 5)."""
         summary = accounts(self.steps_done, self.wall, self.traffic, self.delivery,
                            self.timers)
+        if self.virtual:
+            clock = self.traffic.clock_sent.totals()
+            summary.update({"virtual_s": self.stepper.virtual_s,
+                            "clock_messages_sent": clock["messages"],
+                            "clock_bytes_sent": clock["bytes"]})
         self._device.in_flight += 1
         try:
             out, files = await asyncio.to_thread(self._finish_algorithm)
@@ -289,7 +305,7 @@ class PeerRuntime:
         from where it resumed."""
         j = msg.peer
         keys = self.launch.curve_peers or {}
-        self.transport.reconnect(j, msg.endpoint, self.topics[j], keys.get(j))
+        self.transport.reconnect(j, msg.endpoint, self.wire_topics(j), keys.get(j))
         self.delivery.rebase(j, msg.from_step)
 
     async def heartbeat_loop(self, control: ControlClient) -> None:
@@ -327,7 +343,8 @@ class PeerRuntime:
         comm = self.scenario.comm
         # The largest frame ZeroMQ takes in: a message's largest frame is its payload.
         transport = Transport(self.id, self.context, max_message_bytes=comm.max_message_bytes,
-                              send_hwm=comm.send_hwm, curve=launch.curve())
+                              send_hwm=0 if self.virtual else comm.send_hwm,
+                              curve=launch.curve())
         control = transport.control(launch.control_endpoint, launch.token,
                                     launch.curve_launcher)
         watch = asyncio.ensure_future(self.watch_launcher())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -72,6 +73,8 @@ class StepPlan:
     metrics_every: int = 0  # 0: about 100 lines per run
     resume_every: int = 0  # 0: no resume states
     first_step: int = 0
+    virtual: bool = False  # runtime.clock = "virtual"
+    compute_s: float = 0.0  # (virtual) a step's modelled compute time, before the pace
 
     @classmethod
     def of(cls, scenario: Scenario, resumable: bool, first_step: int = 0) -> StepPlan:
@@ -83,7 +86,8 @@ class StepPlan:
         return cls(steps=steps, sync=scenario.comm.mode == "sync",
                    publish_every=scenario.comm.publish_every,
                    publish_from=scenario.comm.publish_from, metrics_every=rt.metrics_every,
-                   resume_every=resume_every, first_step=first_step)
+                   resume_every=resume_every, first_step=first_step,
+                   virtual=rt.clock == "virtual", compute_s=rt.compute_s)
 
 
 class StepLoop:
@@ -94,7 +98,8 @@ class StepLoop:
                  device: Device, receiver: Receiver, reporter: Reporter, traffic: Traffic,
                  publish: Callable[[Any, int], Awaitable[None]], publishes: bool,
                  stopped: Callable[[], bool], pacer: Pacer | None = None,
-                 timers: Counter[str] | None = None) -> None:
+                 timers: Counter[str] | None = None,
+                 promise: Callable[[Any, int, float], Awaitable[None]] | None = None) -> None:
         self.me = me
         self.plan = plan
         self.schedule = schedule
@@ -108,8 +113,16 @@ class StepLoop:
         self.stopped = stopped
         self.pacer = pacer
         self.timers: Counter[str] = Counter() if timers is None else timers
+        self.promise = promise  # (the virtual clock) the runtime's clock message
         self.step = self.steps_done = plan.first_step
         self.wall = 0.0
+        self.virtual_s = 0.0  # (the virtual clock) this peer's virtual time
+
+    def step_cost(self) -> float:
+        """The virtual clock: a step's virtual duration, ``compute_s`` divided by the peer's
+        speed plus its drawn step delay (the pacer's seeded stream: no host clock)."""
+        c = self.plan.compute_s
+        return c + (self.pacer.pause(c) if self.pacer is not None else 0.0)
 
     async def run(self, bus: Any) -> None:
         """The measured phase.  With ``P2PGAME_PROFILE_LOOP=<folder>`` in the environment,
@@ -139,16 +152,25 @@ class StepLoop:
         call = self.device.call
         clock, monotonic = time.perf_counter, time.monotonic
         t_start, cpu_start = monotonic(), time.process_time()
+        virtual, vt = plan.virtual, self.virtual_s
         for step in range(plan.first_step, steps):
             if self.stopped():
                 break
             self.step = receiver.step = step
             top = self.schedule.at(step)
+            cost = self.step_cost() if virtual else 0.0
             if is_round(step, period, first_round) and self.publishes:
-                await self.publish(bus, step)
+                if virtual:
+                    await self.publish(bus, step, vt)
+                else:
+                    await self.publish(bus, step)
+            if virtual and self.publishes:  # nothing more from us before our next step
+                await self.promise(bus, step, vt + cost)
             t0 = clock()
             if plan.sync:
                 await receiver.barrier(step, self.stopped)
+            elif virtual:
+                await receiver.advance(step, vt, self.stopped)
             else:
                 await asyncio.sleep(0)  # let the receive task drain the socket
                 receiver.release(step, monotonic())
@@ -163,7 +185,10 @@ class StepLoop:
                 # the step thread's CPU time (torch's own threads aside)
                 timers["train_handoff"] += compute - self.device.last_s
                 timers["train_cpu"] += self.device.last_cpu_s
-            if self.pacer is not None:
+            if virtual:  # (the pace is in the step's virtual cost: no sleep)
+                vt += cost
+                self.virtual_s = vt
+            elif self.pacer is not None:
                 t0 = clock()
                 await asyncio.sleep(self.pacer.pause(compute))  # receiving goes on
                 timers["pace"] += clock() - t0
@@ -177,12 +202,18 @@ class StepLoop:
             if (step % every == 0 or step == steps - 1
                     or (probe_every and step % probe_every == 0)):
                 line = {"step": step, "t": round(monotonic() - t_start, 4), **out}
+                if virtual:  # the virtual time at the step's end
+                    line["time/virtual_s"] = vt
                 line.update(await call(heavy, algorithm.probe, step))
                 line["comm/bytes_sent"] = self.traffic.sent.totals()["bytes"]
                 # Released bytes: deterministic in sync mode (arrivals are not).
                 line["comm/bytes_received"] = delivery.delivered_bytes
                 line["comm/staleness_mean"] = delivery.inbox.staleness_summary()[0]
                 self.reporter.metrics_buffer.append(line)
+        if virtual and self.publishes:  # done: nothing more from us, ever
+            await self.promise(bus, steps, math.inf)
+        if virtual:
+            await receiver.settle_virtual(self.stopped)
         self.wall = monotonic() - t_start
         # The CPU time of the whole process meanwhile, every thread (the loop's, the step
         # thread, ZeroMQ's I/O thread; the other peers' too in a worker that hosts several).
