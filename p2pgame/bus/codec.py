@@ -6,7 +6,7 @@ Frames of a message (a ZeroMQ multipart message):
    prefix filtering works; see :mod:`p2pgame.bus.topics`)
 1. header, a msgpack map::
 
-       {"v": 2, "sender": int, "topic": str, "step": int, "time": float (unix s),
+       {"v": 2, "sender": int, "topic": str, "step": int, "time": float (unix s; virtual s on the virtual clock),
         "last": bool, "schema": [[name, dtype, shape, packed], ...], "meta": {...}}
 
    ``last`` marks the sender's last message of its round ``step`` (a sync

@@ -1,0 +1,112 @@
+"""The virtual clock (``runtime.clock = "virtual"``) on real peer processes: async runs
+that give the same results whatever the host's load and wherever the peers live, and a
+straggler whose neighbours use exactly the messages the virtual times say they can."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import p2pgame
+from tests.fixtures.record_same_results import TIMING_KEYS
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = ROOT / "tests" / "scenarios" / "expfam-ring4.toml"
+# 8 async peers on a ring with loss, latency jitter and a bandwidth cap that queues
+# (messages of 157 bytes every 10 ms of virtual time, 12 kB/s: about 1.3x the cap).
+FAULTY_RING8 = {"topology.n": 8, "comm.mode": "async", "runtime.clock": "virtual",
+                "comm.drop": 0.2, "comm.latency_ms": 5.0, "comm.jitter_ms": 3.0,
+                "comm.bandwidth": 12000.0}
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _hogs(n: int) -> list[subprocess.Popen]:
+    """``n`` processes that spin on the CPU (the host's load, for a run beside them)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def test_a_faulty_async_ring_gives_the_same_results_beside_a_cpu_hog_and_in_workers(tmp_path):
+    quiet = p2pgame.run(SCENARIO, {**FAULTY_RING8, "runtime.placement": "process"},
+                        out=tmp_path / "quiet", data=tmp_path / "data")
+    hogs = _hogs(4)
+    try:
+        loaded = p2pgame.run(SCENARIO, {**FAULTY_RING8, "runtime.placement": "workers",
+                                        "runtime.workers": 2},
+                             out=tmp_path / "loaded", data=tmp_path / "data")
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert quiet.ok and loaded.ok, (quiet.failures, loaded.failures)
+    # Bit-identical, timings aside: every metrics line and every peer's summary.
+    assert _strip(loaded.metrics) == _strip(quiet.metrics)
+    assert _strip(loaded.peers) == _strip(quiet.peers)
+    assert _strip(loaded.edges) == _strip(quiet.edges)
+    # ... of a run in which the faults did something: losses, queueing, stale messages.
+    peers = quiet.peers.values()
+    assert sum(p["messages_dropped_loss"] for p in peers) > 0
+    assert min(p["staleness_mean"] for p in peers) > 2  # the cap's queue ages messages
+    # The virtual time: in every line, and 200 steps of 10 ms at the end.
+    for lines in quiet.metrics.values():
+        assert all("time/virtual_s" in line for line in lines)
+        assert lines[-1]["time/virtual_s"] == pytest.approx(2.0)
+    for p in peers:
+        assert p["virtual_s"] == pytest.approx(2.0)
+        # One promise per step and the last one, to each of the two out-neighbours:
+        # counted apart from the exchange's messages.
+        assert p["clock_messages_sent"] == 2 * 201
+        assert p["messages_sent"] == 2 * 200
+
+
+def _step_times(cost: float, steps: int) -> list[float]:
+    t, out = 0.0, []
+    for _ in range(steps):  # (summed as the peer sums them: the same floating point)
+        out.append(t)
+        t += cost
+    return out
+
+
+def test_a_stragglers_neighbours_use_the_messages_the_virtual_times_allow(tmp_path):
+    """Peer 0 steps ten times slower (speed 0.1) on a ring of 4.  A peer's step at
+    virtual time t trains on the newest message of each in-neighbour that arrived by t
+    (sent at the sender's step time, arriving latency_ms later), so the count of an
+    in-neighbour's messages it used is the number of distinct newest ones over its
+    steps, computed here from the step times alone."""
+    compute_s, latency_s, steps = 0.01, 0.0055, 200
+    text = SCENARIO.read_text() + "\n[[peers]]\nids = [0]\nruntime = { speed = 0.1 }\n"
+    result = p2pgame.run(text, {"comm.mode": "async", "runtime.clock": "virtual",
+                                "comm.latency_ms": latency_s * 1000,
+                                "runtime.compute_s": compute_s},
+                         out=tmp_path / "runs", data=tmp_path / "data")
+    assert result.ok, result.failures
+    times = {i: _step_times(compute_s / (0.1 if i == 0 else 1.0), steps) for i in range(4)}
+    checked = 0
+    for i, peer in result.peers.items():
+        for edge in peer["links_in"]:
+            arrivals = [t + latency_s for t in times[edge["src"]]]
+            newest = set()
+            for t in times[i]:
+                arrived = [m for m, a in enumerate(arrivals) if a <= t]
+                if arrived:
+                    newest.add(arrived[-1])
+            assert edge["used"] == len(newest), (i, edge)
+            checked += 1
+    assert checked == 8
+    # The straggler's neighbours used one message in ten of it (20 of 200).
+    assert {e["used"] for p in (result.peers[1], result.peers[3]) for e in p["links_in"]
+            if e["src"] == 0} == {20}
+    assert result.peers[0]["virtual_s"] == pytest.approx(20.0)
+    last = result.metrics[1][-1]
+    assert last["step"] == steps - 1 and last["time/virtual_s"] == pytest.approx(2.0)

@@ -1,0 +1,161 @@
+"""The virtual clock's pure parts: a link that decides each message's fate when it is
+offered (the token bucket's closed form, the same fates whatever the order of releases),
+the promises a receiver waits for, and the scenario checks (lookahead, what this clock
+does not run yet)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pgame.bus.codec import Envelope
+from p2pgame.bus.links import Link, VirtualLink
+from p2pgame.config import LinkSpec, ScenarioError
+from p2pgame.peer.delivery import Delivery
+from p2pgame.scenario import resolve
+
+
+def _env(step: int, t: float, sender: int = 1) -> Envelope:
+    return Envelope(sender=sender, topic=f"samples/{sender}/x", step=step, tensors={}, time=t)
+
+
+def test_a_capped_link_gives_the_closed_form_token_bucket_schedule():
+    """Burst = one message: message k leaves at d_k = max(s_k, d_{k-1} + n_k / R), so
+    d_k = max over j <= k of (s_j + the bytes of messages j+1..k over R); it arrives
+    latency later."""
+    rate, latency = 1000.0, 0.004
+    sends = [0.0, 0.1, 0.15, 0.2, 0.9, 0.95, 0.951, 2.0]
+    sizes = [200, 300, 50, 400, 100, 100, 700, 10]
+    link = VirtualLink(1, 0, LinkSpec(bandwidth=rate, latency_ms=latency * 1000,
+                                      buffer_bytes=1e9), seed=0)
+    for k, (s, n) in enumerate(zip(sends, sizes, strict=True)):
+        assert link.offer(_env(k, s), n, s, 0, False) == "delivered"
+    closed = [max(sends[j] + sum(sizes[j + 1:k + 1]) / rate for j in range(k + 1))
+              for k in range(len(sends))]
+    got = [p.release_time for p in link.flight]
+    assert got == pytest.approx([d + latency for d in closed], abs=1e-12)
+
+
+def test_a_full_buffer_drops_at_the_tail_by_the_queue_at_the_send_time():
+    """Ten messages at once onto a link whose buffer holds two behind the one on the wire:
+    three go through, seven are dropped, whenever the receiver looks."""
+    link = VirtualLink(1, 0, LinkSpec(bandwidth=100.0, buffer_messages=2), seed=0)
+    fates = [link.offer(_env(k, 0.0), 100, 0.0, 0, False) for k in range(10)]
+    assert fates == ["delivered"] * 3 + ["buffer"] * 7
+    # One second later the first has left and the second is on the wire: room for one.
+    assert link.offer(_env(10, 1.0), 100, 1.0, 0, False) == "delivered"
+    assert link.offer(_env(11, 1.0), 100, 1.0, 0, False) == "buffer"
+
+
+SPECS = st.builds(LinkSpec, drop=st.sampled_from([0.0, 0.3]),
+                  latency_ms=st.sampled_from([1.0, 20.0]),
+                  jitter_ms=st.sampled_from([0.0, 15.0]),
+                  bandwidth=st.sampled_from([0.0, 5000.0]),
+                  buffer_messages=st.sampled_from([0, 3]),
+                  reorder=st.booleans(), delay_steps=st.sampled_from([0, 2]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=SPECS, looks=st.lists(st.floats(0.0, 1.0), min_size=0, max_size=30))
+def test_the_fates_do_not_depend_on_when_the_receiver_releases(spec, looks):
+    """One link releases at the end only; the other also at arbitrary moments between
+    offers (as a host's scheduling would have it), never earlier than the conservative
+    rule allows (before the next send time plus the least latency).  Every message gets
+    the same fate and arrival time on both."""
+    sends = [0.01 * k for k in range(60)]
+    steps = [0.02 * s for s in range(80)]  # the receiver's step start times
+    a = VirtualLink(1, 0, spec, seed=3)
+    b = VirtualLink(1, 0, spec, seed=3)
+    got_b = []
+    looks = sorted(looks)
+    for k, s in enumerate(sends):
+        for lk in [x for x in looks if x < s + spec.latency_ms / 1000.0]:
+            step = max([i for i, t in enumerate(steps) if t <= lk], default=0)
+            got_b += b.due_virtual(step, steps[step], lambda t: _first(steps, t))
+            looks.remove(lk)
+        a.offer(_env(k, s), 400, s, 0, False)
+        b.offer(_env(k, s), 400, s, 0, False)
+    last = len(steps) - 1
+    got_a = a.due_virtual(last, steps[last], lambda t: _first(steps, t))
+    got_b += b.due_virtual(last, steps[last], lambda t: _first(steps, t))
+    key = [(p.env.step, p.fate, p.release_time) for p in got_a]
+    assert sorted(key) == sorted((p.env.step, p.fate, p.release_time) for p in got_b)
+    assert a.counts() == b.counts()
+
+
+def _first(times: list[float], t: float) -> int:
+    return next((i for i, x in enumerate(times) if x >= t), len(times) - 1)
+
+
+def test_the_same_streams_as_the_real_clocks_link():
+    """Without a cap, the virtual link draws loss and latency from the real link's
+    seeded streams, message by message: the same fates and the same delays."""
+    spec = LinkSpec(drop=0.3, latency_ms=5.0, jitter_ms=10.0, jitter_dist="exponential")
+    real, virtual = Link(2, 5, spec, seed=11), VirtualLink(2, 5, spec, seed=11)
+    for k in range(200):
+        t = 0.01 * k
+        assert real.offer(_env(k, t, 2), 100, t, 0, False) == virtual.offer(
+            _env(k, t, 2), 100, t, 0, False)
+    assert [p.release_time for p in real.flight] == [p.release_time for p in virtual.flight]
+
+
+def _delivery(latency_ms: float = 5.0) -> Delivery:
+    links = {j: VirtualLink(j, 0, LinkSpec(latency_ms=latency_ms), seed=0) for j in (1, 2)}
+    return Delivery(0, links, {1: ["x"], 2: ["x"]}, sync=False)
+
+
+def test_a_step_waits_for_every_in_neighbours_promise_and_takes_what_arrived_by_then():
+    d = _delivery(latency_ms=5.0)
+    assert d.virtual and d.blocking(0.0) == [1, 2]
+    assert d.accept(_env(0, 0.0, 1), 100, 123.0, 0) is None  # (the host's now: unused)
+    assert d.promise(1, 0.01) is None
+    assert d.blocking(0.0) == [2]
+    assert d.promise(2, 0.0) is None  # 0 + 5 ms of least latency: past t = 0
+    assert d.blocking(0.0) == []
+    assert d.blocking(0.005) == [2]  # at 5 ms peer 2 could still be heard from
+    d.release_virtual(0, 0.0)
+    assert not d.inbox.latest  # peer 1's message arrives at 5 ms
+    assert d.promise(2, 0.01) is None
+    d.release_virtual(1, 0.005)  # arrives exactly then: taken
+    assert list(d.inbox.latest) == [(1, "x")]
+
+
+def test_a_promise_or_a_send_time_that_goes_back_is_refused():
+    d = _delivery()
+    assert d.promise(1, 0.5) is None
+    assert d.promise(1, 0.4) == "clock"
+    assert d.accept(_env(0, 0.3, 1), 100, 0.0, 0) == "clock"
+    assert d.promise(1, math.nan) == "clock"
+    assert d.promise(7, 1.0) == "sender"
+    assert d.rejected[1] == 3
+    assert d.accept(_env(0, 0.5, 1), 100, 0.0, 0) is None and d.promised[1] == 0.5
+
+
+def _scenario(**comm) -> dict:
+    raw = {"name": "v", "steps": 10, "topology": {"n": 3, "graph": "ring"},
+           "exchange": {"kind": "samples"},
+           "learner": {"kind": "expfam-bernoulli", "dim": 4, "n_data": 50, "batch": 10},
+           "comm": {"mode": "async", **comm}, "runtime": {"clock": "virtual"}}
+    return raw
+
+
+def test_the_virtual_clock_runs_async_with_lookahead_and_refuses_the_rest():
+    assert resolve(_scenario()).runtime.clock == "virtual"
+    with pytest.raises(ScenarioError, match=r'needs comm.mode = "async"'):
+        resolve(_scenario(mode="sync"))
+    raw = _scenario()
+    raw["runtime"]["compute_s"] = 0.0
+    with pytest.raises(ScenarioError, match=r"edge 0 -> 1 has no lookahead.*runtime\.compute_s"
+                                            r" > 0, or a latency_ms > 0"):
+        resolve(raw)
+    raw["comm"]["latency_ms"] = 1.0  # lookahead from the links instead
+    assert resolve(raw).runtime.compute_s == 0.0
+    with pytest.raises(ScenarioError, match=r'edge 0 -> 1: buffer_policy = "oldest"'):
+        resolve(_scenario(bandwidth=1000.0, buffer_policy="oldest"))
+    raw = _scenario()
+    raw["runtime"]["clock"] = "wall"
+    with pytest.raises(ScenarioError, match=r"clock.*allowed: real, virtual"):
+        resolve(raw)
