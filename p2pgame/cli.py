@@ -49,6 +49,13 @@ def _table(summary: dict, columns: list[str], warned: dict[str, str] | None = No
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def _reached(at: dict | None) -> str:
+    if not at:
+        return "not reached"
+    virtual = f", virtual {at['virtual_s']:.4g} s" if "virtual_s" in at else ""
+    return f"at step {at['step']} ({at['t']:.4g} s{virtual})"
+
+
 DEFAULT_COLUMNS = ["steps", "steps_per_s", "bytes_sent", "messages_dropped", "staleness_mean"]
 
 
@@ -92,6 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_table(s, DEFAULT_COLUMNS + extra, {pid: "see below" for pid in warnings}))
     for pid, why in warnings.items():  # (few of a neighbour's messages used; a slow stop)
         print(f"warning: peer {pid} {why}")
+    if s.get("target"):  # time to quality
+        print(f"target {s['target']}: " + "; ".join(
+            f"peer {pid} {_reached(p.get('target_reached'))}" for pid, p in s["peers"].items()))
     print(f"wall {s['wall_s']:.1f} s, mode {s['mode']}, {s['n_peers']} peers")
     for pid, why in result.failures.items():
         print(f"error: peer {pid} failed: {why}", file=sys.stderr)

@@ -523,6 +523,29 @@ class PaceSpec:
 PACE_KEYS = tuple(f.name for f in dataclasses.fields(PaceSpec))
 
 
+TARGET_RE = re.compile(r"\s*([A-Za-z0-9_./-]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+|[-+]?inf)\s*")
+
+
+def parse_target(text: str) -> tuple[str, str, float]:
+    """``runtime.target``: ``"ne_max_abs<=0.02"`` -> (key, operator, threshold)."""
+    m = TARGET_RE.fullmatch(text) if isinstance(text, str) else None
+    value = None
+    if m:
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            value = None
+    if m is None or value is None or math.isnan(value):
+        raise ScenarioError(f"target = {short(text)}: expected KEY<=X, KEY<X, KEY>=X or KEY>X "
+                            '(a metrics line\'s key and a number, e.g. "ne_max_abs<=0.02")')
+    return m.group(1), m.group(2), value
+
+
+def target_met(op: str, value: float, threshold: float) -> bool:
+    return {"<=": value <= threshold, "<": value < threshold, ">=": value >= threshold,
+            ">": value > threshold}[op]
+
+
 @dataclass(frozen=True)
 class RuntimeSpec:
     threads_per_peer: int = 0  # 0 = cores // peers, at least 1
@@ -558,6 +581,9 @@ class RuntimeSpec:
     # virtual time t with exactly the messages that arrived by t (async only).
     clock: str = "real"
     compute_s: float = 0.01  # a step's modelled compute time on the virtual clock
+    # Time to quality: "KEY<=X" (or <, >=, >): the summary gives, per peer, the first
+    # metrics line whose KEY (a metrics line's key, its namespace optional) met it.
+    target: str = ""
     pace: PaceSpec = PaceSpec()  # in a scenario file its keys sit in [runtime]
 
     def __post_init__(self) -> None:
@@ -581,6 +607,8 @@ class RuntimeSpec:
         at_least(self.restart, 0, "restart")
         at_least(self.checkpoint_every, 0, "checkpoint_every")
         one_of(self.clock, CLOCKS, "clock")
+        if self.target:
+            parse_target(self.target)
         at_least(self.compute_s, 0.0, "compute_s")
         if not math.isfinite(self.compute_s):
             raise ScenarioError(f"compute_s = {self.compute_s} must be a finite number of "

@@ -20,6 +20,11 @@ class Inbox:
         # often it was reused); messages replaced before any step took them are not.
         self.used: Counter[int] = Counter()
         self._counted: dict[tuple[int, str], int] = {}
+        # The virtual clock: the virtual time of the step in progress (set at each
+        # release), and per sender the summed age in virtual seconds of each use.
+        self.now: float | None = None
+        self.age_s: Counter[int] = Counter()
+        self.uses: Counter[int] = Counter()
 
     def put(self, env: Any) -> None:
         key = (env.sender, env.space)
@@ -32,6 +37,9 @@ class Inbox:
         env = self.latest.get((sender, space))
         if env is not None:
             self.staleness[step - env.step] += 1  # the gap; negative: the sender is ahead
+            if self.now is not None:  # (virtual clock: since it was sent, in seconds)
+                self.age_s[sender] += self.now - env.time
+                self.uses[sender] += 1
             if self._counted.get((sender, space)) != env.step:
                 self._counted[(sender, space)] = env.step
                 self.used[sender] += 1

@@ -44,7 +44,7 @@ from p2pgame.launch.hold import SignalHold, private_folder, signals_counted
 from p2pgame.launch.launcher import Launcher
 from p2pgame.launch.logs import setup_logging
 from p2pgame.launch.rundir import RunFolder, RunLayout, make_run_dir, write_error, write_topology
-from p2pgame.launch.sinks import JsonlSink, MetricSink
+from p2pgame.launch.sinks import JsonlSink, MetricSink, TargetSink
 from p2pgame.launch.summary import (
     add_before_resume,
     exit_code,
@@ -348,6 +348,7 @@ class Started:
     folder: RunFolder
     launcher: Launcher
     tensorboard: TensorBoardSink | None = None  # runtime.tensorboard (and it can be written)
+    target: TargetSink | None = None  # runtime.target: time to quality
 
     def close(self) -> list[dict[str, Any]]:
         """Stop what still runs (ask, wait, terminate, kill) and release everything; the
@@ -389,6 +390,9 @@ def start(prepared: Prepared, progress: bool = True) -> Started:
     server = ControlServer(comm.transport, host, sock_dir.resolve(), tokens, launcher_curve)
     folder = RunFolder(prepared.layout, append=prepared.resuming)
     sinks: list[MetricSink] = [JsonlSink(folder)]
+    target = TargetSink(rt.target, folder) if rt.target else None
+    if target is not None:  # (before the JSONL sink: it reads what the file held)
+        sinks.insert(0, target)
     # (Imports TensorBoard's record writer now, before any peer runs; None: cannot, one
     # warning.)
     board = tensorboard_sink(folder) if rt.tensorboard else None
@@ -397,7 +401,7 @@ def start(prepared: Prepared, progress: bool = True) -> Started:
     launcher = Launcher(scenario, prepared.schedule, folder, backend, progress, sinks=sinks)
     return Started(sock_dir=sock_dir, backend=backend, host=host, bind_node=bind_node,
                    tokens=tokens, curve_launch=curve_launch, server=server, folder=folder,
-                   launcher=launcher, tensorboard=board)
+                   launcher=launcher, tensorboard=board, target=target)
 
 
 def peer_launches(prepared: Prepared, started: Started) -> dict[int, dict[str, Any]]:
@@ -539,6 +543,18 @@ def _after_run(prepared: Prepared, folder: RunFolder, summary: dict[str, Any],
         hold.raise_now = False
 
 
+def _add_target(summary: dict[str, Any], target: TargetSink) -> None:
+    """``target`` and each peer's ``target_reached`` (None: not met; a warning when no
+    metrics line of the run had the key at all, a misspelt key, say)."""
+    summary["target"] = target.target
+    for pid, peer in summary["peers"].items():
+        peer["target_reached"] = target.reached.get(int(pid))
+    if summary["peers"] and not target.seen:
+        log.warning(f"runtime.target = {target.target!r}: no metrics line of any peer has "
+                    f"the key {target.key!r}, so no peer met it (see a peer's "
+                    "metrics/peer-<i>.jsonl for the keys)")
+
+
 def summarise(prepared: Prepared, started: Started, ended: Ended,
               hold: SignalHold) -> RunResult:
     """Stage 4: ``summary.json`` (with the per-edge accounts, also ``links.csv``, and the
@@ -556,6 +572,8 @@ def summarise(prepared: Prepared, started: Started, ended: Ended,
         log.warning(f"the accounts of edges {', '.join(unbalanced)} do not add up "
                     "(a receiver counted more than its sender sent)")
     summary["refused_edges"] = _refused(summary, launcher, prepared.scenario.comm.mode)
+    if started.target is not None:  # time to quality: per peer, where it met the target
+        _add_target(summary, started.target)
     if not (launcher.failures or launcher.interrupted or folder.error or ended.start_error):
         _after_run(prepared, folder, summary, hold)
     if started.tensorboard is not None:  # the sample grids, the edges' accounts

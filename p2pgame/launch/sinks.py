@@ -85,3 +85,69 @@ class JsonlSink:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+class TargetSink:
+    """Time to quality (``runtime.target = "KEY<=X"``): per peer, the first metrics line
+    whose ``KEY`` met the target, as ``{"step", "t", "virtual_s"}`` (``virtual_s`` on the
+    virtual clock; ``t`` the host's seconds).  ``KEY`` may leave out its namespace
+    (``ne_max_abs`` matches ``eval/ne_max_abs``).  Its resolution is the metrics lines'
+    (``runtime.metrics_every``).  On ``--resume`` (``folder.append``) the lines already in
+    a peer's metrics file count first."""
+
+    def __init__(self, target: str, folder: RunFolder | None = None) -> None:
+        from p2pgame.config import parse_target
+
+        self.target = target
+        self.key, self.op, self.threshold = parse_target(target)
+        self.folder = folder
+        self.reached: dict[int, dict[str, Any]] = {}
+        self.seen: set[int] = set()  # peers with a line that has the key
+        self._opened: set[int] = set()
+
+    def _value(self, line: dict[str, Any]) -> float | None:
+        v = line.get(self.key)
+        if v is None and "/" not in self.key:
+            v = next((x for k, x in line.items() if k.endswith("/" + self.key)), None)
+        return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    def open(self, peer: int) -> None:
+        if peer in self._opened:
+            return
+        self._opened.add(peer)
+        if self.folder is not None and self.folder.append:
+            try:
+                text = self.folder.layout.metrics(peer).read_text()
+            except OSError:
+                return
+            lines = []
+            for raw in text.splitlines():
+                try:
+                    lines.append(json.loads(raw))
+                except ValueError:
+                    continue
+            self.write(peer, [x for x in lines if isinstance(x, dict)])
+
+    def write(self, peer: int, lines: list[dict[str, Any]]) -> None:
+        from p2pgame.config import target_met
+
+        if peer in self.reached:
+            return
+        for line in lines:
+            v = self._value(line)
+            if v is None:
+                continue
+            self.seen.add(peer)
+            if target_met(self.op, v, self.threshold):
+                got = {"step": line.get("step"), "t": line.get("t")}
+                if "time/virtual_s" in line:
+                    got["virtual_s"] = line["time/virtual_s"]
+                self.reached[peer] = got
+                return
+
+    def close(self) -> None:
+        pass
+
+    def summary(self, peers: list[int]) -> dict[str, Any]:
+        """Per peer: where it met the target, or None (``never``: no line had the key)."""
+        return {str(i): self.reached.get(i) for i in peers}

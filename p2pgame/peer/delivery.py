@@ -176,6 +176,7 @@ class Delivery:
     def release_virtual(self, step: int, now: float) -> None:
         """Step ``step`` starts at virtual time ``now`` (every in-neighbour past it,
         :meth:`blocking`): what arrived by then, and is usable at ``step``, into the inbox."""
+        self.inbox.now = now  # (the ages of this step's uses, in virtual seconds)
         times, ids = self.step_times, self.step_ids
         if not ids or step > ids[-1]:
             times.append(now)
@@ -257,9 +258,14 @@ class Delivery:
         """Per in-neighbour: what its link did with every message offered, and how many of
         its messages a training step used (``arrived = delivered + dropped_loss +
         dropped_buffer + held``)."""
-        return [{"src": j, "dst": self.me, **link.counts(), "rejected": self.rejected[j],
-                 "used": self.inbox.used[j]}
-                for j, link in sorted(self.links.items())]
+        inbox = self.inbox
+        out = [{"src": j, "dst": self.me, **link.counts(), "rejected": self.rejected[j],
+                "used": inbox.used[j]} for j, link in sorted(self.links.items())]
+        if self.virtual:  # the age of use in virtual seconds, per in-neighbour
+            for e in out:
+                j = e["src"]
+                e["staleness_mean_s"] = inbox.age_s[j] / inbox.uses[j] if inbox.uses[j] else 0.0
+        return out
 
 
 def _samples(env: Envelope) -> int:

@@ -21,7 +21,7 @@ SCENARIO = ROOT / "tests" / "scenarios" / "expfam-ring4.toml"
 # (messages of 157 bytes every 10 ms of virtual time, 12 kB/s: about 1.3x the cap).
 FAULTY_RING8 = {"topology.n": 8, "comm.mode": "async", "runtime.clock": "virtual",
                 "comm.drop": 0.2, "comm.latency_ms": 5.0, "comm.jitter_ms": 3.0,
-                "comm.bandwidth": 12000.0}
+                "comm.bandwidth": 12000.0, "runtime.target": "ne_max_abs<=0.05"}
 
 
 def _strip(obj):
@@ -62,8 +62,17 @@ def test_a_faulty_async_ring_gives_the_same_results_beside_a_cpu_hog_and_in_work
     for lines in quiet.metrics.values():
         assert all("time/virtual_s" in line for line in lines)
         assert lines[-1]["time/virtual_s"] == pytest.approx(2.0)
-    for p in peers:
+    for pid, p in quiet.peers.items():
         assert p["virtual_s"] == pytest.approx(2.0)
+        # Time to quality: the first metrics line that met the target, in virtual time.
+        at = p["target_reached"]
+        assert at is not None and at["virtual_s"] == pytest.approx((at["step"] + 1) * 0.01)
+        line = next(x for x in quiet.metrics[pid] if x["step"] == at["step"])
+        assert line["eval/ne_max_abs"] <= 0.05
+        assert all(x["eval/ne_max_abs"] > 0.05 for x in quiet.metrics[pid]
+                   if x["step"] < at["step"])
+        # The age of use in virtual seconds, per in-neighbour: at least the latency.
+        assert all(e["staleness_mean_s"] >= 0.005 for e in p["links_in"])
         # One promise per step and the last one, to each of the two out-neighbours:
         # counted apart from the exchange's messages.
         assert p["clock_messages_sent"] == 2 * 201

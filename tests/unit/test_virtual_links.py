@@ -159,3 +159,45 @@ def test_the_virtual_clock_runs_async_with_lookahead_and_refuses_the_rest():
     raw["runtime"]["clock"] = "wall"
     with pytest.raises(ScenarioError, match=r"clock.*allowed: real, virtual"):
         resolve(raw)
+
+
+def test_a_target_is_met_at_the_first_line_that_meets_it_namespace_optional(tmp_path):
+    from p2pgame.config import parse_target
+    from p2pgame.launch.rundir import RunFolder
+    from p2pgame.launch.sinks import JsonlSink, TargetSink
+
+    assert parse_target(" eval/fid_all < 40 ") == ("eval/fid_all", "<", 40.0)
+    for bad in ("ne_max_abs=0.02", "<=0.02", "ne_max_abs<=", "ne_max_abs<=nan", "a b<=1"):
+        with pytest.raises(ScenarioError, match="expected KEY<=X"):
+            parse_target(bad)
+    sink = TargetSink("ne_max_abs<=0.1")
+    sink.open(0)
+    sink.write(0, [{"step": 0, "t": 0.1, "eval/ne_max_abs": 0.5},
+                   {"step": 10, "t": 0.2, "train/lr": 0.1}])
+    assert sink.reached == {} and sink.seen == {0}
+    sink.write(0, [{"step": 20, "t": 0.3, "eval/ne_max_abs": 0.1, "time/virtual_s": 0.21},
+                   {"step": 30, "t": 0.4, "eval/ne_max_abs": 0.01}])
+    assert sink.reached == {0: {"step": 20, "t": 0.3, "virtual_s": 0.21}}
+    sink.write(1, [{"step": 0, "t": 0.1, "ne_max_abs_x": 0.0}])  # another key
+    assert 1 not in sink.reached and sink.seen == {0}
+    # --resume: the lines already in the metrics file count first.
+    first = JsonlSink(RunFolder(tmp_path))
+    first.write(2, [{"step": 5, "t": 1.0, "eval/ne_max_abs": 0.05}])
+    first.close()
+    resumed = TargetSink("ne_max_abs<0.06", RunFolder(tmp_path, append=True))
+    resumed.open(2)
+    resumed.write(2, [{"step": 6, "t": 0.1, "eval/ne_max_abs": 0.01}])
+    assert resumed.reached == {2: {"step": 5, "t": 1.0}}
+
+
+def test_the_inbox_ages_uses_in_virtual_seconds():
+    d = _delivery(latency_ms=5.0)
+    d.accept(_env(0, 0.0, 1), 100, 0.0, 0)
+    d.promise(1, 0.02)
+    d.promise(2, 0.02)
+    d.release_virtual(0, 0.01)
+    assert d.inbox.use(1, "x", 0).time == 0.0
+    d.release_virtual(1, 0.02)
+    d.inbox.use(1, "x", 1)
+    (e1, e2) = d.edge_accounts()
+    assert e1["staleness_mean_s"] == pytest.approx(0.015) and e2["staleness_mean_s"] == 0.0
