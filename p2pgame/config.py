@@ -352,6 +352,38 @@ class TopologySpec:
         return self.graphs[0]
 
 
+MAHIMAHI_BYTES = 1500  # what one line of a Mahimahi trace lets cross the link
+
+
+def trace_period_ms(trace: tuple[int, ...]) -> int:
+    """A Mahimahi trace repeats with the period of its last timestamp (at least 1 ms)."""
+    return max(trace[-1], 1)
+
+
+def parse_mahimahi(text: str, where: str) -> tuple[int, ...]:
+    """A Mahimahi trace (Netravali et al., USENIX ATC 2015): one line per delivery
+    opportunity of 1500 bytes, its time in milliseconds (integers, non-decreasing; a
+    time repeated is several opportunities in that millisecond); the trace wraps around
+    after its last timestamp.  ``where`` names the file in errors."""
+    out: list[int] = []
+    for k, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.isdigit():
+            raise ScenarioError(f"{where}: line {k}: {short(line)} is not a time in "
+                                "milliseconds (a Mahimahi trace: one integer per line)")
+        t = int(line)
+        if out and t < out[-1]:
+            raise ScenarioError(f"{where}: line {k}: {t} ms comes before {out[-1]} ms (the "
+                                "times of a trace never go back)")
+        out.append(t)
+    if not out or out[-1] == 0:
+        raise ScenarioError(f"{where}: no delivery opportunity after 0 ms (an empty trace, "
+                            "or one that never moves on)")
+    return tuple(out)
+
+
 BUFFER_POLICIES = ("tail", "oldest")
 JITTER_DISTS = ("uniform", "exponential", "lognormal")
 
@@ -379,6 +411,10 @@ class LinkSpec:
     jitter_dist: str = "uniform"
     jitter_sigma: float = 1.0
     reorder: bool = False  # True: each message leaves after its own latency (may overtake)
+    # A Mahimahi bandwidth trace instead of a constant cap: the file (relative to the
+    # scenario file) as given, and its delivery opportunities (ms) as read by the resolver.
+    trace: str = ""
+    trace_ms: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         at_least(self.delay_steps, 0, "delay_steps")
@@ -395,20 +431,32 @@ class LinkSpec:
         at_least(self.jitter_sigma, 0.0, "jitter_sigma", strict=True)
         if not isinstance(self.reorder, bool):
             raise ScenarioError(f"reorder = {self.reorder!r} must be true or false")
+        if self.trace and self.bandwidth > 0:
+            raise ScenarioError(f"trace = {short(self.trace)} and bandwidth = "
+                                f"{short(self.bandwidth)}: a trace gives the link's bandwidth; "
+                                "set one of them")
+
+    @property
+    def rate(self) -> float:
+        """The link's bandwidth in bytes per second (a trace's mean; 0: unlimited)."""
+        if self.trace_ms:
+            return MAHIMAHI_BYTES * len(self.trace_ms) / (trace_period_ms(self.trace_ms) / 1000)
+        return self.bandwidth
 
     @property
     def buffer_limit_bytes(self) -> float:
-        """The waiting queue's byte limit in effect (inf: none)."""
+        """The waiting queue's byte limit in effect (inf: none): one second of the rate
+        unless ``buffer_bytes`` says otherwise."""
         if self.buffer_bytes > 0:
             return self.buffer_bytes
-        return self.bandwidth if self.bandwidth > 0 else float("inf")
+        return self.rate if self.rate > 0 else float("inf")
 
     @property
     def is_ideal(self) -> bool:
         return self == LinkSpec()
 
 
-LINK_KEYS = tuple(f.name for f in dataclasses.fields(LinkSpec))
+LINK_KEYS = tuple(f.name for f in dataclasses.fields(LinkSpec) if f.name != "trace_ms")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from p2pgame.config import (
     check_value,
     clip,
     one_of,
+    parse_mahimahi,
     short,
 )
 from p2pgame.exchange import EXCHANGES, exchange_class, method
@@ -205,9 +206,29 @@ def resolve_topology(table: Any) -> TopologySpec:
     return build(TopologySpec, {**rest, "graphs": tuple(graphs)}, "topology")
 
 
-def resolve_comm(table: Any, n: int) -> CommSpec:
+def _traced(link: LinkSpec, where: str, source: str) -> LinkSpec:
+    """A link with ``trace``: its Mahimahi file read (relative to the scenario file; to
+    the working folder for a scenario given as text) into ``trace_ms``."""
+    if not link.trace:
+        return link
+    path = Path(link.trace)
+    if not path.is_absolute() and Path(source).is_file():
+        path = Path(source).resolve().parent / path
+    key = f"{where}.trace = {short(link.trace)}"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ScenarioError(f"{key}: no such file ({path})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"{key}: cannot read it ({getattr(e, 'strerror', None) or e})"
+                            ) from None
+    return dataclasses.replace(link, trace_ms=parse_mahimahi(text, key))
+
+
+def resolve_comm(table: Any, n: int, source: str = "<scenario>") -> CommSpec:
     table = _table(table, "comm", COMM_KEYS)
     link = build(LinkSpec, {k: table[k] for k in LINK_KEYS if k in table}, "comm")
+    link = _traced(link, "comm", source)
     edges = []
     for i, entry in enumerate(check_value(table.get("edges", ()), tuple[Any, ...], "comm.edges")):
         w = f"comm.edges[{i}]"
@@ -226,7 +247,14 @@ def resolve_comm(table: Any, n: int) -> CommSpec:
                 raise ScenarioError(f"{w}: {src} -> {dst} is already overridden by comm.edges[{k}]")
         merged = {k: getattr(link, k) for k in LINK_KEYS}
         merged.update(entry)
-        edges.append(EdgeLinkSpec(src, dst, build(LinkSpec, merged, w)))
+        if "trace" not in entry and "bandwidth" in entry:  # (the edge's own cap wins)
+            merged["trace"] = ""
+        if "trace" in entry and "bandwidth" not in entry:  # (... or its own trace)
+            merged["bandwidth"] = 0.0
+        edge = build(LinkSpec, merged, w)
+        edge = (_traced(edge, w, source) if "trace" in entry
+                else dataclasses.replace(edge, trace_ms=link.trace_ms if edge.trace else ()))
+        edges.append(EdgeLinkSpec(src, dst, edge))
     rest = {k: table[k] for k in COMM_KEYS if k in table and k not in LINK_KEYS
             and k != "edges"}
     return build(CommSpec, {**rest, "link": link, "edges": tuple(edges)}, "comm")
@@ -558,7 +586,7 @@ def _resolve_sections(raw: dict, source: str) -> Scenario:
         exchange=exchange,
         learner=base,
         players=players,
-        comm=resolve_comm(raw.get("comm", {}), n),
+        comm=resolve_comm(raw.get("comm", {}), n, source),
         data=data,
         runtime=runtime,
         **kwargs,

@@ -33,6 +33,7 @@ the receiver learns that a round is complete only after what came before it.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -41,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pgame.bus.codec import Envelope
-from p2pgame.config import LinkSpec
+from p2pgame.config import MAHIMAHI_BYTES, LinkSpec, trace_period_ms
 from p2pgame.rng import generator
 
 DELIVERED, LOST, OVERFLOW = "delivered", "loss", "buffer"
@@ -80,6 +81,48 @@ class TokenBucket:
         return t
 
 
+class TraceBucket:
+    """A bandwidth trace (Mahimahi's format, ``comm.trace``) in place of the token bucket:
+    the link may pass 1500 bytes at each of the trace's delivery opportunities (times in
+    ms, repeating with the period of the last one).  A message of n bytes takes the next
+    ceil(n / 1500) unused opportunities at or after it enters the bottleneck, and leaves
+    at the last of them (FIFO: after the message before it; an opportunity nobody uses
+    is lost, as on a real link).  The same interface as :class:`TokenBucket`."""
+
+    def __init__(self, trace_ms: tuple[int, ...]) -> None:
+        self.times = [t / 1000.0 for t in trace_ms]
+        self.period = trace_period_ms(trace_ms) / 1000.0
+        self.next = 0  # the first opportunity not used yet, counted over every period
+
+    def _time(self, i: int) -> float:
+        q, r = divmod(i, len(self.times))
+        return q * self.period + self.times[r]
+
+    def _first_at(self, t: float) -> int:
+        """The first opportunity at or after ``t``."""
+        q = max(0, math.floor(t / self.period))
+        r = bisect.bisect_left(self.times, t - q * self.period)
+        return q * len(self.times) + r  # (r = len: the next period's first)
+
+    def _plan(self, nbytes: int, t_arrive: float) -> tuple[float, int]:
+        first = max(self.next, self._first_at(t_arrive))
+        used = max(1, -(-nbytes // MAHIMAHI_BYTES))
+        return self._time(first + used - 1), first + used
+
+    def peek(self, nbytes: int, t_arrive: float) -> float:
+        return self._plan(nbytes, t_arrive)[0]
+
+    def release_time(self, nbytes: int, t_arrive: float) -> float:
+        t, self.next = self._plan(nbytes, t_arrive)
+        return t
+
+
+def _bottleneck(spec: LinkSpec) -> TokenBucket | TraceBucket | None:
+    if spec.trace_ms:
+        return TraceBucket(spec.trace_ms)
+    return TokenBucket(spec.bandwidth, spec.burst) if spec.bandwidth > 0 else None
+
+
 @dataclass
 class Pending:
     """A message on the link, usable from ``release_step`` and ``release_time`` on.
@@ -107,7 +150,7 @@ class Link:
         self.src, self.dst, self.spec = src, dst, spec
         self.drop_rng = generator(seed, "link", src, dst, "drop")
         self.jitter_rng = generator(seed, "link", src, dst, "jitter")
-        self.bucket = TokenBucket(spec.bandwidth, spec.burst) if spec.bandwidth > 0 else None
+        self.bucket = _bottleneck(spec)
         self.buffer_bytes = spec.buffer_limit_bytes
         self.buffer_messages = spec.buffer_messages or math.inf
         # Bottleneck queue: [arrival time, Pending]; the head is the one on the wire.

@@ -428,7 +428,7 @@ def test_edge_overrides_valid(tiny_raw):
     assert s.comm.link_of(1, 0) == s.comm.link == LinkSpec(drop=0.05)
     assert set(LINK_KEYS) == {"delay_steps", "latency_ms", "jitter_ms", "drop", "bandwidth",
                               "burst", "buffer_bytes", "buffer_messages", "buffer_policy",
-                              "jitter_dist", "jitter_sigma", "reorder"}
+                              "jitter_dist", "jitter_sigma", "reorder", "trace"}
 
 
 @pytest.mark.parametrize(

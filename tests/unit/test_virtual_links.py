@@ -201,3 +201,73 @@ def test_the_inbox_ages_uses_in_virtual_seconds():
     d.inbox.use(1, "x", 1)
     (e1, e2) = d.edge_accounts()
     assert e1["staleness_mean_s"] == pytest.approx(0.015) and e2["staleness_mean_s"] == 0.0
+
+
+ONE_PER_MS = "".join(f"{t}\n" for t in range(1, 1001))  # 1500 bytes a millisecond
+
+
+@pytest.mark.parametrize("link_class", [Link, VirtualLink])
+def test_a_trace_of_one_line_per_millisecond_carries_12_mbit_per_second(link_class):
+    from p2pgame.config import parse_mahimahi
+
+    spec = LinkSpec(trace="t.txt", trace_ms=parse_mahimahi(ONE_PER_MS, "t.txt"),
+                    buffer_bytes=1e9)
+    assert spec.rate * 8 == pytest.approx(12e6)
+    link = link_class(1, 0, spec, seed=0)
+    n, size = 2500, 6000  # 15 MB at once: 2.5 periods of the trace (it wraps around)
+    for k in range(n):
+        link.offer(_env(k, 0.0), size, 0.0, 0, False)
+    out, _ = (link.due(0, 1e9) if link_class is Link else
+              (link.due_virtual(0, 1e9, lambda t: 0), None))
+    assert len(out) == n
+    last = max(p.release_time for p in out)
+    assert n * size * 8 / last == pytest.approx(12e6, rel=0.01)
+    assert last == pytest.approx(10.0)  # the 10 000th opportunity: 10 s
+
+
+def test_a_trace_bucket_waits_for_the_next_opportunity_and_wraps_around():
+    from p2pgame.bus.links import TraceBucket
+
+    b = TraceBucket((5, 5, 20))  # two opportunities at 5 ms, one at 20 ms; period 20 ms
+    assert b.release_time(1500, 0.0) == pytest.approx(0.005)
+    assert b.release_time(3000, 0.0) == pytest.approx(0.020)  # the second at 5, then 20
+    assert b.release_time(100, 0.021) == pytest.approx(0.025)  # next period: 20 + 5
+    assert b.peek(1500, 0.030) == pytest.approx(0.040)  # 20 + 20; peek changes nothing
+    assert b.release_time(1500, 0.030) == pytest.approx(0.040)
+
+
+def test_a_trace_file_is_read_relative_to_the_scenario_and_refused_when_bad(tmp_path):
+    from p2pgame.config import parse_mahimahi
+
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "ok.txt").write_text("1\n1\n3\n")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("")
+    raw = _scenario(trace="traces/ok.txt")
+    raw["comm"]["edges"] = [{"src": 0, "dst": 1, "bandwidth": 1000.0}]
+    comm = resolve(raw, str(scenario)).comm
+    assert comm.link.trace_ms == (1, 1, 3)
+    assert comm.link_of(0, 1).trace_ms == () and comm.link_of(0, 1).bandwidth == 1000.0
+    assert comm.link_of(1, 2).rate == pytest.approx(3 * 1500 / 0.003)
+    with pytest.raises(ScenarioError, match=r"comm\.trace = 'nope\.txt': no such file"):
+        resolve(_scenario(trace="nope.txt"), str(scenario))
+    with pytest.raises(ScenarioError, match="a trace gives the link's bandwidth"):
+        resolve(_scenario(trace="traces/ok.txt", bandwidth=5.0), str(scenario))
+    for text, why in (("1\nx\n", "line 2: 'x' is not a time"), ("5\n3\n", "line 2: 3 ms comes"),
+                      ("\n", "no delivery opportunity"), ("0\n0\n", "no delivery")):
+        with pytest.raises(ScenarioError, match=f"^t: {why}"):
+            parse_mahimahi(text, "t")
+
+
+def test_the_shipped_traces_are_what_their_generator_makes():
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "topologies" / "traces"
+    spec = importlib.util.spec_from_file_location("generate", folder / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    shipped = sorted(p.name for p in folder.glob("*.txt"))
+    assert shipped == sorted(gen.TRACES)
+    for name in shipped:
+        assert (folder / name).read_text() == gen.text(name), name
