@@ -212,9 +212,9 @@ class StepLoop:
                 self.reporter.metrics_buffer.append(line)
         if virtual and self.publishes:  # done: nothing more from us, ever
             await self.promise(bus, steps, math.inf)
-        if virtual:
-            await receiver.settle_virtual(self.stopped)
         self.wall = monotonic() - t_start
+        if virtual:  # (not in the wall time: the steps are done)
+            await receiver.settle_virtual(self.stopped)
         # The CPU time of the whole process meanwhile, every thread (the loop's, the step
         # thread, ZeroMQ's I/O thread; the other peers' too in a worker that hosts several).
         timers["process_cpu"] = time.process_time() - cpu_start
