@@ -194,7 +194,7 @@ def _ended_run(tmp_path, *, interrupted=0, failures=None, write_error=None,
     launcher = SimpleNamespace(failures=dict(failures or {}), warnings={}, restarts={},
                                interrupted=interrupted, bad_control=0, summaries={}, files={})
     started = SimpleNamespace(launcher=launcher, folder=folder,
-                              server=SimpleNamespace(junk=2), tensorboard=None)
+                              server=SimpleNamespace(junk=2), tensorboard=None, target=None)
     return prepared, started, launch.Ended(start_error, [], 1.5), hooks
 
 
