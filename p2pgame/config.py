@@ -555,6 +555,10 @@ class PaceSpec:
     speed: float = 1.0  # 0.1: every step takes 10x its compute time
     step_delay_ms: float = 0.0
     step_delay_dist: str = "constant"
+    # (The virtual clock) when the peer is away: [from, to) in virtual seconds, in order.
+    # A step that starts in a window is skipped (its time passes; the peer neither trains
+    # nor publishes, and takes no message in: what arrives waits on its links).
+    offline: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.speed <= 1:
@@ -562,10 +566,25 @@ class PaceSpec:
                                 "(a slow-down: 0.1 is ten times slower)")
         at_least(self.step_delay_ms, 0.0, "step_delay_ms")
         one_of(self.step_delay_dist, PACE_DISTS, "step_delay_dist")
+        last = 0.0
+        for k, window in enumerate(self.offline):
+            if len(window) != 2:
+                raise ScenarioError(f"offline[{k}] = {short(list(window))}: expected "
+                                    "[from, to] (virtual seconds)")
+            a, b = window
+            if not (math.isfinite(a) and math.isfinite(b)) or not last <= a < b:
+                raise ScenarioError(
+                    f"offline[{k}] = [{a:g}, {b:g}]: each window [from, to) must have "
+                    f"0 <= from < to, finite, after the one before it (which ends at {last:g})")
+            last = b
 
     @property
     def is_natural(self) -> bool:
         return self.speed == 1 and self.step_delay_ms == 0
+
+    def is_away(self, t: float) -> bool:
+        """Whether virtual time ``t`` falls in one of the peer's offline windows."""
+        return any(a <= t < b for a, b in self.offline)
 
 
 PACE_KEYS = tuple(f.name for f in dataclasses.fields(PaceSpec))

@@ -613,6 +613,11 @@ def _resolve_sections(raw: dict, source: str) -> Scenario:
                 "(an override applies to a link that exists)")
     if scenario.runtime.clock == "virtual":
         check_virtual_clock(scenario, all_edges)
+    else:
+        away = next((p.peer for p in scenario.players if p.pace.offline), None)
+        if away is not None:
+            raise ScenarioError(f"peer {away}: runtime offline windows need runtime.clock = "
+                                '"virtual" (they are virtual times)')
     check_exchange(scenario, schedule)
     method(scenario).hooks()(scenario).validate(schedule)
     return scenario
@@ -633,7 +638,7 @@ def check_virtual_clock(scenario: Scenario, edges: set[tuple[int, int]]) -> None
                             "runtime.restart = 0")
     for src, dst in sorted(edges):
         link = scenario.comm.link_of(src, dst)
-        if link.bandwidth > 0 and link.buffer_policy == "oldest":
+        if link.rate > 0 and link.buffer_policy == "oldest":
             raise ScenarioError(
                 f'comm: edge {src} -> {dst}: buffer_policy = "oldest" is not modelled on the '
                 'virtual clock (a drop would change the fate of messages sent before it); '

@@ -189,7 +189,7 @@ class PeerRuntime:
                                    self.timers)
         pace = scenario.player(me).pace
         self.pace = None if pace.is_natural else Pacer(pace, scenario.seed, me)
-        self.stepper = StepLoop(me, StepPlan.of(scenario, algorithm.resumable, first_step),
+        self.stepper = StepLoop(me, StepPlan.of(scenario, algorithm.resumable, first_step, me),
                                 schedule, algorithm, self._device, self.receiver,
                                 self.reporter, self.traffic,
                                 publish=lambda bus, step, *vt: self.publish(bus, step, *vt),
@@ -278,6 +278,7 @@ class PeerRuntime:
         if self.virtual:
             clock = self.traffic.clock_sent.totals()
             summary.update({"virtual_s": self.stepper.virtual_s,
+                            "offline_steps": self.stepper.offline_steps,
                             "clock_messages_sent": clock["messages"],
                             "clock_bytes_sent": clock["bytes"]})
         self._device.in_flight += 1

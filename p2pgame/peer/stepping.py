@@ -75,9 +75,11 @@ class StepPlan:
     first_step: int = 0
     virtual: bool = False  # runtime.clock = "virtual"
     compute_s: float = 0.0  # (virtual) a step's modelled compute time, before the pace
+    pace: PaceSpec = PaceSpec()  # (virtual) the peer's pace: its offline windows
 
     @classmethod
-    def of(cls, scenario: Scenario, resumable: bool, first_step: int = 0) -> StepPlan:
+    def of(cls, scenario: Scenario, resumable: bool, first_step: int = 0,
+           peer: int | None = None) -> StepPlan:
         rt, steps = scenario.runtime, scenario.steps
         # Resume states: every checkpoint_every steps (for --resume), or by default every
         # steps/20 when restarts are on.
@@ -87,7 +89,8 @@ class StepPlan:
                    publish_every=scenario.comm.publish_every,
                    publish_from=scenario.comm.publish_from, metrics_every=rt.metrics_every,
                    resume_every=resume_every, first_step=first_step,
-                   virtual=rt.clock == "virtual", compute_s=rt.compute_s)
+                   virtual=rt.clock == "virtual", compute_s=rt.compute_s,
+                   pace=scenario.player(peer).pace if peer is not None else PaceSpec())
 
 
 class StepLoop:
@@ -117,6 +120,7 @@ class StepLoop:
         self.step = self.steps_done = plan.first_step
         self.wall = 0.0
         self.virtual_s = 0.0  # (the virtual clock) this peer's virtual time
+        self.offline_steps = 0  # (the virtual clock) steps skipped in offline windows
 
     def step_cost(self) -> float:
         """The virtual clock: a step's virtual duration, ``compute_s`` divided by the peer's
@@ -152,22 +156,33 @@ class StepLoop:
         call = self.device.call
         clock, monotonic = time.perf_counter, time.monotonic
         t_start, cpu_start = monotonic(), time.process_time()
-        virtual, vt = plan.virtual, self.virtual_s
+        virtual, vt_ns = plan.virtual, round(self.virtual_s * 1e9)
+        away = plan.pace
         for step in range(plan.first_step, steps):
             if self.stopped():
                 break
             self.step = receiver.step = step
             top = self.schedule.at(step)
-            cost = self.step_cost() if virtual else 0.0
-            if is_round(step, period, first_round) and self.publishes:
+            # (Away: an offline window of the virtual clock.  The step's time passes, but it
+            # neither publishes, nor takes messages in, nor trains.)
+            # (Virtual times are whole nanoseconds, summed exactly: 400 steps of 10 ms end at
+            # 4.0 s, not at 3.9999999999999.)
+            cost_ns = round(self.step_cost() * 1e9) if virtual else 0
+            vt = vt_ns / 1e9
+            gone = virtual and away.is_away(vt)
+            if gone:
+                self.offline_steps += 1
+            elif is_round(step, period, first_round) and self.publishes:
                 if virtual:
                     await self.publish(bus, step, vt)
                 else:
                     await self.publish(bus, step)
             if virtual and self.publishes:  # nothing more from us before our next step
-                await self.promise(bus, step, vt + cost)
+                await self.promise(bus, step, (vt_ns + cost_ns) / 1e9)
             t0 = clock()
-            if plan.sync:
+            if gone:
+                pass
+            elif plan.sync:
                 await receiver.barrier(step, self.stopped)
             elif virtual:
                 await receiver.advance(step, vt, self.stopped)
@@ -178,16 +193,17 @@ class StepLoop:
             if self.stopped():
                 break
             t0 = clock()
-            out = await call(heavy, algorithm.train_step, step, delivery.inbox, top)
+            out = {} if gone else await call(heavy, algorithm.train_step, step,
+                                             delivery.inbox, top)
             compute = clock() - t0
             timers["train"] += compute
-            if heavy:  # within "train": the hand-off to the step thread and back, and
-                # the step thread's CPU time (torch's own threads aside)
+            if heavy and not gone:  # within "train": the hand-off to the step thread and
+                # back, and the step thread's CPU time (torch's own threads aside)
                 timers["train_handoff"] += compute - self.device.last_s
                 timers["train_cpu"] += self.device.last_cpu_s
             if virtual:  # (the pace is in the step's virtual cost: no sleep)
-                vt += cost
-                self.virtual_s = vt
+                vt_ns += cost_ns
+                vt = self.virtual_s = vt_ns / 1e9
             elif self.pacer is not None:
                 t0 = clock()
                 await asyncio.sleep(self.pacer.pause(compute))  # receiving goes on

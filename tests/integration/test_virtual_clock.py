@@ -80,11 +80,9 @@ def test_a_faulty_async_ring_gives_the_same_results_beside_a_cpu_hog_and_in_work
 
 
 def _step_times(cost: float, steps: int) -> list[float]:
-    t, out = 0.0, []
-    for _ in range(steps):  # (summed as the peer sums them: the same floating point)
-        out.append(t)
-        t += cost
-    return out
+    """A peer's step start times: whole nanoseconds, summed (as the peer sums them)."""
+    ns = round(cost * 1e9)
+    return [k * ns / 1e9 for k in range(steps)]
 
 
 def test_a_stragglers_neighbours_use_the_messages_the_virtual_times_allow(tmp_path):
@@ -119,3 +117,26 @@ def test_a_stragglers_neighbours_use_the_messages_the_virtual_times_allow(tmp_pa
     assert result.peers[0]["virtual_s"] == pytest.approx(20.0)
     last = result.metrics[1][-1]
     assert last["step"] == steps - 1 and last["time/virtual_s"] == pytest.approx(2.0)
+
+
+def test_a_peer_offline_for_a_third_of_the_run_still_leaves_every_peer_at_its_equilibrium(
+        tmp_path):
+    """Peer 1 is away from virtual second 2 to 4 of a 6 s run (a third): its 200 steps
+    there are skipped (no training, no messages out, none taken in), its neighbours go on
+    with its last message, and every peer ends near the equilibrium of the weights it
+    effectively applied."""
+    text = SCENARIO.read_text() + "\n[[peers]]\nids = [1]\nruntime = { offline = [[2.0, 4.0]] }\n"
+    result = p2pgame.run(text, {"comm.mode": "async", "runtime.clock": "virtual",
+                                "comm.latency_ms": 5.0, "steps": 600},
+                         out=tmp_path / "runs", data=tmp_path / "data")
+    assert result.ok, result.failures
+    away = result.peers[1]
+    assert away["offline_steps"] == 200 and away["virtual_s"] == pytest.approx(6.0)
+    assert away["messages_sent"] == 2 * 400  # two out-neighbours, 400 steps online
+    assert all(p["offline_steps"] == 0 for i, p in result.peers.items() if i != 1)
+    for p in result.peers.values():
+        assert p["ne_eff_max_abs"] <= 0.02
+    # Its metrics lines in the window have no training keys; its steps go on after it.
+    lines = {x["step"]: x for x in result.metrics[1]}
+    assert "train/lr" not in lines[300] and "train/lr" in lines[190] and "train/lr" in lines[410]
+    assert lines[300]["time/virtual_s"] == pytest.approx(3.01)

@@ -271,3 +271,23 @@ def test_the_shipped_traces_are_what_their_generator_makes():
     assert shipped == sorted(gen.TRACES)
     for name in shipped:
         assert (folder / name).read_text() == gen.text(name), name
+
+
+def test_offline_windows_are_checked_and_need_the_virtual_clock():
+    from p2pgame.config import PaceSpec
+
+    pace = PaceSpec(offline=((1.0, 2.0), (2.0, 2.5)))
+    assert [pace.is_away(t) for t in (0.99, 1.0, 2.0, 2.49, 2.5)] == [
+        False, True, True, True, False]
+    for bad in (((2.0, 1.0),), ((0.0, 2.0), (1.0, 3.0)), ((-1.0, 1.0),),
+                ((0.0, math.inf),)):
+        with pytest.raises(ScenarioError, match=r"offline\[\d\].*0 <= from < to"):
+            PaceSpec(offline=bad)
+    raw = _scenario()
+    raw["peers"] = [{"ids": [1], "runtime": {"offline": [[0.5, 1.0]]}}]
+    assert resolve(raw).player(1).pace.offline == ((0.5, 1.0),)
+    raw["runtime"]["clock"] = "real"
+    raw["comm"]["mode"] = "async"
+    with pytest.raises(ScenarioError, match=r'peer 1: runtime offline windows need '
+                                            r'runtime.clock = "virtual"'):
+        resolve(raw)
