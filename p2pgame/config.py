@@ -559,6 +559,10 @@ class PaceSpec:
     # A step that starts in a window is skipped (its time passes; the peer neither trains
     # nor publishes, and takes no message in: what arrives waits on its links).
     offline: tuple[tuple[float, float], ...] = ()
+    # ... and/or a seeded on/off process: online for Exp(online_mean_s) virtual seconds,
+    # then offline for Exp(offline_mean_s), and so on (0 and 0: none).
+    online_mean_s: float = 0.0
+    offline_mean_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.speed <= 1:
@@ -566,6 +570,15 @@ class PaceSpec:
                                 "(a slow-down: 0.1 is ten times slower)")
         at_least(self.step_delay_ms, 0.0, "step_delay_ms")
         one_of(self.step_delay_dist, PACE_DISTS, "step_delay_dist")
+        for key in ("online_mean_s", "offline_mean_s"):
+            v = getattr(self, key)
+            at_least(v, 0.0, key)
+            if not math.isfinite(v):
+                raise ScenarioError(f"{key} = {v} must be a finite number of seconds")
+        if (self.online_mean_s > 0) != (self.offline_mean_s > 0):
+            raise ScenarioError(f"online_mean_s = {self.online_mean_s:g} and offline_mean_s = "
+                                f"{self.offline_mean_s:g}: the on/off process needs both > 0 "
+                                "(or both 0: none)")
         last = 0.0
         for k, window in enumerate(self.offline):
             if len(window) != 2:
@@ -582,8 +595,13 @@ class PaceSpec:
     def is_natural(self) -> bool:
         return self.speed == 1 and self.step_delay_ms == 0
 
+    @property
+    def goes_offline(self) -> bool:
+        return bool(self.offline) or self.offline_mean_s > 0
+
     def is_away(self, t: float) -> bool:
-        """Whether virtual time ``t`` falls in one of the peer's offline windows."""
+        """Whether virtual time ``t`` falls in one of the peer's offline windows (the
+        on/off process aside: :class:`p2pgame.peer.stepping.Availability`)."""
         return any(a <= t < b for a, b in self.offline)
 
 

@@ -614,7 +614,7 @@ def _resolve_sections(raw: dict, source: str) -> Scenario:
     if scenario.runtime.clock == "virtual":
         check_virtual_clock(scenario, all_edges)
     else:
-        away = next((p.peer for p in scenario.players if p.pace.offline), None)
+        away = next((p.peer for p in scenario.players if p.pace.goes_offline), None)
         if away is not None:
             raise ScenarioError(f"peer {away}: runtime offline windows need runtime.clock = "
                                 '"virtual" (they are virtual times)')

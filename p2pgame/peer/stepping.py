@@ -62,6 +62,32 @@ class Pacer:
         return extra
 
 
+class Availability:
+    """When a peer is away on the virtual clock: its ``offline`` windows, and its seeded
+    on/off process (:class:`~p2pgame.config.PaceSpec`), drawn from the peer's own stream
+    as its clock advances (asked at non-decreasing times)."""
+
+    def __init__(self, spec: PaceSpec, seed: int, peer: int) -> None:
+        self.spec = spec
+        self.rng = generator(seed, "peer", peer, "availability")
+        self.windows: list[tuple[float, float]] = []  # the process's, drawn so far
+        self.drawn_to = 0.0  # the process is drawn up to here
+
+    def is_away(self, t: float) -> bool:
+        if self.spec.is_away(t):
+            return True
+        spec = self.spec
+        if spec.offline_mean_s <= 0:
+            return False
+        while self.drawn_to <= t:  # online for a while, then offline for a while
+            start = self.drawn_to + self.rng.exponential(spec.online_mean_s)
+            self.drawn_to = start + self.rng.exponential(spec.offline_mean_s)
+            self.windows.append((start, self.drawn_to))
+        while self.windows and self.windows[0][1] <= t:
+            self.windows.pop(0)
+        return any(a <= t < b for a, b in self.windows)
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """The loop's settings.  ``first_step``: where a resumed peer continues."""
@@ -76,6 +102,7 @@ class StepPlan:
     virtual: bool = False  # runtime.clock = "virtual"
     compute_s: float = 0.0  # (virtual) a step's modelled compute time, before the pace
     pace: PaceSpec = PaceSpec()  # (virtual) the peer's pace: its offline windows
+    seed: int = 0  # (virtual) the run's seed: the on/off process's stream
 
     @classmethod
     def of(cls, scenario: Scenario, resumable: bool, first_step: int = 0,
@@ -90,7 +117,8 @@ class StepPlan:
                    publish_from=scenario.comm.publish_from, metrics_every=rt.metrics_every,
                    resume_every=resume_every, first_step=first_step,
                    virtual=rt.clock == "virtual", compute_s=rt.compute_s,
-                   pace=scenario.player(peer).pace if peer is not None else PaceSpec())
+                   pace=scenario.player(peer).pace if peer is not None else PaceSpec(),
+                   seed=scenario.seed)
 
 
 class StepLoop:
@@ -157,7 +185,7 @@ class StepLoop:
         clock, monotonic = time.perf_counter, time.monotonic
         t_start, cpu_start = monotonic(), time.process_time()
         virtual, vt_ns = plan.virtual, round(self.virtual_s * 1e9)
-        away = plan.pace
+        away = Availability(plan.pace, plan.seed, self.me)
         for step in range(plan.first_step, steps):
             if self.stopped():
                 break

@@ -291,3 +291,24 @@ def test_offline_windows_are_checked_and_need_the_virtual_clock():
     with pytest.raises(ScenarioError, match=r'peer 1: runtime offline windows need '
                                             r'runtime.clock = "virtual"'):
         resolve(raw)
+
+
+def test_a_seeded_on_off_process_is_away_for_its_share_of_the_time():
+    from p2pgame.config import PaceSpec
+    from p2pgame.peer.stepping import Availability
+
+    spec = PaceSpec(online_mean_s=2.0, offline_mean_s=1.0)
+    times = [0.01 * k for k in range(200_000)]  # 2000 virtual seconds, in steps of 10 ms
+    a, b = Availability(spec, 5, 3), Availability(spec, 5, 3)
+    away = [a.is_away(t) for t in times]
+    assert away == [b.is_away(t) for t in times]  # the same stream: the same windows
+    assert sum(away) / len(away) == pytest.approx(1 / 3, abs=0.03)
+    assert not away[0]  # it starts online
+    other = Availability(spec, 5, 4)  # another peer: its own stream
+    assert [other.is_away(t) for t in times] != away
+    with pytest.raises(ScenarioError, match="the on/off process needs both > 0"):
+        PaceSpec(online_mean_s=1.0)
+    # Explicit windows hold as well.
+    both = Availability(PaceSpec(offline=((0.0, 0.5),), online_mean_s=1e9,
+                                 offline_mean_s=1.0), 0, 0)
+    assert both.is_away(0.2) and not both.is_away(0.6)
