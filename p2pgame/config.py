@@ -563,6 +563,11 @@ class PaceSpec:
     # then offline for Exp(offline_mean_s), and so on (0 and 0: none).
     online_mean_s: float = 0.0
     offline_mean_s: float = 0.0
+    # (The virtual clock) a step's compute time from a file instead of runtime.compute_s:
+    # one number of seconds a line, step k taking line k (wrapping around); the file as
+    # given (relative to the scenario file) and its times as read by the resolver.
+    compute_trace: str = ""
+    compute_trace_s: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.speed <= 1:
@@ -605,7 +610,28 @@ class PaceSpec:
         return any(a <= t < b for a, b in self.offline)
 
 
-PACE_KEYS = tuple(f.name for f in dataclasses.fields(PaceSpec))
+PACE_KEYS = tuple(f.name for f in dataclasses.fields(PaceSpec) if f.name != "compute_trace_s")
+
+
+def parse_compute_trace(text: str, where: str) -> tuple[float, ...]:
+    """A per-step compute-time trace: one time in seconds a line (finite, >= 0), blank
+    lines and ``#`` comments aside.  ``where`` names the file in errors."""
+    out: list[float] = []
+    for k, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            t = float(line)
+        except ValueError:
+            t = math.nan
+        if not math.isfinite(t) or t < 0:
+            raise ScenarioError(f"{where}: line {k}: {short(line)} is not a compute time in "
+                                "seconds (a number >= 0)")
+        out.append(t)
+    if not out:
+        raise ScenarioError(f"{where}: no compute time in it (one number of seconds a line)")
+    return tuple(out)
 
 
 TARGET_RE = re.compile(r"\s*([A-Za-z0-9_./-]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+|[-+]?inf)\s*")

@@ -46,6 +46,7 @@ from p2pgame.config import (
     check_value,
     clip,
     one_of,
+    parse_compute_trace,
     parse_mahimahi,
     short,
 )
@@ -207,22 +208,45 @@ def resolve_topology(table: Any) -> TopologySpec:
 
 
 def _traced(link: LinkSpec, where: str, source: str) -> LinkSpec:
-    """A link with ``trace``: its Mahimahi file read (relative to the scenario file; to
-    the working folder for a scenario given as text) into ``trace_ms``."""
+    """A link with ``trace``: its Mahimahi file read (:func:`_read_beside`) into
+    ``trace_ms``."""
     if not link.trace:
         return link
-    path = Path(link.trace)
+    key = f"{where}.trace"
+    text = _read_beside(link.trace, key, source)
+    return dataclasses.replace(link, trace_ms=parse_mahimahi(text, f"{key} = {short(link.trace)}"))
+
+
+def _read_beside(name: str, key: str, source: str) -> str:
+    """The text of a file a scenario names (relative to the scenario file; to the working
+    folder for a scenario given as text); errors name ``key``."""
+    path = Path(name)
     if not path.is_absolute() and Path(source).is_file():
         path = Path(source).resolve().parent / path
-    key = f"{where}.trace = {short(link.trace)}"
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
-        raise ScenarioError(f"{key}: no such file ({path})") from None
+        raise ScenarioError(f"{key} = {short(name)}: no such file ({path})") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError(f"{key}: cannot read it ({getattr(e, 'strerror', None) or e})"
-                            ) from None
-    return dataclasses.replace(link, trace_ms=parse_mahimahi(text, key))
+        raise ScenarioError(f"{key} = {short(name)}: cannot read it "
+                            f"({getattr(e, 'strerror', None) or e})") from None
+
+
+def _compute_traced(players: tuple, source: str) -> tuple:
+    """Each peer's ``compute_trace`` file read into its pace (``compute_trace_s``)."""
+    read: dict[str, tuple[float, ...]] = {}
+    out = []
+    for p in players:
+        name = p.pace.compute_trace
+        if name and not p.pace.compute_trace_s:
+            key = "runtime.compute_trace"
+            if name not in read:
+                read[name] = parse_compute_trace(_read_beside(name, key, source),
+                                                 f"{key} = {short(name)}")
+            p = dataclasses.replace(p, pace=dataclasses.replace(p.pace,
+                                                                compute_trace_s=read[name]))
+        out.append(p)
+    return tuple(out)
 
 
 def resolve_comm(table: Any, n: int, source: str = "<scenario>") -> CommSpec:
@@ -569,6 +593,7 @@ def _resolve_sections(raw: dict, source: str) -> Scenario:
         raise ScenarioError(f"learner: expected a table, got {short(table)}")
     runtime = resolve_runtime(raw.get("runtime", {}))
     base, players = resolve_players(raw.get("peers", ()), table, n, exchange, runtime.pace)
+    players = _compute_traced(players, source)
     data_specs = {learner_class(p.learner.kind).data for p in players}
     if len(data_specs) > 1:
         kinds = sorted({p.learner.kind for p in players})
@@ -618,6 +643,10 @@ def _resolve_sections(raw: dict, source: str) -> Scenario:
         if away is not None:
             raise ScenarioError(f"peer {away}: runtime offline windows need runtime.clock = "
                                 '"virtual" (they are virtual times)')
+        traced = next((p.peer for p in scenario.players if p.pace.compute_trace), None)
+        if traced is not None:
+            raise ScenarioError(f"peer {traced}: runtime.compute_trace needs runtime.clock = "
+                                '"virtual" (on the real clock a step takes what the host takes)')
     check_exchange(scenario, schedule)
     method(scenario).hooks()(scenario).validate(schedule)
     return scenario
@@ -644,12 +673,13 @@ def check_virtual_clock(scenario: Scenario, edges: set[tuple[int, int]]) -> None
                 'virtual clock (a drop would change the fate of messages sent before it); '
                 'use "tail"')
         pace = scenario.player(src).pace
-        if link.latency_ms == 0 and scenario.runtime.compute_s == 0 and pace.step_delay_ms == 0:
+        least = min(pace.compute_trace_s) if pace.compute_trace_s else scenario.runtime.compute_s
+        if link.latency_ms == 0 and least == 0 and pace.step_delay_ms == 0:
             raise ScenarioError(
                 f"comm: edge {src} -> {dst} has no lookahead on the virtual clock (peer "
                 f"{src}'s steps take no virtual time and the link none either): the peers "
-                "could wait for each other for ever; set runtime.compute_s > 0, or a "
-                "latency_ms > 0 on the link")
+                "could wait for each other for ever; set runtime.compute_s > 0 (or "
+                "compute times > 0 in its compute_trace), or a latency_ms > 0 on the link")
 
 
 scenario_from_dict = resolve  # the name the tests and older scripts know

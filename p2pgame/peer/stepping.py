@@ -150,10 +150,12 @@ class StepLoop:
         self.virtual_s = 0.0  # (the virtual clock) this peer's virtual time
         self.offline_steps = 0  # (the virtual clock) steps skipped in offline windows
 
-    def step_cost(self) -> float:
-        """The virtual clock: a step's virtual duration, ``compute_s`` divided by the peer's
-        speed plus its drawn step delay (the pacer's seeded stream: no host clock)."""
-        c = self.plan.compute_s
+    def step_cost(self, step: int = 0) -> float:
+        """The virtual clock: a step's virtual duration, ``compute_s`` (or the step's line of
+        the peer's compute trace) divided by the peer's speed plus its drawn step delay (the
+        pacer's seeded stream: no host clock)."""
+        trace = self.plan.pace.compute_trace_s
+        c = trace[step % len(trace)] if trace else self.plan.compute_s
         return c + (self.pacer.pause(c) if self.pacer is not None else 0.0)
 
     async def run(self, bus: Any) -> None:
@@ -195,7 +197,7 @@ class StepLoop:
             # neither publishes, nor takes messages in, nor trains.)
             # (Virtual times are whole nanoseconds, summed exactly: 400 steps of 10 ms end at
             # 4.0 s, not at 3.9999999999999.)
-            cost_ns = round(self.step_cost() * 1e9) if virtual else 0
+            cost_ns = round(self.step_cost(step) * 1e9) if virtual else 0
             vt = vt_ns / 1e9
             gone = virtual and away.is_away(vt)
             if gone:

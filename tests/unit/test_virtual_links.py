@@ -149,7 +149,7 @@ def test_the_virtual_clock_runs_async_with_lookahead_and_refuses_the_rest():
     raw = _scenario()
     raw["runtime"]["compute_s"] = 0.0
     with pytest.raises(ScenarioError, match=r"edge 0 -> 1 has no lookahead.*runtime\.compute_s"
-                                            r" > 0, or a latency_ms > 0"):
+                                            r" > 0 .*, or a latency_ms > 0"):
         resolve(raw)
     raw["comm"]["latency_ms"] = 1.0  # lookahead from the links instead
     assert resolve(raw).runtime.compute_s == 0.0
@@ -312,3 +312,32 @@ def test_a_seeded_on_off_process_is_away_for_its_share_of_the_time():
     both = Availability(PaceSpec(offline=((0.0, 0.5),), online_mean_s=1e9,
                                  offline_mean_s=1.0), 0, 0)
     assert both.is_away(0.2) and not both.is_away(0.6)
+
+
+def test_a_compute_trace_gives_each_step_its_time_per_peer(tmp_path):
+    from p2pgame.config import parse_compute_trace
+    from p2pgame.peer.stepping import Pacer, StepLoop, StepPlan
+
+    (tmp_path / "gpu.txt").write_text("# seconds per step\n0.02\n0.01\n\n0.03\n")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("")
+    raw = _scenario()
+    raw["peers"] = [{"ids": [2], "runtime": {"compute_trace": "gpu.txt", "speed": 0.5}}]
+    sc = resolve(raw, str(scenario))
+    assert sc.player(2).pace.compute_trace_s == (0.02, 0.01, 0.03)
+    assert sc.player(0).pace.compute_trace_s == ()
+    plan = StepPlan.of(sc, False, peer=2)
+    loop = StepLoop(2, plan, None, None, None, None, None, None, None, True, lambda: False)
+    loop.pacer = Pacer(sc.player(2).pace, sc.seed, 2)
+    assert [loop.step_cost(k) for k in range(4)] == pytest.approx([0.04, 0.02, 0.06, 0.04])
+    with pytest.raises(ScenarioError, match=r"compute_trace = 'no\.txt': no such file"):
+        raw["peers"][0]["runtime"]["compute_trace"] = "no.txt"
+        resolve(raw, str(scenario))
+    raw["peers"][0]["runtime"]["compute_trace"] = "gpu.txt"
+    raw["runtime"]["clock"] = "real"
+    with pytest.raises(ScenarioError, match=r"peer 2: runtime.compute_trace needs"):
+        resolve(raw, str(scenario))
+    for text, why in (("0.1\n-1\n", "line 2: '-1' is not a compute time"),
+                      ("x\n", "line 1"), ("# only\n", "no compute time")):
+        with pytest.raises(ScenarioError, match=f"^t: {why}"):
+            parse_compute_trace(text, "t")

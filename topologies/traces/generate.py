@@ -7,7 +7,10 @@ its time in milliseconds; the trace repeats after its last line), for ``comm.tra
 - ``const-1mbps.txt``: one opportunity every 12 ms for 1.2 s: 1 Mbit/s;
 - ``varying-2mbps.txt``: 10 s of a rate that wanders (a seeded random walk between
   0.25 and 4 Mbit/s, redrawn every 100 ms; mean about 2 Mbit/s), with two outages of
-  300 ms: a stand-in for a mobile link's trace, shape only.
+  300 ms: a stand-in for a mobile link's trace, shape only;
+- ``compute-slow-device.txt`` (for ``compute_trace``, not ``comm.trace``): 1000 step
+  times in seconds, log-normal around 0.1 s (ten times the default compute_s) with a
+  stall of 1 s every few hundred steps: a slow, busy device, shape only.
 
     .venv/bin/python topologies/traces/generate.py   # rewrites the files
 """
@@ -49,10 +52,18 @@ def varying(seed: int = 0, seconds: float = 10.0, slot_ms: int = 100) -> list[in
     return out
 
 
+def slow_device(seed: int = 1, steps: int = 1000) -> list[str]:
+    rng = np.random.default_rng(seed)
+    times = 0.1 * np.exp(0.3 * rng.normal(size=steps))
+    times[rng.random(steps) < 0.004] = 1.0
+    return [f"{t:.4f}" for t in times]
+
+
 TRACES = {
     "const-12mbps.txt": lambda: constant(12.0, 1.0),
     "const-1mbps.txt": lambda: constant(1.0, 1.2),
     "varying-2mbps.txt": varying,
+    "compute-slow-device.txt": slow_device,
 }
 
 
