@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 from pathlib import Path
+
+from benchenv import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,16 +40,6 @@ def _run(scenario: str, overrides: list[str], clock: str, out: Path, data: str) 
         raise SystemExit(f"{scenario} on the {clock} clock failed: {result.failures}")
     loops = [p["steps"] / p["steps_per_s"] for p in result.peers.values() if p["steps_per_s"]]
     return {"loop_s": statistics.mean(loops), "wall_s": result.summary["wall_s"]}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main() -> None:
@@ -83,14 +72,11 @@ def main() -> None:
         print(f"| {name} | {r['real']['loop_s']:.2f} | {r['virtual']['loop_s']:.2f} | "
               f"**{r['ratio_loop']:.2f}** | {r['real']['wall_s']:.1f} | "
               f"{r['virtual']['wall_s']:.1f} | {r['ratio_wall']:.2f} |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()
-    print(json.dumps({"bench": "clock", "commit": commit, "repeats": args.repeats,
+    print(json.dumps({"bench": "clock", "repeats": args.repeats,
                       "cases": {k: {kk: v[kk] for kk in ("real", "virtual", "ratio_loop",
                                                           "ratio_wall")}
                                 for k, v in rows.items()},
-                      "cpu": _cpu_model(), "python": platform.python_version(),
-                      "load1": os.getloadavg()[0]}))
+                      **environment()}))
 
 
 if __name__ == "__main__":

@@ -47,15 +47,15 @@ import fnmatch
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import benchenv  # noqa: E402
 
 from p2pgame.sweep import Point, SweepSpec, run_sweep  # noqa: E402
 
@@ -314,22 +314,7 @@ def environment() -> dict:
     import numpy
     import torch
 
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except OSError:
-        commit = ""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"commit": commit, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "cpu": cpu, "cores": os.cpu_count(),
-            "load_before": os.getloadavg()}
+    return {**benchenv.environment(), "torch": torch.__version__, "numpy": numpy.__version__}
 
 
 def reuse_rows(folder: str | None) -> dict[tuple, dict]:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from benchenv import environment
 
 from p2pgame.launch.rundir import RunFolder
 from p2pgame.launch.sinks import JsonlSink
@@ -52,16 +51,6 @@ def _cost(make, peers: int, lines: int, batch: int) -> float:
         return time.process_time() - start
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", type=int, default=1024)
@@ -85,13 +74,10 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for k, v in med.items():
         print(f"| {k} | {v:.2f} | {1000 * v / total:.3f} | {v / med['jsonl']:.1f} |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    print(json.dumps({"bench": "sink_cost", "commit": commit, "peers": args.peers,
+    print(json.dumps({"bench": "sink_cost", "peers": args.peers,
                       "lines": args.lines, "batch": args.batch,
                       "cpu_s": med, "ms_per_line": {k: 1000 * v / total for k, v in med.items()},
-                      "cpu": _cpu_model(), "python": platform.python_version(),
-                      "load1": os.getloadavg()[0]}))
+                      **environment()}))
 
 
 if __name__ == "__main__":

@@ -335,13 +335,17 @@ class Link:
                     t_next = self._earliest(t_next, self.flight[0].release_time)
                     break
                 out.append(self.flight.popleft())
+        self._count_delivered(out)
+        return out, t_next
+
+    def _count_delivered(self, out: list[Pending]) -> None:
+        """The accounts of what a release gives out (placeholders aside)."""
         for p in out:
             if not p.lost:
                 self.delivered += 1
                 self.delivered_bytes += p.nbytes
                 self.delay_sum += p.release_time - p.arrived_at
                 self.last_delivery = max(p.release_time, self.last_delivery or p.release_time)
-        return out, t_next
 
     @staticmethod
     def _earliest(a: float | None, b: float) -> float:
@@ -440,10 +444,5 @@ class VirtualLink(Link):
         else:
             while self.flight and usable(self.flight[0]):
                 out.append(self.flight.popleft())
-        for p in out:
-            if not p.lost:
-                self.delivered += 1
-                self.delivered_bytes += p.nbytes
-                self.delay_sum += p.release_time - p.arrived_at
-                self.last_delivery = max(p.release_time, self.last_delivery or p.release_time)
+        self._count_delivered(out)
         return out
