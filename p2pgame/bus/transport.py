@@ -239,17 +239,27 @@ class Transport:
             self._move(j, endpoint, topics, server_key)
 
     def _move(self, j: int, endpoint: str, topics: list[Topic], server_key: str | None) -> None:
-        old = self.subs.pop(j, None)
         self._ready.pop(j, None)
-        if old is not None:
-            self._unwatch(old)
-            old.close(linger=0)
-        mon = self._monitors.pop(j, None)
+        self._close_sub(self.subs.pop(j, None), self._monitors.pop(j, None))
+        self.connect({j: endpoint}, {j: topics},
+                     {j: server_key} if server_key is not None else None)
+
+    def _close_sub(self, sub: zmq.Socket | None, mon: zmq.Socket | None) -> None:
+        """Close an in-neighbour's SUB and the PAIR that reads its monitor, in the one safe
+        order.  ZeroMQ's I/O thread writes a monitor event with a *blocking* send: if our
+        PAIR end closes first and the SUB's teardown then reports a disconnection, that
+        send waits forever for a reader, and with it the context's I/O thread, which
+        carries every other connection of this context (a peer went deaf to all its
+        neighbours at one neighbour's restart; with shared contexts, a whole worker
+        would).  So stop the monitor (which waits for an event being written), then
+        close the SUB, then our PAIR."""
+        if sub is not None and not sub.closed:
+            self._unwatch(sub)
+            sub.disable_monitor()
+            sub.close(linger=0)
         if mon is not None:
             self._unwatch(mon)
             mon.close(linger=0)
-        self.connect({j: endpoint}, {j: topics},
-                     {j: server_key} if server_key is not None else None)
 
     def connect(self, endpoints: dict[int, str], topics: dict[int, list[Topic]],
                 server_keys: dict[int, str] | None = None) -> None:
@@ -347,7 +357,7 @@ class Transport:
         self._loop.add_reader(sock.getsockopt(zmq.FD), self._readable, key, sock)
 
     def _unwatch(self, sock: zmq.Socket) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        if self._loop is not None and not self._loop.is_closed() and not sock.closed:
             self._loop.remove_reader(sock.getsockopt(zmq.FD))
 
     def _readable(self, key: Any, sock: zmq.Socket) -> None:
@@ -451,17 +461,15 @@ class Transport:
                              self.curve if server_key else None, server_key)
 
     def close(self) -> None:
-        for sock in (self._wake_in, self.pub, *self.subs.values(), *self._monitors.values()):
+        for sock in (self._wake_in, self.pub):
             if not sock.closed:
                 self._unwatch(sock)
-        for mon in self._monitors.values():
-            mon.close(linger=0)
         self._ready.clear()
+        for j in sorted(set(self.subs) | set(self._monitors)):
+            self._close_sub(self.subs.get(j), self._monitors.get(j))
         self.pub.close(linger=0)
         self._wake_in.close(linger=0)
         self._wake_out.close(linger=0)
-        for sub in self.subs.values():
-            sub.close(linger=0)
         if self.auth is not None:
             self.auth.stop()
         if self._own_ctx:

@@ -638,6 +638,46 @@ async def test_the_event_loop_runs_while_a_large_message_is_encoded(tmp_path):
         a.close()
 
 
+class _Recorder:
+    """A stand-in socket that writes what is done to it into a shared list."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls, self.closed = name, calls, False
+
+    def disable_monitor(self) -> None:
+        self.calls.append(f"{self.name}.disable_monitor")
+
+    def close(self, linger=None) -> None:
+        self.calls.append(f"{self.name}.close")
+        self.closed = True
+
+
+def test_a_moved_neighbours_monitor_stops_before_either_end_closes():
+    """ZeroMQ's I/O thread writes monitor events with a blocking send.  If the PAIR that
+    reads a SUB's monitor closed first and the SUB's teardown then reported a disconnection
+    (its neighbour died just before it moved), that send would wait forever, and the
+    context's I/O thread with it: every other neighbour of the peer went silent.  (Seen
+    under load as test_reconnect_while_receiving_keeps_every_neighbour timing out: gdb
+    showed the I/O thread in zmq_msg_send.)  So the monitor is stopped first, then the
+    SUB closes, then the PAIR, on a move and on close."""
+    t = Transport(0)
+    try:
+        calls: list[str] = []
+        t.subs[3], t._monitors[3] = _Recorder("sub", calls), _Recorder("mon", calls)
+        t._conns[3] = ("inproc://nowhere", [], None)
+        t.connect = lambda *a, **k: None  # (the move's new connection is not the point)
+        t._move(3, "inproc://nowhere", [], None)
+        assert calls == ["sub.disable_monitor", "sub.close", "mon.close"]
+        calls.clear()
+        t.subs[4], t._monitors[4] = _Recorder("sub", calls), _Recorder("mon", calls)
+        t.close()
+        assert calls == ["sub.disable_monitor", "sub.close", "mon.close"]
+    finally:
+        if not t.pub.closed:
+            t.close()
+
+
+
 async def test_reconnect_while_receiving_keeps_every_neighbour(tmp_path, transport_kind):
     """A neighbour restarts (new endpoint) while the receiver's task waits in recv: the
     receiver goes on hearing its other neighbour and hears the moved one at its new
