@@ -384,6 +384,89 @@ def parse_mahimahi(text: str, where: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class LinkProfile:
+    """A named link (``comm.profile`` or an edge's ``profile``): what it sets, and where
+    the figures come from.  A peer-to-peer edge is limited by its sender's uplink, so the
+    bandwidth is the source's upload figure."""
+
+    bandwidth: float  # bytes per second (0: the profile says nothing about it)
+    latency_ms: float  # one way
+    source: str
+
+
+# Firefox DevTools' network throttling presets (mozilla-central,
+# devtools/client/shared/components/throttling/profiles.js: upload and latency, with its
+# K = 1024 bits), and the geostationary orbit's light-time.
+_KBIT = 1024 / 8  # bytes per second in one of the presets' Kbit/s
+_FIREFOX = "Firefox DevTools throttling preset"
+LINK_PROFILES: dict[str, LinkProfile] = {
+    "gprs": LinkProfile(20 * _KBIT, 500.0, f"{_FIREFOX} GPRS"),
+    "2g": LinkProfile(50 * _KBIT, 300.0, f"{_FIREFOX} Regular 2G"),
+    "good-2g": LinkProfile(150 * _KBIT, 150.0, f"{_FIREFOX} Good 2G"),
+    "3g": LinkProfile(250 * _KBIT, 100.0, f"{_FIREFOX} Regular 3G"),
+    "good-3g": LinkProfile(750 * _KBIT, 40.0, f"{_FIREFOX} Good 3G"),
+    "lte": LinkProfile(3 * 1024 * _KBIT, 20.0, f"{_FIREFOX} Regular 4G / LTE"),
+    "dsl": LinkProfile(1024 * _KBIT, 5.0, f"{_FIREFOX} DSL"),
+    "wifi": LinkProfile(15 * 1024 * _KBIT, 2.0, f"{_FIREFOX} Wi-Fi"),
+    # Up to the satellite and down again: 2 x 35,786 km at the speed of light.  Only the
+    # latency: a satellite link's bandwidth depends on the service (set bandwidth).
+    "geo-satellite": LinkProfile(0.0, 2 * 35_786 / 299_792.458 * 1000,
+                                 "geostationary altitude 35,786 km, up and down at c"),
+}
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A named device (``runtime.device_profile``): its speed relative to the host class
+    that ``compute_s`` describes, and where the figure comes from."""
+
+    speed: float
+    source: str
+
+
+# Chrome DevTools' CPU throttling rates (devtools-frontend, CPUThrottlingRates:
+# MID_TIER_MOBILE = 4, LOW_TIER_MOBILE = 6 times slower than the desktop running it).
+DEVICE_PROFILES: dict[str, DeviceProfile] = {
+    "desktop": DeviceProfile(1.0, "the reference: compute_s as given"),
+    "mid-tier-mobile": DeviceProfile(1 / 4, "Chrome DevTools CPUThrottlingRates.MID_TIER_MOBILE = 4"),
+    "low-tier-mobile": DeviceProfile(1 / 6, "Chrome DevTools CPUThrottlingRates.LOW_TIER_MOBILE = 6"),
+}
+
+
+def with_link_profile(table: dict, where: str) -> dict:
+    """A link table with its ``profile`` (if any) expanded: the profile's bandwidth and
+    latency_ms, under the keys the table gives itself (those win; a trace gives the
+    bandwidth instead of the profile)."""
+    if "profile" not in table:
+        return table
+    table = dict(table)
+    name = table.pop("profile")
+    if name not in LINK_PROFILES:
+        raise ScenarioError(f"{where}.profile = {short(name)}: not a link profile; known: "
+                            f"{', '.join(LINK_PROFILES)}")
+    prof = LINK_PROFILES[name]
+    out = {"latency_ms": prof.latency_ms}
+    if prof.bandwidth > 0 and "trace" not in table:
+        out["bandwidth"] = prof.bandwidth
+    return {**out, **table}
+
+
+def with_device_profile(table: dict, where: str) -> dict:
+    """A pace table with its ``device_profile`` (if any) expanded into ``speed``."""
+    if "device_profile" not in table:
+        return table
+    table = dict(table)
+    name = table.pop("device_profile")
+    if name not in DEVICE_PROFILES:
+        raise ScenarioError(f"{where}.device_profile = {short(name)}: not a device profile; "
+                            f"known: {', '.join(DEVICE_PROFILES)}")
+    if "speed" in table:
+        raise ScenarioError(f"{where}: speed = {short(table['speed'])} and device_profile = "
+                            f"{short(name)} both set the peer's speed; set one of them")
+    return {**table, "speed": DEVICE_PROFILES[name].speed}
+
+
 BUFFER_POLICIES = ("tail", "oldest")
 JITTER_DISTS = ("uniform", "exponential", "lognormal")
 

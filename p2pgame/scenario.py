@@ -49,6 +49,8 @@ from p2pgame.config import (
     parse_compute_trace,
     parse_mahimahi,
     short,
+    with_device_profile,
+    with_link_profile,
 )
 from p2pgame.exchange import EXCHANGES, exchange_class, method
 from p2pgame.learners import config_class, known, learner_class
@@ -58,7 +60,8 @@ from p2pgame.topology import Schedule, build_schedule
 TOP_KEYS = ("name", "seed", "steps", "topology", "comm", "exchange", "learner", "data", "runtime",
             "peers", "algorithm")
 TOPOLOGY_KEYS = ("n", *GRAPH_KEYS, "weights", "self_weight", "matrix", "schedule", "redraw_every")
-COMM_KEYS = tuple(k for k in CommSpec.__dataclass_fields__ if k not in ("link",)) + LINK_KEYS
+COMM_KEYS = tuple(k for k in CommSpec.__dataclass_fields__ if k not in ("link",)) + LINK_KEYS + (
+    "profile",)
 PEER_KEYS = ("ids", "publishes", "learns", "learner", "runtime")
 PRESETS = ("game", "diffgan", "expfam")
 
@@ -251,7 +254,8 @@ def _compute_traced(players: tuple, source: str) -> tuple:
 
 def resolve_comm(table: Any, n: int, source: str = "<scenario>") -> CommSpec:
     table = _table(table, "comm", COMM_KEYS)
-    link = build(LinkSpec, {k: table[k] for k in LINK_KEYS if k in table}, "comm")
+    link = build(LinkSpec, with_link_profile(
+        {k: table[k] for k in (*LINK_KEYS, "profile") if k in table}, "comm"), "comm")
     link = _traced(link, "comm", source)
     edges = []
     for i, entry in enumerate(check_value(table.get("edges", ()), tuple[Any, ...], "comm.edges")):
@@ -263,6 +267,7 @@ def resolve_comm(table: Any, n: int, source: str = "<scenario>") -> CommSpec:
             src, dst = entry.pop("src"), entry.pop("dst")
         except KeyError as e:
             raise ScenarioError(f"{w}: missing key {e.args[0]!r}") from None
+        entry = with_link_profile(entry, w)
         for name, v in (("src", src), ("dst", dst)):
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
                 raise ScenarioError(f"{w}.{name} = {short(v)} is not a peer id in 0..{n - 1}")
@@ -280,7 +285,7 @@ def resolve_comm(table: Any, n: int, source: str = "<scenario>") -> CommSpec:
                 else dataclasses.replace(edge, trace_ms=link.trace_ms if edge.trace else ()))
         edges.append(EdgeLinkSpec(src, dst, edge))
     rest = {k: table[k] for k in COMM_KEYS if k in table and k not in LINK_KEYS
-            and k != "edges"}
+            and k not in ("edges", "profile")}
     return build(CommSpec, {**rest, "link": link, "edges": tuple(edges)}, "comm")
 
 
@@ -297,7 +302,9 @@ def _spaces(value: Any, where: str, allowed: dict[str, Any], who: str, verb: str
     return names
 
 
-RUNTIME_KEYS = tuple(k for k in RuntimeSpec.__dataclass_fields__ if k != "pace") + PACE_KEYS
+# (device_profile: a name for a speed, expanded by with_device_profile)
+PACE_TABLE_KEYS = (*PACE_KEYS, "device_profile")
+RUNTIME_KEYS = tuple(k for k in RuntimeSpec.__dataclass_fields__ if k != "pace") + PACE_TABLE_KEYS
 
 
 def check_restart(scenario: Scenario) -> None:
@@ -333,8 +340,9 @@ def _kinds(scenario: Scenario) -> str:
 def resolve_runtime(table: Any) -> RuntimeSpec:
     """[runtime]: the pace keys (a peer's default speed) sit flat in it, like [comm]'s links."""
     table = _table(table, "runtime", RUNTIME_KEYS)
-    pace = build(PaceSpec, {k: table[k] for k in PACE_KEYS if k in table}, "runtime")
-    rest = {k: v for k, v in table.items() if k not in PACE_KEYS}
+    pace = build(PaceSpec, with_device_profile(
+        {k: table[k] for k in PACE_TABLE_KEYS if k in table}, "runtime"), "runtime")
+    rest = {k: v for k, v in table.items() if k not in PACE_TABLE_KEYS}
     return dataclasses.replace(build(RuntimeSpec, rest, "runtime"), pace=pace)
 
 
@@ -409,7 +417,9 @@ def resolve_players(raw_peers: Any, table: dict, n: int, exchange: Any,
             mine = _fields_of(overrides["kind"])
             merged = {**{k: v for k, v in table.items() if k in mine}, **overrides}
         cfg = _learner_config(merged, f"{where}.learner")
-        own_pace = _table(group.get("runtime", {}), f"{where}.runtime", PACE_KEYS)
+        own_pace = with_device_profile(
+            _table(group.get("runtime", {}), f"{where}.runtime", PACE_TABLE_KEYS),
+            f"{where}.runtime")
         group_pace = build(PaceSpec, {**dataclasses.asdict(pace), **own_pace},
                            f"{where}.runtime")
         who = f"peer{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
