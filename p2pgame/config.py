@@ -454,6 +454,10 @@ def with_link_profile(table: dict, where: str) -> dict:
 
 def with_device_profile(table: dict, where: str) -> dict:
     """A pace table with its ``device_profile`` (if any) expanded into ``speed``."""
+    if "availability" in table and "offline" in table:
+        raise ScenarioError(f"{where}: offline = {short(table['offline'])} and availability = "
+                            f"{short(table['availability'])} both give the peer's offline "
+                            "windows; set one of them")
     if "device_profile" not in table:
         return table
     table = dict(table)
@@ -651,6 +655,9 @@ class PaceSpec:
     # given (relative to the scenario file) and its times as read by the resolver.
     compute_trace: str = ""
     compute_trace_s: tuple[float, ...] = ()
+    # (The virtual clock) the offline windows from a file (relative to the scenario file):
+    # one window a line, "FROM TO" in virtual seconds; read into ``offline``.
+    availability: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.speed <= 1:
@@ -694,6 +701,28 @@ class PaceSpec:
 
 
 PACE_KEYS = tuple(f.name for f in dataclasses.fields(PaceSpec) if f.name != "compute_trace_s")
+
+
+def parse_availability(text: str, where: str) -> tuple[tuple[float, float], ...]:
+    """An availability file: one offline window a line, ``FROM TO`` (virtual seconds, the
+    peer away in [FROM, TO)), in order; blank lines and ``#`` comments aside.  ``where``
+    names the file in errors."""
+    out: list[tuple[float, float]] = []
+    for k, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            a, b = (float(x) for x in line.split())
+        except ValueError:
+            raise ScenarioError(f"{where}: line {k}: {short(line)} is not a window FROM TO "
+                                "(two numbers of virtual seconds)") from None
+        last = out[-1][1] if out else 0.0
+        if not (math.isfinite(a) and math.isfinite(b)) or not last <= a < b:
+            raise ScenarioError(f"{where}: line {k}: [{a:g}, {b:g}) must have 0 <= FROM < TO, "
+                                f"finite, after the window before it (which ends at {last:g})")
+        out.append((a, b))
+    return tuple(out)
 
 
 def parse_compute_trace(text: str, where: str) -> tuple[float, ...]:

@@ -46,6 +46,7 @@ from p2pgame.config import (
     check_value,
     clip,
     one_of,
+    parse_availability,
     parse_compute_trace,
     parse_mahimahi,
     short,
@@ -236,10 +237,19 @@ def _read_beside(name: str, key: str, source: str) -> str:
 
 
 def _compute_traced(players: tuple, source: str) -> tuple:
-    """Each peer's ``compute_trace`` file read into its pace (``compute_trace_s``)."""
+    """Each peer's ``compute_trace`` file read into its pace (``compute_trace_s``), and its
+    ``availability`` file into its offline windows."""
     read: dict[str, tuple[float, ...]] = {}
+    windows: dict[str, tuple[tuple[float, float], ...]] = {}
     out = []
     for p in players:
+        name = p.pace.availability
+        if name and not p.pace.offline:
+            key = "runtime.availability"
+            if name not in windows:
+                windows[name] = parse_availability(_read_beside(name, key, source),
+                                                   f"{key} = {short(name)}")
+            p = dataclasses.replace(p, pace=dataclasses.replace(p.pace, offline=windows[name]))
         name = p.pace.compute_trace
         if name and not p.pace.compute_trace_s:
             key = "runtime.compute_trace"
@@ -420,8 +430,12 @@ def resolve_players(raw_peers: Any, table: dict, n: int, exchange: Any,
         own_pace = with_device_profile(
             _table(group.get("runtime", {}), f"{where}.runtime", PACE_TABLE_KEYS),
             f"{where}.runtime")
-        group_pace = build(PaceSpec, {**dataclasses.asdict(pace), **own_pace},
-                           f"{where}.runtime")
+        inherited = dataclasses.asdict(pace)
+        if "availability" in own_pace:  # (the group's own windows replace the default's)
+            inherited["offline"] = ()
+        if "offline" in own_pace:
+            inherited["availability"] = ""
+        group_pace = build(PaceSpec, {**inherited, **own_pace}, f"{where}.runtime")
         who = f"peer{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
         publishes, learns = spaces_of(cfg, group, where, who)
         for i in ids:

@@ -124,8 +124,11 @@ def test_a_peer_offline_for_a_third_of_the_run_still_leaves_every_peer_at_its_eq
     """Peer 1 is away from virtual second 2 to 4 of a 6 s run (a third): its 200 steps
     there are skipped (no training, no messages out, none taken in), its neighbours go on
     with its last message, and every peer ends near the equilibrium of the weights it
-    effectively applied."""
-    text = SCENARIO.read_text() + "\n[[peers]]\nids = [1]\nruntime = { offline = [[2.0, 4.0]] }\n"
+    effectively applied.  The window comes from an availability file."""
+    away_file = tmp_path / "away.txt"
+    away_file.write_text("# peer 1: offline [from, to) in virtual seconds\n2.0 4.0\n")
+    text = SCENARIO.read_text() + (
+        f"\n[[peers]]\nids = [1]\nruntime = {{ availability = '{away_file}' }}\n")
     result = p2pgame.run(text, {"comm.mode": "async", "runtime.clock": "virtual",
                                 "comm.latency_ms": 5.0, "steps": 600},
                          out=tmp_path / "runs", data=tmp_path / "data")

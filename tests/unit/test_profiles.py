@@ -93,3 +93,27 @@ def test_the_shipped_virtual_scenario_uses_a_device_and_a_link_profile():
     edge = s.comm.link_of(6, 7)
     assert (edge.bandwidth, edge.trace) == (LINK_PROFILES["lte"].bandwidth, "")
     assert s.comm.link_of(5, 6).trace  # (the others keep the scenario's trace)
+
+
+def test_an_availability_file_gives_the_offline_windows(tmp_path):
+    (tmp_path / "away.txt").write_text("# peer 1 is away\n2.0 4.0\n\n10 12.5  # again\n")
+    (tmp_path / "bad.txt").write_text("1 2\n3\n")
+    (tmp_path / "back.txt").write_text("5 6\n1 2\n")
+    path = tmp_path / "s.toml"
+    path.write_text((ROOT / "topologies/expfam-ring8-virtual.toml").read_text()
+                    + '\n[[peers]]\nids = [1]\nruntime = { availability = "away.txt" }\n')
+    (tmp_path / "traces").symlink_to(ROOT / "topologies/traces")
+    s = load_scenario(path)
+    assert s.player(1).pace.offline == ((2.0, 4.0), (10.0, 12.5))
+    assert s.player(0).pace.offline == ()
+    for name, match in (("bad.txt", r"bad.txt'?: line 2: '3' is not a window FROM TO"),
+                        ("back.txt", r"line 2: \[1, 2\) must have 0 <= FROM < TO.*ends at 6"),
+                        ("none.txt", r"availability = 'none.txt': no such file")):
+        with pytest.raises(ScenarioError, match=match):
+            load_scenario(path, [f'peers[2].runtime.availability="{name}"'])
+    with pytest.raises(ScenarioError, match="both give the peer's offline windows"):
+        load_scenario(path, ["peers[2].runtime.offline=[[1.0, 2.0]]"])
+    # A group's own file replaces windows the [runtime] default gave.
+    s = load_scenario(path, ["runtime.offline=[[0.5, 1.0]]"])
+    assert s.player(1).pace.offline == ((2.0, 4.0), (10.0, 12.5))
+    assert s.player(0).pace.offline == ((0.5, 1.0),)
