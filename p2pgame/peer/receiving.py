@@ -162,20 +162,28 @@ class Receiver:
         in-neighbour can still send anything arriving by then (each promised a later time,
         the link's least latency added); then what arrived by ``now`` is released.  What
         it waits for is a real message (a data or clock message on its way), so the wait
-        is bounded by ``comm.sync_timeout_s`` of the host's clock, after which the peer
-        fails: a neighbour that stopped, never a result that depends on the host."""
+        is bounded by ``comm.sync_timeout_s`` of the host's clock *without progress*:
+        the time counts from the last promise that moved one of the neighbours it waits
+        for, so a neighbour that is slow on the host (thousands of peers in a few
+        workers) is waited for as long as it moves, and only one silent that long (it
+        stopped) fails the peer; never a result that depends on the host."""
         delivery = self.delivery
         timeout_s = self.sync_timeout_s
         deadline = time.monotonic() + timeout_s
+        seen: dict[int, float] = {}
         while True:
             waiting = delivery.blocking(now)
             if not waiting or stopped():
                 break
+            promised = {j: delivery.promised[j] for j in waiting}
+            if any(seen.get(j, t) != t for j, t in promised.items()):
+                deadline = time.monotonic() + timeout_s  # (one of them moved on)
+            seen = promised
             left = deadline - time.monotonic()
             if left <= 0:
                 j = waiting[0]
                 raise PeerFailure(f"step {step} (virtual time {now:.6g} s): peer {j} promised "
-                                  f"nothing past {delivery.promised[j]:.6g} s within "
+                                  f"nothing past {delivery.promised[j]:.6g} s for "
                                   f"{timeout_s:g} s (comm.sync_timeout_s)")
             self.wakeup.clear()
             try:
@@ -190,10 +198,15 @@ class Receiver:
         """The virtual clock, after our last step: wait until every in-neighbour has
         finished (its promise is infinite), so that every message sent to us has been
         offered to its link and the accounts are the same in every run.  Bounded by
-        ``comm.sync_timeout_s``: a neighbour that stopped leaves its accounts as they are."""
+        ``comm.sync_timeout_s`` without progress (as :meth:`advance`): a neighbour that
+        stopped leaves its accounts as they are."""
         delivery = self.delivery
         deadline = time.monotonic() + self.sync_timeout_s
+        seen = dict(delivery.promised)
         while not stopped() and any(t != math.inf for t in delivery.promised.values()):
+            if delivery.promised != seen:
+                deadline = time.monotonic() + self.sync_timeout_s
+                seen = dict(delivery.promised)
             left = deadline - time.monotonic()
             if left <= 0:
                 return

@@ -5,7 +5,9 @@ does not run yet)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -13,8 +15,10 @@ from hypothesis import strategies as st
 
 from p2pgame.bus.codec import Envelope
 from p2pgame.bus.links import Link, VirtualLink
+from p2pgame.bus.traffic import Traffic
 from p2pgame.config import LinkSpec, ScenarioError
 from p2pgame.peer.delivery import Delivery
+from p2pgame.peer.receiving import PeerFailure, Receiver
 from p2pgame.scenario import resolve
 
 
@@ -341,3 +345,28 @@ def test_a_compute_trace_gives_each_step_its_time_per_peer(tmp_path):
                       ("x\n", "line 1"), ("# only\n", "no compute time")):
         with pytest.raises(ScenarioError, match=f"^t: {why}"):
             parse_compute_trace(text, "t")
+
+
+async def test_a_slow_neighbour_that_moves_on_is_waited_for_and_a_silent_one_fails():
+    """The wait for promises is bounded by comm.sync_timeout_s without progress: a
+    neighbour that takes longer than that in all (slow on the host) but promises a little
+    more now and then is waited for; one that goes silent that long fails the peer."""
+    d = _delivery(latency_ms=5.0)
+    r = Receiver(0, d, Traffic(0), None, [1, 2], lambda env: None, sync_timeout_s=0.3)
+    assert d.promise(2, 10.0) is None
+
+    async def slow() -> None:
+        for k in range(1, 9):  # 0.1 s of the host's time between promises: 0.8 s in all
+            await asyncio.sleep(0.1)
+            d.promise(1, 0.001 * k)
+            r.wakeup.set()
+        d.promise(1, 1.0)
+        r.wakeup.set()
+
+    started = time.monotonic()
+    task = asyncio.create_task(slow())
+    await r.advance(0, 0.5)
+    assert time.monotonic() - started > 0.3 * 2  # (longer than the timeout in all)
+    await task
+    with pytest.raises(PeerFailure, match=r"peer 1 promised nothing past 1 s for 0.3 s"):
+        await r.advance(1, 2.0)
