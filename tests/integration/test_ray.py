@@ -59,6 +59,24 @@ def test_workers_on_two_nodes_give_the_results_of_processes(tmp_path, two_nodes)
         f"peer-{i}.jsonl" for i in range(4)]
 
 
+def test_the_virtual_clock_on_two_ray_nodes_gives_the_results_of_processes(tmp_path,
+                                                                           two_nodes):
+    """A faulty async ring on the virtual clock: the same results whether its peers are
+    processes here or Ray actors on two nodes (the promises cross the nodes too)."""
+    from tests.integration.test_virtual_clock import FAULTY_RING8
+
+    faults = [f"{k}={v!r}".replace("'", '"') for k, v in FAULTY_RING8.items()]
+    local = launch.run(SCENARIO, [*faults, 'comm.transport="tcp"',
+                                  'runtime.placement="process"'],
+                       out=tmp_path / "local", progress=False)
+    remote = launch.run(SCENARIO, [*faults, *ON_RAY], out=tmp_path / "ray", progress=False)
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.failures
+    assert remote.summary["backend"] == "ray"
+    assert all(p["virtual_s"] == pytest.approx(2.0) for p in remote.summary["peers"].values())
+    assert placement_results(remote.run_dir) == placement_results(local.run_dir)
+    assert sum(p["messages_dropped_loss"] for p in local.summary["peers"].values()) > 0
+
+
 # A hang guard, not a timing check: quiet, this takes about 30 s, but its Ray workers are
 # fresh interpreters that import torch, and on two loaded cores that has taken over 120 s.
 @pytest.mark.timeout(300)
