@@ -686,9 +686,6 @@ def check_virtual_clock(scenario: Scenario, edges: set[tuple[int, int]]) -> None
         raise ScenarioError('runtime.clock = "virtual" needs comm.mode = "async" (a sync run '
                             "is deterministic on the real clock already: every step waits "
                             "for its rounds)")
-    if scenario.runtime.restart:
-        raise ScenarioError('runtime.clock = "virtual" does not restart peers yet: set '
-                            "runtime.restart = 0")
     for src, dst in sorted(edges):
         link = scenario.comm.link_of(src, dst)
         if link.rate > 0 and link.buffer_policy == "oldest":

@@ -68,9 +68,13 @@ class Delivery:
 
     def rebase(self, j: int, from_step: int) -> None:
         """In-neighbour ``j`` restarted and resumes at ``from_step``: its steps go up from
-        there again (they would be refused as replays)."""
+        there again (they would be refused as replays).  On the virtual clock its clock
+        goes back to its resume state's too: what it promised is forgotten, and we wait
+        for the new incarnation's promises (its old ones died with it)."""
         for space in self.subscribed.get(j, ()):
             self.last_step[(j, space)] = from_step - 1
+        if self.virtual and j in self.promised:
+            self.promised[j] = -math.inf
 
     def resync(self, j: int, newest: int, cut: bool = True) -> None:
         """In-neighbour ``j``'s connection to us was (re)made, and ``j`` says it has

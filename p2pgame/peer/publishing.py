@@ -27,6 +27,7 @@ class Publisher:
         self.pack_bool = pack_bool
         self.timers: Counter[str] = Counter() if timers is None else timers
         self.published = -1  # our newest round whose every message has been sent
+        self.promised: tuple[int, float] | None = None  # (virtual clock) our latest promise
 
     def draw(self, step: int) -> dict[str, Any]:
         """The algorithm's messages of ``step``, their ``bool`` tensors bit-packed here
@@ -60,6 +61,7 @@ class Publisher:
     async def promise(self, bus: Any, step: int, virtual_time: float) -> None:
         """The virtual clock: tell every out-neighbour that we send nothing before
         ``virtual_time`` (after our data messages of the step, on the same connection)."""
+        self.promised = (step, virtual_time)
         await bus.publish(Envelope(self.me, Topic.clock(self.me), step, {}, time=virtual_time))
 
     def on_subscribe(self, bus: Any, data: bytes) -> None:
@@ -73,3 +75,9 @@ class Publisher:
             return
         if topic.kind == RESYNC and topic.peer == self.me:
             bus.publish_now(Envelope(self.me, topic, self.published, {}))
+            if self.promised is not None:
+                # (The virtual clock) and our latest promise again: a restarted neighbour
+                # starts with none of ours, and would wait for our next one, while we
+                # may be waiting for its.  (The others take it again: no change.)
+                step, t = self.promised
+                bus.publish_now(Envelope(self.me, Topic.clock(self.me), step, {}, time=t))

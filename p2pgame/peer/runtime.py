@@ -174,11 +174,12 @@ class PeerRuntime:
         self.my_topics = {t.space: t for t in self.subscribers}  # space -> our topic
         if self.virtual:  # our promises go to every out-neighbour
             self.subscribers[Topic.clock(me)] = tuple(sorted(self.out_peers))
-        first_step = 0
+        first_step, resume_ns = 0, 0
         if launch.resume:
             state = json.loads(launch.resume)
             algorithm.load_resume_state(state["algorithm"])
             first_step = int(state["step"])
+            resume_ns = int(state.get("virtual_ns", 0))
         self.first_step = first_step
         self.stop_requested = False
         self.receiver = Receiver(me, self.delivery, self.traffic, schedule, self.in_peers,
@@ -196,6 +197,7 @@ class PeerRuntime:
                                 publishes=bool(self.out_peers),
                                 stopped=lambda: self.stop_requested, pacer=self.pace,
                                 timers=self.timers, promise=self.publisher.promise)
+        self.stepper.virtual_s = resume_ns / 1e9  # (the virtual clock: a restart's)
         self.transport: Any = None
 
     # -- state the parts share (read-only views) -------------------------------------------

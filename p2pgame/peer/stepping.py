@@ -243,6 +243,8 @@ class StepLoop:
                     and step < steps - 1):
                 # The launcher keeps the latest in the run folder, for a restart.
                 state = {"step": self.steps_done, "algorithm": algorithm.resume_state()}
+                if virtual:  # where its clock resumes (whole nanoseconds)
+                    state["virtual_ns"] = vt_ns
                 self.reporter.artifact(f"resume/peer-{self.me}.json", json.dumps(state).encode())
             probe_every = algorithm.probe_every
             if (step % every == 0 or step == steps - 1

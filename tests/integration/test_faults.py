@@ -487,3 +487,41 @@ def test_a_run_whose_peer_refused_much_of_a_neighbour_says_so(tmp_path, monkeypa
         assert res.exit_code == 1 and s["failed_peers"] == [1, 3]
     else:
         assert res.exit_code == 0 and s["failed_peers"] == []
+
+
+def test_a_killed_peer_restarts_on_the_virtual_clock_and_resumes_its_clock(tmp_path,
+                                                                           monkeypatch):
+    """runtime.restart on the virtual clock: peer 1 is SIGKILLed a third of the way in.
+    Its neighbours wait for it (they cannot step past what it promised), it resumes from
+    its latest resume state with the virtual time stored there, and every peer ends at
+    the same virtual time, all steps done, nothing refused."""
+    killed: list[int] = []
+    steps = 1200
+
+    def kill(peer, msg, pids):
+        if (isinstance(msg, control.Progress) and peer == 1 and not killed
+                and msg.step > steps // 3):
+            os.kill(pids[1], signal.SIGKILL)
+            killed.append(msg.step)
+
+    monkeypatch.setattr(launch, "ControlServer", hooked_control_server(kill))
+    res = launch.run(SCENARIO, ['comm.mode="async"', f"steps={steps}", "runtime.restart=1",
+                                "runtime.checkpoint_every=100", 'runtime.clock="virtual"',
+                                "comm.latency_ms=5.0", 'runtime.placement="process"'],
+                     out=tmp_path / "killed", progress=False)
+    assert killed, "peer 1 was never killed"
+    assert res.exit_code == 0, res.failures
+    s = res.summary
+    (restart,) = s["restarts"]["1"]
+    assert 0 < restart["from_step"] <= killed[0] and restart["from_step"] % 100 == 0
+    for i, p in s["peers"].items():
+        assert p["steps"] == steps
+        # 1200 steps of 10 ms: the restarted peer's clock went on from its checkpoint's.
+        assert p["virtual_s"] == pytest.approx(12.0), i
+        assert p["messages_rejected"] == 0, (i, p["rejected_reasons"])
+        assert p["ne_max_abs"] <= 0.05, (i, p["ne_max_abs"])
+    # The new incarnation was heard: its out-neighbours took its messages after the restart.
+    rows = {(r["src"], r["dst"]): r for r in s["links"]}
+    for r in (0, 2):
+        assert rows[(1, r)]["delivered"] >= 0.5 * steps, rows[(1, r)]
+    assert s["refused_edges"] == []
