@@ -382,6 +382,12 @@ class VirtualLink(Link):
         self.bottleneck: deque[tuple[float, int]] = deque()
         self.last_departure = -math.inf
         self.lookahead = spec.latency_ms / 1000.0  # no message arrives sooner after its send
+        # The receiver's offline windows (set by its runtime): virtual time -> the start of
+        # the window it falls in, or None.  What arrives while the receiver is away waits on
+        # the link for its return, in the link's buffer: beyond ``buffer_messages`` or the
+        # byte limit (for an uncapped link with no buffer keys: none) it is dropped.
+        self.receiver_away: Callable[[float], float | None] | None = None
+        self.held_away: dict[float, list[int]] = {}  # window start -> [messages, bytes]
 
     def offer(self, env: Envelope, nbytes: int, now: float, recv_step: int, sync: bool) -> str:
         """``now``: the message's virtual send time; ``recv_step`` and ``sync`` unused."""
@@ -395,7 +401,7 @@ class VirtualLink(Link):
             pend.fate, pend.nbytes = LOST, 0
         if self.bucket is None:
             self._propagate(pend, t)
-            return pend.fate
+            return self._held_for_away(pend)
         queue = self.bottleneck
         while queue and queue[0][0] <= t:  # left the bottleneck by t
             queue.popleft()
@@ -409,7 +415,26 @@ class VirtualLink(Link):
         self.last_departure = departure
         queue.append((departure, nbytes))
         self._propagate(pend, departure)
-        return DELIVERED
+        return self._held_for_away(pend)
+
+    def _held_for_away(self, pend: Pending) -> str:
+        """A message that arrives while the receiver is away waits in the link's buffer
+        until it is back; one that does not fit there is dropped (tail drop), keeping its
+        turn as a placeholder.  Offers come in send-time order, so the fates are the same
+        in every run."""
+        if pend.lost or self.receiver_away is None:
+            return pend.fate
+        window = self.receiver_away(pend.release_time)
+        if window is None:
+            return pend.fate
+        held = self.held_away.setdefault(window, [0, 0])
+        if held[0] + 1 > self.buffer_messages or held[1] + pend.nbytes > self.buffer_bytes:
+            self.dropped_buffer += 1
+            pend.fate, pend.nbytes = OVERFLOW, 0
+            return OVERFLOW
+        held[0] += 1
+        held[1] += pend.nbytes
+        return pend.fate
 
     def _fits_at(self, nbytes: int) -> bool:
         """Room for ``nbytes`` behind the one on the wire, in the bottleneck as it is now?"""

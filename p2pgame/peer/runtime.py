@@ -64,7 +64,7 @@ from p2pgame.peer.reporting import (
     process_facts,
     save_checkpoint,
 )
-from p2pgame.peer.stepping import Pacer, StepLoop, StepPlan
+from p2pgame.peer.stepping import Availability, Pacer, StepLoop, StepPlan
 from p2pgame.topology import Schedule, schedule_from_plain
 
 HANDSHAKE_EVERY_S = 0.02
@@ -165,6 +165,11 @@ class PeerRuntime:
         link_class = VirtualLink if self.virtual else Link
         links = {j: link_class(j, me, comm.link_of(j, me), scenario.seed)
                  for j in self.in_peers}
+        pace = scenario.player(me).pace
+        if self.virtual and pace.goes_offline:  # what arrives while we are away waits
+            away = Availability(pace, scenario.seed, me).window_at  # (its own stream copy)
+            for link in links.values():
+                link.receiver_away = away
         self.delivery = Delivery(me, links, {j: [t.space for t in ts]
                                              for j, ts in self.topics.items()},
                                  self.sync, comm.publish_every, comm.max_samples_per_message,

@@ -22,6 +22,7 @@ inbox meanwhile.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import math
 import os
@@ -86,6 +87,26 @@ class Availability:
         while self.windows and self.windows[0][1] <= t:
             self.windows.pop(0)
         return any(a <= t < b for a, b in self.windows)
+
+    def window_at(self, t: float) -> float | None:
+        """The start of the offline window that virtual time ``t`` falls in, or None;
+        asked at any times (an instance for this alone: it keeps every window it drew,
+        where :meth:`is_away` forgets the past ones).  The receiver's links ask it where
+        their messages arrive (:class:`p2pgame.bus.links.VirtualLink`)."""
+        for a, b in self.spec.offline:
+            if a <= t < b:
+                return a
+        spec = self.spec
+        if spec.offline_mean_s <= 0:
+            return None
+        while self.drawn_to <= t:
+            start = self.drawn_to + self.rng.exponential(spec.online_mean_s)
+            self.drawn_to = start + self.rng.exponential(spec.offline_mean_s)
+            self.windows.append((start, self.drawn_to))
+        k = bisect.bisect_right(self.windows, (t, math.inf)) - 1
+        if k >= 0 and self.windows[k][0] <= t < self.windows[k][1]:
+            return self.windows[k][0]
+        return None
 
 
 @dataclass(frozen=True)

@@ -370,3 +370,41 @@ async def test_a_slow_neighbour_that_moves_on_is_waited_for_and_a_silent_one_fai
     await task
     with pytest.raises(PeerFailure, match=r"peer 1 promised nothing past 1 s for 0.3 s"):
         await r.advance(1, 2.0)
+
+
+def test_what_arrives_while_the_receiver_is_away_waits_in_the_links_buffer():
+    """The receiver is away over [0.1, 0.3): of the messages that arrive meanwhile, the
+    link holds buffer_messages (3) for its return and drops the rest (tail drop), the same
+    way in every run; before and after the window nothing is held back."""
+    from p2pgame.config import PaceSpec
+    from p2pgame.peer.stepping import Availability
+
+    spec = LinkSpec(latency_ms=5.0, buffer_messages=3)
+    link = VirtualLink(1, 0, spec, seed=0)
+    link.receiver_away = Availability(PaceSpec(offline=((0.1, 0.3),)), 0, 0).window_at
+    fates = [link.offer(_env(k, 0.02 * k, 1), 100, 0.02 * k, 0, False) for k in range(25)]
+    # Sent at 0.00, 0.02, ...: arrivals 5 ms later; those at 0.105 .. 0.285 (k = 5 .. 14)
+    # arrive while it is away: the first 3 are held, the other 7 dropped.
+    assert fates[:5] == ["delivered"] * 5 and fates[15:] == ["delivered"] * 10
+    assert fates[5:8] == ["delivered"] * 3 and fates[8:15] == ["buffer"] * 7
+    assert link.dropped_buffer == 7 and link.held_away == {0.1: [3, 300]}
+    # The accounts still add up, and the drops keep their turn as placeholders.
+    out = link.due_virtual(30, 1.0, lambda t: 30)
+    assert len(out) == 25 and sum(not p.lost for p in out) == 18
+    # Without buffer keys an uncapped link holds everything for the receiver.
+    free = VirtualLink(1, 0, LinkSpec(latency_ms=5.0), seed=0)
+    free.receiver_away = link.receiver_away
+    assert {free.offer(_env(k, 0.02 * k, 1), 100, 0.02 * k, 0, False)
+            for k in range(25)} == {"delivered"}
+
+
+def test_the_on_off_process_windows_are_the_same_asked_in_any_order():
+    from p2pgame.config import PaceSpec
+    from p2pgame.peer.stepping import Availability
+
+    spec = PaceSpec(online_mean_s=1.0, offline_mean_s=0.5)
+    steps = Availability(spec, 3, 2)
+    times = [0.01 * k for k in range(2000)]
+    away = [t for t in times if steps.is_away(t)]
+    links = Availability(spec, 3, 2)
+    assert [t for t in reversed(times) if links.window_at(t) is not None][::-1] == away
