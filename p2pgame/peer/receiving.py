@@ -71,7 +71,7 @@ class Receiver:
     def __init__(self, me: int, delivery: Delivery, traffic: Traffic, schedule: Schedule,
                  in_peers: Iterable[int], check: Callable[[Envelope], str | None],
                  sync_timeout_s: float, busy: Callable[[], bool] = lambda: False,
-                 timers: Counter[str] | None = None) -> None:
+                 timers: Counter[str] | None = None, first_timeout_s: float = 0.0) -> None:
         self.me = me
         self.delivery = delivery
         self.traffic = traffic
@@ -79,6 +79,9 @@ class Receiver:
         self.in_peers = frozenset(in_peers)
         self.check = check
         self.sync_timeout_s = sync_timeout_s
+        # (The virtual clock) how long a neighbour that has promised nothing yet may take to
+        # its first promise: at least sync_timeout_s (the runtime gives the start timeout).
+        self.first_timeout_s = max(sync_timeout_s, first_timeout_s)
         self.busy = busy
         self.timers: Counter[str] = Counter() if timers is None else timers
         self.transport: Any = None  # the transport's take_cut (set once bound)
@@ -166,25 +169,33 @@ class Receiver:
         the time counts from the last promise that moved one of the neighbours it waits
         for, so a neighbour that is slow on the host (thousands of peers in a few
         workers) is waited for as long as it moves, and only one silent that long (it
-        stopped) fails the peer; never a result that depends on the host."""
+        stopped) fails the peer; never a result that depends on the host.  A neighbour
+        that has promised nothing yet is given ``first_timeout_s`` (the run's start
+        timeout, if longer): another worker may take long to bring it to its first step."""
         delivery = self.delivery
-        timeout_s = self.sync_timeout_s
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + self.sync_timeout_s
         seen: dict[int, float] = {}
         while True:
             waiting = delivery.blocking(now)
             if not waiting or stopped():
                 break
             promised = {j: delivery.promised[j] for j in waiting}
+            first = any(t == -math.inf for t in promised.values())
+            timeout_s = self.first_timeout_s if first else self.sync_timeout_s
+            if first:
+                deadline = max(deadline, start + timeout_s)
             if any(seen.get(j, t) != t for j, t in promised.items()):
                 deadline = time.monotonic() + timeout_s  # (one of them moved on)
             seen = promised
             left = deadline - time.monotonic()
             if left <= 0:
-                j = waiting[0]
+                j = min(waiting, key=lambda k: promised[k])
+                key = ("runtime.start_timeout_s" if first and self.first_timeout_s
+                       > self.sync_timeout_s else "comm.sync_timeout_s")
                 raise PeerFailure(f"step {step} (virtual time {now:.6g} s): peer {j} promised "
                                   f"nothing past {delivery.promised[j]:.6g} s for "
-                                  f"{timeout_s:g} s (comm.sync_timeout_s)")
+                                  f"{timeout_s:g} s ({key})")
             self.wakeup.clear()
             try:
                 await asyncio.wait_for(self.wakeup.wait(), timeout=min(left, 1.0))

@@ -189,7 +189,7 @@ class PeerRuntime:
         self.stop_requested = False
         self.receiver = Receiver(me, self.delivery, self.traffic, schedule, self.in_peers,
                                  algorithm.check, comm.sync_timeout_s, self._device.busy,
-                                 self.timers)
+                                 self.timers, scenario.runtime.start_timeout_s)
         self.receiver.step = first_step
         self.publisher = Publisher(me, algorithm, self.my_topics, self._device, comm.pack_bool,
                                    self.timers)

@@ -408,3 +408,31 @@ def test_the_on_off_process_windows_are_the_same_asked_in_any_order():
     away = [t for t in times if steps.is_away(t)]
     links = Availability(spec, 3, 2)
     assert [t for t in reversed(times) if links.window_at(t) is not None][::-1] == away
+
+
+async def test_a_neighbour_that_never_promised_is_given_the_start_timeout():
+    """Another worker may take long to bring a neighbour to its first step: a neighbour
+    with no promise yet is waited for up to first_timeout_s (the run's start timeout),
+    and one that stays silent past it is named with the key that bounds the wait."""
+    d = _delivery(latency_ms=5.0)
+    r = Receiver(0, d, Traffic(0), None, [1, 2], lambda env: None, sync_timeout_s=0.2,
+                 first_timeout_s=0.6)
+    assert d.promise(2, 10.0) is None
+
+    async def late() -> None:  # its first promise after 0.4 s: past sync_timeout_s
+        await asyncio.sleep(0.4)
+        d.promise(1, 1.0)
+        r.wakeup.set()
+
+    task = asyncio.create_task(late())
+    await r.advance(0, 0.5)
+    await task
+    d2 = _delivery(latency_ms=5.0)
+    r2 = Receiver(0, d2, Traffic(0), None, [1, 2], lambda env: None, sync_timeout_s=0.2,
+                  first_timeout_s=0.6)
+    d2.promise(2, 10.0)
+    started = time.monotonic()
+    with pytest.raises(PeerFailure, match=r"peer 1 promised nothing past -inf s for 0.6 s "
+                                          r"\(runtime.start_timeout_s\)"):
+        await r2.advance(0, 0.5)
+    assert time.monotonic() - started >= 0.6
