@@ -442,7 +442,7 @@ def with_link_profile(table: dict, where: str) -> dict:
         return table
     table = dict(table)
     name = table.pop("profile")
-    if name not in LINK_PROFILES:
+    if not isinstance(name, str) or name not in LINK_PROFILES:
         raise ScenarioError(f"{where}.profile = {short(name)}: not a link profile; known: "
                             f"{', '.join(LINK_PROFILES)}")
     prof = LINK_PROFILES[name]
@@ -462,7 +462,7 @@ def with_device_profile(table: dict, where: str) -> dict:
         return table
     table = dict(table)
     name = table.pop("device_profile")
-    if name not in DEVICE_PROFILES:
+    if not isinstance(name, str) or name not in DEVICE_PROFILES:
         raise ScenarioError(f"{where}.device_profile = {short(name)}: not a device profile; "
                             f"known: {', '.join(DEVICE_PROFILES)}")
     if "speed" in table:
