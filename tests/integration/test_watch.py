@@ -183,6 +183,22 @@ def _state(url: str) -> dict:
         return json.loads(r.read())
 
 
+def _stuck(pid: int) -> str:
+    """What a process that does not exit is doing: its threads' kernel waits and its
+    children still alive (multiprocessing joins its children at exit)."""
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            name = (task / "comm").read_text().strip()
+            wchan = (task / "wchan").read_text().strip()
+        except OSError:
+            continue
+        lines.append(f"thread {task.name} {name}: {wchan}")
+    kids = subprocess.run(["ps", "-o", "pid,stat,wchan:24,args", "--ppid", str(pid)],
+                          capture_output=True, text=True).stdout
+    return "\n".join(lines) + "\nchildren:\n" + kids
+
+
 def test_run_watch_serves_the_run_while_it_goes_and_after(tmp_path):
     """``run --watch``: the address on stderr before the run; the page's state follows the
     run (running, with lines added, then finished with the per-edge accounts); the view
@@ -224,9 +240,13 @@ def test_run_watch_serves_the_run_while_it_goes_and_after(tmp_path):
         assert _state(url)["status"] == "finished"
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
-        # (A hang guard, not a timing check: in a full suite on two loaded cores the exit
-        # once took more than 20 s, session 18.)
-        assert proc.wait(timeout=90) == 0
+        # (A hang guard, not a timing check.  In session 18 the exit after Ctrl-C hung in
+        # two of three fresh-clone full suites, never alone: what it waits for is said.)
+        try:
+            code = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"p2pgame run --watch did not exit after Ctrl-C:\n{_stuck(proc.pid)}")
+        assert code == 0
     finally:
         if proc.poll() is None:
             proc.kill()
