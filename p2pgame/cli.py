@@ -131,6 +131,16 @@ def _start_watch(args: argparse.Namespace):
     return server
 
 
+def _sleep_interruptibly(seconds: float) -> None:
+    """Sleep in short slices.  Python runs a signal's handler in the main thread, at its
+    next bytecode; a Ctrl-C that the kernel hands to another thread (the main thread's mask
+    blocks SIGINT, inherited from whatever started us) does not end a long sleep, so one
+    long sleep ignored Ctrl-C for its whole length (seen in the test suite)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.2))
+
+
 def _keep_watching(server, seconds: float) -> None:
     """After the run: the view stays up ``seconds`` more (its final state), or until
     Ctrl-C; then it stops and the command exits with the run's status."""
@@ -138,7 +148,7 @@ def _keep_watching(server, seconds: float) -> None:
         if seconds > 0:
             print(f"watch: the run has ended; {server.url} shows its final state for "
                   f"{seconds:g} s more (Ctrl-C to stop now)", file=sys.stderr, flush=True)
-            time.sleep(seconds)
+            _sleep_interruptibly(seconds)
     except KeyboardInterrupt:
         pass
     finally:
@@ -153,7 +163,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     print(f"watch: {server.url} (run folder {folder}; Ctrl-C to stop)", flush=True)
     try:
         while True:
-            time.sleep(3600)
+            _sleep_interruptibly(3600)
     except KeyboardInterrupt:
         return 0
     finally:
