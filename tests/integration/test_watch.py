@@ -208,7 +208,10 @@ def test_run_watch_serves_the_run_while_it_goes_and_after(tmp_path):
         [sys.executable, "-m", "p2pgame.cli", "run", str(SCENARIO), "--out", str(out),
          "--quiet", "--watch", "--watch-keep", "120", "--data", str(tmp_path / "data"),
          "--set", "runtime.step_delay_ms=20"],  # 200 steps: about 4 s of run
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as in a user's terminal: in full suites the pytest worker has been seen
+        # with SIGINT ignored (a disposition children inherit; who leaks it: not found yet).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     errs: queue.Queue = queue.Queue()
     outs: queue.Queue = queue.Queue()
     for stream, q in ((proc.stderr, errs), (proc.stdout, outs)):
