@@ -434,6 +434,13 @@ DEVICE_PROFILES: dict[str, DeviceProfile] = {
 }
 
 
+def _named(name: Any, known: dict[str, Any], where: str, what: str) -> Any:
+    """The profile ``name`` names in ``known``; else one line naming the key and the names."""
+    if not isinstance(name, str) or name not in known:
+        raise ScenarioError(f"{where} = {short(name)}: not {what}; known: {', '.join(known)}")
+    return known[name]
+
+
 def with_link_profile(table: dict, where: str) -> dict:
     """A link table with its ``profile`` (if any) expanded: the profile's bandwidth and
     latency_ms, under the keys the table gives itself (those win; a trace gives the
@@ -441,11 +448,7 @@ def with_link_profile(table: dict, where: str) -> dict:
     if "profile" not in table:
         return table
     table = dict(table)
-    name = table.pop("profile")
-    if not isinstance(name, str) or name not in LINK_PROFILES:
-        raise ScenarioError(f"{where}.profile = {short(name)}: not a link profile; known: "
-                            f"{', '.join(LINK_PROFILES)}")
-    prof = LINK_PROFILES[name]
+    prof = _named(table.pop("profile"), LINK_PROFILES, f"{where}.profile", "a link profile")
     out = {"latency_ms": prof.latency_ms}
     if prof.bandwidth > 0 and "trace" not in table:
         out["bandwidth"] = prof.bandwidth
@@ -462,13 +465,11 @@ def with_device_profile(table: dict, where: str) -> dict:
         return table
     table = dict(table)
     name = table.pop("device_profile")
-    if not isinstance(name, str) or name not in DEVICE_PROFILES:
-        raise ScenarioError(f"{where}.device_profile = {short(name)}: not a device profile; "
-                            f"known: {', '.join(DEVICE_PROFILES)}")
+    prof = _named(name, DEVICE_PROFILES, f"{where}.device_profile", "a device profile")
     if "speed" in table:
         raise ScenarioError(f"{where}: speed = {short(table['speed'])} and device_profile = "
                             f"{short(name)} both set the peer's speed; set one of them")
-    return {**table, "speed": DEVICE_PROFILES[name].speed}
+    return {**table, "speed": prof.speed}
 
 
 BUFFER_POLICIES = ("tail", "oldest")

@@ -238,27 +238,25 @@ def _read_beside(name: str, key: str, source: str) -> str:
 
 def _compute_traced(players: tuple, source: str) -> tuple:
     """Each peer's ``compute_trace`` file read into its pace (``compute_trace_s``), and its
-    ``availability`` file into its offline windows."""
-    read: dict[str, tuple[float, ...]] = {}
-    windows: dict[str, tuple[tuple[float, float], ...]] = {}
+    ``availability`` file into its offline windows (each file read once)."""
+    read: dict[tuple[str, str], Any] = {}
+
+    def beside(key: str, name: str, parse: Any) -> Any:
+        if (key, name) not in read:
+            read[key, name] = parse(_read_beside(name, f"runtime.{key}", source),
+                                    f"runtime.{key} = {short(name)}")
+        return read[key, name]
+
     out = []
     for p in players:
-        name = p.pace.availability
-        if name and not p.pace.offline:
-            key = "runtime.availability"
-            if name not in windows:
-                windows[name] = parse_availability(_read_beside(name, key, source),
-                                                   f"{key} = {short(name)}")
-            p = dataclasses.replace(p, pace=dataclasses.replace(p.pace, offline=windows[name]))
-        name = p.pace.compute_trace
-        if name and not p.pace.compute_trace_s:
-            key = "runtime.compute_trace"
-            if name not in read:
-                read[name] = parse_compute_trace(_read_beside(name, key, source),
-                                                 f"{key} = {short(name)}")
-            p = dataclasses.replace(p, pace=dataclasses.replace(p.pace,
-                                                                compute_trace_s=read[name]))
-        out.append(p)
+        pace = p.pace
+        if pace.availability and not pace.offline:
+            pace = dataclasses.replace(
+                pace, offline=beside("availability", pace.availability, parse_availability))
+        if pace.compute_trace and not pace.compute_trace_s:
+            pace = dataclasses.replace(pace, compute_trace_s=beside(
+                "compute_trace", pace.compute_trace, parse_compute_trace))
+        out.append(p if pace is p.pace else dataclasses.replace(p, pace=pace))
     return tuple(out)
 
 
