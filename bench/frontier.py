@@ -29,7 +29,7 @@ versions, the CPU model and the load).
     .venv/bin/python bench/frontier.py --preset full       # every point, 3 seeds (hours)
     .venv/bin/python bench/frontier.py --preset smoke --data DIR   # seconds, tiny data
     .venv/bin/python bench/frontier.py --points 'demo2:params:*' --seeds 0   # a subset
-    .venv/bin/python bench/frontier.py --reuse bench/out/frontier-full-...   # skip runs done
+    .venv/bin/python bench/frontier.py --reuse DIR [DIR ...]   # skip runs done there
 
 Quality reads: ``fid_all`` (classifier-FID of a peer's samples against the whole test
 set, mean over peers) and ``tstr_accuracy`` (a classifier trained on its samples, tested
@@ -310,6 +310,48 @@ def plot(agg: list[dict], setting: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _fmt(v, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+def markdown(agg: list[dict], reach: list[dict], target: float | None, steps: int,
+             settings: tuple[str, ...], command: str) -> str:
+    """The tables README and RESULTS quote, as Markdown: per setting, every point (seed
+    means, sd) sorted by method and bytes, then the MB each method needs to reach the
+    target.  Written as ``frontier.md`` so that no number is copied by hand."""
+    lines = [f"Command: `{command}`", "",
+             f"{steps} steps per run; target fid_all <= 1.5 x centralized = "
+             f"{_fmt(target, '.1f')}.", ""]
+    central = [r for r in agg if r["method"] == "centralized"]
+    for setting in settings:
+        rows = sorted([r for r in agg if r["setting"] == setting] + central,
+                      key=lambda r: (("centralized", "none", "samples", "params", "compress",
+                                      "model").index(r["method"]), r["mb_per_peer"] or 0))
+        if not any(r["setting"] == setting for r in rows):
+            continue
+        lines += [f"**{setting}**", "",
+                  "| method | point | seeds | MB sent per peer | fid_all | sd | "
+                  "TSTR accuracy | sd |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['method']} | {r['point']} | {r['seeds']} | "
+                         f"{_fmt(r['mb_per_peer'], '.2f')} | {_fmt(r['fid_all'], '.1f')} | "
+                         f"{_fmt(r['fid_all_sd'], '.1f')} | "
+                         f"{_fmt(r['tstr_accuracy'], '.3f')} | "
+                         f"{_fmt(r['tstr_accuracy_sd'], '.3f')} |")
+        got = [r for r in reach if r["setting"] == setting]
+        if got:
+            lines += ["", f"to reach fid_all <= {_fmt(target, '.1f')} ({setting}; the mean "
+                      "over seeds at each evaluation):", "",
+                      "| method | best point | MB sent per peer | at step | fid_all there |",
+                      "|---|---|---:|---:|---:|"]
+            for r in got:
+                lines.append(f"| {r['method']} | {r['point']} | "
+                             f"{_fmt(r['mb_per_peer'], '.2f')} | {_fmt(r['steps'], 'd')} | "
+                             f"{_fmt(r['fid_all'], '.1f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def environment() -> dict:
     import numpy
     import torch
@@ -317,14 +359,14 @@ def environment() -> dict:
     return {**benchenv.environment(), "torch": torch.__version__, "numpy": numpy.__version__}
 
 
-def reuse_rows(folder: str | None) -> dict[tuple, dict]:
-    if not folder:
-        return {}
-    path = Path(folder) / "runs.csv"
-    if not path.is_file():
-        raise SystemExit(f"--reuse {folder}: no runs.csv there")
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
+def reuse_rows(folders: list[str] | None) -> dict[tuple, dict]:
+    rows = []
+    for folder in folders or []:
+        path = Path(folder) / "runs.csv"
+        if not path.is_file():
+            raise SystemExit(f"--reuse {folder}: no runs.csv there")
+        with path.open() as f:
+            rows += list(csv.DictReader(f))
     done = {}
     for r in rows:
         if r["status"] != "ok":
@@ -345,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="setting:method:point patterns (fnmatch), e.g. 'ring8:params:*'")
     ap.add_argument("--seeds", nargs="*", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    ap.add_argument("--reuse", default=None, help="an earlier frontier folder: its runs "
-                    "of the same point, seed and steps are not run again")
+    ap.add_argument("--reuse", nargs="*", default=None, help="earlier frontier folders: "
+                    "their runs of the same point, seed and steps are not run again")
     args = ap.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     if args.steps:
@@ -394,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     for setting in preset["settings"]:
         plot(agg, setting, sweep_dir / f"frontier-{setting}.png")
 
-    def f(v, fmt):
-        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+    command = " ".join(["bench/frontier.py", *(sys.argv[1:] if argv is None else argv)])
+    (sweep_dir / "frontier.md").write_text(markdown(agg, reach, target, preset["steps"],
+                                                    preset["settings"], command))
+    f = _fmt
     print(f"{'setting':8} {'method':11} {'point':16} {'seeds':>5} {'MB/peer':>10} "
           f"{'fid_all':>8} {'sd':>6} {'tstr':>6} {'sd':>6}")
     for r in sorted(agg, key=lambda r: (r["setting"], r["method"], r["mb_per_peer"] or 0)):

@@ -45,8 +45,14 @@ def test_frontier_smoke(tiny_mnist_root, tmp_path) -> None:
         assert mb[("model", "once")] < mb[("model", "every=1")]
     d = Path(result["dir"])
     for name in ("runs.csv", "frontier.csv", "to-target.csv", "frontier.json",
-                 "frontier-demo2.png", "frontier-ring8.png"):
+                 "frontier-demo2.png", "frontier-ring8.png", "frontier.md"):
         assert (d / name).is_file(), name
+    # the Markdown tables (what README quotes): a table per setting, a row per point
+    md = (d / "frontier.md").read_text()
+    assert "**demo2**" in md and "**ring8**" in md
+    for r in runs:
+        if r["method"] != "centralized":
+            assert f"| {r['method']} | {r['point']} |" in md, (r["method"], r["point"])
     with (d / "runs.csv").open() as f:
         assert len(list(csv.DictReader(f))) == len(runs)
     # the reference line is there, and the target derived from it
