@@ -136,31 +136,44 @@ PRESETS = {
 }
 
 
-def build_points(preset: dict, patterns: list[str], seeds: tuple[int, ...]) -> list[Point]:
+def steps_of(preset: dict, setting: str) -> int:
+    """A setting's step budget: the preset's ``steps``, one number or one per setting;
+    the centralized reference (setting ``*``) runs the largest."""
     steps = preset["steps"]
-    common = [f"steps={steps}", f"learner.eval_samples={preset['eval']}",
-              f"learner.eval_samples_during={preset['eval']}",
-              f"learner.eval_every={max(1, steps // 5)}", "learner.checkpoint=false",
-              f"learner.evaluator_epochs={preset['evaluator_epochs']}",
-              "runtime.threads_per_peer=1", *preset["where"]]
+    if isinstance(steps, int):
+        return steps
+    return max(steps.values()) if setting == "*" else steps[setting]
+
+
+def build_points(preset: dict, patterns: list[str], seeds: tuple[int, ...]) -> list[Point]:
+    def common(steps: int) -> list[str]:
+        return [f"steps={steps}", f"learner.eval_samples={preset['eval']}",
+                f"learner.eval_samples_during={preset['eval']}",
+                f"learner.eval_every={max(1, steps // 5)}", "learner.checkpoint=false",
+                f"learner.evaluator_epochs={preset['evaluator_epochs']}",
+                "runtime.threads_per_peer=1", *preset["where"]]
+
     out = []
     for seed in seeds:
         # the reference, once per seed (both settings' data are the whole training set)
         if any(fnmatch.fnmatchcase("*:centralized:all", p) for p in patterns):
+            steps = steps_of(preset, "*")
             pt = Point(f"centralized:all:s{seed}", SCENARIO,
-                       common + CENTRALIZED + [f"seed={seed}"])
-            pt.values = {"setting": "*", "method": "centralized", "point": "all", "seed": seed}
+                       common(steps) + CENTRALIZED + [f"seed={seed}"])
+            pt.values = {"setting": "*", "method": "centralized", "point": "all", "seed": seed,
+                         "steps": steps}
             out.append(pt)
         for setting in preset["settings"]:
             n = 2 if setting == "demo2" else preset["ring_n"]
+            steps = steps_of(preset, setting)
             for method, label, over in method_points(n, steps):
                 key = f"{setting}:{method}:{label}"
                 if not any(fnmatch.fnmatchcase(key, p) for p in patterns):
                     continue
-                pt = Point(f"{key}:s{seed}", SCENARIO,
-                           common + setting_overrides(setting, n) + over + [f"seed={seed}"])
+                pt = Point(f"{key}:s{seed}", SCENARIO, common(steps)
+                           + setting_overrides(setting, n) + over + [f"seed={seed}"])
                 pt.values = {"setting": setting, "method": method, "point": label,
-                             "seed": seed}
+                             "seed": seed, "steps": steps}
                 out.append(pt)
     return out
 
@@ -188,9 +201,10 @@ def read_curve(run_dir: str | None, peers: int) -> list[tuple[int, float, float]
             for s, d in sorted(per.items()) if len(d) == peers]
 
 
-def run_row(rec: dict, steps: int) -> dict:
+def run_row(rec: dict) -> dict:
     peers = list(rec["peers"].values())
     v = rec["values"]
+    steps = v["steps"]
     curve = read_curve(rec.get("run_dir"), len(peers))
     return {
         "setting": v["setting"], "method": v["method"], "point": v["point"],
@@ -314,14 +328,16 @@ def _fmt(v, fmt: str) -> str:
     return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
 
-def markdown(agg: list[dict], reach: list[dict], target: float | None, steps: int,
+def markdown(agg: list[dict], reach: list[dict], target: float | None, steps: int | dict,
              settings: tuple[str, ...], command: str) -> str:
     """The tables README and RESULTS quote, as Markdown: per setting, every point (seed
     means, sd) sorted by method and bytes, then the MB each method needs to reach the
     target.  Written as ``frontier.md`` so that no number is copied by hand."""
+    budget = (f"{steps} steps per run" if isinstance(steps, int) else "steps per run: "
+              + ", ".join(f"{k} {v}" for k, v in steps.items())
+              + f" (centralized: {max(steps.values())})")
     lines = [f"Command: `{command}`", "",
-             f"{steps} steps per run; target fid_all <= 1.5 x centralized = "
-             f"{_fmt(target, '.1f')}.", ""]
+             f"{budget}; target fid_all <= 1.5 x centralized = {_fmt(target, '.1f')}.", ""]
     central = [r for r in agg if r["method"] == "centralized"]
     for setting in settings:
         rows = sorted([r for r in agg if r["setting"] == setting] + central,
@@ -403,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def key(pt: Point) -> tuple:
         v = pt.values
-        return (v["setting"], v["method"], v["point"], v["seed"], preset["steps"])
+        return (v["setting"], v["method"], v["point"], v["seed"], v["steps"])
 
     todo = [pt for pt in points if key(pt) not in done]
     spec = SweepSpec(f"frontier-{args.preset}", Path(__file__), todo,
@@ -411,10 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = run_sweep(spec, Path(args.out), Path(args.data), progress=False,
                           log=lambda m: print(m, file=sys.stderr, flush=True))
     records = json.loads((sweep_dir / "sweep.json").read_text())["points"] if todo else []
-    rows = [run_row(rec, preset["steps"]) for rec in records]
+    rows = [run_row(rec) for rec in records]
     rows += [done[key(pt)] for pt in points if key(pt) in done]
-    fields = list(run_row({"values": {"setting": "", "method": "", "point": "", "seed": 0},
-                           "peers": {}, "status": ""}, 0))
+    fields = list(run_row({"values": {"setting": "", "method": "", "point": "", "seed": 0,
+                                      "steps": 0}, "peers": {}, "status": ""}))
     with (sweep_dir / "runs.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
