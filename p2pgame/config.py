@@ -625,6 +625,7 @@ BACKENDS = ("local", "ray")
 RAY_STRATEGIES = ("pack", "spread")
 PLACEMENTS = ("auto", "process", "workers")
 CLOCKS = ("real", "virtual")
+COMPUTE_SOURCES = ("model", "measured")  # runtime.compute (the virtual clock's step time)
 
 
 PACE_DISTS = ("constant", "uniform", "exponential")
@@ -805,6 +806,12 @@ class RuntimeSpec:
     # virtual time t with exactly the messages that arrived by t (async only).
     clock: str = "real"
     compute_s: float = 0.01  # a step's modelled compute time on the virtual clock
+    # (The virtual clock) where a step's compute time comes from: "model" (compute_s, a
+    # compute trace, the pace: deterministic) or "measured" (compute_scale x the host's
+    # wall time of the peer's previous training step; its first step takes compute_s):
+    # the run then depends on the host again, and its summary says so.
+    compute: str = "model"
+    compute_scale: float = 1.0
     # Time to quality: "KEY<=X" (or <, >=, >): the summary gives, per peer, the first
     # metrics line whose KEY (a metrics line's key, its namespace optional) met it.
     target: str = ""
@@ -837,6 +844,14 @@ class RuntimeSpec:
         if not math.isfinite(self.compute_s):
             raise ScenarioError(f"compute_s = {self.compute_s} must be a finite number of "
                                 "seconds")
+        one_of(self.compute, COMPUTE_SOURCES, "compute")
+        at_least(self.compute_scale, 0.0, "compute_scale", strict=True)
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the clock leaves the host out of the results (sync runs aside, which
+        are deterministic on either clock): the virtual clock with modelled compute."""
+        return self.clock == "virtual" and self.compute == "model"
 
 
 @dataclass(frozen=True)

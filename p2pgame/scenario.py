@@ -669,6 +669,10 @@ def _resolve_sections(raw: dict, source: str) -> Scenario:
         if traced is not None:
             raise ScenarioError(f"peer {traced}: runtime.compute_trace needs runtime.clock = "
                                 '"virtual" (on the real clock a step takes what the host takes)')
+        if scenario.runtime.compute != "model":
+            raise ScenarioError(f"runtime.compute = {scenario.runtime.compute!r} needs "
+                                'runtime.clock = "virtual" (on the real clock a step takes '
+                                "what the host takes anyway)")
     check_exchange(scenario, schedule)
     method(scenario).hooks()(scenario).validate(schedule)
     return scenario
@@ -684,6 +688,11 @@ def check_virtual_clock(scenario: Scenario, edges: set[tuple[int, int]]) -> None
         raise ScenarioError('runtime.clock = "virtual" needs comm.mode = "async" (a sync run '
                             "is deterministic on the real clock already: every step waits "
                             "for its rounds)")
+    if scenario.runtime.compute == "measured":
+        traced = next((p.peer for p in scenario.players if p.pace.compute_trace), None)
+        if traced is not None:
+            raise ScenarioError(f'peer {traced}: runtime.compute = "measured" and a '
+                                "runtime.compute_trace both give its step times; keep one")
     for src, dst in sorted(edges):
         link = scenario.comm.link_of(src, dst)
         if link.rate > 0 and link.buffer_policy == "oldest":

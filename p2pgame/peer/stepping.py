@@ -124,6 +124,7 @@ class StepPlan:
     compute_s: float = 0.0  # (virtual) a step's modelled compute time, before the pace
     pace: PaceSpec = PaceSpec()  # (virtual) the peer's pace: its offline windows
     seed: int = 0  # (virtual) the run's seed: the on/off process's stream
+    measured_scale: float = 0.0  # (virtual, runtime.compute = "measured") 0: modelled
 
     @classmethod
     def of(cls, scenario: Scenario, resumable: bool, first_step: int = 0,
@@ -139,7 +140,8 @@ class StepPlan:
                    resume_every=resume_every, first_step=first_step,
                    virtual=rt.clock == "virtual", compute_s=rt.compute_s,
                    pace=scenario.player(peer).pace if peer is not None else PaceSpec(),
-                   seed=scenario.seed)
+                   seed=scenario.seed,
+                   measured_scale=rt.compute_scale if rt.compute == "measured" else 0.0)
 
 
 class StepLoop:
@@ -170,13 +172,22 @@ class StepLoop:
         self.wall = 0.0
         self.virtual_s = 0.0  # (the virtual clock) this peer's virtual time
         self.offline_steps = 0  # (the virtual clock) steps skipped in offline windows
+        self.measured_s = 0.0  # the host's wall time of the latest training step
 
     def step_cost(self, step: int = 0) -> float:
         """The virtual clock: a step's virtual duration, ``compute_s`` (or the step's line of
         the peer's compute trace) divided by the peer's speed plus its drawn step delay (the
-        pacer's seeded stream: no host clock)."""
+        pacer's seeded stream: no host clock).
+
+        With ``runtime.compute = "measured"`` the compute time is ``compute_scale`` x the
+        host's wall time of the peer's previous training step (its first takes
+        ``compute_s``): the step's cost is needed before it trains, for the promise that
+        gives its neighbours their lookahead, so it cannot be the step's own time."""
         trace = self.plan.pace.compute_trace_s
-        c = trace[step % len(trace)] if trace else self.plan.compute_s
+        if self.plan.measured_scale and self.measured_s > 0:
+            c = self.plan.measured_scale * self.measured_s
+        else:
+            c = trace[step % len(trace)] if trace else self.plan.compute_s
         return c + (self.pacer.pause(c) if self.pacer is not None else 0.0)
 
     async def run(self, bus: Any) -> None:
@@ -248,6 +259,8 @@ class StepLoop:
                                              delivery.inbox, top)
             compute = clock() - t0
             timers["train"] += compute
+            if not gone:  # (the measured compute mode's next step cost)
+                self.measured_s = self.device.last_s if heavy else compute
             if heavy and not gone:  # within "train": the hand-off to the step thread and
                 # back, and the step thread's CPU time (torch's own threads aside)
                 timers["train_handoff"] += compute - self.device.last_s

@@ -54,6 +54,8 @@ def test_a_faulty_async_ring_gives_the_same_results_beside_a_cpu_hog_and_in_work
     assert _strip(loaded.metrics) == _strip(quiet.metrics)
     assert _strip(loaded.peers) == _strip(quiet.peers)
     assert _strip(loaded.edges) == _strip(quiet.edges)
+    assert quiet.summary["clock"] == {"kind": "virtual", "compute": "model",
+                                      "deterministic": True}
     # ... of a run in which the faults did something: losses, queueing, stale messages.
     peers = quiet.peers.values()
     assert sum(p["messages_dropped_loss"] for p in peers) > 0
@@ -143,3 +145,25 @@ def test_a_peer_offline_for_a_third_of_the_run_still_leaves_every_peer_at_its_eq
     lines = {x["step"]: x for x in result.metrics[1]}
     assert "train/lr" not in lines[300] and "train/lr" in lines[190] and "train/lr" in lines[410]
     assert lines[300]["time/virtual_s"] == pytest.approx(3.01)
+
+
+def test_the_measured_compute_mode_takes_the_hosts_step_times_and_says_so(tmp_path):
+    """``runtime.compute = "measured"``: each step's virtual time is the host's time of
+    the peer's previous training step (x compute_scale), so the peers' clocks end at what
+    their steps took, not at steps x compute_s, and the summary marks the run as one the
+    host's load can change."""
+    steps, scale = 100, 3.0
+    result = p2pgame.run(SCENARIO, {"comm.mode": "async", "runtime.clock": "virtual",
+                                    "runtime.compute": "measured",
+                                    "runtime.compute_scale": scale, "steps": steps,
+                                    "comm.latency_ms": 1.0},
+                         out=tmp_path / "runs", data=tmp_path / "data")
+    assert result.ok, result.failures
+    assert result.summary["clock"] == {"kind": "virtual", "compute": "measured",
+                                       "deterministic": False}
+    for peer in result.peers.values():
+        # the first step's compute_s (0.01) plus 3x each later step's host time: positive
+        # host times, and not the modelled 100 x 0.01
+        assert peer["virtual_s"] > 0.01 and peer["virtual_s"] != pytest.approx(steps * 0.01)
+        # a bound from the host's side: no more than 3x the peer's whole wall time
+        assert peer["virtual_s"] <= 0.01 + scale * peer["steps"] / peer["steps_per_s"]

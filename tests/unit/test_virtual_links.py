@@ -436,3 +436,42 @@ async def test_a_neighbour_that_never_promised_is_given_the_start_timeout():
                                           r"\(runtime.start_timeout_s\)"):
         await r2.advance(0, 0.5)
     assert time.monotonic() - started >= 0.6
+
+
+def test_the_measured_compute_mode_scales_the_previous_steps_host_time():
+    """``runtime.compute = "measured"``: a step costs compute_scale x the host's wall
+    time of the peer's previous training step (its first, compute_s: its promise goes
+    out before it trains), the pace on top; refused on the real clock and beside a
+    compute trace, and marked non-deterministic."""
+    from p2pgame.peer.stepping import Pacer, StepLoop, StepPlan
+
+    raw = _scenario()
+    raw["runtime"].update(compute="measured", compute_scale=2.0, compute_s=0.01)
+    raw["peers"] = [{"ids": [1], "runtime": {"speed": 0.5}}]
+    sc = resolve(raw)
+    assert not sc.runtime.deterministic and resolve(_scenario()).runtime.deterministic
+    plan = StepPlan.of(sc, False, peer=1)
+    assert plan.measured_scale == 2.0
+    loop = StepLoop(1, plan, None, None, None, None, None, None, None, True, lambda: False)
+    loop.pacer = Pacer(sc.player(1).pace, sc.seed, 1)
+    assert loop.step_cost(0) == pytest.approx(0.02)  # compute_s, at half speed
+    loop.measured_s = 0.125  # the previous step took 125 ms on the host
+    assert loop.step_cost(1) == pytest.approx(2.0 * 0.125 / 0.5)
+    # the modelled default ignores the host's times
+    model = StepLoop(1, StepPlan.of(resolve(_scenario()), False, peer=1), None, None, None,
+                     None, None, None, None, True, lambda: False)
+    model.measured_s = 0.125
+    assert model.step_cost(1) == pytest.approx(0.01)
+    for key, value, why in (("compute", "host", r"compute = 'host'.*allowed: model, measured"),
+                            ("compute_scale", 0.0, r"compute_scale = 0\.0 must be > 0"),
+                            ("compute_scale", math.nan,
+                             r"runtime\.compute_scale: expected a finite number, got nan")):
+        bad = _scenario()
+        bad["runtime"][key] = value
+        with pytest.raises(ScenarioError, match=why):
+            resolve(bad)
+    real = _scenario()
+    real["runtime"] = {"compute": "measured"}
+    with pytest.raises(ScenarioError, match=r"runtime.compute = 'measured' needs "
+                                            r'runtime.clock = "virtual"'):
+        resolve(real)
