@@ -20,10 +20,11 @@ Every point is one real run per seed (``p2pgame.sweep.run_sweep``); the output f
 gets ``runs.csv`` (one row per run), ``frontier.csv`` (one row per point: seed means and
 standard deviations), ``frontier-<setting>.png`` (fid_all and TSTR accuracy against MB
 sent per peer, log x, each method's Pareto envelope, ``none`` and ``centralized`` as
-lines), ``to-target.csv`` (per method, the fewest MB and steps a point needs to reach
-the target, ``fid_all <= 1.5 x centralized``, from the runs' evaluations over time), and
-``frontier.json``; the last line printed is that JSON (with the commit, the package
-versions, the CPU model and the load).
+lines), ``to-target.csv`` (per method and target, the fewest MB and steps a point needs
+to reach it, from the runs' evaluations over time; targets: fid_all <= 1.5x, 2x and 3x
+the centralized run's, and <= the fid_all ``none`` ends at), ``frontier.md`` (the tables
+as Markdown, for README and RESULTS) and ``frontier.json``; the last line printed is
+that JSON (with the commit, the package versions, the CPU model and the load).
 
     .venv/bin/python bench/frontier.py                     # default preset (<= 25 min)
     .venv/bin/python bench/frontier.py --preset full       # every point, 3 seeds (hours)
@@ -252,17 +253,39 @@ def pareto(points: list[tuple[float, float]], lower_is_better: bool = True
     return front
 
 
-def to_target(rows: list[dict], target: float) -> list[dict]:
+def targets(rows: list[dict]) -> list[tuple[str, str, float]]:
+    """The quality targets of the to-target table, (setting, name, fid_all): 1.5x, 2x and
+    3x the centralized run's fid_all (every setting), and per setting the fid_all that
+    ``none`` ends at (the bytes a method needs to beat not cooperating)."""
+    central = mean([r["fid_all"] for r in rows
+                    if r["method"] == "centralized" and r["status"] == "ok"])
+    out = []
+    for setting in sorted({r["setting"] for r in rows} - {"*"}):
+        if central is not None:
+            out += [(setting, f"{k}x centralized", k * central) for k in (1.5, 2, 3)]
+        alone = mean([r["fid_all"] for r in rows if r["setting"] == setting
+                      and r["method"] == "none" and r["status"] == "ok"])
+        if alone is not None:
+            out.append((setting, "none's end", alone))
+    return out
+
+
+def to_target(rows: list[dict], target: float, setting: str | None = None,
+              name: str = "") -> list[dict]:
     """Per (setting, method): the fewest MB (and the steps) with which one of its points
     reaches fid_all <= target, on the mean over seeds of each evaluation over time."""
     per: dict[tuple, dict[tuple, list]] = {}
     for r in rows:
-        if r["status"] == "ok" and r["method"] != "centralized":
+        if (r["status"] == "ok" and r["method"] not in ("centralized", "none")
+                and setting in (None, r["setting"])):
             per.setdefault((r["setting"], r["method"]), {}).setdefault(
                 r["point"], []).append(json.loads(r["curve"]) + [
                     [r["steps"], r["fid_all"], r["mb_per_peer"]]])
     out = []
-    for (setting, method), points in sorted(per.items()):
+    order = ("samples", "params", "compress", "model")
+    for (setting, method), points in sorted(
+            per.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])
+                                         if kv[0][1] in order else len(order), kv[0][1])):
         best = None
         for point, curves in points.items():
             # one curve per seed; their evaluations fall at the same steps
@@ -274,8 +297,8 @@ def to_target(rows: list[dict], target: float) -> list[dict]:
                     if best is None or mb < best[1]:
                         best = (point, mb, step, fid)
                     break
-        out.append({"setting": setting, "method": method,
-                    "point": best[0] if best else "not reached",
+        out.append({"setting": setting, "target": name, "target_fid_all": target,
+                    "method": method, "point": best[0] if best else "not reached",
                     "mb_per_peer": best[1] if best else None,
                     "steps": best[2] if best else None, "fid_all": best[3] if best else None})
     return out
@@ -337,7 +360,8 @@ def markdown(agg: list[dict], reach: list[dict], target: float | None, steps: in
               + ", ".join(f"{k} {v}" for k, v in steps.items())
               + f" (centralized: {max(steps.values())})")
     lines = [f"Command: `{command}`", "",
-             f"{budget}; target fid_all <= 1.5 x centralized = {_fmt(target, '.1f')}.", ""]
+             f"{budget}; centralized fid_all {_fmt(target and target / 1.5, '.1f')} (the "
+             "targets: 1.5x, 2x and 3x that, and the fid_all `none` ends at).", ""]
     central = [r for r in agg if r["method"] == "centralized"]
     for setting in settings:
         rows = sorted([r for r in agg if r["setting"] == setting] + central,
@@ -356,14 +380,18 @@ def markdown(agg: list[dict], reach: list[dict], target: float | None, steps: in
                          f"{_fmt(r['tstr_accuracy_sd'], '.3f')} |")
         got = [r for r in reach if r["setting"] == setting]
         if got:
-            lines += ["", f"to reach fid_all <= {_fmt(target, '.1f')} ({setting}; the mean "
-                      "over seeds at each evaluation):", "",
-                      "| method | best point | MB sent per peer | at step | fid_all there |",
-                      "|---|---|---:|---:|---:|"]
-            for r in got:
-                lines.append(f"| {r['method']} | {r['point']} | "
-                             f"{_fmt(r['mb_per_peer'], '.2f')} | {_fmt(r['steps'], 'd')} | "
-                             f"{_fmt(r['fid_all'], '.1f')} |")
+            lines += ["", f"MB sent per peer to reach a target ({setting}; the fewest over "
+                      "a method's points, on the mean over seeds at each evaluation, every "
+                      "steps/5; `-`: not reached):", "",
+                      "| target | fid_all | " + " | ".join(
+                          dict.fromkeys(r["method"] for r in got)) + " |",
+                      "|---|---:|" + "---:|" * len(dict.fromkeys(r["method"] for r in got))]
+            for name in dict.fromkeys(r["target"] for r in got):
+                row = [r for r in got if r["target"] == name]
+                cells = [f"{_fmt(r['mb_per_peer'], '.2f')} ({r['point']}, step {r['steps']})"
+                         if r["mb_per_peer"] is not None else "-" for r in row]
+                lines.append(f"| {name} | {_fmt(row[0]['target_fid_all'], '.1f')} | "
+                             + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -443,10 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     central = mean([r["fid_all"] for r in rows
                     if r["method"] == "centralized" and r["status"] == "ok"])
     target = None if central is None else 1.5 * central
-    reach = to_target(rows, target) if target is not None else []
+    reach = [r for setting, name, fid in targets(rows)
+             for r in to_target(rows, fid, setting, name)]
     with (sweep_dir / "to-target.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["setting", "method", "point", "mb_per_peer",
-                                          "steps", "fid_all"])
+        w = csv.DictWriter(f, fieldnames=["setting", "target", "target_fid_all", "method",
+                                          "point", "mb_per_peer", "steps", "fid_all"])
         w.writeheader()
         w.writerows(reach)
     for setting in preset["settings"]:
@@ -464,10 +493,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{f(r['fid_all_sd'], '6.2f')} {f(r['tstr_accuracy'], '6.3f')} "
               f"{f(r['tstr_accuracy_sd'], '6.3f')}")
     if reach:
-        print(f"\nto reach fid_all <= 1.5 x centralized "
-              f"({f(target, '.1f')}):")
+        print("\nMB sent per peer to reach a target fid_all:")
         for r in reach:
-            print(f"{r['setting']:8} {r['method']:11} {r['point']:16} "
+            print(f"{r['setting']:8} {r['target']:17} {f(r['target_fid_all'], '6.1f')} "
+                  f"{r['method']:11} {r['point']:16} "
                   f"{f(r['mb_per_peer'], '10.2f')} MB  step {f(r['steps'], 'd')}")
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:

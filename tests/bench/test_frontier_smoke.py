@@ -58,3 +58,19 @@ def test_frontier_smoke(tiny_mnist_root, tmp_path) -> None:
     # the reference line is there, and the target derived from it
     assert result["target_fid_all"] == pytest.approx(
         1.5 * next(r["fid_all"] for r in runs if r["method"] == "centralized"))
+    # the to-target table: per setting, each target (1.5x, 2x, 3x centralized; none's
+    # end) for each cooperative method, reached or not, and a Markdown row per target
+    central = next(r["fid_all"] for r in runs if r["method"] == "centralized")
+    reach = result["to_target"]
+    for setting in ("demo2", "ring8"):
+        alone = next(r["fid_all"] for r in runs if r["setting"] == setting
+                     and r["method"] == "none")
+        got = {(r["target"], r["method"]): r for r in reach if r["setting"] == setting}
+        assert set(got) == {(t, m) for t in ("1.5x centralized", "2x centralized",
+                                             "3x centralized", "none's end")
+                            for m in ("samples", "params", "compress", "model")}
+        assert got[("2x centralized", "model")]["target_fid_all"] == pytest.approx(2 * central)
+        assert got[("none's end", "samples")]["target_fid_all"] == pytest.approx(alone)
+        for r in got.values():  # a point that reached it is at or below it
+            assert r["fid_all"] is None or r["fid_all"] <= r["target_fid_all"]
+    assert md.count("| none's end |") == 2 and md.count("| 3x centralized |") == 2
