@@ -482,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         w.writerows(reach)
     for setting in preset["settings"]:
-        plot(agg, setting, sweep_dir / f"frontier-{setting}.png")
+        if any(r["setting"] == setting for r in agg):  # (a subset may leave one out)
+            plot(agg, setting, sweep_dir / f"frontier-{setting}.png")
 
     command = " ".join(["bench/frontier.py", *(sys.argv[1:] if argv is None else argv)])
     (sweep_dir / "frontier.md").write_text(markdown(agg, reach, target, preset["steps"],
