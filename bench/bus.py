@@ -52,6 +52,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import benchenv
 import numpy as np
 import zmq
 import zmq.asyncio
@@ -337,6 +338,7 @@ def print_profile(path: str, title: str, n: int = 18) -> None:
 
 
 def main(argv=None) -> dict:
+    env = benchenv.environment()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=2.5, help="sending time per case")
     ap.add_argument("--repeats", type=int, default=3, help="runs per case (median reported)")
@@ -420,7 +422,8 @@ def main(argv=None) -> dict:
            "dropped": dropped, "cpu_us_per_msg": cpu,  # [publisher, subscriber]
            "seconds": args.seconds, "repeats": args.repeats,
            "read_tensors": args.read_tensors,
-           "loadavg": [round(x, 2) for x in os.getloadavg()]}
+           "loadavg": [round(x, 2) for x in os.getloadavg()],
+           "env": benchenv.finished(env)}
     print(json.dumps(out))
     return out
 

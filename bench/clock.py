@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchenv import environment
+from benchenv import environment, finished
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,7 @@ def _run(scenario: str, overrides: list[str], clock: str, out: Path, data: str) 
 
 
 def main() -> None:
+    env = environment()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench/out/clock")
@@ -76,7 +77,7 @@ def main() -> None:
                       "cases": {k: {kk: v[kk] for kk in ("real", "virtual", "ratio_loop",
                                                           "ratio_wall")}
                                 for k, v in rows.items()},
-                      **environment()}))
+                      **finished(env)}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import tempfile
 import timeit
 from pathlib import Path
 
+import benchenv
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ def best_us(fn, number: int) -> float:
 
 
 def main() -> int:
+    env = benchenv.environment()
     old = old_codec()
     rng = np.random.default_rng(0)
     cases = {
@@ -80,6 +82,7 @@ def main() -> int:
               f"{row['decode_ratio']:>7.2f}{row['encode_old_us']:>9.1f}"
               f"{row['encode_new_us']:>9.1f}{row['encode_ratio']:>7.2f}"
               f"{row['header_bytes_old']:>9}{row['header_bytes_new']:>9}")
+    out["env"] = benchenv.finished(env)
     print(json.dumps(out))
     return 0
 

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchenv
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -351,6 +353,7 @@ CASES = {"crash": case_crash, "freeze": case_freeze, "intruder": case_intruder,
 
 
 def main(argv=None) -> dict:
+    env = benchenv.environment()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--smoke", action="store_true", help="the quick cases only")
@@ -372,7 +375,7 @@ def main(argv=None) -> dict:
     print(f"{'case':<20}{'survived':<10}detail")
     for name, r in rows.items():
         print(f"{name:<20}{'yes' if r['survived'] else 'NO':<10}{r['detail']}")
-    result = {"cases": rows}
+    result = {"cases": rows, "env": benchenv.finished(env)}
     print(json.dumps(result))
     return result
 

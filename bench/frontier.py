@@ -47,7 +47,6 @@ import csv
 import fnmatch
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -399,13 +398,6 @@ def markdown(agg: list[dict], reach: list[dict], target: float | None, steps: in
     return "\n".join(lines)
 
 
-def environment() -> dict:
-    import numpy
-    import torch
-
-    return {**benchenv.environment(), "torch": torch.__version__, "numpy": numpy.__version__}
-
-
 def reuse_rows(folders: list[str] | None) -> dict[tuple, dict]:
     rows = []
     for folder in folders or []:
@@ -443,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     # (the reference run is named "*:centralized:all"; "*" matches it too)
     patterns = args.points if args.points is not None else preset["points"]
     seeds = tuple(args.seeds) if args.seeds is not None else preset["seeds"]
-    env = environment()
+    env = benchenv.environment()
     t0 = time.monotonic()
     points = build_points(preset, patterns, seeds)
     done = reuse_rows(args.reuse)
@@ -506,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in failed:
         print(f"FAILED {r['setting']}:{r['method']}:{r['point']} seed {r['seed']}: "
               f"{r['error']}", file=sys.stderr)
-    env["load_after"] = os.getloadavg()
+    env = benchenv.finished(env)
     wall = time.monotonic() - t0
     print(f"wall {wall:.0f} s; results: {sweep_dir}")
     result = {"preset": args.preset, "dir": str(sweep_dir), "steps": preset["steps"],

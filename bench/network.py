@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import benchenv
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -79,6 +81,7 @@ def star(out: Path, steps: int) -> list[dict]:
 
 
 def main() -> None:
+    env = benchenv.environment()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--rate", type=float, default=20_000.0)
@@ -95,6 +98,7 @@ def main() -> None:
         print(name)
         for row in rows:
             print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    result["env"] = benchenv.finished(env)
     print(json.dumps(result))
 
 

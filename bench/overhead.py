@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchenv
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -256,6 +258,7 @@ def one_repeat(args, raw: dict, overrides: list[str], scenario, threads: int) ->
 
 
 def main(argv=None) -> dict:
+    env = benchenv.environment()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenario", default=str(ROOT / "topologies" / "mnist-2peers.toml"))
     ap.add_argument("--steps", type=int, default=200)
@@ -313,7 +316,7 @@ def main(argv=None) -> dict:
            "loadavg_per_repeat": [r["loadavg"] for r in reps],
            "bare_mode": "in-process sequential" if args.bare_inprocess else f"{n} processes",
            "threads_per_peer": threads, "steps": args.steps, "n_peers": n, "batch": batch,
-           "repeats": args.repeats}
+           "repeats": args.repeats, "env": benchenv.finished(env)}
     print(json.dumps(out))
     return out
 

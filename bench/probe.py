@@ -53,6 +53,8 @@ import time
 import uuid
 from pathlib import Path
 
+import benchenv
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -821,6 +823,7 @@ def _cell(text: str) -> str:
 
 
 def main(argv=None) -> dict:
+    env = benchenv.environment()
     global _base
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default=",".join(CASES),
@@ -880,7 +883,7 @@ def main(argv=None) -> dict:
     summary = {"cases": results, "held": all(r["held"] for r in results.values()),
                "not_held": [n for n, r in results.items() if not r["held"]],
                "seconds": round(total, 1), "load_start": load0,
-               "cpus": os.cpu_count()}
+               "cpus": os.cpu_count(), "env": benchenv.finished(env)}
     print(scrub(json.dumps(summary, default=lambda o: o if not isinstance(o, float) or
                      math.isfinite(o) else str(o))))
     return summary

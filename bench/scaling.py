@@ -38,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 
+import benchenv
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -248,6 +250,7 @@ def growth_sentence(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> dict:
+    env = benchenv.environment()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ns", default="2,4,8,16,32")
     ap.add_argument("--worker-ns", default="32,128,512",
@@ -323,6 +326,7 @@ def main(argv=None) -> dict:
     result = {"rows": rows, "skipped": skipped, "summary": sentence,
               "csv": str(out / "scaling.csv"), "png": str(out / "scaling.png"),
               "total_s": round(time.monotonic() - t_start, 1)}
+    result["env"] = benchenv.finished(env)
     print(json.dumps(result))
     return result
 

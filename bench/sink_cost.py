@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchenv import environment
+from benchenv import environment, finished
 
 from p2pgame.launch.rundir import RunFolder
 from p2pgame.launch.sinks import JsonlSink
@@ -52,6 +52,7 @@ def _cost(make, peers: int, lines: int, batch: int) -> float:
 
 
 def main() -> None:
+    env = environment()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", type=int, default=1024)
     ap.add_argument("--lines", type=int, default=100)
@@ -77,7 +78,7 @@ def main() -> None:
     print(json.dumps({"bench": "sink_cost", "peers": args.peers,
                       "lines": args.lines, "batch": args.batch,
                       "cpu_s": med, "ms_per_line": {k: 1000 * v / total for k, v in med.items()},
-                      **environment()}))
+                      **finished(env)}))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ def run_script(name: str, *args: str, timeout: float = 120) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert lines, proc.stderr[-3000:]
     assert len(lines) > 1, "a human-readable table comes before the JSON line"
-    return json.loads(lines[-1])
+    out = json.loads(lines[-1])
+    # every bench's JSON says where it ran: the commit, the package versions, the CPU, the load
+    env = out["env"]
+    assert len(env["commit"]) == 40 and env["cpu"] and env["packages"]["pyzmq"]
+    assert len(env["load_before"]) == 3 and len(env["load_after"]) == 3
+    return out
 
 
 

@@ -29,7 +29,8 @@ def test_frontier_smoke(tiny_mnist_root, tmp_path) -> None:
     assert {r["method"] for r in runs} == {"none", "samples", "params", "compress", "model",
                                            "centralized"}
     assert {r["setting"] for r in runs} == {"demo2", "ring8", "*"}
-    assert {"commit", "torch", "cpu", "load_before", "load_after"} <= set(result["env"])
+    assert {"commit", "packages", "cpu", "load_before", "load_after"} <= set(result["env"])
+    assert result["env"]["packages"]["torch"]
     for setting in ("demo2", "ring8"):
         mb = {(r["method"], r["point"]): r["mb_per_peer"] for r in runs
               if r["setting"] == setting}
