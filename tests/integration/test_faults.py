@@ -236,12 +236,13 @@ def test_a_killed_peer_restarts_and_the_run_completes(tmp_path, monkeypatch, pla
     # Nobody went deaf at the restart: the new incarnation's messages reached both its
     # out-neighbours (on its edges `arrived` counts both incarnations, `sent` the last),
     # and edges away from peer 1 lost only what was sent after their receiver finished
-    # (a few dozen steps on a loaded machine; a deaf peer lost the last two thirds).
+    # (a few dozen steps on an idle machine, 241 of 2000 once beside a benchmark on 2
+    # cores: async peers end apart; a deaf peer lost the last two thirds, 0.67).
     rows = {(r["src"], r["dst"]): r for r in s["links"]}
     for r in (0, 2):
         assert rows[(1, r)]["arrived"] >= 0.9 * rows[(1, r)]["sent"], rows[(1, r)]
     for edge in ((0, 3), (2, 3), (3, 0), (3, 2)):
-        assert rows[edge]["in_transport"] <= 0.1 * rows[edge]["sent"], rows[edge]
+        assert rows[edge]["in_transport"] <= 0.3 * rows[edge]["sent"], rows[edge]
     # Its neighbours heard the new incarnation (they re-connected to its new endpoint).
     assert (res.run_dir / "resume" / "peer-1.json").is_file()
     # And nobody refused a legitimate message: not the restarted incarnation, whose
