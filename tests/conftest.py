@@ -50,6 +50,7 @@ _FORK_SERVER = "multiprocessing.forkserver"
 # keeps its collected place after these.
 LONGEST_FIRST = (
     "integration/test_game_run.py",
+    "integration/test_exchanges.py",  # (253 s under load in a full suite, the second longest)
     "integration/test_faults.py",
     "integration/test_placement.py",
     "integration/test_joint_run.py",
