@@ -132,7 +132,8 @@ PRESETS = {
                             "*:compress:int8,H=10", "*:model:every=250",
                             "*:centralized:all"],
                     where=[]),
-    # full: every point, three seeds, the default's budgets (about 9 hours on 2 cores)
+    # full: every point, three seeds, the default's budgets (117 runs: about 7 hours on 2
+    # cores, estimated from the default's run times)
     "full": dict(steps={"demo2": 1500, "ring8": 1500}, eval=2000, evaluator_epochs=2,
                  seeds=(0, 1, 2), ring_n=8, settings=("demo2", "ring8"), points=["*"],
                  where=[]),
