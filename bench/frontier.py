@@ -11,9 +11,9 @@ Settings:
   training set (drawn from the seed: each seed its own split).
 
 Methods (each a few points): ``none`` (local only), ``samples`` (the game: samples per
-message, period, bit images instead of float16 means), ``params`` (float32, float16,
-local steps), ``compress`` (int8, QSGD, and top-k / random-k / sign through CHOCO-Gossip
-at two ratios), ``model`` (the generator every K steps, or once), and ``centralized``
+message, period, bit images instead of float16 means, the self weight), ``params``
+(float32, float16, local steps), ``compress`` (int8, QSGD, and top-k / random-k / sign
+through CHOCO-Gossip at two ratios), ``model`` (the generator every K steps, or once), and ``centralized``
 (one peer holding all the data: the reference line, the same in both settings).
 
 Every point is one real run per seed (``p2pgame.sweep.run_sweep``); the output folder
@@ -87,6 +87,10 @@ def method_points(n: int, steps: int) -> list[tuple[str, str, list[str]]]:
         ("samples", "spm=8", ["comm.samples_per_message=8"]),
         ("samples", "spm=32,every=10", ["comm.publish_every=10"]),
         ("samples", "spm=32,bits", [peers_all(n, "x")]),
+        # the self weight a_ii (alpha): how much of a step's batch is own data; the
+        # equilibrium moves with it (1: alone; smaller: closer to uniform over the digits)
+        ("samples", "self=0.8", ['topology.weights="self_weight"', "topology.self_weight=0.8"]),
+        ("samples", "self=0.2", ['topology.weights="self_weight"', "topology.self_weight=0.2"]),
         ("params", "f32", [params + "}"]),
         ("params", "f16", [params + ', wire_dtype="float16"}']),
         ("params", "f16,H=10", [params + ', wire_dtype="float16"}', "comm.publish_every=10"]),
@@ -132,7 +136,7 @@ PRESETS = {
                             "*:compress:int8,H=10", "*:model:every=250",
                             "*:centralized:all"],
                     where=[]),
-    # full: every point, three seeds, the default's budgets (117 runs: about 7 hours on 2
+    # full: every point, three seeds, the default's budgets (129 runs: about 7.5 hours on 2
     # cores, estimated from the default's run times)
     "full": dict(steps={"demo2": 1500, "ring8": 1500}, eval=2000, evaluator_epochs=2,
                  seeds=(0, 1, 2), ring_n=8, settings=("demo2", "ring8"), points=["*"],
