@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 import p2pgame.launch as launch
-from p2pgame.config import ScenarioError
+from p2pgame.config import RuntimeSpec, ScenarioError
 from p2pgame.launch.backends import BackendError, LocalBackend, RayBackend, backend_class
 from p2pgame.launch.hold import SignalHold
 from p2pgame.launch.launcher import Launcher
@@ -182,7 +182,7 @@ def _ended_run(tmp_path, *, interrupted=0, failures=None, write_error=None,
     """Prepared/Started/Ended of a run of 2 peers that reported nothing, made by hand."""
     scenario = SimpleNamespace(name="t", seed=1, n=2, steps=5,
                                comm=SimpleNamespace(mode="async"),
-                               runtime=SimpleNamespace(backend="local"))
+                               runtime=RuntimeSpec(backend="local"))
     layout = RunLayout(tmp_path)
     hooks = _Hooks()
     prepared = launch.Prepared(
