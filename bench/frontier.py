@@ -316,6 +316,7 @@ def plot(agg: list[dict], setting: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     rows = [r for r in agg if r["setting"] in (setting, "*")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -344,6 +345,11 @@ def plot(agg: list[dict], setting: str, path: Path) -> None:
                     ax.axhline(r[key], color="k", ls=style, lw=1, label=f"{m} (no bytes)"
                                if m == "none" else "centralized (all data, one peer)")
         ax.set_xscale("log")
+        # ticks at 1, 2, 5 x 10^k, written as plain numbers (a narrow log range otherwise
+        # labels its minor ticks in overlapping 10^k notation)
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("MB sent per peer (log)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
