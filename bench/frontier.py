@@ -13,8 +13,9 @@ Settings:
 Methods (each a few points): ``none`` (local only), ``samples`` (the game: samples per
 message, period, bit images instead of float16 means, the self weight), ``params``
 (float32, float16, local steps), ``compress`` (int8, QSGD, and top-k / random-k / sign
-through CHOCO-Gossip at two ratios), ``model`` (the generator every K steps, or once), and ``centralized``
-(one peer holding all the data: the reference line, the same in both settings).
+through CHOCO-Gossip at two ratios), ``model`` (the generator every K steps, or once),
+and ``centralized`` (one peer holding all the data: the reference line, the same in both
+settings).
 
 Every point is one real run per seed (``p2pgame.sweep.run_sweep``); the output folder
 gets ``runs.csv`` (one row per run), ``frontier.csv`` (one row per point: seed means and
@@ -60,6 +61,9 @@ import benchenv  # noqa: E402
 from p2pgame.sweep import Point, SweepSpec, run_sweep  # noqa: E402
 
 SCENARIO = ROOT / "topologies" / "mnist-demo.toml"
+# the methods in the order of every table and plot; the cooperative ones from "samples"
+METHODS = ("centralized", "none", "samples", "params", "compress", "model")
+COOPERATIVE = METHODS[2:]
 
 
 def peers_all(n: int, space: str = "px") -> str:
@@ -283,16 +287,14 @@ def to_target(rows: list[dict], target: float, setting: str | None = None,
     reaches fid_all <= target, on the mean over seeds of each evaluation over time."""
     per: dict[tuple, dict[tuple, list]] = {}
     for r in rows:
-        if (r["status"] == "ok" and r["method"] not in ("centralized", "none")
+        if (r["status"] == "ok" and r["method"] in COOPERATIVE
                 and setting in (None, r["setting"])):
             per.setdefault((r["setting"], r["method"]), {}).setdefault(
                 r["point"], []).append(json.loads(r["curve"]) + [
                     [r["steps"], r["fid_all"], r["mb_per_peer"]]])
     out = []
-    order = ("samples", "params", "compress", "model")
     for (setting, method), points in sorted(
-            per.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])
-                                         if kv[0][1] in order else len(order), kv[0][1])):
+            per.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]))):
         best = None
         for point, curves in points.items():
             # one curve per seed; their evaluations fall at the same steps
@@ -320,7 +322,7 @@ def plot(agg: list[dict], setting: str, path: Path) -> None:
 
     rows = [r for r in agg if r["setting"] in (setting, "*")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    methods = [m for m in ("samples", "params", "compress", "model")
+    methods = [m for m in COOPERATIVE
                if any(r["method"] == m for r in rows)]
     for ax, key, better_low, label in ((axes[0], "fid_all", True, "fid_all (lower is better)"),
                                        (axes[1], "tstr_accuracy", False,
@@ -364,7 +366,7 @@ def _fmt(v, fmt: str) -> str:
     return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
 
-def markdown(agg: list[dict], reach: list[dict], target: float | None, steps: int | dict,
+def markdown(agg: list[dict], reach: list[dict], central: float | None, steps: int | dict,
              settings: tuple[str, ...], command: str) -> str:
     """The tables README and RESULTS quote, as Markdown: per setting, every point (seed
     means, sd) sorted by method and bytes, then the MB each method needs to reach the
@@ -373,13 +375,12 @@ def markdown(agg: list[dict], reach: list[dict], target: float | None, steps: in
               + ", ".join(f"{k} {v}" for k, v in steps.items())
               + f" (centralized: {max(steps.values())})")
     lines = [f"Command: `{command}`", "",
-             f"{budget}; centralized fid_all {_fmt(target and target / 1.5, '.1f')} (the "
+             f"{budget}; centralized fid_all {_fmt(central, '.1f')} (the "
              "targets: 1.5x, 2x and 3x that, and the fid_all `none` ends at).", ""]
     central = [r for r in agg if r["method"] == "centralized"]
     for setting in settings:
         rows = sorted([r for r in agg if r["setting"] == setting] + central,
-                      key=lambda r: (("centralized", "none", "samples", "params", "compress",
-                                      "model").index(r["method"]), r["mb_per_peer"] or 0))
+                      key=lambda r: (METHODS.index(r["method"]), r["mb_per_peer"] or 0))
         if not any(r["setting"] == setting for r in rows):
             continue
         lines += [f"**{setting}**", "",
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             plot(agg, setting, sweep_dir / f"frontier-{setting}.png")
 
     command = " ".join(["bench/frontier.py", *(sys.argv[1:] if argv is None else argv)])
-    (sweep_dir / "frontier.md").write_text(markdown(agg, reach, target, preset["steps"],
+    (sweep_dir / "frontier.md").write_text(markdown(agg, reach, central, preset["steps"],
                                                     preset["settings"], command))
     f = _fmt
     print(f"{'setting':8} {'method':11} {'point':16} {'seeds':>5} {'MB/peer':>10} "

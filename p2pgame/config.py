@@ -847,12 +847,6 @@ class RuntimeSpec:
         one_of(self.compute, COMPUTE_SOURCES, "compute")
         at_least(self.compute_scale, 0.0, "compute_scale", strict=True)
 
-    @property
-    def deterministic(self) -> bool:
-        """Whether the clock leaves the host out of the results (sync runs aside, which
-        are deterministic on either clock): the virtual clock with modelled compute."""
-        return self.clock == "virtual" and self.compute == "model"
-
 
 @dataclass(frozen=True)
 class PlayerSpec:
@@ -898,6 +892,14 @@ class Scenario:
 
     def player(self, peer: int) -> PlayerSpec:
         return self.players[peer]
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the host's load and scheduling are out of the results: a sync run (every
+        step waits for its rounds, on either clock), or the virtual clock with modelled
+        compute (not ``runtime.compute = "measured"``)."""
+        rt = self.runtime
+        return self.comm.mode == "sync" or (rt.clock == "virtual" and rt.compute == "model")
 
 
 def from_plain(cls: type, data: Any, decoders: dict[str, Any] | None = None) -> Any:

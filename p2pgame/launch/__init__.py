@@ -573,11 +573,8 @@ def summarise(prepared: Prepared, started: Started, ended: Ended,
                     "(a receiver counted more than its sender sent)")
     summary["refused_edges"] = _refused(summary, launcher, prepared.scenario.comm.mode)
     rt = prepared.scenario.runtime
-    # whether the host's scheduling could change this run's results (sync runs wait for
-    # their rounds on either clock)
     summary["clock"] = {"kind": rt.clock, "compute": rt.compute,
-                        "deterministic": rt.deterministic
-                        or prepared.scenario.comm.mode == "sync"}
+                        "deterministic": prepared.scenario.deterministic}
     if started.target is not None:  # time to quality: per peer, where it met the target
         _add_target(summary, started.target)
     if not (launcher.failures or launcher.interrupted or folder.error or ended.start_error):

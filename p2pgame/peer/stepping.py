@@ -259,7 +259,7 @@ class StepLoop:
                                              delivery.inbox, top)
             compute = clock() - t0
             timers["train"] += compute
-            if not gone:  # (the measured compute mode's next step cost)
+            if plan.measured_scale and not gone:  # (the measured mode's next step cost)
                 self.measured_s = self.device.last_s if heavy else compute
             if heavy and not gone:  # within "train": the hand-off to the step thread and
                 # back, and the step thread's CPU time (torch's own threads aside)

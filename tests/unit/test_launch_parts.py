@@ -182,7 +182,8 @@ def _ended_run(tmp_path, *, interrupted=0, failures=None, write_error=None,
     """Prepared/Started/Ended of a run of 2 peers that reported nothing, made by hand."""
     scenario = SimpleNamespace(name="t", seed=1, n=2, steps=5,
                                comm=SimpleNamespace(mode="async"),
-                               runtime=RuntimeSpec(backend="local"))
+                               runtime=RuntimeSpec(backend="local"),
+                               deterministic=False)  # (async on the real clock)
     layout = RunLayout(tmp_path)
     hooks = _Hooks()
     prepared = launch.Prepared(

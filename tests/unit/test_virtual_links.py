@@ -449,7 +449,8 @@ def test_the_measured_compute_mode_scales_the_previous_steps_host_time():
     raw["runtime"].update(compute="measured", compute_scale=2.0, compute_s=0.01)
     raw["peers"] = [{"ids": [1], "runtime": {"speed": 0.5}}]
     sc = resolve(raw)
-    assert not sc.runtime.deterministic and resolve(_scenario()).runtime.deterministic
+    assert not sc.deterministic and resolve(_scenario()).deterministic
+    assert resolve(_scenario(mode="sync") | {"runtime": {}}).deterministic
     plan = StepPlan.of(sc, False, peer=1)
     assert plan.measured_scale == 2.0
     loop = StepLoop(1, plan, None, None, None, None, None, None, None, True, lambda: False)
