@@ -9,6 +9,11 @@ Frames of a message (a ZeroMQ multipart message):
        {"v": 2, "sender": int, "topic": str, "step": int, "time": float (unix s; virtual s on the virtual clock),
         "last": bool, "schema": [[name, dtype, shape, packed], ...], "meta": {...}}
 
+   and, on the virtual clock only, ``"until": float``: the sender's promise that it sends
+   nothing more before that virtual time (at or after ``time``), carried by its round's
+   last data message instead of a clock message of its own.  The real clock never sends
+   the key, so its headers are as they were.
+
    ``last`` marks the sender's last message of its round ``step`` (a sync
    receiver knows the round is complete).  Version 1 headers, which carried
    the flag as ``meta["last"]``, are still read.
@@ -71,6 +76,10 @@ DTYPES: dict[str, np.dtype] = {
 _NAMES = {v: k for k, v in DTYPES.items()}
 HEADER_KEYS = ("v", "sender", "topic", "step", "time", "schema", "meta")  # and "last" from v2
 _HEADER_KEYSET = frozenset(HEADER_KEYS)
+# What a carried promise adds to a header ("until" and a float64; the header stays a
+# fixmap): the clock's bytes, which the traffic accounts and the modelled links leave out,
+# so that a data message counts and travels as it would without the promise.
+PROMISE_BYTES = len(msgpack.packb({"until": 0.0})) - len(msgpack.packb({}))
 
 
 class CodecError(ValueError):
@@ -207,6 +216,9 @@ class Envelope:
     time: float = field(default_factory=time.time)
     last: bool = True  # the sender's last message of round ``step``
     meta: dict[str, Any] = field(default_factory=dict)
+    # (The virtual clock) the sender's promise carried here: nothing more from it before
+    # this virtual time.  None: no promise (the real clock; or a clock message follows).
+    until: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.topic, str):
@@ -307,6 +319,8 @@ def encode(env: Envelope, pack_bool: bool = True) -> list[bytes | memoryview]:
         "schema": schema,
         "meta": env.meta,
     }
+    if env.until is not None:
+        header["until"] = float(env.until)
     return [topic.wire if type(topic) is Topic else text.encode(), _packer().pack(header),
             *buffers]
 
@@ -388,6 +402,10 @@ def decode_sized(frames: list[Any], max_bytes: int = 64 * 2**20) -> tuple[Envelo
         raise CodecError("malformed", "sender and step must be integers")
     if type(when) is not float and type(when) is not int:
         raise CodecError("malformed", "time must be a number")
+    until = header.get("until")
+    if until is not None and (type(until) is not float and type(until) is not int
+                              or not until >= when):  # (nan is not)
+        raise CodecError("malformed", "until must be a number at or after time")
     tensors: dict[str, Any] = {}
     for i, entry in enumerate(schema, 2):
         buf, nbytes = bufs[i], sizes[i]
@@ -422,5 +440,6 @@ def decode_sized(frames: list[Any], max_bytes: int = 64 * 2**20) -> tuple[Envelo
             tensors[name] = flat.reshape(shape)
         except ValueError:  # "array is too big", "maximum allowed dimension exceeded"
             raise CodecError("malformed", f"{name}: bad shape {shape!r}") from None
-    env = Envelope(sender, topic, step, Tensors._wrap(tensors), float(when), last, meta)
+    env = Envelope(sender, topic, step, Tensors._wrap(tensors), float(when), last, meta,
+                   None if until is None else float(until))
     return env, sizes[0] + sizes[1], total - sizes[0] - sizes[1]

@@ -10,11 +10,11 @@ payload bytes (tensor frames) are kept apart.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pgame.bus.codec import CodecError, Envelope, decode_sized, frame_sizes
+from p2pgame.bus.codec import PROMISE_BYTES, CodecError, Envelope, decode_sized, frame_sizes
 from p2pgame.bus.topics import CLOCK
 
 
@@ -58,10 +58,17 @@ class Traffic:
         # The virtual clock's own messages (topic ck/<peer>/t): apart from the exchange's.
         self.clock_sent = TrafficCounter()
         self.clock_received = TrafficCounter()
+        # (The virtual clock) the bytes of promises carried in data messages' headers,
+        # left out of those messages' counts (and sizes): the clock's, not the exchange's.
+        self.promise_bytes_sent = 0
+        self.promise_bytes_received = 0
 
-    def count_sent(self, env: Envelope, frames: list[Any], receivers: Iterable[int]) -> None:
+    def count_sent(self, env: Envelope, frames: list[Any], receivers: Sequence[int]) -> None:
         header, payload = frame_sizes(frames)
         table, me, topic = self.sent.table, self.me, str(env.topic)
+        if env.until is not None:
+            header -= PROMISE_BYTES
+            self.promise_bytes_sent += PROMISE_BYTES * len(receivers)
         for r in receivers:  # TrafficCounter.add, inlined (once per message and receiver)
             row = table[(me, r, topic)]
             row[0] += 1
@@ -85,6 +92,9 @@ class Traffic:
         if via is not None and env.sender != via:
             self.rejected["spoofed"] += 1
             return None
+        if env.until is not None:
+            header -= PROMISE_BYTES
+            self.promise_bytes_received += PROMISE_BYTES
         if env.topic.kind == CLOCK:
             self.clock_received.add(env.sender, self.me, str(env.topic), header, payload)
         elif not env.topic.is_control:  # handshakes and resync markers are not traffic

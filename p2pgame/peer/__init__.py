@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import select
 import signal
 import sys
 import threading
@@ -40,6 +41,37 @@ def _setup_process(threads: int, scenario: dict, torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
 
 
+_watched: set[int] = set()  # launchers this process already watches
+
+
+def exit_with_launcher(launcher: int, log: Callable[[str], None]) -> None:
+    """End this process as soon as the launcher (pid ``launcher``) is gone: a killed
+    launcher must not leave its peers running, waiting for a Shutdown that never comes.
+
+    The launcher is not our parent (we are forked from its fork server), so we hold a pidfd
+    of it, which becomes readable when it exits: no polling, and no confusion with a later
+    process given the same pid.  A daemon thread waits on it, not the event loop, so a peer
+    still building its model and data (its loop not running yet), or one whose loop a long
+    call holds, ends as promptly as an idle one.  Once per process and launcher (a worker
+    hosts many peers).  ``launcher`` 0: none on this machine (a Ray actor; Ray ends its
+    actors with their driver)."""
+    if not launcher or launcher in _watched:
+        return
+    _watched.add(launcher)
+    try:
+        fd: int | None = os.pidfd_open(launcher)
+    except ProcessLookupError:  # gone already
+        fd = None
+
+    def wait() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        log(f"the launcher (pid {launcher}) is gone: exiting")
+        os._exit(3)
+
+    threading.Thread(target=wait, name="p2pgame-launcher-watch", daemon=True).start()
+
+
 def _failure_line(e: BaseException) -> str:
     from p2pgame.peer.runtime import failure_line
 
@@ -60,6 +92,7 @@ def peer_main(launch: dict) -> None:
 
     spec = PeerLaunch(**launch)
     log = _peer_log(spec.peer_id)
+    exit_with_launcher(spec.launcher_pid, log)
     code = 1
     try:
         _setup_process(spec.threads, spec.scenario, spec.threads)
@@ -144,6 +177,9 @@ def run_worker(launches: list[dict], worker: int, handle: WorkerHandle | None = 
     from p2pgame.peer.runtime import PeerLaunch
 
     specs = [PeerLaunch(**launch) for launch in launches]
+    if specs:
+        exit_with_launcher(specs[0].launcher_pid, lambda msg: print(
+            f"[worker {worker}] {msg}", file=sys.stderr, flush=True))
     try:
         threads = specs[0].threads
         _setup_process(threads, specs[0].scenario, threads if len(specs) == 1 else 1)

@@ -171,6 +171,15 @@ class Delivery:
             return "clock"
         return None
 
+    def carried(self, j: int, t: float) -> None:
+        """In-neighbour ``j``'s promise carried in a data message's header (after the
+        message itself was taken or refused): it moves ``j``'s promise up to ``t``.  Taken
+        even from a refused message (the sender counts on it, as on a clock message), but
+        never back in time: the codec refused a promise before its message's own send
+        time, and a message whose send time went back was refused with ``clock``."""
+        if j in self.links and t >= self.promised[j]:
+            self.promised[j] = float(t)
+
     def blocking(self, now: float) -> list[int]:
         """The in-neighbours that could still send something arriving by virtual time
         ``now``: their promise plus the link's least latency is not past it."""

@@ -117,6 +117,8 @@ class Receiver:
         reason = self.delivery.accept(env, nbytes, now, self.step, self.check)
         if reason:
             self.traffic.reject(reason)
+        if env.until is not None:  # (the virtual clock) the sender's promise, carried
+            self.delivery.carried(env.sender, env.until)
         self.wakeup.set()
 
     async def receive_loop(self, bus: Any) -> None:

@@ -91,7 +91,9 @@ class PeerLaunch:
     device: str = "cpu"
     bind_host: str = ""  # the address to bind tcp on ("": comm.host), e.g. a Ray node's
     token: str = ""  # this peer's credential on the control channel (never logged)
-    launcher_pid: int = 0  # the process to outlive never (0: on another machine, e.g. on Ray)
+    # the process to outlive never (0: on another machine, e.g. on Ray; watched from the
+    # process's entry, p2pgame.peer.exit_with_launcher)
+    launcher_pid: int = 0
     # comm.security = "curve": this peer's key pair, every peer's public key, the
     # launcher's (Z85 text; the secret is never logged or reported).
     curve_public: str = ""
@@ -191,8 +193,11 @@ class PeerRuntime:
                                  algorithm.check, comm.sync_timeout_s, self._device.busy,
                                  self.timers, scenario.runtime.start_timeout_s)
         self.receiver.step = first_step
+        everyone = set(self.out_peers)
         self.publisher = Publisher(me, algorithm, self.my_topics, self._device, comm.pack_bool,
-                                   self.timers)
+                                   self.timers,
+                                   to_all=frozenset(t for t, rs in self.subscribers.items()
+                                                    if set(rs) == everyone))
         pace = scenario.player(me).pace
         self.pace = None if pace.is_natural else Pacer(pace, scenario.seed, me)
         self.stepper = StepLoop(me, StepPlan.of(scenario, algorithm.resumable, first_step, me),
@@ -226,11 +231,12 @@ class PeerRuntime:
     async def barrier(self, step: int) -> None:
         await self.receiver.barrier(step, lambda: self.stop_requested)
 
-    async def publish(self, bus: PeerBus, step: int, virtual_time: float | None = None) -> None:
+    async def publish(self, bus: PeerBus, step: int, virtual_time: float | None = None,
+                      until: float | None = None) -> bool:
         if virtual_time is None:  # (tests replace the publisher's publish with their own)
             await self.publisher.publish(bus, step)
-        else:
-            await self.publisher.publish(bus, step, virtual_time)
+            return False
+        return await self.publisher.publish(bus, step, virtual_time, until)
 
     def wire_topics(self, j: int) -> list[Topic]:
         """What we subscribe to of in-neighbour ``j``: its topics we learn from, and on the
@@ -287,7 +293,9 @@ class PeerRuntime:
             summary.update({"virtual_s": self.stepper.virtual_s,
                             "offline_steps": self.stepper.offline_steps,
                             "clock_messages_sent": clock["messages"],
-                            "clock_bytes_sent": clock["bytes"]})
+                            "clock_promises_carried": self.publisher.carried,
+                            "clock_bytes_sent": (clock["bytes"]
+                                                 + self.traffic.promise_bytes_sent)})
         self._device.in_flight += 1
         try:
             out, files = await asyncio.to_thread(self._finish_algorithm)
@@ -322,32 +330,6 @@ class PeerRuntime:
     async def heartbeat_loop(self, control: ControlClient) -> None:
         await self.reporter.heartbeat_loop(control, lambda: self.steps_done)
 
-    async def watch_launcher(self) -> None:
-        """Exit when the launcher is gone: a killed launcher must not leave its peers
-        running, waiting for a Shutdown that never comes.
-
-        The launcher is not our parent (we are forked from its fork server), so we hold a
-        pidfd of it, which becomes readable when it exits: no polling, and no confusion with
-        a later process given the same pid."""
-        launcher = self.launch.launcher_pid
-        if not launcher:  # not on this machine (a Ray actor): Ray ends actors with their driver
-            return
-        try:
-            fd = os.pidfd_open(launcher)
-        except ProcessLookupError:
-            fd = None
-        if fd is not None:
-            loop = asyncio.get_running_loop()
-            exited = asyncio.Event()
-            loop.add_reader(fd, exited.set)
-            try:
-                await exited.wait()
-            finally:
-                loop.remove_reader(fd)
-                os.close(fd)
-        self.log(f"the launcher (pid {launcher}) is gone: exiting")
-        os._exit(3)
-
     # -- the lifecycle ---------------------------------------------------------------------
     async def run(self) -> int:
         launch = self.launch
@@ -358,7 +340,6 @@ class PeerRuntime:
                               curve=launch.curve())
         control = transport.control(launch.control_endpoint, launch.token,
                                     launch.curve_launcher)
-        watch = asyncio.ensure_future(self.watch_launcher())
         try:
             self.transport = self.receiver.transport = transport
             endpoint = transport.bind(comm.transport, launch.bind_host or comm.host,
@@ -406,7 +387,6 @@ class PeerRuntime:
                     await control.send(ctl.encode(error_message(e)))
             raise
         finally:
-            watch.cancel()
             # The control socket shares the transport's context: close it first, or the
             # context's term() would wait for it forever.
             control.close()

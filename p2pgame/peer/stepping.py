@@ -146,11 +146,13 @@ class StepPlan:
 
 class StepLoop:
     """One peer's train loop.  ``publish(bus, step)``: the runtime's publishing (looked up
-    at each call, so a test may replace it); ``stopped()``: whether a stop was asked."""
+    at each call, so a test may replace it; on the virtual clock ``publish(bus, step,
+    send_time, promise)``, true if the promise went with the step's data);
+    ``stopped()``: whether a stop was asked."""
 
     def __init__(self, me: int, plan: StepPlan, schedule: Schedule, algorithm: Any,
                  device: Device, receiver: Receiver, reporter: Reporter, traffic: Traffic,
-                 publish: Callable[[Any, int], Awaitable[None]], publishes: bool,
+                 publish: Callable[..., Awaitable[Any]], publishes: bool,
                  stopped: Callable[[], bool], pacer: Pacer | None = None,
                  timers: Counter[str] | None = None,
                  promise: Callable[[Any, int, float], Awaitable[None]] | None = None) -> None:
@@ -232,14 +234,16 @@ class StepLoop:
             cost_ns = round(self.step_cost(step) * 1e9) if virtual else 0
             vt = vt_ns / 1e9
             gone = virtual and away.is_away(vt)
+            carried = False  # (virtual) our promise rode in the step's last data message
             if gone:
                 self.offline_steps += 1
             elif is_round(step, period, first_round) and self.publishes:
                 if virtual:
-                    await self.publish(bus, step, vt)
+                    carried = await self.publish(bus, step, vt, (vt_ns + cost_ns) / 1e9)
                 else:
                     await self.publish(bus, step)
-            if virtual and self.publishes:  # nothing more from us before our next step
+            if virtual and self.publishes and not carried:
+                # nothing more from us before our next step
                 await self.promise(bus, step, (vt_ns + cost_ns) / 1e9)
             t0 = clock()
             if gone:

@@ -127,6 +127,37 @@ def test_peers_exit_when_their_launcher_is_killed(tmp_path, placement):
         proc.stderr.close()
 
 
+def test_a_peer_whose_main_thread_is_held_exits_when_its_launcher_is_killed():
+    """The launcher watch is a thread waiting on a pidfd, not a task of the event loop: a
+    process whose main thread is held (a peer still building its model and data before
+    its loop runs, or one in a long call) ends within moments of its launcher's death,
+    with exit code 3 and one line saying why, however often the watch was asked for."""
+    launcher = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
+    code = ("import sys, time\n"
+            "from p2pgame.peer import exit_with_launcher\n"
+            "log = lambda m: print(m, file=sys.stderr, flush=True)\n"
+            f"exit_with_launcher({launcher.pid}, log)\n"
+            f"exit_with_launcher({launcher.pid}, log)\n"  # (a worker's peers: one watch)
+            "print('held', flush=True)\n"
+            "end = time.monotonic() + 60\n"
+            "while time.monotonic() < end:\n"  # the main thread busy, holding the GIL
+            "    pass\n")
+    peer = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert peer.stdout.readline() == "held\n"
+        launcher.kill()
+        launcher.wait()
+        _, err = peer.communicate(timeout=15)
+        assert peer.returncode == 3, err
+        assert err.count(f"the launcher (pid {launcher.pid}) is gone: exiting") == 1, err
+    finally:
+        for p in (launcher, peer):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

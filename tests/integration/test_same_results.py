@@ -15,7 +15,7 @@ import math
 import pytest
 
 from p2pgame.launch import run
-from tests.fixtures.record_same_results import FIXTURE, ROOT, TINY_GAME, collect
+from tests.fixtures.record_same_results import FIXTURE, ROOT, TINY_GAME, VIRTUAL_RING8, collect
 from tests.helpers import write_tiny_mnist
 
 pytestmark = pytest.mark.integration
@@ -53,6 +53,16 @@ def test_expfam_ring8_matches_recorded_metrics(tmp_path) -> None:
     res = run(ROOT / "topologies" / "expfam-ring8.toml", [], out=tmp_path, progress=False)
     assert res.exit_code == 0, res.failures
     _compare("expfam-ring8", res.run_dir, rel=1e-12)
+
+
+def test_the_async_ring_on_the_virtual_clock_matches_recorded_metrics(tmp_path) -> None:
+    """Recorded before a step's promise rode in its data message: the virtual clock's
+    results do not depend on how its promises travel (nor does the capped link's queue
+    see the promise's bytes)."""
+    res = run(ROOT / "topologies" / "expfam-ring8-async.toml", VIRTUAL_RING8, out=tmp_path,
+              progress=False)
+    assert res.exit_code == 0, res.failures
+    _compare("expfam-ring8-virtual", res.run_dir, rel=1e-12)
 
 
 def test_tiny_game_matches_recorded_metrics(tmp_path) -> None:

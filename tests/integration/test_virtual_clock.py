@@ -75,9 +75,11 @@ def test_a_faulty_async_ring_gives_the_same_results_beside_a_cpu_hog_and_in_work
                    if x["step"] < at["step"])
         # The age of use in virtual seconds, per in-neighbour: at least the latency.
         assert all(e["staleness_mean_s"] >= 0.005 for e in p["links_in"])
-        # One promise per step and the last one, to each of the two out-neighbours:
-        # counted apart from the exchange's messages.
-        assert p["clock_messages_sent"] == 2 * 201
+        # One promise per step and the last one, to each of the two out-neighbours: each
+        # step's rides in its data message, the last (nothing more, ever) in a clock
+        # message, counted apart from the exchange's messages.
+        assert p["clock_promises_carried"] == 200
+        assert p["clock_messages_sent"] == 2 * 1
         assert p["messages_sent"] == 2 * 200
 
 
@@ -138,6 +140,10 @@ def test_a_peer_offline_for_a_third_of_the_run_still_leaves_every_peer_at_its_eq
     away = result.peers[1]
     assert away["offline_steps"] == 200 and away["virtual_s"] == pytest.approx(6.0)
     assert away["messages_sent"] == 2 * 400  # two out-neighbours, 400 steps online
+    # Its promises: in its 400 data messages, and as clock messages while it is away (it
+    # publishes nothing then, and its time goes on), and the last one.
+    assert away["clock_promises_carried"] == 400
+    assert away["clock_messages_sent"] == 2 * (200 + 1)
     assert all(p["offline_steps"] == 0 for i, p in result.peers.items() if i != 1)
     for p in result.peers.values():
         assert p["ne_eff_max_abs"] <= 0.02

@@ -12,6 +12,7 @@ import pytest
 from p2pgame.bus.codec import (
     DTYPES,
     HEADER_KEYS,
+    PROMISE_BYTES,
     WIRE_VERSION,
     CodecError,
     Envelope,
@@ -321,6 +322,38 @@ def test_odd_header_values_raise_codec_error(good, changes):
         assert e.reason == "malformed"
     else:
         pytest.fail("decoded a malformed header")
+
+
+def test_a_promise_rides_in_the_header_only_when_given_and_never_before_the_send_time(good):
+    """The virtual clock's promise carried by a data message (``until``): absent from the
+    header unless given (the real clock's headers are as before), decoded as a float, and
+    refused as malformed when it is not a number at or after the message's send time."""
+    assert "until" not in _header(good) and decode(_as_bytes(good)).until is None
+    env = _env({"x": np.ones((4, 3), np.float32)})
+    env.time, env.until = 1.25, 1.5
+    frames = encode(env)
+    assert _header(frames)["until"] == 1.5
+    got = decode(_as_bytes(frames))
+    assert (got.time, got.until) == (1.25, 1.5) and type(got.until) is float
+    assert decode(_with_header(frames, until=2)).until == 2.0  # (an integer is a number)
+    assert decode(_with_header(frames, until=math.inf)).until == math.inf  # (the last one)
+    assert decode(_with_header(frames, until=1.25)).until == 1.25  # (no lookahead: allowed)
+    for bad in (1.0, math.nan, "later", [2.0], True):
+        assert _reason(_with_header(frames, until=bad)) == "malformed", bad
+    # The promise's bytes are the clock's: a data message carrying one counts (and, on a
+    # modelled link, weighs) what it would without it; the promise's are counted apart.
+    plain = _env({"x": np.ones((4, 3), np.float32)})
+    plain.time = 1.25
+    assert sum(frame_sizes(frames)) == sum(frame_sizes(encode(plain))) + PROMISE_BYTES == (
+        sum(frame_sizes(encode(plain))) + 15)
+    sender, plain_sender, receiver = Traffic(3), Traffic(3), Traffic(5)
+    sender.count_sent(env, frames, (5, 6))
+    plain_sender.count_sent(plain, encode(plain), (5, 6))
+    assert sender.sent.rows() == plain_sender.sent.rows()
+    assert (sender.promise_bytes_sent, plain_sender.promise_bytes_sent) == (2 * PROMISE_BYTES, 0)
+    _, carried_size = receiver.decode(_as_bytes(frames))
+    _, plain_size = receiver.decode(_as_bytes(encode(plain)))
+    assert carried_size == plain_size and receiver.promise_bytes_received == PROMISE_BYTES
 
 
 def test_codec_error_reason_attribute():

@@ -9,6 +9,7 @@ import asyncio
 import math
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -476,3 +477,57 @@ def test_the_measured_compute_mode_scales_the_previous_steps_host_time():
     with pytest.raises(ScenarioError, match=r"runtime.compute = 'measured' needs "
                                             r'runtime.clock = "virtual"'):
         resolve(real)
+
+
+class _Bus:
+    def __init__(self) -> None:
+        self.sent: list[Envelope] = []
+
+    async def publish(self, env: Envelope) -> None:
+        self.sent.append(env)
+
+
+class _Device:
+    async def call(self, heavy, fn, *args):
+        return fn(*args)
+
+
+class _Algorithm:
+    heavy = False
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def publish(self, step: int) -> dict:
+        return {space: {"v": np.full(2, step, np.float32)} for space in self.order}
+
+
+async def test_a_promise_rides_in_the_last_message_only_if_every_out_neighbour_takes_it():
+    """The virtual clock: a step's promise goes in its last data message (no clock message
+    then) when that message's topic reaches every out-neighbour; else, with no messages,
+    or on the real clock, nothing is carried and the step loop sends a clock message.  The
+    receiver takes a carried promise after the message, even from one it refused."""
+    from p2pgame.bus.topics import Topic
+    from p2pgame.peer.publishing import Publisher
+
+    x, y = Topic("samples", 1, "x"), Topic("samples", 1, "y")
+    for order, until, carried in ((["y", "x"], 0.02, True), (["x", "y"], 0.02, False),
+                                  ([], 0.02, False), (["y", "x"], None, False)):
+        pub = Publisher(1, _Algorithm(order), {"x": x, "y": y}, _Device(), to_all={x})
+        bus = _Bus()
+        assert await pub.publish(bus, 3, 0.01, until) is carried
+        assert [e.until for e in bus.sent] == [None] * (len(order) - carried) + [until] * carried
+        assert all(e.time == 0.01 for e in bus.sent)
+        assert (pub.carried, pub.promised) == ((1, (3, 0.02)) if carried else (0, None))
+    # The receiving side: the message's send time, then the carried promise.
+    d = _delivery(latency_ms=5.0)
+    r = Receiver(0, d, Traffic(0), None, [1, 2], lambda env: "refused by the check",
+                 sync_timeout_s=1.0)
+    env = _env(0, 0.01, 1)
+    env.until = 0.02
+    r.on_envelope(env, 100, 0.0)
+    assert d.promised[1] == 0.02 and r.traffic.rejected["refused by the check"] == 1
+    d.carried(1, 0.015)  # never back
+    assert d.promised[1] == 0.02
+    d.carried(7, 9.0)  # not an in-neighbour: nothing
+    assert 7 not in d.promised
