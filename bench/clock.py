@@ -7,7 +7,8 @@ start-up and the final evaluation are the same on both).  The ratio virtual / re
 the medians is the clock's cost: promises to wait for, a peer held back to its
 neighbours' virtual times.  Prints a table and a JSON line.
 
-    .venv/bin/python bench/clock.py [--repeats 3] [--out bench/out/clock]
+    .venv/bin/python bench/clock.py [--repeats 3] [--out bench/out/clock] [--cases NAME ...]
+        [--steps N]
 """
 
 from __future__ import annotations
@@ -48,12 +49,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench/out/clock")
     ap.add_argument("--data", default="data")
-    ap.add_argument("--cases", nargs="*", default=list(CASES))
+    ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--steps", type=int, default=0,
+                    help="every case's steps (default: each case's own; a smoke test's few)")
     args = ap.parse_args()
     out = Path(args.out)
     rows = {}
     for name in args.cases:
         scenario, overrides = CASES[name]
+        if args.steps:
+            overrides = [*overrides, f"steps={args.steps}"]
         got: dict[str, list[dict]] = {"real": [], "virtual": []}
         for _ in range(args.repeats):
             for clock in ("real", "virtual"):
@@ -77,7 +82,7 @@ def main() -> None:
                       "cases": {k: {kk: v[kk] for kk in ("real", "virtual", "ratio_loop",
                                                           "ratio_wall")}
                                 for k, v in rows.items()},
-                      **finished(env)}))
+                      "env": finished(env)}))
 
 
 if __name__ == "__main__":

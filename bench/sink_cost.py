@@ -78,7 +78,7 @@ def main() -> None:
     print(json.dumps({"bench": "sink_cost", "peers": args.peers,
                       "lines": args.lines, "batch": args.batch,
                       "cpu_s": med, "ms_per_line": {k: 1000 * v / total for k, v in med.items()},
-                      **finished(env)}))
+                      "env": finished(env)}))
 
 
 if __name__ == "__main__":

@@ -106,3 +106,38 @@ def test_probe_smoke(tmp_path):
     for name, case in out["cases"].items():
         assert case["rows"] and case["held"], (name, case["rows"])
     assert out["held"] and out["not_held"] == []
+
+
+@pytest.mark.timeout(120)
+def test_clock_smoke(tmp_path):
+    """bench/clock.py on the expfam case, a few steps, once on each clock: both runs'
+    loop and wall times and their ratio."""
+    out = run_script("clock.py", "--cases", "expfam-ring8-async", "--steps", "30",
+                     "--repeats", "1", "--out", str(tmp_path / "clock"), timeout=110)
+    case = out["cases"]["expfam-ring8-async"]
+    for clock in ("real", "virtual"):
+        assert case[clock]["loop_s"] > 0 and case[clock]["wall_s"] >= case[clock]["loop_s"]
+    assert case["ratio_loop"] == case["virtual"]["loop_s"] / case["real"]["loop_s"]
+    assert out["repeats"] == 1
+    assert list((tmp_path / "clock" / "expfam-ring8-async").iterdir())  # the runs' folders
+
+
+@pytest.mark.timeout(60)
+def test_sink_cost_smoke():
+    out = run_script("sink_cost.py", "--peers", "4", "--lines", "5", "--repeats", "1",
+                     timeout=50)
+    assert set(out["cpu_s"]) == {"jsonl", "tensorboard"}
+    assert all(v >= 0 for v in out["cpu_s"].values()) and out["peers"] == 4
+
+
+@pytest.mark.timeout(150)
+def test_network_smoke(tmp_path):
+    """bench/network.py at few steps: a capped link (bounded and unbounded buffer) and the
+    slow hub, each row's accounts adding up."""
+    out = run_script("network.py", "--steps", "200", "--out", str(tmp_path), timeout=140)
+    assert len(out["capped"]) == len(out["capped_unbounded_buffer"]) == 2  # both ways
+    for row in out["capped"] + out["capped_unbounded_buffer"]:
+        assert row["identity"] and row["sent"] > 0, row
+    assert len(out["slow_hub_star"]) == 6  # a star of 4: 3 edges, both ways
+    for row in out["slow_hub_star"]:
+        assert 0 < row["used"] <= row["delivered"] <= row["sent"], row
