@@ -4,7 +4,9 @@
 ``topologies/expfam-ring8.toml`` and a tiny game, recorded with the code before
 issue #8's change (``python -m tests.fixtures.record_same_results``).  The
 exp-family run is numpy float64 and must match to the last bit's neighbourhood;
-the game trains torch models, compared to a relative 1e-4.
+the game trains torch models, compared to a relative 1e-4.  A third entry, the async ring
+on the virtual clock, was recorded before a step's promise rode in its data message
+(session 21): how the clock's promises travel must change no result.
 """
 
 from __future__ import annotations
