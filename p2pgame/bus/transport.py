@@ -564,6 +564,10 @@ class ControlServer:
                 return None
         return peer
 
+    def queued(self) -> bool:
+        """Whether a message is already waiting to be read: the launcher is behind."""
+        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
     async def recv(self, timeout_s: float | None = None) -> tuple[int, bytes] | None:
         """(peer id, message bytes), or None when nothing came within ``timeout_s``.
 

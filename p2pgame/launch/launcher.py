@@ -213,6 +213,11 @@ class Launcher:
         self._checked_alive = 0.0
         self.bad_control = 0
         self.last_heard: dict[int, float] = {}
+        # The latest moment the launcher had read every control message waiting for it:
+        # silence is measured up to there, not up to now.  A launcher behind on its queue
+        # (thousands of peers reporting on 2 cores) has not heard messages that were sent;
+        # it must not call their senders silent.
+        self.caught_up = 0.0
         self.endpoints: dict[int, str] = {}
         # Restarts: every peer's launch data (set by run()), what is left, what happened.
         self.launches: dict[int, dict] = {}
@@ -242,6 +247,8 @@ class Launcher:
         """One control message, or None; notices dead peers and handles reports on the way."""
         got = await server.recv(timeout)
         now = time.monotonic()
+        if got is None or not server.queued():
+            self.caught_up = now
         # Liveness costs a system call per peer: at most every LIVENESS_EVERY_S, not per
         # message (a thousand peers report thousands of messages a second).
         if got is None or now - self._checked_alive > LIVENESS_EVERY_S:
@@ -273,6 +280,19 @@ class Launcher:
             if not self.folder.artifact(msg.name, msg.data):
                 self.rejected_artifacts += 1
         return peer, msg
+
+    def fail_silent(self, timeout_s: float) -> None:
+        """Fail every running peer the launcher has heard nothing from for ``timeout_s``
+        (``runtime.peer_timeout_s``), counted up to the last moment the launcher had read
+        every message waiting for it (``caught_up``), not up to now: behind on its queue,
+        it cannot tell a silent peer from one whose messages it has not read yet."""
+        for i in self.peers:
+            quiet = self.caught_up - self.last_heard[i]
+            if (quiet > timeout_s and i not in self.summaries and i not in self.failures
+                    and i not in self.rejoining):
+                self.failures[i] = (
+                    f"silent for {quiet:.0f} s (runtime.peer_timeout_s = {timeout_s:g}): "
+                    "frozen, or cut off from the launcher")
 
     async def _gather(self, server, kind: type, timeout: float) -> dict[int, Any]:
         deadline = time.monotonic() + timeout
@@ -333,6 +353,7 @@ class Launcher:
         stop_deadline = None
         timeout_s = self.scenario.runtime.peer_timeout_s
         t_go = checked = time.monotonic()
+        self.caught_up = t_go
         for i in self.peers:
             self.last_heard[i] = t_go
         while set(self.summaries) | set(self.failures) < everyone:
@@ -341,15 +362,9 @@ class Launcher:
                 await self._rejoin(server, *m)
             now = time.monotonic()
             # Heartbeats: every peer reports every half second (checked a few times a second).
-            silent = [] if now - checked < LIVENESS_EVERY_S else self.peers
-            if silent:
+            if now - checked >= LIVENESS_EVERY_S:
                 checked = now
-            for i in silent:
-                if (i not in self.summaries and i not in self.failures
-                        and i not in self.rejoining and now - self.last_heard[i] > timeout_s):
-                    self.failures[i] = (
-                        f"silent for {now - self.last_heard[i]:.0f} s (runtime.peer_timeout_s "
-                        f"= {timeout_s:g}): frozen, or cut off from the launcher")
+                self.fail_silent(timeout_s)
             if m:
                 peer, msg = m
                 if isinstance(msg, ctl.Progress):
