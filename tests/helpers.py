@@ -57,6 +57,16 @@ def placement_results(run_dir: Path) -> dict:
     return out
 
 
+class FakeBus:
+    """A bus that keeps what is published (no sockets), for a publisher's unit tests."""
+
+    def __init__(self) -> None:
+        self.sent = []
+
+    async def publish(self, env) -> None:
+        self.sent.append(env)
+
+
 def hooked_control_server(hook):
     """The launcher's ControlServer, calling ``hook(peer, msg, pids)`` on every message it
     hands the launcher (``msg`` decoded; ``pids``: peer -> pid of its first Hello), so a

@@ -177,8 +177,8 @@ class Delivery:
         even from a refused message (the sender counts on it, as on a clock message), but
         never back in time: the codec refused a promise before its message's own send
         time, and a message whose send time went back was refused with ``clock``."""
-        if j in self.links and t >= self.promised[j]:
-            self.promised[j] = float(t)
+        if j in self.links:
+            self._keeps_promise(j, t)  # (one that goes back is ignored: nothing is refused)
 
     def blocking(self, now: float) -> list[int]:
         """The in-neighbours that could still send something arriving by virtual time

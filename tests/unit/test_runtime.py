@@ -15,6 +15,7 @@ from p2pgame.exchange import method
 from p2pgame.peer.runtime import PeerLaunch, PeerRuntime, subscribers, subscriptions
 from p2pgame.scenario import load_scenario
 from p2pgame.topology import build_schedule, schedule_to_plain
+from tests.helpers import FakeBus
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACES = ROOT / "topologies" / "expfam-spaces.toml"
@@ -46,14 +47,6 @@ def test_subscribers_are_the_out_neighbours_that_learn_the_space(spaces) -> None
         Topic("samples", 0, "x"): (1,),
         Topic("params", 0, "mu"): (2, 3),
     }
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.sent = []
-
-    async def publish(self, env) -> None:
-        self.sent.append(env)
 
 
 def _runtime(sc, schedule, peer: int) -> PeerRuntime:

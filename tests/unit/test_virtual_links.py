@@ -479,19 +479,6 @@ def test_the_measured_compute_mode_scales_the_previous_steps_host_time():
         resolve(real)
 
 
-class _Bus:
-    def __init__(self) -> None:
-        self.sent: list[Envelope] = []
-
-    async def publish(self, env: Envelope) -> None:
-        self.sent.append(env)
-
-
-class _Device:
-    async def call(self, heavy, fn, *args):
-        return fn(*args)
-
-
 class _Algorithm:
     heavy = False
 
@@ -508,13 +495,16 @@ async def test_a_promise_rides_in_the_last_message_only_if_every_out_neighbour_t
     or on the real clock, nothing is carried and the step loop sends a clock message.  The
     receiver takes a carried promise after the message, even from one it refused."""
     from p2pgame.bus.topics import Topic
+    from p2pgame.peer.device import Device
     from p2pgame.peer.publishing import Publisher
+    from tests.helpers import FakeBus
 
     x, y = Topic("samples", 1, "x"), Topic("samples", 1, "y")
     for order, until, carried in ((["y", "x"], 0.02, True), (["x", "y"], 0.02, False),
                                   ([], 0.02, False), (["y", "x"], None, False)):
-        pub = Publisher(1, _Algorithm(order), {"x": x, "y": y}, _Device(), to_all={x})
-        bus = _Bus()
+        pub = Publisher(1, _Algorithm(order), {"x": x, "y": y}, Device("cpu", torch=False),
+                        to_all={x})
+        bus = FakeBus()
         assert await pub.publish(bus, 3, 0.01, until) is carried
         assert [e.until for e in bus.sent] == [None] * (len(order) - carried) + [until] * carried
         assert all(e.time == 0.01 for e in bus.sent)
